@@ -1,0 +1,3 @@
+from fastopt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Validation shared by the public API and the backends' checked kernel entry points.
+
+Every function raises ``TypeError`` for a wrong type or dtype and ``ValueError`` for a wrong
+value, shape or layout, with a message that names the offending argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def resolve_dtype(dtype: object) -> np.dtype:
+    """Return float32 or float64 for a dtype-like ``dtype``; anything else is a TypeError/ValueError."""
+    try:
+        resolved = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError as exc:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from exc
+    if resolved not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {resolved.name}")
+    return resolved
+
+
+def check_array(
+    array: object,
+    name: str,
+    *,
+    dtype: np.dtype | None = None,
+    shape: tuple[int, ...] | None = None,
+    writeable: bool = False,
+) -> np.ndarray:
+    """Check a buffer handed to a kernel: an ndarray of float32/float64 (or ``dtype``), C-contiguous,
+    of exactly ``shape`` when given, and writeable when it is an output."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
+    if dtype is None:
+        if array.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32 or float64, got {array.dtype}")
+    elif array.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {array.dtype}")
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if writeable and not array.flags.writeable:
+        raise ValueError(f"{name} is read-only but is written to")
+    return array
+
+
+def check_no_overlap(outputs: Sequence[tuple[str, np.ndarray]], others: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Refuse any output buffer that shares memory with another buffer of the same call."""
+    for index, (out_name, out) in enumerate(outputs):
+        for other_name, other in list(outputs[index + 1 :]) + list(others):
+            if other is not None and np.shares_memory(out, other):
+                raise ValueError(f"{out_name} and {other_name} share memory; kernels need separate buffers")
+
+
+def check_scalar(
+    value: object,
+    name: str,
+    *,
+    low: float | None = 0.0,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a finite float inside [low, high] (an open end excludes the bound)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    if low is not None and (number < low or (low_open and number == low)):
+        bound = ">" if low_open else ">="
+        raise ValueError(f"{name} must be {bound} {low}, got {number}")
+    if high is not None and (number > high or (high_open and number == high)):
+        bound = "<" if high_open else "<="
+        raise ValueError(f"{name} must be {bound} {high}, got {number}")
+    return number
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` as an int >= 1."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def as_features(X: object, n_features: int, dtype: np.dtype, name: str = "X") -> np.ndarray:
+    """Convert a user's input batch to a C-contiguous ``(N, n_features)`` array of ``dtype``.
+
+    Any real numeric dtype (integers, bool, float16/32/64) is accepted and converted once; object,
+    string and complex inputs, NaN/Inf, empty inputs and wrong shapes are refused.
+    """
+    array = np.asarray(X)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples, features), got {array.ndim}-D with shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if array.shape[1] != n_features:
+        raise ValueError(f"{name} has {array.shape[1]} features but the model expects {n_features}")
+    converted = np.ascontiguousarray(array, dtype=dtype)
+    if not np.isfinite(converted).all():
+        raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
+    return converted
+
+
+def as_labels(y: object, n_classes: int, name: str = "y") -> np.ndarray:
+    """Convert class labels to int64 ``(N,)``: integer labels, integral floats, or one-hot rows."""
+    array = np.asarray(y)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold class labels (integers) or one-hot rows, got dtype {array.dtype}")
+    if array.ndim == 2:
+        if array.shape[1] != n_classes:
+            raise ValueError(f"{name} one-hot rows have {array.shape[1]} columns but the model has {n_classes} outputs")
+        if not (np.isin(array, (0, 1)).all() and (array.sum(axis=1) == 1).all()):
+            raise ValueError(f"{name} is 2-D but its rows are not one-hot (exactly one 1, the rest 0)")
+        return np.ascontiguousarray(array.argmax(axis=1), dtype=np.int64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D labels or 2-D one-hot rows, got shape {array.shape}")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or (array != np.round(array)).any():
+            raise ValueError(f"{name} contains non-integer labels; class labels must be whole numbers")
+    labels = array.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(
+            f"{name} has labels out of range: found {labels.min()}..{labels.max()}, the model has {n_classes} classes"
+        )
+    return np.ascontiguousarray(labels)
+
+
+def check_same_length(X: np.ndarray, y: np.ndarray, x_name: str = "X", y_name: str = "y") -> None:
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"{x_name} and {y_name} have different lengths: {X.shape[0]} and {y.shape[0]}")

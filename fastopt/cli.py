@@ -1,0 +1,180 @@
+"""The ``fastopt`` command line: ``fastopt train`` (and ``python -m fastopt train``)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fastopt import datasets, layers, losses, optim
+from fastopt._io import FileFormatError
+from fastopt.backend import available_backends, backend_problems, get_backend
+from fastopt.model import Sequential
+
+DATASETS = ("mini", "fashion-mnist", "mnist", "xor")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line and exits with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _hidden_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()] if text.strip() else []
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--hidden must be comma-separated integers like 128,64, got {text!r}"
+        ) from exc
+    if any(size <= 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastopt", description="Train small neural networks on CPU with fastopt.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train = commands.add_parser(
+        "train",
+        help="train an MLP (default: 784-128-64-10 with Adam on the shipped Fashion-MNIST subset)",
+        description="Train an MLP classifier and report per-epoch loss/accuracy, test accuracy and wall time.",
+    )
+    train.add_argument(
+        "--dataset",
+        default="mini",
+        help="mini (shipped subset, no download), fashion-mnist, mnist, xor, or a folder of IDX files (default: mini)",
+    )
+    train.add_argument(
+        "--optimizer", choices=sorted(optim.OPTIMIZERS), default="adam", help="optimizer (default: adam)"
+    )
+    train.add_argument("--lr", type=_non_negative_float, help="learning rate (default: the optimizer's own)")
+    train.add_argument("--momentum", type=_non_negative_float, help="momentum for sgd and rmsprop (default 0)")
+    train.add_argument(
+        "--decay", type=_non_negative_float, default=0.0, help="lr_t = lr / (1 + decay (t - 1)) (default 0)"
+    )
+    train.add_argument("--weight-decay", type=_non_negative_float, help="L2 penalty (decoupled for adamw)")
+    train.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set (default 10)")
+    train.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default 32)")
+    train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], help="hidden layer sizes, e.g. 128,64")
+    train.add_argument("--backend", help=f"backend name: {', '.join(available_backends())} (default: {get_backend()})")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default float32)")
+    train.add_argument("--seed", type=int, default=0, help="seed of initialization and shuffling (default 0)")
+    train.add_argument("--save", metavar="PATH", help="write the trained model to PATH (.npz)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if name == "mini":
+        return datasets.mini()
+    if name == "fashion-mnist":
+        return datasets.load_fashion_mnist()
+    if name == "mnist":
+        return datasets.load_mnist()
+    if name == "xor":
+        X, y = datasets.xor()
+        return X, y, X, y
+    if Path(name).is_dir():
+        return datasets.load_fashion_mnist(name)
+    raise ValueError(f"--dataset must be one of {', '.join(DATASETS)} or a folder of IDX files, got {name!r}")
+
+
+def _make_optimizer(args: argparse.Namespace) -> optim.Optimizer:
+    options: dict[str, float] = {"decay": args.decay}
+    if args.lr is not None:
+        options["lr"] = args.lr
+    if args.weight_decay is not None:
+        options["weight_decay"] = args.weight_decay
+    if args.momentum is not None:
+        if args.optimizer not in ("sgd", "rmsprop"):
+            raise ValueError(f"--momentum applies to sgd and rmsprop, not {args.optimizer}")
+        options["momentum"] = args.momentum
+    return optim.OPTIMIZERS[args.optimizer](**options)
+
+
+def _format_logs(logs: dict[str, float]) -> str:
+    return "  ".join(f"{key} {value:.4f}" if key != "seconds" else f"{value:.2f} s" for key, value in logs.items())
+
+
+def train(args: argparse.Namespace) -> int:
+    if args.backend is not None and args.backend not in available_backends():
+        reason = backend_problems().get(args.backend)
+        raise ValueError(f"backend {args.backend!r} is not available" + (f": {reason}" if reason else ""))
+    X_train, y_train, X_test, y_test = _load_dataset(args.dataset)
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    sizes = [X_train.shape[1], *args.hidden, n_classes]
+    stack: list[layers.Layer] = []
+    for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        stack.append(layers.Dense(n_in, n_out))
+        if index < len(sizes) - 2:
+            stack.append(layers.ReLU())
+    model = Sequential(stack, dtype=args.dtype, seed=args.seed, backend=args.backend)
+    optimizer = _make_optimizer(args)
+    print(
+        f"fastopt: {' -> '.join(map(str, sizes))} MLP, {optimizer!r}, backend {model.backend}, {args.dtype}, "
+        f"{len(X_train)} training and {len(X_test)} test samples from {args.dataset}"
+    )
+    started = time.perf_counter()
+    model.fit(
+        X_train,
+        y_train,
+        loss=losses.CrossEntropy(),
+        optimizer=optimizer,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        progress=not args.no_progress,
+        on_epoch_end=lambda epoch, logs: print(f"epoch {epoch}/{args.epochs}  {_format_logs(logs)}", flush=True),
+    )
+    training_seconds = time.perf_counter() - started
+    result = model.evaluate(X_test, y_test, loss=losses.CrossEntropy())
+    accuracy = result["accuracy"]
+    print(f"test loss {result['loss']:.4f}  test accuracy {accuracy:.4f}  training time {training_seconds:.2f} s")
+    if args.save:
+        model.save(args.save)
+        print(f"saved the model to {args.save}")
+    return 0
+
+
+COMMANDS = {"train": train}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, FileFormatError, OSError) as exc:
+        sys.stderr.write(f"fastopt: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("fastopt: interrupted\n")
+        return 130

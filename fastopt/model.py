@@ -1,0 +1,398 @@
+"""``Sequential``: a stack of layers with one flat parameter buffer, trained with ``fit``.
+
+Memory layout: all weights and biases live in one contiguous array ``parameters`` (each ``Dense``
+layer's ``weight`` and ``bias`` are views into it) and their gradients in a second one, ``gradients``.
+One optimizer step is therefore one kernel call over the whole model. The activations and their
+gradients for a batch size are allocated on the first batch of that size and reused, so a training
+step makes no new arrays.
+
+A ``Dense`` layer directly followed by ``ReLU``, ``Sigmoid`` or ``Tanh`` runs as one fused stage
+(matrix product, bias and activation written in one output buffer).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fastopt import _io
+from fastopt._checks import as_features, check_positive_int, check_same_length, resolve_dtype
+from fastopt.backend import Backend, resolve_backend
+from fastopt.layers import Activation, Dense, Layer, Softmax, layer_from_config
+from fastopt.losses import CrossEntropy, Loss, Targets
+from fastopt.optim import Optimizer
+
+MODEL_FILE_KIND = "fastopt-model"
+MODEL_FILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One step of the forward pass: a Dense layer with its fused activation, or a standalone activation."""
+
+    kind: str  # "dense", "activation" or "softmax"
+    out_features: int
+    dense: Dense | None = None
+    activation: str = "identity"
+
+
+@dataclass
+class _Workspace:
+    """Buffers for one batch size: the input rows, each stage's output and the gradient w.r.t. it."""
+
+    inputs: np.ndarray
+    outputs: list[np.ndarray]
+    output_grads: list[np.ndarray]
+    targets: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of ``fit``: ``history["loss"]``, ``["accuracy"]``, ``["val_loss"]``, ``["val_accuracy"]``."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epochs: list[int] = field(default_factory=list)
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epochs.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+
+class Sequential:
+    """A feed-forward network: ``Sequential([Dense(784, 128), ReLU(), Dense(128, 10)], dtype="float32", seed=0)``.
+
+    ``dtype`` is float32 or float64; inputs of any other real dtype are converted (copied) once per
+    call. ``seed`` seeds the weight initialization (None: fresh entropy). ``backend`` pins a backend
+    by name; None follows the current one (``fastopt.set_backend`` / ``fastopt.use_backend``) at each call.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        dtype: str | np.dtype = "float32",
+        seed: int | None = None,
+        backend: str | None = None,
+    ) -> None:
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError("layers must be a non-empty list of fastopt layers")
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{index}] is not a fastopt layer: {layer!r}")
+            if isinstance(layer, Dense) and layer.weight is not None:
+                raise ValueError(f"layers[{index}] ({layer!r}) already belongs to a model; make a new layer")
+        if not isinstance(layers[0], Dense):
+            raise ValueError(f"the first layer must be Dense (it fixes the input features), got {layers[0]!r}")
+        if backend is not None:
+            resolve_backend(backend)
+        self.layers = list(layers)
+        self.dtype = resolve_dtype(dtype)
+        self.seed = seed
+        self._backend_name = backend
+        self.in_features = layers[0].in_features
+        self._stages = self._plan(self.layers)
+        self.out_features = self._stages[-1].out_features
+        dense_layers = [layer for layer in self.layers if isinstance(layer, Dense)]
+        size = sum(layer.n_params for layer in dense_layers)
+        self.parameters = np.zeros(size, dtype=self.dtype)
+        self.gradients = np.zeros(size, dtype=self.dtype)
+        offset = 0
+        for layer in dense_layers:
+            n_weight = layer.in_features * layer.out_features
+            shape = (layer.in_features, layer.out_features)
+            layer.weight = self.parameters[offset : offset + n_weight].reshape(shape)
+            layer.weight_grad = self.gradients[offset : offset + n_weight].reshape(shape)
+            offset += n_weight
+            layer.bias = self.parameters[offset : offset + layer.out_features]
+            layer.bias_grad = self.gradients[offset : offset + layer.out_features]
+            offset += layer.out_features
+        rng = np.random.default_rng(seed)
+        for layer in dense_layers:
+            layer.initialize(rng)
+        self._workspaces: dict[int, _Workspace] = {}
+        self.loss: Loss | None = None
+        self.optimizer: Optimizer | None = None
+
+    @staticmethod
+    def _plan(layers: list[Layer]) -> list[_Stage]:
+        stages: list[_Stage] = []
+        features = layers[0].in_features  # type: ignore[attr-defined]
+        for layer in layers:
+            features = layer.output_features(features)
+            previous = stages[-1] if stages else None
+            if isinstance(layer, Dense):
+                stages.append(_Stage("dense", features, dense=layer))
+            elif (
+                isinstance(layer, Activation)
+                and previous
+                and previous.kind == "dense"
+                and previous.activation == "identity"
+            ):
+                stages[-1] = _Stage("dense", features, dense=previous.dense, activation=layer.kernel)
+            elif isinstance(layer, Activation):
+                stages.append(_Stage("activation", features, activation=layer.kernel))
+            elif isinstance(layer, Softmax):
+                stages.append(_Stage("softmax", features))
+            else:
+                raise TypeError(f"unsupported layer {layer!r}")
+        return stages
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def backend(self) -> str:
+        """Name of the backend this model uses now."""
+        return resolve_backend(self._backend_name).name
+
+    def config(self) -> dict[str, Any]:
+        return {"layers": [layer.config() for layer in self.layers], "dtype": self.dtype.name, "seed": self.seed}
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([{inner}], dtype={self.dtype.name!r})"
+
+    # ------------------------------------------------------------------ the passes
+    def _workspace(self, batch: int) -> _Workspace:
+        workspace = self._workspaces.get(batch)
+        if workspace is None:
+            widths = [stage.out_features for stage in self._stages]
+            workspace = _Workspace(
+                inputs=np.empty((batch, self.in_features), dtype=self.dtype),
+                outputs=[np.empty((batch, width), dtype=self.dtype) for width in widths],
+                output_grads=[np.empty((batch, width), dtype=self.dtype) for width in widths],
+            )
+            self._workspaces[batch] = workspace
+        return workspace
+
+    def _forward(self, backend: Backend, workspace: _Workspace) -> np.ndarray:
+        inputs = workspace.inputs
+        for stage, out in zip(self._stages, workspace.outputs):
+            if stage.kind == "dense":
+                layer = stage.dense
+                backend._dense_forward(inputs, layer.weight, layer.bias, out, stage.activation)  # type: ignore[union-attr]
+            elif stage.kind == "activation":
+                backend._activation_forward(stage.activation, inputs, out)
+            else:
+                backend._softmax_forward(inputs, out)
+            inputs = out
+        return inputs
+
+    def _backward(self, backend: Backend, workspace: _Workspace) -> None:
+        """Gradients of the loss w.r.t. every parameter, from ``workspace.output_grads[-1]``."""
+        for index in range(len(self._stages) - 1, -1, -1):
+            stage = self._stages[index]
+            out, grad_out = workspace.outputs[index], workspace.output_grads[index]
+            inputs = workspace.outputs[index - 1] if index else workspace.inputs
+            grad_inputs = workspace.output_grads[index - 1] if index else None
+            if stage.kind == "dense":
+                layer = stage.dense
+                backend._dense_backward(
+                    inputs,
+                    layer.weight,
+                    out,
+                    grad_out,
+                    layer.weight_grad,
+                    layer.bias_grad,
+                    grad_inputs,
+                    stage.activation,  # type: ignore[union-attr]
+                )
+            elif grad_inputs is None:
+                continue
+            elif stage.kind == "activation":
+                backend._activation_backward(stage.activation, out, grad_out, grad_inputs)
+            else:
+                backend._softmax_backward(out, grad_out, grad_inputs)
+
+    def predict(self, X: object, batch_size: int = 1024) -> np.ndarray:
+        """The model's outputs (N, out_features) for inputs X (N, in_features), computed in batches."""
+        batch_size = check_positive_int(batch_size, "batch_size")
+        inputs = as_features(X, self.in_features, self.dtype)
+        backend = resolve_backend(self._backend_name)
+        result = np.empty((len(inputs), self.out_features), dtype=self.dtype)
+        for start in range(0, len(inputs), batch_size):
+            rows = slice(start, min(start + batch_size, len(inputs)))
+            workspace = self._workspace(rows.stop - rows.start)
+            np.copyto(workspace.inputs, inputs[rows])
+            result[rows] = self._forward(backend, workspace)
+        return result
+
+    __call__ = predict
+
+    def evaluate(self, X: object, y: object, loss: Loss | None = None, batch_size: int = 1024) -> dict[str, float]:
+        """Mean loss (and accuracy, for class targets) over (X, y). ``loss`` defaults to the one of the
+        last ``fit``, else ``CrossEntropy``."""
+        loss = self._choose_loss(loss)
+        inputs = as_features(X, self.in_features, self.dtype)
+        targets = loss.targets(y, self.out_features, self.dtype)
+        check_same_length(inputs, targets.values)
+        return self._evaluate_prepared(inputs, targets, loss, check_positive_int(batch_size, "batch_size"))
+
+    def _choose_loss(self, loss: Loss | None) -> Loss:
+        loss = loss if loss is not None else self.loss or CrossEntropy()
+        if not isinstance(loss, Loss):
+            raise TypeError(f"loss must be a fastopt loss such as losses.CrossEntropy(), got {loss!r}")
+        return loss
+
+    def _evaluate_prepared(self, inputs: np.ndarray, targets: Targets, loss: Loss, batch_size: int) -> dict[str, float]:
+        backend = resolve_backend(self._backend_name)
+        total_loss = 0.0
+        correct = 0
+        for start in range(0, len(inputs), batch_size):
+            stop = min(start + batch_size, len(inputs))
+            workspace = self._workspace(stop - start)
+            np.copyto(workspace.inputs, inputs[start:stop])
+            output = self._forward(backend, workspace)
+            total_loss += loss.compute(backend, output, targets.values[start:stop], None) * (stop - start)
+            if targets.labels is not None:
+                correct += backend._count_correct(output, targets.labels[start:stop])
+        result = {"loss": total_loss / len(inputs)}
+        if targets.labels is not None:
+            result["accuracy"] = correct / len(inputs)
+        return result
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        X: object,
+        y: object,
+        loss: Loss | None = None,
+        optimizer: Optimizer | None = None,
+        epochs: int = 1,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int | None = None,
+        validation_data: tuple[object, object] | None = None,
+        progress: bool = False,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> History:
+        """Train on (X, y) with mini-batches; returns the per-epoch ``History``.
+
+        ``loss`` defaults to ``CrossEntropy()``; ``optimizer`` (default ``Adam()``) made without
+        parameters is bound to this model, and keeps its state across calls of ``fit``. ``seed`` seeds
+        the shuffling. ``on_epoch_end(epoch, logs)`` is called after each epoch. If the loss becomes
+        NaN or Inf, ``FloatingPointError`` is raised before that step's update is applied.
+        """
+        from fastopt.optim import Adam
+
+        loss = self._choose_loss(loss)
+        optimizer = optimizer if optimizer is not None else self.optimizer or Adam()
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastopt optimizer such as optim.Adam(), got {optimizer!r}")
+        epochs = check_positive_int(epochs, "epochs")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        inputs = as_features(X, self.in_features, self.dtype)
+        targets = loss.targets(y, self.out_features, self.dtype)
+        check_same_length(inputs, targets.values)
+        validation = self._prepare_validation(validation_data, loss)
+        backend = resolve_backend(self._backend_name)
+        if not optimizer.is_bound_to([self.parameters]):
+            optimizer.bind([self.parameters], backend)
+        optimizer._backend = backend
+        self.loss, self.optimizer = loss, optimizer
+
+        n_samples = len(inputs)
+        rng = np.random.default_rng(seed)
+        order = np.arange(n_samples)
+        history = History()
+        for epoch in range(1, epochs + 1):
+            started = time.perf_counter()
+            if shuffle:
+                order[...] = np.arange(n_samples)
+                rng.shuffle(order)
+            total_loss, correct = 0.0, 0
+            n_batches = math.ceil(n_samples / batch_size)
+            with tqdm(
+                total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False, unit="batch"
+            ) as bar:
+                for batch_index in range(n_batches):
+                    rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                    batch_loss, batch_correct = self._train_step(backend, loss, optimizer, inputs, targets, rows)
+                    if not math.isfinite(batch_loss):
+                        raise FloatingPointError(
+                            f"the loss became {batch_loss} at epoch {epoch}, batch {batch_index + 1} (optimizer step "
+                            f"{optimizer.step_count + 1}); parameters are those before this step"
+                        )
+                    total_loss += batch_loss * len(rows)
+                    correct += batch_correct
+                    bar.update()
+                    if progress and batch_index % 50 == 0:
+                        bar.set_postfix(
+                            loss=f"{total_loss / min(n_samples, (batch_index + 1) * batch_size):.4f}", refresh=False
+                        )
+            logs = {"loss": total_loss / n_samples}
+            if targets.labels is not None:
+                logs["accuracy"] = correct / n_samples
+            if validation is not None:
+                evaluation = self._evaluate_prepared(validation[0], validation[1], loss, max(batch_size, 1024))
+                logs.update({f"val_{key}": value for key, value in evaluation.items()})
+            logs["seconds"] = time.perf_counter() - started
+            history.append(epoch, logs)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, logs)
+        return history
+
+    def _prepare_validation(self, validation_data: object, loss: Loss) -> tuple[np.ndarray, Targets] | None:
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        inputs = as_features(validation_data[0], self.in_features, self.dtype, name="X_val")
+        targets = loss.targets(validation_data[1], self.out_features, self.dtype)
+        check_same_length(inputs, targets.values, "X_val", "y_val")
+        return inputs, targets
+
+    def _train_step(
+        self, backend: Backend, loss: Loss, optimizer: Optimizer, inputs: np.ndarray, targets: Targets, rows: np.ndarray
+    ) -> tuple[float, int]:
+        """One mini-batch: gather rows, forward, loss, backward, optimizer step. Returns (mean loss, correct)."""
+        workspace = self._workspace(len(rows))
+        if workspace.targets is None:
+            workspace.targets = np.empty((len(rows), *targets.values.shape[1:]), dtype=targets.values.dtype)
+            workspace.labels = np.empty(len(rows), dtype=np.int64)
+        np.take(inputs, rows, axis=0, out=workspace.inputs, mode="clip")
+        np.take(targets.values, rows, axis=0, out=workspace.targets, mode="clip")
+        output = self._forward(backend, workspace)
+        batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1])
+        if not math.isfinite(batch_loss):
+            return batch_loss, 0
+        correct = 0
+        if targets.labels is not None:
+            np.take(targets.labels, rows, out=workspace.labels, mode="clip")
+            correct = backend._count_correct(output, workspace.labels)
+        self._backward(backend, workspace)
+        optimizer.apply([self.gradients])
+        return batch_loss, correct
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the architecture, dtype and parameters to an ``.npz`` file (atomically; no pickle)."""
+        _io.write_archive(
+            path, MODEL_FILE_KIND, MODEL_FILE_VERSION, {"model": self.config()}, {"parameters": self.parameters}
+        )
+
+
+def load(path: str | os.PathLike[str], backend: str | None = None) -> Sequential:
+    """Read a model written by ``Sequential.save``; refuses corrupt, foreign or pickled files."""
+    header, arrays = _io.read_archive(path, MODEL_FILE_KIND, MODEL_FILE_VERSION)
+    config = header.get("model")
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        raise _io.FileFormatError(f"{path} has no model description")
+    try:
+        model = Sequential(
+            [layer_from_config(layer) for layer in config["layers"]], dtype=config.get("dtype"), backend=backend
+        )
+    except (TypeError, ValueError) as exc:
+        raise _io.FileFormatError(f"{path} describes an invalid model: {exc}") from exc
+    parameters = arrays.get("parameters")
+    if parameters is None or parameters.dtype != model.dtype or parameters.shape != model.parameters.shape:
+        raise _io.FileFormatError(f"{path}: its parameters do not fit the architecture it describes")
+    model.seed = config.get("seed")
+    model.parameters[...] = parameters
+    return model

@@ -1,0 +1,149 @@
+"""The NumPy reference backend: every kernel written for clarity; it defines what every result must be.
+
+The kernels write their outputs in place (the interface is shaped for compiled kernels) but are
+otherwise the formulas of ``fastopt.backend.Backend``'s docstrings, one NumPy expression a line.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastopt.backend import Backend
+
+
+def sigmoid(x: np.ndarray, out: np.ndarray) -> None:
+    """Logistic function without overflow: ``1 / (1 + e^-x)`` for x >= 0 and ``e^x / (1 + e^x)`` below."""
+    positive = x >= 0
+    exp_neg_abs = np.exp(-np.abs(x))
+    np.copyto(out, np.where(positive, 1.0 / (1.0 + exp_neg_abs), exp_neg_abs / (1.0 + exp_neg_abs)))
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+    def _dense_forward(self, x, weight, bias, out, activation):  # type: ignore[no-untyped-def]
+        np.matmul(x, weight, out=out)
+        out += bias
+        if activation != "identity":
+            self._activation_forward(activation, out.copy(), out)
+
+    def _dense_backward(self, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, activation):  # type: ignore[no-untyped-def]
+        if activation != "identity":
+            self._activation_backward(activation, out, grad_out.copy(), grad_out)
+        np.matmul(x.T, grad_out, out=grad_weight)
+        np.sum(grad_out, axis=0, out=grad_bias)
+        if grad_x is not None:
+            np.matmul(grad_out, weight.T, out=grad_x)
+
+    def _activation_forward(self, activation, x, out):  # type: ignore[no-untyped-def]
+        if activation == "relu":
+            np.maximum(x, 0, out=out)
+        elif activation == "sigmoid":
+            sigmoid(x, out)
+        elif activation == "tanh":
+            np.tanh(x, out=out)
+        else:
+            np.copyto(out, x)
+
+    def _activation_backward(self, activation, out, grad_out, grad_x):  # type: ignore[no-untyped-def]
+        if activation == "relu":
+            np.copyto(grad_x, np.where(out > 0, grad_out, 0))
+        elif activation == "sigmoid":
+            np.copyto(grad_x, grad_out * (out * (1 - out)))
+        elif activation == "tanh":
+            np.copyto(grad_x, grad_out * (1 - out * out))
+        else:
+            np.copyto(grad_x, grad_out)
+
+    def _softmax_forward(self, x, out):  # type: ignore[no-untyped-def]
+        shifted = np.exp(x - x.max(axis=1, keepdims=True))
+        np.copyto(out, shifted / shifted.sum(axis=1, keepdims=True))
+
+    def _softmax_backward(self, out, grad_out, grad_x):  # type: ignore[no-untyped-def]
+        dot = (grad_out * out).sum(axis=1, keepdims=True)
+        np.copyto(grad_x, out * (grad_out - dot))
+
+    def _softmax_cross_entropy(self, logits, labels, grad_logits):  # type: ignore[no-untyped-def]
+        batch = logits.shape[0]
+        row_max = logits.max(axis=1, keepdims=True)
+        exp_shifted = np.exp(logits - row_max)
+        sum_exp = exp_shifted.sum(axis=1, keepdims=True)
+        log_sum_exp = row_max[:, 0] + np.log(sum_exp[:, 0])
+        rows = np.arange(batch)
+        loss = float(np.mean(log_sum_exp - logits[rows, labels], dtype=np.float64))
+        if grad_logits is not None:
+            np.copyto(grad_logits, exp_shifted / sum_exp)
+            grad_logits[rows, labels] -= 1
+            grad_logits /= batch
+        return loss
+
+    def _mse(self, pred, target, grad_pred):  # type: ignore[no-untyped-def]
+        diff = pred - target
+        loss = float(np.mean(diff.astype(np.float64) ** 2))
+        if grad_pred is not None:
+            np.copyto(grad_pred, 2 * diff / diff.size)
+        return loss
+
+    def _count_correct(self, scores, labels):  # type: ignore[no-untyped-def]
+        return int(np.count_nonzero(scores.argmax(axis=1) == labels))
+
+    def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]
+        g = grad + weight_decay * param
+        if momentum_buffer is not None:
+            if first_step:
+                np.copyto(momentum_buffer, g)
+            else:
+                np.copyto(momentum_buffer, momentum * momentum_buffer + (1 - dampening) * g)
+            g = g + momentum * momentum_buffer if nesterov else momentum_buffer
+        param -= lr * g
+
+    def _adagrad_step(self, param, grad, sum_squares, lr, eps, weight_decay):  # type: ignore[no-untyped-def]
+        g = grad + weight_decay * param
+        sum_squares += g * g
+        param -= lr * g / (np.sqrt(sum_squares) + eps)
+
+    def _rmsprop_step(self, param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, momentum, weight_decay):  # type: ignore[no-untyped-def]
+        g = grad + weight_decay * param
+        np.copyto(square_avg, alpha * square_avg + (1 - alpha) * g * g)
+        if grad_avg is not None:
+            np.copyto(grad_avg, alpha * grad_avg + (1 - alpha) * g)
+            denom = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+        else:
+            denom = np.sqrt(square_avg) + eps
+        if momentum_buffer is not None:
+            np.copyto(momentum_buffer, momentum * momentum_buffer + g / denom)
+            param -= lr * momentum_buffer
+        else:
+            param -= lr * g / denom
+
+    def _adam_step(  # type: ignore[no-untyped-def]
+        self,
+        param,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        max_exp_avg_sq,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        decoupled_weight_decay,
+        bias_correction1,
+        bias_correction2,
+    ):
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+            g = grad
+        else:
+            g = grad + weight_decay * param
+        np.copyto(exp_avg, beta1 * exp_avg + (1 - beta1) * g)
+        np.copyto(exp_avg_sq, beta2 * exp_avg_sq + (1 - beta2) * g * g)
+        second_moment = exp_avg_sq
+        if max_exp_avg_sq is not None:
+            np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            second_moment = max_exp_avg_sq
+        denom = np.sqrt(second_moment) / math.sqrt(bias_correction2) + eps
+        param -= (lr / bias_correction1) * exp_avg / denom
