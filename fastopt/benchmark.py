@@ -1,0 +1,302 @@
+"""``fastopt bench``: the same workload on every available implementation, in one process, interleaved.
+
+Implementations: fastopt's numpy and cython backends, and PyTorch (default, foreach and fused Adam)
+and scikit-learn's ``MLPClassifier`` when they are installed (never required). Each round runs every
+implementation once, in turn, so that the machine's noise falls on all of them alike; the report
+gives medians, spreads (min-max), ratios, and each median as a multiple of the workload's physical
+floor: its bytes moved at the measured memory bandwidth plus its GEMM FLOPs at the measured GEMM rate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fastopt import layers, losses, optim
+from fastopt.backend import available_backends, resolve_backend
+from fastopt.model import Sequential
+
+SIZES = (784, 128, 64, 10)
+ADAM_BYTES_PER_ELEMENT = 7  # reads p, g, m, v and writes p, m, v: 7 accesses per element
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: list[float]
+    unit_count: float  # elements for the optimizer workload, 1 otherwise
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+@dataclass
+class Report:
+    workload: str
+    description: str
+    floor_seconds: float
+    machine: dict[str, float]
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _timed(function: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def run_interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """One warm-up call each, then ``rounds`` rounds in which every case runs once, in turn."""
+    for case in cases.values():
+        case()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            times[name].append(_timed(case))
+    return times
+
+
+def measure_machine(repeats: int = 5) -> dict[str, float]:
+    """Memory bandwidth (bytes/s, from copying 256 MB) and float32 GEMM rate (FLOP/s, 512x784 @ 784x128)."""
+    source = np.ones(32 * 1024 * 1024, dtype=np.float64)
+    target = np.empty_like(source)
+    copy_seconds = min(_timed(lambda: np.copyto(target, source)) for _ in range(repeats))
+    a = np.ones((512, 784), dtype=np.float32)
+    b = np.ones((784, 128), dtype=np.float32)
+    c = np.empty((512, 128), dtype=np.float32)
+    gemm_seconds = min(_timed(lambda: [np.matmul(a, b, out=c) for _ in range(20)]) for _ in range(repeats)) / 20
+    return {
+        "bandwidth_bytes_per_s": 2 * source.nbytes / copy_seconds,
+        "gemm_flops_per_s": 2 * 512 * 784 * 128 / gemm_seconds,
+    }
+
+
+def _mlp_flops_per_sample() -> float:
+    """Forward 2*in*out per layer; backward twice that, less the first layer's input gradient."""
+    pairs = list(itertools.pairwise(SIZES))
+    forward = sum(2 * n_in * n_out for n_in, n_out in pairs)
+    return 3 * forward - 2 * SIZES[0] * SIZES[1]
+
+
+def _n_params() -> int:
+    return sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(SIZES))
+
+
+def _fastopt_model(backend: str, dtype: str = "float32") -> Sequential:
+    return Sequential(
+        [layers.Dense(784, 128), layers.ReLU(), layers.Dense(128, 64), layers.ReLU(), layers.Dense(64, 10)],
+        dtype=dtype,
+        seed=0,
+        backend=backend,
+    )
+
+
+def _epoch_data(n_samples: int) -> tuple[np.ndarray, np.ndarray, str]:
+    try:
+        from fastopt.datasets import load_fashion_mnist
+
+        X, y, _, _ = load_fashion_mnist()
+        return X[:n_samples], y[:n_samples], "Fashion-MNIST"
+    except (FileNotFoundError, ValueError):
+        rng = np.random.default_rng(0)
+        X = rng.random((n_samples, 784), dtype=np.float32)
+        return X, rng.integers(0, 10, n_samples), "random data (Fashion-MNIST not installed)"
+
+
+def _torch_epoch_cases(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, Callable[[], object]]:
+    import torch
+
+    torch.manual_seed(0)
+    inputs, labels = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    cases: dict[str, Callable[[], object]] = {}
+    for variant in ("default", "foreach", "fused"):
+        net = torch.nn.Sequential(
+            torch.nn.Linear(784, 128),
+            torch.nn.ReLU(),
+            torch.nn.Linear(128, 64),
+            torch.nn.ReLU(),
+            torch.nn.Linear(64, 10),
+        )
+        options = {"foreach": False} if variant == "default" else {variant: True}
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, **options)
+        criterion = torch.nn.CrossEntropyLoss()
+
+        def epoch(net: Any = net, optimizer: Any = optimizer, criterion: Any = criterion) -> None:
+            order = torch.randperm(len(inputs))
+            for start in range(0, len(inputs), batch_size):
+                rows = order[start : start + batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                criterion(net(inputs[rows]), labels[rows]).backward()
+                optimizer.step()
+
+        cases[f"pytorch {torch.__version__} ({variant} Adam)"] = epoch
+    return cases
+
+
+def _torch_optim_cases(n: int) -> dict[str, Callable[[], object]]:
+    import torch
+
+    cases: dict[str, Callable[[], object]] = {}
+    for variant in ("default", "foreach", "fused"):
+        param = torch.nn.Parameter(torch.zeros(n))
+        param.grad = torch.full((n,), 1e-3)
+        options = {"foreach": False} if variant == "default" else {variant: True}
+        optimizer = torch.optim.Adam([param], lr=1e-3, **options)
+        cases[f"pytorch {torch.__version__} ({variant} Adam)"] = optimizer.step
+    return cases
+
+
+def _sklearn_epoch_case(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, Callable[[], object]]:
+    import warnings
+
+    import sklearn
+    from sklearn.neural_network import MLPClassifier
+
+    model = MLPClassifier(hidden_layer_sizes=SIZES[1:-1], solver="adam", learning_rate_init=1e-3, batch_size=batch_size)
+    classes = np.arange(10)
+
+    def epoch() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.partial_fit(X, y, classes=classes)
+
+    return {f"scikit-learn {sklearn.__version__} MLPClassifier (adam)": epoch}
+
+
+def _peer_cases(builders: list[Callable[[], dict[str, Callable[[], object]]]], notes: list[str]) -> dict[str, Callable]:
+    cases: dict[str, Callable[[], object]] = {}
+    for build in builders:
+        try:
+            cases.update(build())
+        except ImportError as exc:
+            notes.append(f"peer skipped: {exc}")
+    return cases
+
+
+def bench_epoch(batch_size: int, rounds: int, n_samples: int, machine: dict[str, float]) -> Report:
+    X, y, source = _epoch_data(n_samples)
+    steps = -(-len(X) // batch_size)
+    report = Report(
+        workload="epoch",
+        description=f"one epoch, 784-128-64-10 MLP, Adam, float32, batch {batch_size}, {len(X)} samples of {source}",
+        floor_seconds=len(X) * _mlp_flops_per_sample() / machine["gemm_flops_per_s"]
+        + steps * ADAM_BYTES_PER_ELEMENT * 4 * _n_params() / machine["bandwidth_bytes_per_s"],
+        machine=machine,
+    )
+    cases: dict[str, Callable[[], object]] = {}
+    for backend in available_backends():
+        model, optimizer, loss = _fastopt_model(backend), optim.Adam(lr=1e-3), losses.CrossEntropy()
+        cases[f"fastopt {backend}"] = lambda m=model, o=optimizer, lo=loss: m.fit(
+            X, y, loss=lo, optimizer=o, epochs=1, batch_size=batch_size, seed=0
+        )
+    cases.update(
+        _peer_cases(
+            [lambda: _torch_epoch_cases(X, y, batch_size), lambda: _sklearn_epoch_case(X, y, batch_size)], report.notes
+        )
+    )
+    report.rows = [Row(name, times, 1) for name, times in run_interleaved(cases, rounds).items()]
+    return report
+
+
+def bench_optim(n: int, rounds: int, machine: dict[str, float]) -> Report:
+    report = Report(
+        workload="optim",
+        description=f"one Adam step over n = {n:.0e} float32 elements (ns per element)",
+        floor_seconds=ADAM_BYTES_PER_ELEMENT * 4 * n / machine["bandwidth_bytes_per_s"],
+        machine=machine,
+    )
+    cases: dict[str, Callable[[], object]] = {}
+    grad = np.full(n, 1e-3, dtype=np.float32)
+    for backend in available_backends():
+        optimizer = optim.Adam(lr=1e-3)
+        optimizer.bind([np.zeros(n, dtype=np.float32)], resolve_backend(backend))
+        cases[f"fastopt {backend}"] = lambda o=optimizer: o.apply([grad])
+    cases.update(_peer_cases([lambda: _torch_optim_cases(n)], report.notes))
+    report.rows = [Row(name, times, n) for name, times in run_interleaved(cases, rounds).items()]
+    return report
+
+
+def bench_dense(batch_size: int, rounds: int, machine: dict[str, float]) -> Report:
+    flops = batch_size * _mlp_flops_per_sample()
+    report = Report(
+        workload="dense",
+        description=f"forward + backward of the 784-128-64-10 MLP (no optimizer), float32, batch {batch_size}, x100",
+        floor_seconds=100 * flops / machine["gemm_flops_per_s"],
+        machine=machine,
+    )
+    rng = np.random.default_rng(0)
+    X = rng.random((batch_size, 784), dtype=np.float32)
+    y = rng.integers(0, 10, batch_size)
+    cases: dict[str, Callable[[], object]] = {}
+    for backend_name in available_backends():
+        model, loss = _fastopt_model(backend_name), losses.CrossEntropy()
+        backend = resolve_backend(backend_name)
+        workspace = model._workspace(batch_size)
+        np.copyto(workspace.inputs, X)
+
+        def passes(m: Sequential = model, b: Any = backend, w: Any = workspace, lo: losses.Loss = loss) -> None:
+            for _ in range(100):
+                out = m._forward(b, w)
+                lo.compute(b, out, y, w.output_grads[-1])
+                m._backward(b, w)
+
+        cases[f"fastopt {backend_name}"] = passes
+    report.rows = [Row(name, times, 1) for name, times in run_interleaved(cases, rounds).items()]
+    return report
+
+
+def format_report(report: Report) -> str:
+    per_element = report.workload == "optim"
+    unit = "ns/el" if per_element else "s"
+    scale = 1e9 if per_element else 1.0
+    baseline = next((row.median for row in report.rows if row.name == "fastopt numpy"), None)
+    fastest_peer = min((row.median for row in report.rows if not row.name.startswith("fastopt")), default=None)
+    machine = report.machine
+    floor = report.floor_seconds * scale / (report.rows[0].unit_count if per_element else 1)
+    lines = [
+        f"{report.description}",
+        f"machine: memory bandwidth {machine['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
+        f"float32 GEMM {machine['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s; "
+        f"floor for this workload {floor:.4g} {unit}",
+        f"{'implementation':<46} {'median':>10} {'min-max':>19} {'vs numpy':>9} {'vs best peer':>12} {'x floor':>8}",
+    ]
+    for row in report.rows:
+        count = row.unit_count if per_element else 1
+        median = row.median * scale / count
+        low, high = (min(row.seconds) * scale / count, max(row.seconds) * scale / count)
+        versus_numpy = f"{baseline / row.median:.2f}x" if baseline else "-"
+        versus_peer = f"{fastest_peer / row.median:.2f}x" if fastest_peer else "-"
+        lines.append(
+            f"{row.name:<46} {median:>8.4g}{unit:>2} {low:>9.4g}-{high:<9.4g} {versus_numpy:>9} {versus_peer:>12} "
+            f"{row.median / report.floor_seconds:>7.1f}x"
+        )
+    lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def run(
+    workload: str, batch_size: int | None, rounds: int, json_path: str | None, n_samples: int = 60000
+) -> list[Report]:
+    machine = measure_machine()
+    reports: list[Report] = []
+    if workload == "epoch":
+        reports.append(bench_epoch(batch_size or 32, rounds, n_samples, machine))
+    elif workload == "optim":
+        reports += [bench_optim(n, rounds, machine) for n in (10**5, 10**7)]
+    else:
+        reports += [bench_dense(size, rounds, machine) for size in ([batch_size] if batch_size else [32, 128, 512])]
+    for report in reports:
+        print(format_report(report), end="\n\n", flush=True)
+    if json_path:
+        with open(json_path, "w") as stream:
+            json.dump([asdict(report) for report in reports], stream, indent=2)
+    return reports
