@@ -116,15 +116,15 @@ class Optimizer:
         grads = _as_array_list(grads, "grads")
         if len(grads) != len(self.params):
             raise ValueError(f"step got {len(grads)} gradients for {len(self.params)} parameters")
+        written = [buffer for param, state in zip(self.params, self.state) for buffer in (param, *state.values())]
         checked = []
         for index, (param, grad) in enumerate(zip(self.params, grads)):
             if grad.dtype != param.dtype:
                 raise TypeError(f"grads[{index}] has dtype {grad.dtype}, its parameter has {param.dtype}")
             if grad.shape != param.shape:
                 raise ValueError(f"grads[{index}] has shape {grad.shape}, its parameter has {param.shape}")
-            buffers = [param, *self.state[index].values()]
-            if any(np.shares_memory(grad, buffer) for buffer in buffers):
-                raise ValueError(f"grads[{index}] shares memory with its parameter or the optimizer state")
+            if any(np.shares_memory(grad, buffer) for buffer in written):
+                raise ValueError(f"grads[{index}] shares memory with a parameter or the optimizer state")
             checked.append(np.ascontiguousarray(grad))
         self.apply(checked)
 
@@ -158,13 +158,21 @@ class Optimizer:
         step_count = state_dict["step_count"]
         if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
             raise ValueError(f"state_dict step_count must be a non-negative integer, got {step_count!r}")
-        hyper = self._validated(dict(state_dict["hyperparameters"]))
-        if set(hyper) != set(self.hyperparameters):
-            raise ValueError(f"state_dict hyperparameters {sorted(hyper)} do not match {sorted(self.hyperparameters)}")
-        new_state = state_dict["state"]
+        given = state_dict["hyperparameters"]
+        if not isinstance(given, dict):
+            raise TypeError(f"state_dict hyperparameters must be a dict, got {type(given).__name__}")
+        if set(given) != set(self.hyperparameters):
+            missing, unknown = set(self.hyperparameters) - set(given), set(given) - set(self.hyperparameters)
+            raise ValueError(f"state_dict hyperparameters lack {sorted(missing)} and have unknown {sorted(unknown)}")
+        hyper = self._validated(dict(given))
         if self.params is None:
             raise ValueError("load_state_dict needs the optimizer's parameters first")
-        if not isinstance(new_state, (list, tuple)) or len(new_state) != len(self.params):
+        new_state = state_dict["state"]
+        if not isinstance(new_state, (list, tuple)):
+            raise ValueError(
+                f"state_dict state must be a list of one dict per parameter, got {type(new_state).__name__}"
+            )
+        if len(new_state) != len(self.params):
             raise ValueError(
                 f"state_dict holds state for {len(new_state)} parameters, the optimizer has {len(self.params)}"
             )
