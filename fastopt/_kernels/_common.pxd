@@ -1,0 +1,63 @@
+# cython: language_level=3
+"""Helpers shared by the kernel modules: build constants, OpenMP thread counts, typed math.
+
+Everything here is ``inline`` and therefore compiled into each module that cimports it, with that
+module's flags (the baseline and the AVX2+FMA builds get their own copies).
+"""
+
+from cython cimport floating
+from libc.math cimport exp, expf, log, sqrt, sqrtf, tanh, tanhf
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FO_HAVE_OPENMP 1
+    static int fo_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define FO_HAVE_OPENMP 0
+    static int fo_omp_max_threads(void) { return 1; }
+    #endif
+    #ifndef FO_ISA
+    #define FO_ISA "unknown"
+    #endif
+    #ifndef FO_COMPILE_ARGS
+    #define FO_COMPILE_ARGS ""
+    #endif
+    """
+    const int FO_HAVE_OPENMP
+    const char* FO_ISA
+    const char* FO_COMPILE_ARGS
+    int fo_omp_max_threads() noexcept nogil
+
+
+cdef inline floating fsqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating fexp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating ftanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating fsigmoid(floating x) noexcept nogil:
+    # The overflow-free two-branch logistic of the reference, e = exp(-|x|): 1 / (1 + e) for x >= 0,
+    # e / (1 + e) below. Written as one division with a selected numerator (bitwise the same results)
+    # so that random signs cost no branch mispredictions.
+    # (Literals are typed: a bare 1 would become the double 1.0 and promote float32 arithmetic.)
+    cdef floating one = 1
+    cdef floating e = fexp(-x if x >= 0 else x)
+    cdef floating numerator = one if x >= 0 else e
+    return numerator / (one + e)
