@@ -107,7 +107,8 @@ def as_features(X: object, n_features: int, dtype: np.dtype, name: str = "X") ->
         raise ValueError(f"{name} is empty (0 samples)")
     if array.shape[1] != n_features:
         raise ValueError(f"{name} has {array.shape[1]} features but the model expects {n_features}")
-    converted = np.ascontiguousarray(array, dtype=dtype)
+    with np.errstate(over="ignore"):  # values beyond the dtype's range become Inf and are refused below
+        converted = np.ascontiguousarray(array, dtype=dtype)
     if not np.isfinite(converted).all():
         raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
     return converted

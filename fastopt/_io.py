@@ -69,6 +69,8 @@ def read_archive(path: str | os.PathLike[str], kind: str, version: int) -> tuple
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    if not zipfile.is_zipfile(path):
+        raise FileFormatError(f"{path} is not a fastopt file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}

@@ -49,6 +49,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -86,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], help="hidden layer sizes, e.g. 128,64")
     train.add_argument("--backend", help=f"backend name: {', '.join(available_backends())} (default: {get_backend()})")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default float32)")
-    train.add_argument("--seed", type=int, default=0, help="seed of initialization and shuffling (default 0)")
+    train.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of initialization and shuffling (default 0)"
+    )
     train.add_argument("--save", metavar="PATH", help="write the trained model to PATH (.npz)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench = commands.add_parser(
@@ -148,6 +160,8 @@ def train(args: argparse.Namespace) -> int:
     if args.backend is not None and args.backend not in available_backends():
         reason = backend_problems().get(args.backend)
         raise ValueError(f"backend {args.backend!r} is not available" + (f": {reason}" if reason else ""))
+    if args.save and not Path(args.save).resolve().parent.is_dir():
+        raise ValueError(f"--save {args.save}: the folder {Path(args.save).resolve().parent} does not exist")
     X_train, y_train, X_test, y_test = _load_dataset(args.dataset)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     sizes = [X_train.shape[1], *args.hidden, n_classes]
@@ -163,18 +177,19 @@ def train(args: argparse.Namespace) -> int:
         f"{len(X_train)} training and {len(X_test)} test samples from {args.dataset}"
     )
     started = time.perf_counter()
-    model.fit(
-        X_train,
-        y_train,
-        loss=losses.CrossEntropy(),
-        optimizer=optimizer,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        shuffle=True,
-        seed=args.seed,
-        progress=not args.no_progress,
-        on_epoch_end=lambda epoch, logs: print(f"epoch {epoch}/{args.epochs}  {_format_logs(logs)}", flush=True),
-    )
+    with np.errstate(all="ignore"):  # a diverging run is reported once, by fit's FloatingPointError
+        model.fit(
+            X_train,
+            y_train,
+            loss=losses.CrossEntropy(),
+            optimizer=optimizer,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            shuffle=True,
+            seed=args.seed,
+            progress=not args.no_progress,
+            on_epoch_end=lambda epoch, logs: print(f"epoch {epoch}/{args.epochs}  {_format_logs(logs)}", flush=True),
+        )
     training_seconds = time.perf_counter() - started
     result = model.evaluate(X_test, y_test, loss=losses.CrossEntropy())
     accuracy = result["accuracy"]
@@ -199,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, FileFormatError, OSError) as exc:
+    except (ValueError, TypeError, ArithmeticError, FileNotFoundError, FileFormatError, OSError) as exc:
         sys.stderr.write(f"fastopt: error: {exc}\n")
         return 2
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from importlib import resources
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise FileFormatError(f"{path}: cannot decompress ({exc})") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise FileFormatError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")

@@ -31,7 +31,9 @@ class Targets:
 
 
 class Loss:
-    """Base class of losses."""
+    """Base class of losses. ``kernel`` names the backend method that computes the loss and its gradient."""
+
+    kernel = ""
 
     def targets(self, y: object, n_outputs: int, dtype: np.dtype) -> Targets:
         raise NotImplementedError
@@ -39,7 +41,7 @@ class Loss:
     def compute(self, backend: Backend, output: np.ndarray, target: np.ndarray, grad: np.ndarray | None) -> float:
         """The mean loss of a batch; writes d loss / d output into ``grad`` unless it is None.
         Trusted buffers: the training loop validated them."""
-        raise NotImplementedError
+        return getattr(backend, "_" + self.kernel)(output, target, grad)
 
     def __call__(self, y_pred: object, y_true: object, backend: str | None = None) -> float:
         """The loss of predictions ``y_pred`` (N, outputs) against ``y_true``, on the current backend."""
@@ -53,7 +55,7 @@ class Loss:
         target = self.targets(y_true, pred.shape[1], dtype)
         if len(target) != len(pred):
             raise ValueError(f"y_pred and y_true have different lengths: {len(pred)} and {len(target)}")
-        return self.compute(resolve_backend(backend), pred, target.values, None)
+        return getattr(resolve_backend(backend), self.kernel)(pred, target.values)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -66,14 +68,13 @@ class CrossEntropy(Loss):
     ``d loss / d z = (softmax(z) - onehot(y)) / N``.
     """
 
+    kernel = "softmax_cross_entropy"
+
     def targets(self, y: object, n_outputs: int, dtype: np.dtype) -> Targets:
         if n_outputs < 2:
             raise ValueError("CrossEntropy needs a model with at least 2 outputs (one logit per class)")
         labels = as_labels(y, n_outputs)
         return Targets(values=labels, labels=labels)
-
-    def compute(self, backend: Backend, output: np.ndarray, target: np.ndarray, grad: np.ndarray | None) -> float:
-        return backend._softmax_cross_entropy(output, target, grad)
 
 
 class MSE(Loss):
@@ -84,6 +85,8 @@ class MSE(Loss):
     one-hot rows when the model has several outputs. Accuracy is reported when the targets are
     class labels or one-hot rows.
     """
+
+    kernel = "mse"
 
     def targets(self, y: object, n_outputs: int, dtype: np.dtype) -> Targets:
         array = np.asarray(y)
@@ -102,9 +105,6 @@ class MSE(Loss):
         is_one_hot = n_outputs > 1 and np.isin(values, (0, 1)).all() and (values.sum(axis=1) == 1).all()
         labels = np.ascontiguousarray(values.argmax(axis=1), dtype=np.int64) if is_one_hot else None
         return Targets(values=values, labels=labels)
-
-    def compute(self, backend: Backend, output: np.ndarray, target: np.ndarray, grad: np.ndarray | None) -> float:
-        return backend._mse(output, target, grad)
 
 
 LOSS_TYPES: dict[str, type[Loss]] = {"CrossEntropy": CrossEntropy, "MSE": MSE}

@@ -89,6 +89,8 @@ class Sequential:
                 raise TypeError(f"layers[{index}] is not a fastopt layer: {layer!r}")
             if isinstance(layer, Dense) and layer.weight is not None:
                 raise ValueError(f"layers[{index}] ({layer!r}) already belongs to a model; make a new layer")
+            if any(layer is other for other in layers[:index]):
+                raise ValueError(f"layers[{index}] ({layer!r}) appears twice; each position needs its own layer")
         if not isinstance(layers[0], Dense):
             raise ValueError(f"the first layer must be Dense (it fixes the input features), got {layers[0]!r}")
         if backend is not None:
@@ -353,8 +355,13 @@ class Sequential:
     ) -> tuple[float, int]:
         """One mini-batch: gather rows, forward, loss, backward, optimizer step. Returns (mean loss, correct)."""
         workspace = self._workspace(len(rows))
-        if workspace.targets is None:
-            workspace.targets = np.empty((len(rows), *targets.values.shape[1:]), dtype=targets.values.dtype)
+        target_shape = (len(rows), *targets.values.shape[1:])
+        if (
+            workspace.targets is None
+            or workspace.targets.shape != target_shape
+            or workspace.targets.dtype != targets.values.dtype
+        ):
+            workspace.targets = np.empty(target_shape, dtype=targets.values.dtype)
             workspace.labels = np.empty(len(rows), dtype=np.int64)
         np.take(inputs, rows, axis=0, out=workspace.inputs, mode="clip")
         np.take(targets.values, rows, axis=0, out=workspace.targets, mode="clip")
