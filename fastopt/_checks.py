@@ -14,6 +14,10 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+class DTypeError(TypeError, ValueError):
+    """An array of the wrong dtype: a TypeError, and a ValueError for callers that catch bad values."""
+
+
 def resolve_dtype(dtype: object) -> np.dtype:
     """Return float32 or float64 for a dtype-like ``dtype``; anything else is a TypeError/ValueError."""
     try:
@@ -39,9 +43,9 @@ def check_array(
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
     if dtype is None:
         if array.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32 or float64, got {array.dtype}")
+            raise DTypeError(f"{name} must be float32 or float64, got {array.dtype}")
     elif array.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {array.dtype}")
+        raise DTypeError(f"{name} must have dtype {dtype}, got {array.dtype}")
     if shape is not None and array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
     if not array.flags.c_contiguous:
@@ -100,7 +104,7 @@ def as_features(X: object, n_features: int, dtype: np.dtype, name: str = "X") ->
     """
     array = np.asarray(X)
     if array.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+        raise DTypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got {array.ndim}-D with shape {array.shape}")
     if array.shape[0] == 0:
@@ -109,7 +113,7 @@ def as_features(X: object, n_features: int, dtype: np.dtype, name: str = "X") ->
         raise ValueError(f"{name} has {array.shape[1]} features but the model expects {n_features}")
     with np.errstate(over="ignore"):  # values beyond the dtype's range become Inf and are refused below
         converted = np.ascontiguousarray(array, dtype=dtype)
-    if not np.isfinite(converted).all():
+    if not (np.isfinite(converted.min()) and np.isfinite(converted.max())):  # NaN propagates; Inf is an extreme
         raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
     return converted
 
@@ -118,7 +122,7 @@ def as_labels(y: object, n_classes: int, name: str = "y") -> np.ndarray:
     """Convert class labels to int64 ``(N,)``: integer labels, integral floats, or one-hot rows."""
     array = np.asarray(y)
     if array.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold class labels (integers) or one-hot rows, got dtype {array.dtype}")
+        raise DTypeError(f"{name} must hold class labels (integers) or one-hot rows, got dtype {array.dtype}")
     if array.ndim == 2:
         if array.shape[1] != n_classes:
             raise ValueError(f"{name} one-hot rows have {array.shape[1]} columns but the model has {n_classes} outputs")

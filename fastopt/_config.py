@@ -15,6 +15,11 @@ from fastopt.backend import (
 from fastopt.numpy_backend import NumpyBackend
 
 register_backend("numpy", NumpyBackend)
+# After a parallel region libgomp's threads spin by default; on a 2-core machine they then hold the core
+# OpenBLAS's threads need, and a training step of a 600k-parameter model measured 10 ms instead of 0.3 ms.
+# Sleeping at once costs a wake-up, paid only by kernels above their parallel threshold. Read by libgomp
+# when it starts, i.e. when the extension is imported; a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 try:
     from fastopt import cython_backend
 except ImportError as exc:
@@ -55,12 +60,15 @@ def show_config() -> None:
         info = cython_backend.build_info()
         lines.append("compiled extension: built and imported")
         openmp = (
-            f"on, {info['openmp_threads']} threads"
+            f"on, {info['openmp_threads']} threads above {info['parallel_threshold']} elements, "
+            f"wait policy {os.environ.get('OMP_WAIT_POLICY')}"
             if info["openmp"]
             else "off (built without OpenMP: kernels run serially)"
         )
         lines.append(f"OpenMP: {openmp}")
-        lines.append(f"instruction set: {info['isa']}")
+        lines.append(f"instruction set: {info['isa']} ({info['isa_reason']})")
+        if info["flushes_subnormals"]:
+            lines.append("optimizer kernels flush subnormal numbers to zero while they run (FTZ/DAZ)")
         lines.append(f"compile flags: {' '.join(info['compile_args'])}")
     pools = _blas_pools()
     if pools:

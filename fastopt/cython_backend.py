@@ -124,6 +124,7 @@ def build_info() -> dict:
     info = _optim.build_info()
     return {
         "openmp": info["openmp"],
+        "flushes_subnormals": info["flushes_subnormals"],
         "openmp_threads": info["num_threads"] if info["openmp"] else 1,
         "parallel_threshold": info["parallel_threshold"],
         "compile_args": info["compile_args"],

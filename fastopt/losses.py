@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastopt._checks import as_labels, resolve_dtype
+from fastopt._checks import DTypeError, as_labels, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
 
 
@@ -91,7 +91,7 @@ class MSE(Loss):
     def targets(self, y: object, n_outputs: int, dtype: np.dtype) -> Targets:
         array = np.asarray(y)
         if array.dtype.kind not in "biuf":
-            raise TypeError(f"y must hold real numbers, got dtype {array.dtype}")
+            raise DTypeError(f"y must hold real numbers, got dtype {array.dtype}")
         if array.ndim == 1 and array.dtype.kind in "biu" and n_outputs > 1:
             labels = as_labels(array, n_outputs)
             return Targets(values=np.eye(n_outputs, dtype=dtype)[labels], labels=labels)

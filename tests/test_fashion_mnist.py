@@ -19,13 +19,15 @@ def fashion_mnist():
 
 
 @pytest.mark.slow
-def test_fashion_mnist_mlp_reaches_88_percent(fashion_mnist):
+@pytest.mark.parametrize("backend", fastopt.available_backends())
+def test_fashion_mnist_mlp_reaches_88_percent(fashion_mnist, backend):
     X_train, y_train, X_test, y_test = fashion_mnist
     assert X_train.shape == (60000, 784) and X_test.shape == (10000, 784)
     model = fastopt.Sequential(
         [layers.Dense(784, 128), layers.ReLU(), layers.Dense(128, 64), layers.ReLU(), layers.Dense(64, 10)],
         dtype="float32",
         seed=0,
+        backend=backend,
     )
     started = time.perf_counter()
     history = model.fit(

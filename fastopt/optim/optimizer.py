@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fastopt._checks import FLOAT_DTYPES, check_scalar
+from fastopt._checks import FLOAT_DTYPES, DTypeError, check_scalar
 from fastopt.backend import Backend, resolve_backend
 
 
@@ -84,7 +84,7 @@ class Optimizer:
             raise ValueError("params is empty")
         for index, param in enumerate(params):
             if param.dtype not in FLOAT_DTYPES:
-                raise TypeError(f"params[{index}] must be float32 or float64, got {param.dtype}")
+                raise DTypeError(f"params[{index}] must be float32 or float64, got {param.dtype}")
             if not param.flags.c_contiguous:
                 raise ValueError(
                     f"params[{index}] must be C-contiguous (use numpy.ascontiguousarray and keep that array)"
@@ -120,7 +120,7 @@ class Optimizer:
         checked = []
         for index, (param, grad) in enumerate(zip(self.params, grads)):
             if grad.dtype != param.dtype:
-                raise TypeError(f"grads[{index}] has dtype {grad.dtype}, its parameter has {param.dtype}")
+                raise DTypeError(f"grads[{index}] has dtype {grad.dtype}, its parameter has {param.dtype}")
             if grad.shape != param.shape:
                 raise ValueError(f"grads[{index}] has shape {grad.shape}, its parameter has {param.shape}")
             if any(np.shares_memory(grad, buffer) for buffer in written):

@@ -1,0 +1,84 @@
+"""show_config, set_num_threads, the OpenMP wait policy, and the dtype error type."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import fastopt
+from fastopt._checks import DTypeError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _python(code: str, **env: str) -> str:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "FASTOPT_QUIET_FALLBACK": "1", **env}
+    environment.pop("OMP_WAIT_POLICY", None)
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_show_config_names_backend_blas_and_build(capsys):
+    fastopt.show_config()
+    text = capsys.readouterr().out
+    assert f"fastopt backend in use: {fastopt.get_backend()}" in text
+    assert "BLAS:" in text
+    if "cython" in fastopt.available_backends():
+        assert "compiled extension: built and imported" in text
+        assert "OpenMP:" in text and "compile flags:" in text and "-march=native" not in text
+    else:
+        assert "compiled extension: not available" in text
+
+
+def test_show_config_says_why_the_extension_is_missing():
+    code = (
+        "import sys; sys.modules['fastopt._kernels._nn'] = None; import fastopt; "
+        "fastopt.show_config(); print(fastopt.get_backend())"
+    )
+    output = _python(code)
+    assert "compiled extension: not available (the compiled extension did not import" in output
+    assert output.splitlines()[-1] == "numpy"
+
+
+def test_openmp_threads_sleep_by_default_and_a_user_setting_is_kept():
+    assert _python("import fastopt, os; print(os.environ['OMP_WAIT_POLICY'])") == "PASSIVE"
+    assert _python("import fastopt, os; print(os.environ['OMP_WAIT_POLICY'])", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def _blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_set_num_threads_sets_blas_and_openmp():
+    before = _blas_threads()
+    try:
+        fastopt.set_num_threads(1)
+        assert _blas_threads() == {1}
+        if "cython" in fastopt.available_backends():
+            from fastopt import cython_backend
+
+            assert cython_backend.build_info()["openmp_threads"] == 1
+    finally:
+        fastopt.set_num_threads(max(before) if before else os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
+def test_set_num_threads_refuses_bad_counts(bad):
+    with pytest.raises((TypeError, ValueError), match="n must"):
+        fastopt.set_num_threads(bad)
+
+
+def test_dtype_errors_are_both_type_and_value_errors():
+    backend = fastopt.backend.resolve_backend("numpy")
+    x = np.ones((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="weight must have dtype float32"):
+        backend.dense_forward(x, np.ones((3, 2)), np.ones(2, np.float32), np.empty((2, 2), np.float32))
+    assert issubclass(DTypeError, TypeError) and issubclass(DTypeError, ValueError)
