@@ -318,6 +318,12 @@ class Backend:
             check_scalar(bias_correction2, "bias_correction2", high=1.0, low_open=True),
         )
 
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Held by ``Sequential.fit`` around its loop, where kernels alternate with BLAS calls; a backend
+        may adjust its threading for that."""
+        yield
+
     # ----------------------------------------------------------------------------- the kernels
     # Each backend implements these with the signatures below; they trust their arguments.
     def _dense_forward(self, x, weight, bias, out, activation):  # type: ignore[no-untyped-def]

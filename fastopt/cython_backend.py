@@ -30,9 +30,12 @@ the compiled call. Optimizer buffers of any shape are passed as flat views of th
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 # An ImportError here means the extension is not built: fastopt then falls back to NumPy.
 from fastopt._kernels import _nn as _nn_baseline
@@ -138,6 +141,20 @@ class CythonBackend(Backend):
     """Compiled fused kernels (see the module docstring); results agree with ``NumpyBackend``."""
 
     name = "cython"
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Serial optimizer kernels while a model trains with a multi-threaded BLAS. OpenBLAS's threads and
+        libgomp's both spin after their parallel regions; alternated on the same cores they stalled each
+        step for a scheduler slice (a 535k-parameter model: 2.6 s instead of 0.16 s per 5,000 samples)."""
+        threads = _optim.build_info()["num_threads"]
+        blas_threads = max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=1)
+        if blas_threads > 1:
+            _optim.set_num_threads(1)
+        try:
+            yield
+        finally:
+            _optim.set_num_threads(threads)
 
     def _dense_forward(self, x, weight, bias, out, activation):  # type: ignore[no-untyped-def]
         _matmul(x, weight, out=out)

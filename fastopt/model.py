@@ -299,46 +299,63 @@ class Sequential:
         optimizer._backend = backend
         self.loss, self.optimizer = loss, optimizer
 
-        n_samples = len(inputs)
         rng = np.random.default_rng(seed)
-        order = np.arange(n_samples)
+        order = np.arange(len(inputs))
         history = History()
-        for epoch in range(1, epochs + 1):
-            started = time.perf_counter()
-            if shuffle:
-                order[...] = np.arange(n_samples)
-                rng.shuffle(order)
-            total_loss, correct = 0.0, 0
-            n_batches = math.ceil(n_samples / batch_size)
-            with tqdm(
-                total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False, unit="batch"
-            ) as bar:
-                for batch_index in range(n_batches):
-                    rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
-                    batch_loss, batch_correct = self._train_step(backend, loss, optimizer, inputs, targets, rows)
-                    if not math.isfinite(batch_loss):
-                        raise FloatingPointError(
-                            f"the loss became {batch_loss} at epoch {epoch}, batch {batch_index + 1} (optimizer step "
-                            f"{optimizer.step_count + 1}); parameters are those before this step"
-                        )
-                    total_loss += batch_loss * len(rows)
-                    correct += batch_correct
-                    bar.update()
-                    if progress and batch_index % 50 == 0:
-                        bar.set_postfix(
-                            loss=f"{total_loss / min(n_samples, (batch_index + 1) * batch_size):.4f}", refresh=False
-                        )
-            logs = {"loss": total_loss / n_samples}
-            if targets.labels is not None:
-                logs["accuracy"] = correct / n_samples
-            if validation is not None:
-                evaluation = self._evaluate_prepared(validation[0], validation[1], loss, max(batch_size, 1024))
-                logs.update({f"val_{key}": value for key, value in evaluation.items()})
-            logs["seconds"] = time.perf_counter() - started
-            history.append(epoch, logs)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, logs)
+        with backend.training():
+            for epoch in range(1, epochs + 1):
+                started = time.perf_counter()
+                if shuffle:
+                    order[...] = np.arange(len(inputs))
+                    rng.shuffle(order)
+                total_loss, correct = self._train_epoch(
+                    backend, loss, optimizer, inputs, targets, order, batch_size, (epoch, epochs), progress
+                )
+                logs = {"loss": total_loss / len(inputs)}
+                if targets.labels is not None:
+                    logs["accuracy"] = correct / len(inputs)
+                if validation is not None:
+                    evaluation = self._evaluate_prepared(validation[0], validation[1], loss, max(batch_size, 1024))
+                    logs.update({f"val_{key}": value for key, value in evaluation.items()})
+                logs["seconds"] = time.perf_counter() - started
+                history.append(epoch, logs)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, logs)
         return history
+
+    def _train_epoch(
+        self,
+        backend: Backend,
+        loss: Loss,
+        optimizer: Optimizer,
+        inputs: np.ndarray,
+        targets: Targets,
+        order: np.ndarray,
+        batch_size: int,
+        epoch_of: tuple[int, int],
+        progress: bool,
+    ) -> tuple[float, int]:
+        """One pass over ``inputs`` in the given row order; returns (summed loss, correct predictions)."""
+        total_loss, correct = 0.0, 0
+        n_batches = math.ceil(len(order) / batch_size)
+        with tqdm(
+            total=n_batches, desc="epoch {}/{}".format(*epoch_of), disable=not progress, leave=False, unit="batch"
+        ) as bar:
+            for batch_index in range(n_batches):
+                rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                batch_loss, batch_correct = self._train_step(backend, loss, optimizer, inputs, targets, rows)
+                if not math.isfinite(batch_loss):
+                    raise FloatingPointError(
+                        f"the loss became {batch_loss} at epoch {epoch_of[0]}, batch {batch_index + 1} "
+                        f"(optimizer step {optimizer.step_count + 1}); parameters are those before this step"
+                    )
+                total_loss += batch_loss * len(rows)
+                correct += batch_correct
+                bar.update()
+                if progress and batch_index % 50 == 0:
+                    seen = min(len(order), (batch_index + 1) * batch_size)
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+        return total_loss, correct
 
     def _prepare_validation(self, validation_data: object, loss: Loss) -> tuple[np.ndarray, Targets] | None:
         if validation_data is None:

@@ -48,16 +48,6 @@ def test_show_config_says_why_the_extension_is_missing():
     assert output.splitlines()[-1] == "numpy"
 
 
-def test_openmp_threads_sleep_by_default_and_a_user_setting_is_kept():
-    """fastopt's libgomp gets the passive policy; the environment other runtimes see is left as it was."""
-    code = (
-        "import fastopt, os; from fastopt import _config; "
-        "print(_config.OPENMP_WAIT_POLICY, os.environ.get('OMP_WAIT_POLICY'))"
-    )
-    assert _python(code) == "PASSIVE None"
-    assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE ACTIVE"
-
-
 def _blas_threads() -> set[int]:
     return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
