@@ -91,7 +91,7 @@ def _n_params() -> int:
     return sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(SIZES))
 
 
-def _fastopt_model(backend: str, dtype: str = "float32") -> Sequential:
+def fastopt_mlp(backend: str, dtype: str = "float32") -> Sequential:
     return Sequential(
         [layers.Dense(784, 128), layers.ReLU(), layers.Dense(128, 64), layers.ReLU(), layers.Dense(64, 10)],
         dtype=dtype,
@@ -100,7 +100,7 @@ def _fastopt_model(backend: str, dtype: str = "float32") -> Sequential:
     )
 
 
-def _epoch_data(n_samples: int) -> tuple[np.ndarray, np.ndarray, str]:
+def epoch_data(n_samples: int) -> tuple[np.ndarray, np.ndarray, str]:
     try:
         from fastopt.datasets import load_fashion_mnist
 
@@ -140,6 +140,24 @@ def _torch_epoch_cases(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[st
 
         cases[f"pytorch {torch.__version__} ({variant} Adam)"] = epoch
     return cases
+
+
+def _torch_dense_cases(X: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], object]]:
+    import torch
+
+    torch.manual_seed(0)
+    inputs, labels = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+    )
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def passes() -> None:
+        for _ in range(100):
+            net.zero_grad(set_to_none=False)
+            criterion(net(inputs), labels).backward()
+
+    return {f"pytorch {torch.__version__}": passes}
 
 
 def _torch_optim_cases(n: int) -> dict[str, Callable[[], object]]:
@@ -183,7 +201,7 @@ def _peer_cases(builders: list[Callable[[], dict[str, Callable[[], object]]]], n
 
 
 def bench_epoch(batch_size: int, rounds: int, n_samples: int, machine: dict[str, float]) -> Report:
-    X, y, source = _epoch_data(n_samples)
+    X, y, source = epoch_data(n_samples)
     steps = -(-len(X) // batch_size)
     report = Report(
         workload="epoch",
@@ -194,7 +212,7 @@ def bench_epoch(batch_size: int, rounds: int, n_samples: int, machine: dict[str,
     )
     cases: dict[str, Callable[[], object]] = {}
     for backend in available_backends():
-        model, optimizer, loss = _fastopt_model(backend), optim.Adam(lr=1e-3), losses.CrossEntropy()
+        model, optimizer, loss = fastopt_mlp(backend), optim.Adam(lr=1e-3), losses.CrossEntropy()
         cases[f"fastopt {backend}"] = lambda m=model, o=optimizer, lo=loss: m.fit(
             X, y, loss=lo, optimizer=o, epochs=1, batch_size=batch_size, seed=0
         )
@@ -238,7 +256,7 @@ def bench_dense(batch_size: int, rounds: int, machine: dict[str, float]) -> Repo
     y = rng.integers(0, 10, batch_size)
     cases: dict[str, Callable[[], object]] = {}
     for backend_name in available_backends():
-        model, loss = _fastopt_model(backend_name), losses.CrossEntropy()
+        model, loss = fastopt_mlp(backend_name), losses.CrossEntropy()
         backend = resolve_backend(backend_name)
         workspace = model._workspace(batch_size)
         np.copyto(workspace.inputs, X)
@@ -250,6 +268,7 @@ def bench_dense(batch_size: int, rounds: int, machine: dict[str, float]) -> Repo
                 m._backward(b, w)
 
         cases[f"fastopt {backend_name}"] = passes
+    cases.update(_peer_cases([lambda: _torch_dense_cases(X, y)], report.notes))
     report.rows = [Row(name, times, 1) for name, times in run_interleaved(cases, rounds).items()]
     return report
 
