@@ -7,7 +7,8 @@ memory-bound anyway) for the portable x86-64 baseline (SSE2): that build runs on
 compiled a second time with ``-mavx2 -mfma`` as ``<name>_avx2``; ``fastopt.cython_backend`` picks that
 copy at import only when the CPU reports AVX2 and FMA. Nothing is built with ``-march=native``.
 
-OpenMP is used when a test program builds with it (``-fopenmp``, or ``/openmp`` for MSVC); otherwise the
+OpenMP is used when a test program builds with it (``-fopenmp``; Apple clang's ``-Xpreprocessor -fopenmp``
+linked with ``-lomp``, libomp's paths given in CPPFLAGS/LDFLAGS; ``/openmp`` for MSVC); otherwise the
 kernels are built serially and the build says so (``fastopt.show_config()`` reports it at run time too).
 Set ``FASTOPT_NO_OPENMP=1`` to force a serial build, ``FASTOPT_NO_AVX2=1`` to skip the AVX2 copies.
 """
@@ -28,7 +29,22 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 KERNELS = sorted(path.stem for path in (HERE / "fastopt" / "_kernels").glob("*.pyx"))
-IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64", "x64")
+
+
+def _target_machine() -> str:
+    """The architecture the wheel is for: a cross-build (cibuildwheel on macOS) names it in
+    ``_PYTHON_HOST_PLATFORM`` ("macosx-11.0-arm64") or ``ARCHFLAGS`` ("-arch arm64"); else this machine."""
+    host = os.environ.get("_PYTHON_HOST_PLATFORM", "")
+    if host:
+        return host.rsplit("-", 1)[-1]
+    archflags = os.environ.get("ARCHFLAGS", "").split()
+    if "-arch" in archflags[:-1]:
+        return archflags[archflags.index("-arch") + 1]
+    return platform.machine()
+
+
+TARGET_MACHINE = _target_machine()
+IS_X86_64 = TARGET_MACHINE.lower() in ("x86_64", "amd64", "x64")
 AVX2_SUFFIX = "_avx2"
 
 OPENMP_PROBE = """
@@ -79,13 +95,21 @@ class BuildExt(build_ext):
         msvc = self.compiler.compiler_type == "msvc"
         base_args = ["/O2"] if msvc else ["-O3", "-fno-math-errno", "-ffp-contract=off"]
         openmp_args: list[str] = []
+        openmp_link_args: list[str] = []
         if _env_flag("FASTOPT_NO_OPENMP"):
             _say("FASTOPT_NO_OPENMP is set: building the kernels without OpenMP (serial)")
         else:
-            candidate = ["/openmp"] if msvc else ["-fopenmp"]
-            if self._builds(OPENMP_PROBE, candidate, [] if msvc else candidate):
-                openmp_args = candidate
-                _say(f"OpenMP is available: building the kernels with {' '.join(candidate)}")
+            # (compile flags, link flags): MSVC; gcc and LLVM clang; Apple clang with Homebrew's libomp.
+            candidates = (
+                [(["/openmp"], [])]
+                if msvc
+                else [(["-fopenmp"], ["-fopenmp"]), (["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
+            )
+            for compile_args, link_args in candidates:
+                if self._builds(OPENMP_PROBE, compile_args, link_args):
+                    openmp_args, openmp_link_args = compile_args, link_args
+                    _say(f"OpenMP is available: building the kernels with {' '.join(compile_args + link_args)}")
+                    break
             else:
                 _say("OpenMP is NOT available with this compiler: building the kernels serially (single thread)")
         avx2_args = ["/arch:AVX2"] if msvc else ["-mavx2", "-mfma"]
@@ -100,10 +124,10 @@ class BuildExt(build_ext):
                 continue
             args = base_args + (avx2_args if avx2 else []) + openmp_args
             ext.extra_compile_args = args
-            ext.extra_link_args = [] if msvc else list(openmp_args)
+            ext.extra_link_args = list(openmp_link_args)
             ext.define_macros = [
                 ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                ("FO_ISA", '"avx2+fma"' if avx2 else '"x86-64 baseline"' if IS_X86_64 else f'"{platform.machine()}"'),
+                ("FO_ISA", '"avx2+fma"' if avx2 else '"x86-64 baseline"' if IS_X86_64 else f'"{TARGET_MACHINE}"'),
                 ("FO_COMPILE_ARGS", '"' + " ".join(args) + '"'),
             ]
             kept.append(ext)
