@@ -78,8 +78,10 @@ def read_archive(path: str | os.PathLike[str], kind: str, version: int) -> tuple
         if "pickle" in str(exc).lower():
             raise FileFormatError(f"{path} holds pickled objects; fastopt refuses to load them") from exc
         raise FileFormatError(f"{path} is not a readable fastopt file: {exc}") from exc
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise FileFormatError(f"{path} is not a readable fastopt file (truncated or corrupt): {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # a corrupt zip or .npy header raises anything from KeyError to SyntaxError
+        raise FileFormatError(f"{path} is not a readable fastopt file (truncated or corrupt): {exc!r}") from exc
     header_array = arrays.pop("header", None)
     if header_array is None or header_array.dtype.kind != "U" or header_array.ndim != 0:
         raise FileFormatError(f"{path} is not a fastopt file (no header)")

@@ -69,6 +69,18 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _checkpoint_every(text: str) -> int | str:
+    if text == "epoch":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of batches or 'epoch', got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastopt", description="Train small neural networks on CPU with fastopt.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -101,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--save", metavar="PATH", help="write the trained model to PATH (.npz)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--checkpoint", metavar="PATH", help="save the whole training state to PATH (atomically) as training goes"
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        metavar="N|epoch",
+        type=_checkpoint_every,
+        help="checkpoint every N batches, or at the end of each epoch (default: epoch)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint if it exists (bit-identical to an uninterrupted run); else start fresh",
+    )
     bench = commands.add_parser(
         "bench",
         help="time numpy and cython backends (and PyTorch, scikit-learn when installed) side by side",
@@ -162,6 +188,11 @@ def train(args: argparse.Namespace) -> int:
         raise ValueError(f"backend {args.backend!r} is not available" + (f": {reason}" if reason else ""))
     if args.save and not Path(args.save).resolve().parent.is_dir():
         raise ValueError(f"--save {args.save}: the folder {Path(args.save).resolve().parent} does not exist")
+    if args.checkpoint is None and (args.checkpoint_every is not None or args.resume):
+        raise ValueError(f"{'--resume' if args.resume else '--checkpoint-every'} needs --checkpoint PATH")
+    if args.checkpoint and not Path(args.checkpoint).resolve().parent.is_dir():
+        folder = Path(args.checkpoint).resolve().parent
+        raise ValueError(f"--checkpoint {args.checkpoint}: the folder {folder} does not exist")
     X_train, y_train, X_test, y_test = _load_dataset(args.dataset)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     sizes = [X_train.shape[1], *args.hidden, n_classes]
@@ -176,6 +207,9 @@ def train(args: argparse.Namespace) -> int:
         f"fastopt: {' -> '.join(map(str, sizes))} MLP, {optimizer!r}, backend {model.backend}, {args.dtype}, "
         f"{len(X_train)} training and {len(X_test)} test samples from {args.dataset}"
     )
+    if args.checkpoint:
+        resuming = args.resume and Path(args.checkpoint).exists()
+        print(f"{'resuming from' if resuming else 'checkpointing to'} {args.checkpoint}", flush=True)
     started = time.perf_counter()
     with np.errstate(all="ignore"):  # a diverging run is reported once, by fit's FloatingPointError
         model.fit(
@@ -189,6 +223,9 @@ def train(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.no_progress,
             on_epoch_end=lambda epoch, logs: print(f"epoch {epoch}/{args.epochs}  {_format_logs(logs)}", flush=True),
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every if args.checkpoint else None,
+            resume=args.resume,
         )
     training_seconds = time.perf_counter() - started
     result = model.evaluate(X_test, y_test, loss=losses.CrossEntropy())

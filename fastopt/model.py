@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fastopt import _io
+from fastopt import checkpoint as _checkpoint
 from fastopt._checks import as_features, check_positive_int, check_same_length, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
 from fastopt.layers import Activation, Dense, Layer, Softmax, layer_from_config
@@ -273,13 +274,33 @@ class Sequential:
         validation_data: tuple[object, object] | None = None,
         progress: bool = False,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | str | None = None,
+        resume: bool = False,
+        on_nonfinite: str = "raise",
     ) -> History:
         """Train on (X, y) with mini-batches; returns the per-epoch ``History``.
 
         ``loss`` defaults to ``CrossEntropy()``; ``optimizer`` (default ``Adam()``) made without
         parameters is bound to this model, and keeps its state across calls of ``fit``. ``seed`` seeds
-        the shuffling. ``on_epoch_end(epoch, logs)`` is called after each epoch. If the loss becomes
-        NaN or Inf, ``FloatingPointError`` is raised before that step's update is applied.
+        the shuffling. ``on_epoch_end(epoch, logs)`` is called after each epoch this call trains.
+
+        ``checkpoint="run.ckpt"`` saves the whole state of the run to that file, atomically, every
+        ``checkpoint_every`` batches (an int) or at the end of each epoch (``"epoch"``, the default), and
+        when the run ends; ``fastopt.checkpoint`` lists what a file holds. ``resume=True`` continues from
+        the file (or starts fresh if there is none): on the same backend the run then ends with parameters,
+        optimizer state and history bit-identical to an uninterrupted run's, the ``seconds`` entries
+        excepted (they count only time spent training); resuming a finished run returns its history at
+        once. A checkpoint of another run (architecture, dtype, optimizer class or hyperparameters, loss,
+        epochs, batch_size, shuffle, seed, training or validation data) is refused with ``ValueError``
+        naming what differs, a corrupt or foreign file with ``FileFormatError``; the model and optimizer
+        are then unchanged.
+
+        ``on_nonfinite``: if a batch's loss is NaN or Inf, ``"raise"`` (default) raises
+        ``FloatingPointError`` naming the step, before that step's update (the last checkpoint written
+        stays as it was); ``"skip"`` leaves that batch's update unapplied and continues. The epoch's loss
+        and accuracy are then means over the batches not skipped, and from the first epoch that skipped a
+        batch on, the history has a ``"skipped_batches"`` entry per epoch (earlier epochs count 0).
         """
         from fastopt.optim import Adam
 
@@ -289,39 +310,85 @@ class Sequential:
             raise TypeError(f"optimizer must be a fastopt optimizer such as optim.Adam(), got {optimizer!r}")
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+        every = _checkpoint.check_options(checkpoint, checkpoint_every, resume)
         inputs = as_features(X, self.in_features, self.dtype)
         targets = loss.targets(y, self.out_features, self.dtype)
         check_same_length(inputs, targets.values)
         validation = self._prepare_validation(validation_data, loss)
         backend = resolve_backend(self._backend_name)
+        saved = None
+        if checkpoint is not None:
+            fingerprint = _checkpoint.run_fingerprint(
+                self, loss, optimizer, epochs, batch_size, shuffle, seed, inputs, targets.values,
+                None if validation is None else (validation[0], validation[1].values),
+            )  # fmt: skip
+            environment = _checkpoint.environment(backend.name)
+            if resume:  # read and check the file before anything changes
+                saved = _checkpoint.load_for_resume(checkpoint, fingerprint, self.parameters, optimizer, environment)
         if not optimizer.is_bound_to([self.parameters]):
             optimizer.bind([self.parameters], backend)
         optimizer._backend = backend
         self.loss, self.optimizer = loss, optimizer
 
         rng = np.random.default_rng(seed)
+        position, history = _checkpoint.Progress(), History()
+        if saved is not None:
+            saved.restore(self.parameters, optimizer, rng)  # rng: as at the start of the saved epoch
+            position, history = saved.progress, History(history=saved.history, epochs=saved.epochs_done)
+        saver = None
+        if checkpoint is not None:
+            saver = _checkpoint.Checkpointer(
+                checkpoint, every, fingerprint, self.parameters, optimizer, rng, position, history, environment
+            )
         order = np.arange(len(inputs))
-        history = History()
         with backend.training():
-            for epoch in range(1, epochs + 1):
-                started = time.perf_counter()
-                if shuffle:
+            while position.epoch <= epochs:
+                epoch = position.epoch
+                started = time.perf_counter() - position.seconds
+                if saver is not None:
+                    saver.start_epoch()
+                if shuffle:  # a resumed epoch draws the same permutation again from the saved generator state
                     order[...] = np.arange(len(inputs))
                     rng.shuffle(order)
-                total_loss, correct = self._train_epoch(
-                    backend, loss, optimizer, inputs, targets, order, batch_size, (epoch, epochs), progress
-                )
-                logs = {"loss": total_loss / len(inputs)}
-                if targets.labels is not None:
-                    logs["accuracy"] = correct / len(inputs)
-                if validation is not None:
-                    evaluation = self._evaluate_prepared(validation[0], validation[1], loss, max(batch_size, 1024))
-                    logs.update({f"val_{key}": value for key, value in evaluation.items()})
+                self._train_epoch(
+                    backend, loss, optimizer, inputs, targets, order, batch_size, (epoch, epochs), progress,
+                    position, on_nonfinite, saver,
+                )  # fmt: skip
+                logs = self._epoch_logs(position, targets, validation, loss, batch_size)
                 logs["seconds"] = time.perf_counter() - started
+                if position.skipped and history.epochs and "skipped_batches" not in history.history:
+                    history.history["skipped_batches"] = [0] * len(history.epochs)
+                if position.skipped or "skipped_batches" in history.history:
+                    logs["skipped_batches"] = position.skipped
                 history.append(epoch, logs)
+                position.start_next_epoch()
+                if saver is not None:
+                    saver.epoch_done()
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, logs)
+        if saver is not None:
+            saver.finish()
         return history
+
+    def _epoch_logs(
+        self,
+        position: _checkpoint.Progress,
+        targets: Targets,
+        validation: tuple[np.ndarray, Targets] | None,
+        loss: Loss,
+        batch_size: int,
+    ) -> dict[str, float]:
+        """Mean loss (and accuracy) over the samples of the epoch's batches not skipped, and validation."""
+        counted = position.samples
+        logs = {"loss": position.loss_sum / counted if counted else math.nan}
+        if targets.labels is not None:
+            logs["accuracy"] = position.correct / counted if counted else math.nan
+        if validation is not None:
+            evaluation = self._evaluate_prepared(validation[0], validation[1], loss, max(batch_size, 1024))
+            logs.update({f"val_{key}": value for key, value in evaluation.items()})
+        return logs
 
     def _train_epoch(
         self,
@@ -334,28 +401,43 @@ class Sequential:
         batch_size: int,
         epoch_of: tuple[int, int],
         progress: bool,
-    ) -> tuple[float, int]:
-        """One pass over ``inputs`` in the given row order; returns (summed loss, correct predictions)."""
-        total_loss, correct = 0.0, 0
+        position: _checkpoint.Progress,
+        on_nonfinite: str = "raise",
+        saver: _checkpoint.Checkpointer | None = None,
+    ) -> None:
+        """The batches of one epoch from ``position.batch`` on, in the given row order. Adds each batch's
+        summed loss, correct predictions and samples (or a skipped batch) to ``position``, advances it,
+        and lets ``saver`` checkpoint after each batch."""
         n_batches = math.ceil(len(order) / batch_size)
         with tqdm(
-            total=n_batches, desc="epoch {}/{}".format(*epoch_of), disable=not progress, leave=False, unit="batch"
+            total=n_batches,
+            initial=position.batch,
+            desc="epoch {}/{}".format(*epoch_of),
+            disable=not progress,
+            leave=False,
+            unit="batch",
         ) as bar:
-            for batch_index in range(n_batches):
+            for batch_index in range(position.batch, n_batches):
                 rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
                 batch_loss, batch_correct = self._train_step(backend, loss, optimizer, inputs, targets, rows)
-                if not math.isfinite(batch_loss):
+                if math.isfinite(batch_loss):
+                    position.loss_sum += batch_loss * len(rows)
+                    position.correct += batch_correct
+                    position.samples += len(rows)
+                elif on_nonfinite == "skip":
+                    position.skipped += 1
+                else:
                     raise FloatingPointError(
                         f"the loss became {batch_loss} at epoch {epoch_of[0]}, batch {batch_index + 1} "
                         f"(optimizer step {optimizer.step_count + 1}); parameters are those before this step"
                     )
-                total_loss += batch_loss * len(rows)
-                correct += batch_correct
+                position.batch = batch_index + 1
+                position.steps += 1
+                if saver is not None:
+                    saver.batch_done()
                 bar.update()
                 if progress and batch_index % 50 == 0:
-                    seen = min(len(order), (batch_index + 1) * batch_size)
-                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
-        return total_loss, correct
+                    bar.set_postfix(loss=f"{position.loss_sum / max(position.samples, 1):.4f}", refresh=False)
 
     def _prepare_validation(self, validation_data: object, loss: Loss) -> tuple[np.ndarray, Targets] | None:
         if validation_data is None:

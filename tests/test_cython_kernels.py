@@ -34,9 +34,11 @@ def rtol(dtype: object) -> float:
     return RTOL[np.dtype(dtype)]
 
 
-def assert_close(actual: np.ndarray, expected: np.ndarray, *, normwise: bool = False) -> None:
+def assert_close(
+    actual: np.ndarray, expected: np.ndarray, *, normwise: bool = False, float64_tol: float | None = None
+) -> None:
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    tol = rtol(expected.dtype)
+    tol = float64_tol if float64_tol is not None and expected.dtype == np.float64 else rtol(expected.dtype)
     if normwise:
         scale = float(np.max(np.abs(expected))) if expected.size else 0.0
         np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale)
@@ -164,18 +166,20 @@ def test_sigmoid_extremes(dtype) -> None:  # type: ignore[no-untyped-def]
 @SETTINGS
 @given(shape=shapes_2d, dtype=st.sampled_from(DTYPES), seed=seeds, scale=st.sampled_from([1.0, 50.0]))
 def test_softmax(shape, dtype, seed, scale) -> None:  # type: ignore[no-untyped-def]
+    """Documented float64 bound 1e-10 (normwise): NumPy sums each row pairwise, the kernel sequentially, and the
+    backward pass subtracts the row's dot product from each gradient, which can cancel (2.6e-12 seen)."""
     rng = np.random.default_rng(seed)
     x = rand(rng, shape, dtype, scale=scale, readonly=True)
     expected, actual = np.empty_like(x), np.empty_like(x)
     NB.softmax_forward(x, expected)
     CB.softmax_forward(x, actual)
-    assert_close(actual, expected, normwise=True)
+    assert_close(actual, expected, normwise=True, float64_tol=1e-10)
     expected.flags.writeable = False
     grad_out = rand(rng, shape, dtype, readonly=True)
     grad_expected, grad_actual = np.empty_like(x), np.empty_like(x)
     NB.softmax_backward(expected, grad_out, grad_expected)
     CB.softmax_backward(expected, grad_out, grad_actual)
-    assert_close(grad_actual, grad_expected, normwise=True)
+    assert_close(grad_actual, grad_expected, normwise=True, float64_tol=1e-10)
 
 
 @SETTINGS
