@@ -75,7 +75,10 @@ def check_scalar(
     """Return ``value`` as a finite float inside [low, high] (an open end excludes the bound)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise ValueError(f"{name} must be finite, got an integer too large for a float") from exc
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {number}")
     if low is not None and (number < low or (low_open and number == low)):

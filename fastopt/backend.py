@@ -22,6 +22,8 @@ import numpy as np
 from fastopt._checks import check_array, check_no_overlap, check_scalar
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+# Optimizer state buffers that are None when their option is off (momentum, centered, amsgrad).
+OPTIONAL_STATE = frozenset({"momentum_buffer", "grad_avg", "max_exp_avg_sq"})
 
 
 def _check_activation(activation: object) -> str:
@@ -188,6 +190,9 @@ class Backend:
 
     # ----------------------------------------------------------------------------- optimizers
     def _check_update(self, param: np.ndarray, grad: np.ndarray, **state: np.ndarray | None) -> None:
+        for name, buffer in state.items():
+            if buffer is None and name not in OPTIONAL_STATE:
+                raise TypeError(f"{name} is required, got None")
         param = check_array(param, "param", writeable=True)
         grad = check_array(grad, "grad", dtype=param.dtype, shape=param.shape)
         outputs = [("param", param)] + [

@@ -490,15 +490,22 @@ def load(path: str | os.PathLike[str], backend: str | None = None) -> Sequential
     config = header.get("model")
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
         raise _io.FileFormatError(f"{path} has no model description")
+    parameters = arrays.get("parameters")
     try:
-        model = Sequential(
-            [layer_from_config(layer) for layer in config["layers"]], dtype=config.get("dtype"), backend=backend
-        )
+        layers = [layer_from_config(layer) for layer in config["layers"]]
+        # Sized before anything is allocated: the header is not covered by the checksum.
+        n_params = sum(layer.n_params for layer in layers if isinstance(layer, Dense))
     except (TypeError, ValueError) as exc:
         raise _io.FileFormatError(f"{path} describes an invalid model: {exc}") from exc
-    parameters = arrays.get("parameters")
-    if parameters is None or parameters.dtype != model.dtype or parameters.shape != model.parameters.shape:
-        raise _io.FileFormatError(f"{path}: its parameters do not fit the architecture it describes")
+    if parameters is None or parameters.ndim != 1 or parameters.size != n_params:
+        stored = None if parameters is None else parameters.shape
+        raise _io.FileFormatError(f"{path}: its parameters {stored} do not fit the {n_params} of the architecture")
+    try:
+        model = Sequential(layers, dtype=config.get("dtype"), backend=backend)
+    except (TypeError, ValueError) as exc:
+        raise _io.FileFormatError(f"{path} describes an invalid model: {exc}") from exc
+    if parameters.dtype != model.dtype:
+        raise _io.FileFormatError(f"{path}: its parameters are {parameters.dtype}, its model {model.dtype}")
     model.seed = config.get("seed")
     model.parameters[...] = parameters
     return model

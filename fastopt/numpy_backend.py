@@ -20,6 +20,12 @@ def sigmoid(x: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out, np.where(positive, 1.0 / (1.0 + exp_neg_abs), exp_neg_abs / (1.0 + exp_neg_abs)))
 
 
+def with_weight_decay(grad: np.ndarray, weight_decay: float, param: np.ndarray) -> np.ndarray:
+    """``grad + weight_decay * param``, the L2 term added only when weight decay is on (as PyTorch does:
+    ``0 * inf`` would make an infinite parameter's gradient NaN)."""
+    return grad + weight_decay * param if weight_decay else grad
+
+
 class NumpyBackend(Backend):
     name = "numpy"
 
@@ -90,7 +96,7 @@ class NumpyBackend(Backend):
         return int(np.count_nonzero(scores.argmax(axis=1) == labels))
 
     def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]
-        g = grad + weight_decay * param
+        g = with_weight_decay(grad, weight_decay, param)
         if momentum_buffer is not None:
             if first_step:
                 np.copyto(momentum_buffer, g)
@@ -100,12 +106,12 @@ class NumpyBackend(Backend):
         param -= lr * g
 
     def _adagrad_step(self, param, grad, sum_squares, lr, eps, weight_decay):  # type: ignore[no-untyped-def]
-        g = grad + weight_decay * param
+        g = with_weight_decay(grad, weight_decay, param)
         sum_squares += g * g
         param -= lr * g / (np.sqrt(sum_squares) + eps)
 
     def _rmsprop_step(self, param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, momentum, weight_decay):  # type: ignore[no-untyped-def]
-        g = grad + weight_decay * param
+        g = with_weight_decay(grad, weight_decay, param)
         np.copyto(square_avg, alpha * square_avg + (1 - alpha) * g * g)
         if grad_avg is not None:
             np.copyto(grad_avg, alpha * grad_avg + (1 - alpha) * g)
@@ -138,7 +144,7 @@ class NumpyBackend(Backend):
             param *= 1 - lr * weight_decay
             g = grad
         else:
-            g = grad + weight_decay * param
+            g = with_weight_decay(grad, weight_decay, param)
         np.copyto(exp_avg, beta1 * exp_avg + (1 - beta1) * g)
         np.copyto(exp_avg_sq, beta2 * exp_avg_sq + (1 - beta2) * g * g)
         second_moment = exp_avg_sq

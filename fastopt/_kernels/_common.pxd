@@ -60,6 +60,12 @@ cdef inline floating fsqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
+cdef inline floating with_weight_decay(floating g, floating wd, floating p) noexcept nogil:
+    # g + wd p, with the L2 term only when weight decay is on (as PyTorch): 0 * inf would make an infinite
+    # parameter's gradient NaN. The test is loop-invariant, so gcc unswitches the loops around it.
+    return g + wd * p if wd != 0 else g
+
+
 cdef inline floating fexp(floating x) noexcept nogil:
     if floating is float:
         return expf(x)

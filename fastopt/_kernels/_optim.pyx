@@ -19,7 +19,7 @@ from libc.math cimport sqrt
 
 from fastopt._kernels._common cimport (
     FO_COMPILE_ARGS, FO_FLUSHES_SUBNORMALS, FO_HAVE_OPENMP, FO_ISA, fo_flush_subnormals_begin, fo_flush_subnormals_end,
-    fo_omp_max_threads, fsqrt,
+    fo_omp_max_threads, fsqrt, with_weight_decay,
 )
 
 cdef int _num_threads = fo_omp_max_threads()
@@ -79,26 +79,26 @@ cdef void _sgd(floating* p, const floating* g, floating* b, Py_ssize_t n, floati
     cdef floating gi
     if b == NULL:
         for i in range(n):
-            gi = g[i] + wd * p[i]
+            gi = with_weight_decay(g[i], wd, p[i])
             p[i] = p[i] - lr * gi
     elif first and nesterov:
         for i in range(n):
-            gi = g[i] + wd * p[i]
+            gi = with_weight_decay(g[i], wd, p[i])
             b[i] = gi
             p[i] = p[i] - lr * (gi + mu * gi)
     elif first:
         for i in range(n):
-            gi = g[i] + wd * p[i]
+            gi = with_weight_decay(g[i], wd, p[i])
             b[i] = gi
             p[i] = p[i] - lr * gi
     elif nesterov:
         for i in range(n):
-            gi = g[i] + wd * p[i]
+            gi = with_weight_decay(g[i], wd, p[i])
             b[i] = mu * b[i] + one_minus_damp * gi
             p[i] = p[i] - lr * (gi + mu * b[i])
     else:
         for i in range(n):
-            gi = g[i] + wd * p[i]
+            gi = with_weight_decay(g[i], wd, p[i])
             b[i] = mu * b[i] + one_minus_damp * gi
             p[i] = p[i] - lr * b[i]
     fo_flush_subnormals_end(saved_csr)
@@ -133,7 +133,7 @@ cdef void _adagrad(floating* p, const floating* g, floating* s, Py_ssize_t n, fl
     cdef Py_ssize_t i
     cdef floating gi, si
     for i in range(n):
-        gi = g[i] + wd * p[i]
+        gi = with_weight_decay(g[i], wd, p[i])
         si = s[i] + gi * gi
         s[i] = si
         p[i] = p[i] - lr * gi / (fsqrt(si) + eps)
@@ -169,13 +169,13 @@ cdef void _rmsprop(floating* p, const floating* g, floating* v, floating* a, flo
     cdef floating gi, vi, ai, d, bi
     if a == NULL and b == NULL:
         for i in range(n):
-            gi = g[i] + wd * p[i]
+            gi = with_weight_decay(g[i], wd, p[i])
             vi = alpha * v[i] + one_minus_alpha * gi * gi
             v[i] = vi
             p[i] = p[i] - lr * gi / (fsqrt(vi) + eps)
     elif a == NULL:
         for i in range(n):
-            gi = g[i] + wd * p[i]
+            gi = with_weight_decay(g[i], wd, p[i])
             vi = alpha * v[i] + one_minus_alpha * gi * gi
             v[i] = vi
             bi = mu * b[i] + gi / (fsqrt(vi) + eps)
@@ -183,7 +183,7 @@ cdef void _rmsprop(floating* p, const floating* g, floating* v, floating* a, flo
             p[i] = p[i] - lr * bi
     elif b == NULL:
         for i in range(n):
-            gi = g[i] + wd * p[i]
+            gi = with_weight_decay(g[i], wd, p[i])
             vi = alpha * v[i] + one_minus_alpha * gi * gi
             v[i] = vi
             ai = alpha * a[i] + one_minus_alpha * gi
@@ -191,7 +191,7 @@ cdef void _rmsprop(floating* p, const floating* g, floating* v, floating* a, flo
             p[i] = p[i] - lr * gi / (fsqrt(vi - ai * ai) + eps)
     else:
         for i in range(n):
-            gi = g[i] + wd * p[i]
+            gi = with_weight_decay(g[i], wd, p[i])
             vi = alpha * v[i] + one_minus_alpha * gi * gi
             v[i] = vi
             ai = alpha * a[i] + one_minus_alpha * gi
@@ -243,7 +243,7 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, floati
     if vmax == NULL:
         for i in range(n):
             pi = p[i] * shrink
-            gi = g[i] + wd * pi
+            gi = with_weight_decay(g[i], wd, pi)
             mi = beta1 * m[i] + one_minus_beta1 * gi
             vi = beta2 * v[i] + one_minus_beta2 * gi * gi
             m[i] = mi
@@ -252,13 +252,13 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, floati
     else:
         for i in range(n):
             pi = p[i] * shrink
-            gi = g[i] + wd * pi
+            gi = with_weight_decay(g[i], wd, pi)
             mi = beta1 * m[i] + one_minus_beta1 * gi
             vi = beta2 * v[i] + one_minus_beta2 * gi * gi
             m[i] = mi
             v[i] = vi
             vm = vmax[i]
-            if vi > vm:
+            if vi > vm or vi != vi:  # a NaN v propagates, as NumPy's maximum does
                 vm = vi
             vmax[i] = vm
             p[i] = pi - step_size * mi / (fsqrt(vm) / sqrt_bc2 + eps)

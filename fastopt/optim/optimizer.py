@@ -125,7 +125,7 @@ class Optimizer:
                 raise ValueError(f"grads[{index}] has shape {grad.shape}, its parameter has {param.shape}")
             if any(np.shares_memory(grad, buffer) for buffer in written):
                 raise ValueError(f"grads[{index}] shares memory with a parameter or the optimizer state")
-            checked.append(np.ascontiguousarray(grad))
+            checked.append(np.asarray(grad, order="C"))  # a copy only when not C-contiguous; 0-d stays 0-d
         self.apply(checked)
 
     def apply(self, grads: list[np.ndarray]) -> None:
