@@ -1,0 +1,1780 @@
+"""Property-based fuzzing of every public kernel entry point of every backend and of the public API.
+
+The only allowed outcomes of any call are a correct result or a ``ValueError``/``TypeError``
+(``FloatingPointError`` is also accepted from ``Sequential.fit``, which documents it for a diverging
+loss). A crash, another exception type, a silently wrong result, a modified input, or a partially
+applied update after a refused call is a failure.
+
+Three kinds of check, each over hypothesis-drawn recipes that are rebuilt from scratch for every call
+(so the two backends see identical arguments, down to the memory layout and the aliasing):
+
+1. **Chaos** (``test_kernel_chaos``): arguments of random shapes (0-sized and 1x1 included), layouts
+   (C order, Fortran order, transposed, strided, negative strides, misaligned, read-only), dtypes
+   (float16/32/64, byte-swapped float, int32/64, bool, complex64, object), aliasing between outputs and
+   inputs (the same array, overlapping views), non-arrays, and scalars (negative, NaN, inf, huge, huge
+   Python ints, bools, strings). An independent validity predicate written from the docstrings of
+   ``fastopt.backend.Backend`` decides whether the call must succeed or be refused. Accepted calls must
+   leave their inputs untouched and give the same outputs on every backend (NaN and inf in the same
+   places, finite values within the tolerances below). Refused calls must leave every argument untouched.
+2. **Math** (``test_kernel_math``): valid arguments with moderate values (0 or magnitudes 1e-3..1e3),
+   compared on every backend with formulas written here in float64 from the guide's math, independent of
+   ``fastopt.numpy_backend``. Tolerance: ``|actual - expected| <= rtol * (|expected| + scale)`` where
+   ``scale`` is the same formula evaluated on magnitudes (the usual rounding-error bound, which covers
+   cancellation and GEMM sums); rtol is 1e-10 for float64 and 1e-4 for float32.
+3. **API surfaces**: ``Sequential.fit/predict/evaluate``, ``optim.*.step``, ``losses.*()(...)``,
+   ``fastopt.load`` on random and mutated files, ``datasets.read_idx`` on random and mutated bytes.
+
+Cross-backend tolerance in the chaos check: elementwise (rtol as above, absolute ``finfo.tiny``) for the
+optimizers and activations, normwise (absolute ``rtol * max|expected|``) for everything with a sum.
+
+Two deliberate exclusions, documented rather than hidden:
+
+- Values below 1e-6 in magnitude (other than 0) are not drawn for the cross-backend comparison: the
+  optimizer kernels flush subnormal numbers to zero (FTZ/DAZ, reported by ``fastopt.show_config()``),
+  so results that pass through subnormals legitimately differ from the reference.
+- The ``test_regression_*`` tests at the end pin the bugs this fuzzing found (all fixed in commit 7115f6d,
+  the corrupt-ZIP ones in cae883e); the random strategies draw their triggers too.
+
+Example counts: ``FASTOPT_FUZZ_EXAMPLES=N`` overrides every test's ``max_examples`` (``scripts/fuzz.py``
+uses it for long runs); ``FASTOPT_FUZZ_TRACE=path`` writes each example's recipe to ``path`` before it
+runs, so a crash can be attributed.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import fastopt
+from fastopt import datasets, losses, optim
+from fastopt.backend import ACTIVATIONS, available_backends, resolve_backend
+from fastopt.layers import Dense, ReLU, Sigmoid, Softmax, Tanh
+
+BACKENDS = available_backends()
+ALLOWED = (ValueError, TypeError)
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+FLOATS = (F32, F64)
+RTOL = {F32: 1e-4, F64: 1e-10}
+HUGE = {F32: 1e30, F64: 1e300}
+OVERFLOW = {F32: 1e30, F64: 1e290}
+ANY_DTYPES = ("float16", "float32", "float64", ">f4", ">f8", "int32", "int64", "bool", "complex64", "object")
+EXAMPLES_RUN: collections.Counter[str] = collections.Counter()
+_TRACE = os.environ.get("FASTOPT_FUZZ_TRACE")
+_OVERRIDE = os.environ.get("FASTOPT_FUZZ_EXAMPLES")
+
+
+def fuzz_settings(examples: int) -> settings:
+    return settings(
+        max_examples=int(_OVERRIDE) if _OVERRIDE else examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
+
+
+def record(target: str, recipe: object) -> None:
+    """Count one example (for ``scripts/fuzz.py``) and, when tracing, write its recipe before it runs."""
+    EXAMPLES_RUN[target] += 1
+    if _TRACE:
+        with open(_TRACE, "w") as handle:
+            handle.write(f"{target} example {EXAMPLES_RUN[target]}\n{recipe!r}\n")
+
+
+# ===================================================================================== values and layouts
+PALETTES = ("moderate", "ints", "normal", "wide", "specials")
+
+
+def make_values(seed: int, shape: tuple[int, ...], palette: str, dtype: np.dtype) -> np.ndarray:
+    """Float64 values of ``shape``: moderate (0 or 1e-3..1e3), small integers (ties, zeros), normal,
+    wide (1e-6..1e6), or specials (NaN, +-inf, +-0, huge). Never subnormal (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    n = math.prod(shape)
+    if palette == "ints":
+        values = rng.integers(-3, 4, n).astype(np.float64)
+    elif palette == "normal":
+        values = rng.standard_normal(n)
+    elif palette == "moderate":
+        values = 10 ** rng.uniform(-3, 3, n) * rng.choice([-1.0, 1.0], n)
+        values[rng.random(n) < 0.1] = 0.0
+    elif palette == "wide":
+        values = 10 ** rng.uniform(-6, 6, n) * rng.choice([-1.0, 1.0], n)
+    else:
+        huge = HUGE.get(np.dtype(dtype) if dtype != "object" else F64, 1e300)
+        values = rng.standard_normal(n)
+        specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, huge, -huge, 1e6])
+        mask = rng.random(n) < 0.3
+        values[mask] = rng.choice(specials, int(mask.sum()))
+    return values.reshape(shape)
+
+
+def to_dtype(values: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    with np.errstate(all="ignore"):
+        if dtype.kind in "iu":
+            return np.nan_to_num(np.round(values), posinf=0, neginf=0).clip(-1000, 1000).astype(dtype)
+        if dtype.kind == "b":
+            return values != 0
+        return values.astype(dtype)
+
+
+LAYOUTS = ("c", "c", "c", "c", "fortran", "transposed", "strided", "negative", "misaligned")
+
+
+def place(values: np.ndarray, layout: str) -> np.ndarray:
+    """The same logical values in the memory layout ``layout``."""
+    shape = values.shape
+    if layout == "fortran":
+        return np.asfortranarray(values)
+    if layout == "transposed":
+        return np.ascontiguousarray(values.transpose()).transpose()
+    if layout == "strided":
+        buffer = np.zeros(tuple(2 * s + 1 for s in shape), dtype=values.dtype)
+        view = buffer[tuple(slice(0, 2 * s, 2) for s in shape)] if shape else buffer[...]
+        view[...] = values
+        return view
+    if layout == "negative":
+        flip = tuple(slice(None, None, -1) for _ in shape)
+        return np.ascontiguousarray(values[flip])[flip]
+    if layout == "misaligned" and values.dtype != object:
+        raw = bytearray(values.nbytes + 1)
+        view = np.frombuffer(raw, dtype=values.dtype, count=values.size, offset=1).reshape(shape)
+        view[...] = values
+        return view
+    return np.array(values, order="C", copy=True)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """How to build one array argument: logical shape, dtype, values, layout, writeability, aliasing."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float64"
+    palette: str = "normal"
+    seed: int = 0
+    layout: str = "c"
+    readonly: bool = False
+    alias: tuple[str, str] | None = None  # ("same" | "overlap", name of an earlier argument)
+    form: str = "array"  # "array", "list", "none", "scalar"
+    labels_of: int | None = None  # for label arrays: number of classes (values drawn in [0, classes))
+
+
+def build_array(spec: ArraySpec, built: dict[str, Any]) -> Any:
+    if spec.alias is not None and built.get(spec.alias[1]) is not None:
+        other = built[spec.alias[1]]
+        if isinstance(other, np.ndarray):
+            if spec.alias[0] == "same":
+                return other
+            flat = other.reshape(-1) if other.flags.c_contiguous else None
+            size = math.prod(spec.shape)
+            if flat is not None and 0 < size < flat.size:
+                return flat[1 : 1 + size].reshape(spec.shape)
+            return other
+    if spec.form == "none":
+        return None
+    if spec.labels_of is not None:
+        rng = np.random.default_rng(spec.seed)
+        classes = max(spec.labels_of, 1)
+        values = rng.integers(0, classes, spec.shape).astype(np.float64)
+        if spec.palette == "specials" and values.size:
+            values.flat[rng.integers(values.size)] = rng.choice([-1, classes, 2**40])
+    else:
+        values = make_values(
+            spec.seed, spec.shape, spec.palette, np.dtype(spec.dtype) if spec.dtype != "object" else F64
+        )
+    array = to_dtype(values, spec.dtype)
+    if spec.form == "list":
+        return array.tolist()
+    if spec.form == "scalar":
+        return float(array.reshape(-1)[0]) if array.size and array.dtype.kind == "f" else 1.0
+    array = place(array, spec.layout)
+    if spec.readonly:
+        array.flags.writeable = False
+    return array
+
+
+def build_arrays(specs: dict[str, ArraySpec]) -> dict[str, Any]:
+    built: dict[str, Any] = {}
+    for name, spec in specs.items():
+        built[name] = build_array(spec, built)
+    return built
+
+
+def snapshot(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: (value.tobytes(), value.shape, value.dtype.str) if isinstance(value, np.ndarray) else None
+        for name, value in values.items()
+        if not (isinstance(value, np.ndarray) and value.dtype == object)
+    }
+
+
+def assert_unchanged(before: dict[str, Any], values: dict[str, Any], names: Any = None) -> None:
+    for name, state in before.items():
+        if state is None or (names is not None and name not in names):
+            continue
+        value = values[name]
+        assert (value.tobytes(), value.shape, value.dtype.str) == state, f"{name} was modified"
+
+
+# ===================================================================================== scalars
+class Scalar:
+    """A scalar argument: a value and whether it is acceptable for a range [low, high]."""
+
+    def __init__(
+        self,
+        low: float | None = 0.0,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        valid: st.SearchStrategy | None = None,
+    ) -> None:
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+        self.valid = valid
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            return False
+        try:
+            number = float(value)
+        except OverflowError:
+            return False
+        if not math.isfinite(number):
+            return False
+        if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
+            return False
+        return not (self.high is not None and (number > self.high or (self.high_open and number == self.high)))
+
+
+BAD_SCALARS = [-1.0, -1e-3, float("nan"), float("inf"), -float("inf"), True, "0.1", None, 1j, [0.1], np.float32(-2)]
+HUGE_SCALARS = [1e30, 1e300, 10**30, np.float64(1e200)]
+HUGE_SCALARS.append(10**400)  # was an OverflowError from check_scalar (test_regression_huge_int_scalar)
+
+
+def chaos_scalar(spec: Scalar) -> st.SearchStrategy:
+    good = spec.valid if spec.valid is not None else st.floats(0.0, 10.0)
+    low = spec.low if spec.low is not None else -10.0
+    edges = [low] if not spec.low_open else []
+    if spec.high is not None:
+        edges.append(spec.high)
+    return st.one_of(
+        good,
+        good,
+        good,
+        st.sampled_from(BAD_SCALARS + HUGE_SCALARS + [*edges, np.float32(0.5), np.int64(1), 0]),
+        st.floats(allow_subnormal=False),
+    )
+
+
+# ===================================================================================== the kernels
+@dataclass(frozen=True)
+class Kernel:
+    """A public kernel entry point: its array arguments (with symbolic shapes) and scalar arguments."""
+
+    name: str
+    arrays: tuple[tuple[str, str, str], ...]  # (name, shape pattern, role: "in" | "out" | "opt-out" | "labels")
+    scalars: tuple[tuple[str, Scalar], ...] = ()
+    flags: tuple[str, ...] = ()  # boolean keyword arguments
+    activation: bool = False
+    sums: bool = True  # reorders sums (normwise cross-backend comparison)
+
+
+NOT_TINY = st.one_of(st.just(0.0), st.floats(1e-6, 1.0))  # no subnormal-range scalars (FTZ: see the docstring)
+BETA = Scalar(0.0, 1.0, high_open=True, valid=st.one_of(st.just(0.0), st.floats(1e-6, 0.9999)))
+BIAS_CORRECTION = Scalar(0.0, 1.0, low_open=True, valid=st.floats(1e-3, 1.0))
+POSITIVE = Scalar(valid=st.one_of(st.just(0.0), st.floats(1e-6, 10.0)))
+EPS = Scalar(valid=st.one_of(st.just(0.0), st.floats(1e-8, 1.0)))
+UNIT = Scalar(0.0, 1.0, valid=NOT_TINY)
+MOMENTUM = Scalar(valid=NOT_TINY)  # no upper bound (as PyTorch)
+
+KERNELS = {
+    kernel.name: kernel
+    for kernel in [
+        Kernel(
+            "dense_forward",
+            (("x", "BI", "in"), ("weight", "IO", "in"), ("bias", "O", "in"), ("out", "BO", "out")),
+            activation=True,
+        ),
+        Kernel(
+            "dense_backward",
+            (
+                ("x", "BI", "in"),
+                ("weight", "IO", "in"),
+                ("out", "BO", "in"),
+                ("grad_out", "BO", "out"),
+                ("grad_weight", "IO", "out"),
+                ("grad_bias", "O", "out"),
+                ("grad_x", "BI", "opt-out"),
+            ),
+            activation=True,
+        ),
+        Kernel("activation_forward", (("x", "*", "in"), ("out", "*", "out")), activation=True, sums=False),
+        Kernel(
+            "activation_backward",
+            (("out", "*", "in"), ("grad_out", "*", "in"), ("grad_x", "*", "out")),
+            activation=True,
+            sums=False,
+        ),
+        Kernel("softmax_forward", (("x", "BC", "in"), ("out", "BC", "out"))),
+        Kernel("softmax_backward", (("out", "BC", "in"), ("grad_out", "BC", "in"), ("grad_x", "BC", "out"))),
+        Kernel(
+            "softmax_cross_entropy",
+            (("logits", "BC", "in"), ("labels", "B", "labels"), ("grad_logits", "BC", "opt-out")),
+        ),
+        Kernel("mse", (("pred", "*", "in"), ("target", "*", "in"), ("grad_pred", "*", "opt-out"))),
+        Kernel("count_correct", (("scores", "BC", "in"), ("labels", "B", "labels"))),
+        Kernel(
+            "sgd_step",
+            (("param", "*", "out"), ("grad", "*", "in"), ("momentum_buffer", "*", "opt-out")),
+            (("lr", POSITIVE), ("momentum", MOMENTUM), ("dampening", UNIT), ("weight_decay", POSITIVE)),
+            ("nesterov", "first_step"),
+            sums=False,
+        ),
+        Kernel(
+            "adagrad_step",
+            (("param", "*", "out"), ("grad", "*", "in"), ("sum_squares", "*", "out")),
+            (("lr", POSITIVE), ("eps", EPS), ("weight_decay", POSITIVE)),
+            sums=False,
+        ),
+        Kernel(
+            "rmsprop_step",
+            (
+                ("param", "*", "out"),
+                ("grad", "*", "in"),
+                ("square_avg", "*", "out"),
+                ("grad_avg", "*", "opt-out"),
+                ("momentum_buffer", "*", "opt-out"),
+            ),
+            (("lr", POSITIVE), ("alpha", UNIT), ("eps", EPS), ("momentum", MOMENTUM), ("weight_decay", POSITIVE)),
+            sums=False,
+        ),
+        Kernel(
+            "adam_step",
+            (
+                ("param", "*", "out"),
+                ("grad", "*", "in"),
+                ("exp_avg", "*", "out"),
+                ("exp_avg_sq", "*", "out"),
+                ("max_exp_avg_sq", "*", "opt-out"),
+            ),
+            (
+                ("lr", POSITIVE),
+                ("beta1", BETA),
+                ("beta2", BETA),
+                ("eps", EPS),
+                ("weight_decay", POSITIVE),
+                ("bias_correction1", BIAS_CORRECTION),
+                ("bias_correction2", BIAS_CORRECTION),
+            ),
+            ("decoupled_weight_decay",),
+            sums=False,
+        ),
+    ]
+}
+OPTIMIZER_KERNELS = ("sgd_step", "adagrad_step", "rmsprop_step", "adam_step")
+NONNEGATIVE_STATE = {"sum_squares", "square_avg", "exp_avg_sq", "max_exp_avg_sq"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """A complete kernel call recipe: array specs, scalars, flags, activation."""
+
+    kernel: str
+    arrays: dict[str, ArraySpec]
+    scalars: dict[str, Any]
+    activation: Any = "identity"
+
+
+def invoke(backend_name: str, call: Call, arrays: dict[str, Any]) -> Any:
+    backend = resolve_backend(backend_name)
+    kernel = KERNELS[call.kernel]
+    positional = [arrays[name] for name, _, _ in kernel.arrays]
+    if kernel.name.startswith(("activation_",)):
+        return getattr(backend, kernel.name)(call.activation, *positional)
+    if kernel.activation:
+        return getattr(backend, kernel.name)(*positional, call.activation)
+    if kernel.name in OPTIMIZER_KERNELS:
+        return getattr(backend, kernel.name)(*positional, **call.scalars)
+    return getattr(backend, kernel.name)(*positional)
+
+
+# ---------------------------------------------------------------------------- the validity predicate
+def expected_valid(call: Call, arrays: dict[str, Any]) -> bool:
+    """Whether the documented contract says the call must be accepted (written from the docstrings)."""
+    kernel = KERNELS[call.kernel]
+    if kernel.activation and call.activation not in ACTIVATIONS:
+        return False
+    dims: dict[str, int] = {}
+    star: tuple[int, ...] | None = None
+    lead = None
+    present = []
+    for name, pattern, role in kernel.arrays:
+        value = arrays[name]
+        if value is None:
+            if role == "opt-out" or (call.kernel == "sgd_step" and name == "momentum_buffer"):
+                continue
+            if call.kernel == "rmsprop_step" and name == "momentum_buffer":
+                continue
+            return False
+        if not isinstance(value, np.ndarray):
+            return False
+        if role == "labels":
+            if value.dtype != np.int64:
+                return False
+        elif lead is None:
+            if value.dtype not in FLOATS:
+                return False
+            lead = value.dtype
+        elif value.dtype != lead:
+            return False
+        if not value.flags.c_contiguous:
+            return False
+        if role in ("out", "opt-out") and not value.flags.writeable:
+            return False
+        if pattern == "*":
+            if star is None:
+                star = value.shape
+            elif value.shape != star:
+                return False
+        else:
+            if value.ndim != len(pattern):
+                return False
+            for symbol, size in zip(pattern, value.shape):
+                if dims.setdefault(symbol, size) != size:
+                    return False
+        present.append((name, role, value))
+    outputs = [(name, value) for name, role, value in present if role in ("out", "opt-out")]
+    for name, value in outputs:
+        for other in [v for n, _, v in present if n != name]:
+            if np.shares_memory(value, other):
+                return False
+    if call.kernel == "softmax_cross_entropy" and dims.get("B", 0) == 0:
+        return False
+    if call.kernel == "mse" and (star is None or math.prod(star) == 0):
+        return False
+    if "labels" in arrays and isinstance(arrays["labels"], np.ndarray) and arrays["labels"].size:
+        labels = arrays["labels"]
+        if labels.min() < 0 or labels.max() >= dims.get("C", 0):
+            return False
+    for name, spec in kernel.scalars:
+        if not spec.accepts(call.scalars[name]):
+            return False
+    if call.kernel in ("sgd_step", "rmsprop_step"):
+        if (arrays["momentum_buffer"] is None) != (call.scalars["momentum"] == 0):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------- drawing recipes
+def draw_dims(draw: st.DrawFn) -> dict[str, int]:
+    return {symbol: draw(st.sampled_from([0, 1, 1, 2, 3, 5, 8])) for symbol in "BIOC"}
+
+
+def shape_of(pattern: str, dims: dict[str, int], star: tuple[int, ...]) -> tuple[int, ...]:
+    return star if pattern == "*" else tuple(dims[symbol] for symbol in pattern)
+
+
+@st.composite
+def chaos_calls(draw: st.DrawFn, kernel_name: str) -> Call:
+    kernel = KERNELS[kernel_name]
+    dims = draw_dims(draw)
+    star = tuple(draw(st.lists(st.sampled_from([0, 1, 1, 2, 3, 7]), min_size=0, max_size=3)))
+    if kernel_name == "mse" and not draw(st.integers(0, 9)) == 0:
+        star = star or (2,)
+    dtype = draw(st.sampled_from(["float32", "float64"]))
+    palette = draw(st.sampled_from(PALETTES))
+    mess = draw(st.integers(0, 3))  # 0: a clean call; otherwise that many things may go wrong
+    specs: dict[str, ArraySpec] = {}
+    names = [name for name, _, _ in kernel.arrays]
+    for index, (name, pattern, role) in enumerate(kernel.arrays):
+        shape = shape_of(pattern, dims, star)
+        spec = ArraySpec(shape, dtype, palette, draw(st.integers(0, 2**32 - 1)))
+        if role == "labels":
+            spec = replace(spec, dtype="int64", labels_of=dims["C"], palette="ints")
+        if name in NONNEGATIVE_STATE and palette != "specials":
+            spec = replace(spec, palette="moderate")
+        if role == "in" and draw(st.booleans()):
+            spec = replace(spec, readonly=True)
+        if role == "opt-out" and draw(st.booleans()):
+            spec = replace(spec, form="none")
+        if mess and draw(st.integers(0, 2 * len(names))) < mess:
+            trouble = draw(st.sampled_from(["layout", "dtype", "readonly", "shape", "alias", "form", "labels"]))
+            if trouble == "layout":
+                spec = replace(spec, layout=draw(st.sampled_from(LAYOUTS)))
+            elif trouble == "dtype":
+                spec = replace(spec, dtype=draw(st.sampled_from(ANY_DTYPES)))
+            elif trouble == "readonly":
+                spec = replace(spec, readonly=True)
+            elif trouble == "shape":
+                spec = replace(spec, shape=tuple(draw(st.lists(st.integers(0, 4), max_size=3))))
+            elif trouble == "alias" and index:
+                spec = replace(
+                    spec, alias=(draw(st.sampled_from(["same", "overlap"])), draw(st.sampled_from(names[:index])))
+                )
+            elif trouble == "form":
+                forms = ["list", "none", "scalar"]
+                spec = replace(spec, form=draw(st.sampled_from(forms)))
+            elif trouble == "labels" and role == "labels":
+                spec = replace(spec, palette="specials")
+        specs[name] = spec
+    scalars: dict[str, Any] = {}
+    for name, spec in kernel.scalars:
+        scalars[name] = (
+            draw(chaos_scalar(spec)) if mess else draw(spec.valid if spec.valid is not None else st.floats(0, 1))
+        )
+    for flag in kernel.flags:
+        scalars[flag] = draw(st.sampled_from([True, False, 0, 1]))
+    if kernel_name == "sgd_step" and scalars["nesterov"] and not mess:
+        scalars["nesterov"] = False
+    if kernel_name in ("sgd_step", "rmsprop_step") and not mess:
+        # momentum_buffer is given exactly when momentum != 0
+        specs["momentum_buffer"] = replace(specs["momentum_buffer"], form="array" if scalars["momentum"] else "none")
+    activation = "identity"
+    if kernel.activation:
+        activation = draw(st.sampled_from([*ACTIVATIONS, *ACTIVATIONS, "softmax", "RELU", None, 3]))
+    return Call(kernel_name, specs, scalars, activation)
+
+
+# ---------------------------------------------------------------------------- comparison
+def assert_same_result(actual: Any, expected: Any, dtype: np.dtype, *, sums: bool, what: str) -> None:
+    """NaN and inf in the same places; finite values within rtol (normwise when ``sums``)."""
+    if isinstance(expected, np.ndarray):
+        assert isinstance(actual, np.ndarray) and actual.shape == expected.shape, what
+        actual64, expected64 = actual.astype(np.float64), expected.astype(np.float64)
+    else:
+        assert type(actual) is type(expected), f"{what}: {type(actual)} vs {type(expected)}"
+        if isinstance(expected, int):
+            assert actual == expected, what
+            return
+        actual64, expected64 = np.array([actual]), np.array([expected])
+    np.testing.assert_array_equal(np.isnan(actual64), np.isnan(expected64), err_msg=f"{what}: NaN positions")
+    infinite = np.isinf(expected64)
+    np.testing.assert_array_equal(np.isinf(actual64), infinite, err_msg=f"{what}: inf positions")
+    np.testing.assert_array_equal(actual64[infinite], expected64[infinite], err_msg=f"{what}: inf signs")
+    finite = np.isfinite(expected64)
+    if not finite.any():
+        return
+    rtol = RTOL[dtype]
+    atol = rtol * float(np.max(np.abs(expected64[finite]))) if sums else float(np.finfo(dtype).tiny)
+    np.testing.assert_allclose(actual64[finite], expected64[finite], rtol=rtol, atol=atol, err_msg=what)
+
+
+def tolerated_refusal(call: Call, arrays: dict[str, Any], error: BaseException) -> bool:
+    """A ValueError for a valid call whose rows have zero columns (``(B, 0)``): the NumPy reference's
+    reductions (max, argmax) refuse empty rows while the compiled kernels return early. Both outcomes are
+    allowed; the disagreement is reported in docs/reliability.md."""
+    kernel = KERNELS[call.kernel]
+    return isinstance(error, ValueError) and any(
+        pattern.endswith("C") and isinstance(arrays[name], np.ndarray) and arrays[name].shape[-1:] == (0,)
+        for name, pattern, _ in kernel.arrays
+    )
+
+
+def run_call(backend_name: str, call: Call) -> tuple[dict[str, Any], Any, BaseException | None]:
+    arrays = build_arrays(call.arrays)
+    try:
+        with np.errstate(all="ignore"):
+            result = invoke(backend_name, call, arrays)
+    except ALLOWED as exc:
+        return arrays, None, exc
+    return arrays, result, None
+
+
+@pytest.mark.parametrize("kernel_name", sorted(KERNELS))
+@fuzz_settings(150)
+@given(data=st.data())
+def test_kernel_chaos(kernel_name: str, data: st.DataObject) -> None:
+    """Any arguments: refused with ValueError/TypeError (nothing written) or accepted exactly when the
+    contract says so, inputs untouched, and every backend agreeing."""
+    call = data.draw(chaos_calls(kernel_name))
+    record(f"kernel_chaos[{kernel_name}]", call)
+    pristine = build_arrays(call.arrays)
+    valid = expected_valid(call, pristine)
+    before = snapshot(pristine)
+    kernel = KERNELS[kernel_name]
+    inputs = {name for name, _, role in kernel.arrays if role in ("in", "labels")}
+    results = {}
+    for name in BACKENDS:
+        arrays, result, error = run_call(name, call)
+        event(f"{name}: {'refused' if error is not None else 'accepted'}")
+        if error is not None:
+            assert not valid or tolerated_refusal(call, pristine, error), f"{name} refused a valid call: {error!r}"
+            assert_unchanged(before, arrays)
+            continue
+        assert valid, f"{name} accepted an invalid call"
+        assert_unchanged(before, arrays, inputs)
+        results[name] = (arrays, result)
+    if len(results) < 2:
+        return
+    order = sorted(results, key=lambda name: name != "numpy")  # the NumPy reference first
+    (ref_arrays, ref_result), *others = [results[name] for name in order]
+    dtype = next(
+        value.dtype for value in ref_arrays.values() if isinstance(value, np.ndarray) and value.dtype in FLOATS
+    )
+    outputs = [name for name, _, role in kernel.arrays if role in ("out", "opt-out") and ref_arrays[name] is not None]
+    for arrays, result in others:
+        if kernel_name == "softmax_cross_entropy":
+            # the reference rounds each row's log-sum-exp to the array's precision, the kernel keeps it in double:
+            # where the loss cancels (a confident right answer) the two differ by an ulp of the logits
+            logits = ref_arrays["logits"].astype(np.float64)
+            finite = logits[np.isfinite(logits)]
+            scale = RTOL[dtype] * (1 + (float(np.max(np.abs(finite))) if finite.size else 0.0))
+            if math.isfinite(ref_result) and math.isfinite(result):
+                assert abs(result - ref_result) <= scale + RTOL[dtype] * abs(ref_result), (result, ref_result)
+            else:
+                assert_same_result(result, ref_result, dtype, sums=True, what="softmax_cross_entropy result")
+        elif ref_result is not None:
+            assert_same_result(result, ref_result, dtype, sums=kernel.sums, what=f"{kernel_name} result")
+        for name in outputs:
+            assert_same_result(arrays[name], ref_arrays[name], dtype, sums=kernel.sums, what=f"{kernel_name} {name}")
+
+
+# ===================================================================================== the math check
+def act_ref(activation: str, z: np.ndarray) -> np.ndarray:
+    if activation == "relu":
+        return np.maximum(z, 0)
+    if activation == "sigmoid":
+        e = np.exp(-np.abs(z))
+        return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    if activation == "tanh":
+        return np.tanh(z)
+    return z.copy()
+
+
+def act_grad_ref(activation: str, y: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``g * f'(y)`` with f' from the output, and its magnitude bound."""
+    if activation == "relu":
+        return np.where(y > 0, g, 0.0), np.abs(g)
+    if activation == "sigmoid":
+        return g * (y * (1 - y)), np.abs(g) * np.abs(y) * (1 + np.abs(y))
+    if activation == "tanh":
+        return g * (1 - y * y), np.abs(g) * (1 + y * y)
+    return g.copy(), np.abs(g)
+
+
+def math_reference(call: Call, a: dict[str, np.ndarray]) -> dict[str, tuple[Any, Any]]:
+    """Expected outputs (float64) with their scales, by output name ("result" for a return value)."""
+    f = {name: (value.astype(np.float64) if isinstance(value, np.ndarray) else value) for name, value in a.items()}
+    s = call.scalars
+    act = call.activation
+    name = call.kernel
+    if name == "dense_forward":
+        z = f["x"] @ f["weight"] + f["bias"]
+        scale = np.abs(f["x"]) @ np.abs(f["weight"]) + np.abs(f["bias"])
+        return {"out": (act_ref(act, z), scale)}
+    if name == "dense_backward":
+        dz, dzs = act_grad_ref(act, f["out"], f["grad_out"])
+        expected = {
+            "grad_out": (dz, dzs),
+            "grad_weight": (f["x"].T @ dz, np.abs(f["x"]).T @ dzs),
+            "grad_bias": (dz.sum(axis=0), dzs.sum(axis=0)),
+        }
+        if a["grad_x"] is not None:
+            expected["grad_x"] = (dz @ f["weight"].T, dzs @ np.abs(f["weight"]).T)
+        return expected
+    if name == "activation_forward":
+        return {"out": (act_ref(act, f["x"]), np.abs(f["x"]))}
+    if name == "activation_backward":
+        return {"grad_x": act_grad_ref(act, f["out"], f["grad_out"])}
+    if name == "softmax_forward":
+        e = np.exp(f["x"] - f["x"].max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        return {"out": (p, np.broadcast_to(p.max(axis=1, keepdims=True), p.shape))}
+    if name == "softmax_backward":
+        y, g = f["out"], f["grad_out"]
+        dot = (g * y).sum(axis=1, keepdims=True)
+        return {"grad_x": (y * (g - dot), np.abs(y) * (np.abs(g) + (np.abs(g) * np.abs(y)).sum(axis=1, keepdims=True)))}
+    if name == "softmax_cross_entropy":
+        x, labels = f["logits"], a["labels"]
+        batch, classes = x.shape
+        m = x.max(axis=1, keepdims=True)
+        e = np.exp(x - m)
+        lse = m[:, 0] + np.log(e.sum(axis=1))
+        picked = x[np.arange(batch), labels]
+        expected = {
+            "result": (float(np.mean(lse - picked)), float(np.mean(np.abs(lse) + np.abs(picked) + 1 + classes)))
+        }
+        if a["grad_logits"] is not None:
+            onehot = np.eye(classes)[labels]
+            p = e / e.sum(axis=1, keepdims=True)
+            expected["grad_logits"] = ((p - onehot) / batch, (p + onehot) / batch)
+        return expected
+    if name == "mse":
+        d = f["pred"] - f["target"]
+        expected = {"result": (float(np.mean(d * d)), float(np.mean(d * d)))}
+        if a["grad_pred"] is not None:
+            expected["grad_pred"] = (2 * d / d.size, np.abs(2 * d / d.size))
+        return expected
+    if name == "count_correct":
+        return {"result": (int(np.count_nonzero(f["scores"].argmax(axis=1) == a["labels"])), 0)}
+    return optimizer_reference(name, f, s)
+
+
+def optimizer_reference(name: str, f: dict[str, Any], s: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    p, g = f["param"], f["grad"]
+    wd, lr = s["weight_decay"], s["lr"]
+    if name == "adam_step" and s["decoupled_weight_decay"]:
+        p = p * (1 - lr * wd)
+        ge, gs = g, np.abs(g)
+    else:
+        ge, gs = g + wd * p, np.abs(g) + wd * np.abs(p)
+    if name == "sgd_step":
+        mu, out = s["momentum"], {}
+        update, us = ge, gs
+        if f["momentum_buffer"] is not None:
+            b = f["momentum_buffer"]
+            if s["first_step"]:
+                bn, bs = ge, gs
+            else:
+                bn, bs = mu * b + (1 - s["dampening"]) * ge, mu * np.abs(b) + (1 - s["dampening"]) * gs
+            out["momentum_buffer"] = (bn, bs)
+            update, us = (ge + mu * bn, gs + mu * bs) if s["nesterov"] else (bn, bs)
+        out["param"] = (p - lr * update, np.abs(p) + lr * us)
+        return out
+    if name == "adagrad_step":
+        sn = f["sum_squares"] + ge * ge
+        d = np.sqrt(sn) + s["eps"]
+        return {"sum_squares": (sn, f["sum_squares"] + gs * gs), "param": (p - lr * ge / d, np.abs(p) + lr * gs / d)}
+    if name == "rmsprop_step":
+        alpha, mu = s["alpha"], s["momentum"]
+        v = alpha * f["square_avg"] + (1 - alpha) * ge * ge
+        out = {"square_avg": (v, alpha * f["square_avg"] + (1 - alpha) * gs * gs)}
+        if f["grad_avg"] is not None:
+            an = alpha * f["grad_avg"] + (1 - alpha) * ge
+            out["grad_avg"] = (an, alpha * np.abs(f["grad_avg"]) + (1 - alpha) * gs)
+            d = np.sqrt(v - an * an) + s["eps"]
+        else:
+            d = np.sqrt(v) + s["eps"]
+        update, us = ge / d, gs / d
+        if f["momentum_buffer"] is not None:
+            bn = mu * f["momentum_buffer"] + ge / d
+            out["momentum_buffer"] = (bn, mu * np.abs(f["momentum_buffer"]) + gs / d)
+            update, us = bn, out["momentum_buffer"][1]
+        out["param"] = (p - lr * update, np.abs(p) + lr * us)
+        return out
+    # adam
+    b1, b2 = s["beta1"], s["beta2"]
+    m = b1 * f["exp_avg"] + (1 - b1) * ge
+    v = b2 * f["exp_avg_sq"] + (1 - b2) * ge * ge
+    out = {
+        "exp_avg": (m, b1 * np.abs(f["exp_avg"]) + (1 - b1) * gs),
+        "exp_avg_sq": (v, b2 * f["exp_avg_sq"] + (1 - b2) * gs * gs),
+    }
+    second = v
+    if f["max_exp_avg_sq"] is not None:
+        second = np.maximum(f["max_exp_avg_sq"], v)
+        out["max_exp_avg_sq"] = (second, second)
+    d = np.sqrt(second) / math.sqrt(s["bias_correction2"]) + s["eps"]
+    step = lr / s["bias_correction1"]
+    out["param"] = (p - step * m / d, np.abs(p) + step * out["exp_avg"][1] / d)
+    return out
+
+
+def overflows(expected: dict[str, tuple[Any, Any]], dtype: np.dtype) -> bool:
+    """Whether any expected output or its scale reaches the range where float32 (float64) may overflow."""
+    with np.errstate(invalid="ignore"):
+        return any(
+            bool(np.any(np.abs(np.asarray(value, dtype=np.float64)) > OVERFLOW[dtype]))
+            or bool(np.any(np.asarray(scale, dtype=np.float64) > OVERFLOW[dtype]))
+            for value, scale in expected.values()
+        )
+
+
+def assert_matches_math(actual: Any, expected: Any, scale: Any, dtype: np.dtype, what: str) -> None:
+    rtol = RTOL[dtype]
+    if isinstance(expected, int):
+        assert actual == expected, f"{what}: {actual} != {expected}"
+        return
+    actual64 = np.asarray(actual, dtype=np.float64)
+    expected64 = np.asarray(expected, dtype=np.float64)
+    bound = rtol * (np.abs(expected64) + np.asarray(scale, dtype=np.float64)) + np.finfo(dtype).tiny
+    # Near the top of the range a finite float64 value may legitimately overflow in float32: not compared here
+    # (the cross-backend checks still are).
+    scale64 = np.broadcast_to(np.asarray(scale, dtype=np.float64), expected64.shape)
+    with np.errstate(invalid="ignore"):
+        overflow = (np.abs(expected64) > OVERFLOW[dtype]) | (scale64 > OVERFLOW[dtype])
+    nan = np.isnan(expected64) | overflow
+    np.testing.assert_array_equal(np.isnan(actual64) & ~overflow, nan & ~overflow, err_msg=f"{what}: NaN positions")
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(actual64 - expected64)
+    with np.errstate(invalid="ignore"):
+        bad = ~nan & ~((actual64 == expected64) | (error <= bound))
+    limits = np.broadcast_to(bound, bad.shape)[bad][:5]
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {bad.size} elements outside the bound; "
+        f"actual {actual64[bad][:5]}, expected {expected64[bad][:5]}, bound {limits}"
+    )
+
+
+@st.composite
+def math_calls(draw: st.DrawFn, kernel_name: str) -> Call:
+    """Valid calls with moderate values (see the module docstring)."""
+    kernel = KERNELS[kernel_name]
+    dims = {symbol: draw(st.integers(1 if symbol in "BC" else 0, 9)) for symbol in "BIOC"}
+    if kernel_name in ("softmax_cross_entropy", "count_correct"):
+        dims["C"] = max(dims["C"], 1)
+    star = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
+    dtype = draw(st.sampled_from(["float32", "float64"]))
+    palette = draw(st.sampled_from(["moderate", "ints", "normal"]))
+    specs = {}
+    for name, pattern, role in kernel.arrays:
+        spec = ArraySpec(shape_of(pattern, dims, star), dtype, palette, draw(st.integers(0, 2**32 - 1)))
+        if role == "labels":
+            spec = replace(spec, dtype="int64", labels_of=dims["C"])
+        elif name in NONNEGATIVE_STATE:
+            spec = replace(spec, palette="moderate")
+        elif name == "out" and kernel_name in ("dense_backward", "activation_backward", "softmax_backward"):
+            spec = replace(spec, palette="normal")
+        if role == "in":
+            spec = replace(spec, readonly=draw(st.booleans()))
+        if role == "opt-out" and draw(st.booleans()):
+            spec = replace(spec, form="none")
+        specs[name] = spec
+    scalars = {name: draw(spec.valid if spec.valid is not None else st.floats(0, 1)) for name, spec in kernel.scalars}
+    if "eps" in scalars:
+        scalars["eps"] = max(scalars["eps"], 1e-8)
+    for flag in kernel.flags:
+        scalars[flag] = draw(st.booleans())
+    if kernel_name == "sgd_step":
+        has_buffer = draw(st.booleans())
+        scalars["momentum"] = draw(st.floats(0.01, 1.0)) if has_buffer else 0.0
+        specs["momentum_buffer"] = replace(specs["momentum_buffer"], form="array" if has_buffer else "none")
+        if scalars["nesterov"]:
+            scalars["dampening"] = 0.0
+    if kernel_name == "rmsprop_step":
+        has_buffer = specs["momentum_buffer"].form != "none"
+        scalars["momentum"] = draw(st.floats(0.01, 1.0)) if has_buffer else 0.0
+        if specs["grad_avg"].form != "none":
+            # centred: start from a zero average with alpha in [0.5, 1) so that v - a**2 is well-conditioned
+            specs["grad_avg"] = replace(specs["grad_avg"], palette="ints", seed=0, shape=specs["grad_avg"].shape)
+            scalars["alpha"] = draw(st.floats(0.5, 0.999))
+    activation = draw(st.sampled_from(ACTIVATIONS)) if kernel.activation else "identity"
+    return Call(kernel_name, specs, scalars, activation)
+
+
+def prepare_math_arrays(call: Call) -> dict[str, Any]:
+    arrays = build_arrays(call.arrays)
+    kernel = KERNELS[call.kernel]
+    for name in NONNEGATIVE_STATE.intersection(arrays):
+        if arrays[name] is not None:
+            np.abs(arrays[name], out=arrays[name])
+    if call.kernel == "rmsprop_step" and arrays["grad_avg"] is not None:
+        arrays["grad_avg"][...] = 0
+    if call.kernel in ("dense_backward", "activation_backward") and call.activation != "identity":
+        # the backward passes take the forward output: make it a possible one
+        out = arrays["out"]
+        writeable = out.flags.writeable
+        out.flags.writeable = True
+        out[...] = act_ref(call.activation, out.astype(np.float64)).astype(out.dtype)
+        out.flags.writeable = writeable
+    if call.kernel == "softmax_backward":
+        out = arrays["out"]
+        writeable = out.flags.writeable
+        out.flags.writeable = True
+        e = np.exp(out.astype(np.float64))
+        out[...] = (e / e.sum(axis=1, keepdims=True)).astype(out.dtype)
+        out.flags.writeable = writeable
+    del kernel
+    return arrays
+
+
+@pytest.mark.parametrize("kernel_name", sorted(KERNELS))
+@fuzz_settings(80)
+@given(data=st.data())
+def test_kernel_math(kernel_name: str, data: st.DataObject) -> None:
+    """Valid calls with moderate values against formulas written from the guide (float64)."""
+    call = data.draw(math_calls(kernel_name))
+    record(f"kernel_math[{kernel_name}]", call)
+    for name in BACKENDS:
+        arrays = prepare_math_arrays(call)
+        dtype = next(v.dtype for v in arrays.values() if isinstance(v, np.ndarray) and v.dtype in FLOATS)
+        before = {key: (value.copy() if isinstance(value, np.ndarray) else None) for key, value in arrays.items()}
+        expected = math_reference(call, before)
+        with np.errstate(all="ignore"):
+            result = invoke(name, call, arrays)
+        inputs = [key for key, _, role in KERNELS[kernel_name].arrays if role in ("in", "labels")]
+        for key in inputs:
+            assert before[key].tobytes() == arrays[key].tobytes(), f"{name}: input {key} was modified"
+        for key, (value, scale) in expected.items():
+            actual = result if key == "result" else arrays[key]
+            assert_matches_math(actual, value, scale, dtype, f"{name} {kernel_name} {key}")
+
+
+# ===================================================================================== optimizers: step()
+OPTIMIZER_CLASSES = {
+    "SGD": optim.SGD,
+    "AdaGrad": optim.AdaGrad,
+    "RMSProp": optim.RMSProp,
+    "Adam": optim.Adam,
+    "AdamW": optim.AdamW,
+}
+
+
+@st.composite
+def optimizer_hyper(draw: st.DrawFn, kind: str, messy: bool) -> dict[str, Any]:
+    def scalar(good: st.SearchStrategy) -> Any:
+        return (
+            draw(st.one_of(good, st.sampled_from(BAD_SCALARS + HUGE_SCALARS)))
+            if messy and draw(st.integers(0, 4)) == 0
+            else draw(good)
+        )
+
+    hyper: dict[str, Any] = {"lr": scalar(NOT_TINY), "decay": scalar(st.sampled_from([0.0, 0.1, 1e300]))}
+    if kind == "SGD":
+        hyper["momentum"] = scalar(st.sampled_from([0.0, 0.5, 0.9]))
+        hyper["dampening"] = scalar(st.sampled_from([0.0, 0.1]))
+        hyper["nesterov"] = draw(st.booleans()) and hyper["momentum"] not in (0.0,) and hyper["dampening"] == 0.0
+        hyper["weight_decay"] = scalar(st.sampled_from([0.0, 0.01]))
+    elif kind == "AdaGrad":
+        hyper.update(
+            eps=scalar(st.sampled_from([1e-10, 1e-8])),
+            weight_decay=scalar(st.sampled_from([0.0, 0.01])),
+            initial_accumulator_value=scalar(st.sampled_from([0.0, 0.1])),
+        )
+    elif kind == "RMSProp":
+        hyper.update(
+            alpha=scalar(st.sampled_from([0.9, 0.99])),
+            eps=scalar(st.sampled_from([1e-8])),
+            momentum=scalar(st.sampled_from([0.0, 0.9])),
+            centered=draw(st.booleans()),
+            weight_decay=scalar(st.sampled_from([0.0, 0.01])),
+        )
+    else:
+        hyper.update(
+            betas=(scalar(st.sampled_from([0.9, 0.0])), scalar(st.sampled_from([0.999, 0.5]))),
+            eps=scalar(st.sampled_from([1e-8, 1e-3])),
+            weight_decay=scalar(st.sampled_from([0.0, 0.01])),
+            amsgrad=draw(st.booleans()),
+        )
+    if messy and draw(st.integers(0, 9)) == 0:
+        key = draw(st.sampled_from(sorted(hyper)))
+        hyper[key] = draw(st.sampled_from(["yes", None, (0.9,), [0.9, 0.9, 0.9], 1j]))
+    return hyper
+
+
+def reference_kernel_step(
+    kind: str, hyper: dict[str, Any], step: int, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]
+) -> dict[str, tuple[Any, Any]]:
+    """One step of optimizer ``kind`` via the float64 kernel formulas above."""
+    lr = hyper["lr"] / (1 + hyper["decay"] * (step - 1))
+    f = {"param": param.astype(np.float64), "grad": grad.astype(np.float64)}
+    f.update({name: buffer.astype(np.float64) for name, buffer in state.items()})
+    wd = hyper.get("weight_decay", 0.0)
+    if kind == "SGD":
+        f.setdefault("momentum_buffer", None)
+        scalars = dict(
+            lr=lr,
+            momentum=hyper["momentum"],
+            dampening=hyper["dampening"],
+            nesterov=hyper["nesterov"],
+            weight_decay=wd,
+            first_step=step == 1,
+        )
+        return optimizer_reference("sgd_step", f, scalars)
+    if kind == "AdaGrad":
+        return optimizer_reference("adagrad_step", f, dict(lr=lr, eps=hyper["eps"], weight_decay=wd))
+    if kind == "RMSProp":
+        f.setdefault("grad_avg", None)
+        f.setdefault("momentum_buffer", None)
+        scalars = dict(lr=lr, alpha=hyper["alpha"], eps=hyper["eps"], momentum=hyper["momentum"], weight_decay=wd)
+        return optimizer_reference("rmsprop_step", f, scalars)
+    f.setdefault("max_exp_avg_sq", None)
+    b1, b2 = hyper["betas"]
+    scalars = dict(
+        lr=lr,
+        beta1=b1,
+        beta2=b2,
+        eps=hyper["eps"],
+        weight_decay=wd,
+        decoupled_weight_decay=kind == "AdamW",
+        bias_correction1=1 - b1**step,
+        bias_correction2=1 - b2**step,
+    )
+    return optimizer_reference("adam_step", f, scalars)
+
+
+@st.composite
+def optimizer_recipes(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(sorted(OPTIMIZER_CLASSES)))
+    messy = draw(st.booleans())
+    hyper = draw(optimizer_hyper(kind, messy))
+    n_params = draw(st.integers(1, 3))
+    params, grads = {}, {}
+    for index in range(n_params):
+        shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=3)))
+        dtype = draw(st.sampled_from(["float32", "float64"]))
+        spec = ArraySpec(shape, dtype, "moderate", draw(st.integers(0, 2**32 - 1)))
+        if messy and draw(st.integers(0, 5)) == 0:
+            spec = replace(
+                spec,
+                layout=draw(st.sampled_from(LAYOUTS)),
+                dtype=draw(st.sampled_from(ANY_DTYPES)),
+                readonly=draw(st.booleans()),
+            )
+        if messy and index and draw(st.integers(0, 5)) == 0:
+            spec = replace(spec, alias=("overlap", f"p{index - 1}"))
+        params[f"p{index}"] = spec
+        gspec = replace(
+            spec,
+            seed=draw(st.integers(0, 2**32 - 1)),
+            alias=None,
+            readonly=draw(st.booleans()),
+            palette=draw(st.sampled_from(["moderate", "normal", "specials" if messy else "ints"])),
+        )
+        if messy and draw(st.integers(0, 4)) == 0:
+            gspec = replace(
+                gspec,
+                layout=draw(st.sampled_from(LAYOUTS)),
+                dtype=draw(st.sampled_from(ANY_DTYPES)),
+                shape=draw(st.sampled_from([shape, (*shape, 1), (2,)])),
+                form=draw(st.sampled_from(["array", "array", "list", "none"])),
+            )
+        grads[f"g{index}"] = gspec
+    grad_alias = draw(st.sampled_from(["none"] * 6 + ["param", "state"])) if messy else "none"
+    count = draw(st.sampled_from([n_params] * 5 + [n_params - 1, n_params + 1])) if messy else n_params
+    return {
+        "kind": kind,
+        "hyper": hyper,
+        "params": params,
+        "grads": grads,
+        "grad_alias": grad_alias,
+        "count": count,
+        "steps": draw(st.integers(1, 3)),
+    }
+
+
+def run_optimizer(recipe: dict[str, Any], backend_name: str) -> tuple[Any, list[Any]]:
+    """Build the optimizer and run ``steps`` steps; returns (optimizer or exception, per-step records)."""
+    params = build_arrays(recipe["params"])
+    param_list = list(params.values())
+    try:
+        with fastopt.use_backend(backend_name):
+            optimizer = OPTIMIZER_CLASSES[recipe["kind"]](param_list, **recipe["hyper"])
+    except ALLOWED as exc:
+        return exc, []
+    records = []
+    for _ in range(recipe["steps"]):
+        grads = list(build_arrays(recipe["grads"]).values())[: recipe["count"]]
+        while len(grads) < recipe["count"]:
+            grads.append(np.zeros(1))
+        if recipe["grad_alias"] == "param" and grads:
+            grads[0] = param_list[0]
+        elif recipe["grad_alias"] == "state" and grads and optimizer.state[0]:
+            grads[0] = next(iter(optimizer.state[0].values()))
+        before_params = [p.copy() for p in param_list]
+        before_state = [{k: v.copy() for k, v in s.items()} for s in optimizer.state]
+        before_count = optimizer.step_count
+        grad_bytes = [g.tobytes() if isinstance(g, np.ndarray) else None for g in grads]
+        try:
+            with fastopt.use_backend(backend_name), np.errstate(all="ignore"):
+                optimizer.step(grads if len(grads) != 1 or recipe["count"] != 1 else grads[0])
+        except ALLOWED as exc:
+            # refused: nothing may have changed
+            assert optimizer.step_count == before_count, "step_count advanced on a refused step"
+            for old, new in zip(before_params, param_list):
+                assert old.tobytes() == new.tobytes(), "a parameter changed on a refused step"
+            for old, new in zip(before_state, optimizer.state):
+                for key in old:
+                    assert old[key].tobytes() == new[key].tobytes(), f"state {key} changed on a refused step"
+            records.append(("refused", type(exc).__name__))
+            break
+        for grad, old in zip(grads, grad_bytes):
+            if old is not None and grad is not param_list[0]:
+                assert grad.tobytes() == old, "step modified a gradient"
+        records.append(
+            (
+                "ok",
+                before_params,
+                before_state,
+                [g.copy() for g in grads],
+                [p.copy() for p in param_list],
+                [{k: v.copy() for k, v in s.items()} for s in optimizer.state],
+            )
+        )
+    return optimizer, records
+
+
+def fits(hyper: dict[str, Any], dtype: np.dtype) -> bool:
+    """Whether every hyperparameter is representable in ``dtype``: the kernels (like NumPy with a Python float
+    and a float32 array) round scalars to the array's precision, so lr=1e300 becomes inf for float32 and
+    ``inf * 0`` makes NaN where float64 math gives a number. Both backends agree (checked below)."""
+    limit = float(np.finfo(dtype).max)
+    values = [v for v in hyper.values() if isinstance(v, float)] + [v for v in hyper.get("betas", ()) if v]
+    return all(abs(v) <= limit for v in values)
+
+
+@fuzz_settings(300)
+@given(recipe=optimizer_recipes())
+def test_optimizer_step(recipe: dict[str, Any]) -> None:
+    """``optim.*(params, ...)`` and ``.step(grads)``: refused cleanly, or correct on every backend."""
+    record("optimizer_step", recipe)
+    outcomes = {name: run_optimizer(recipe, name) for name in BACKENDS}
+    first = next(iter(outcomes.values()))
+    event("construction refused" if isinstance(first[0], Exception) else f"steps {[r[0] for r in first[1]]}")
+    kinds = {name: isinstance(result, Exception) for name, (result, _) in outcomes.items()}
+    assert len(set(kinds.values())) == 1, f"backends disagree on construction: {outcomes}"
+    statuses = {name: [r[0] for r in records] for name, (_, records) in outcomes.items()}
+    assert len({tuple(s) for s in statuses.values()}) == 1, f"backends disagree on refusals: {statuses}"
+    reference = None
+    for name, (optimizer, records) in outcomes.items():
+        if isinstance(optimizer, Exception):
+            continue
+        hyper = optimizer.hyperparameters
+        for step, entry in enumerate(records, start=1):
+            if entry[0] != "ok":
+                continue
+            _, params, states, grads, new_params, new_states = entry
+            for index, (param, state, grad) in enumerate(zip(params, states, grads)):
+                if not np.isfinite(grad).all() or not fits(hyper, param.dtype):
+                    continue
+                expected = reference_kernel_step(recipe["kind"], hyper, step, param, np.asarray(grad), state)
+                if overflows(expected, param.dtype):
+                    continue  # float32 range exceeded: only the cross-backend comparison below applies
+                for key, (value, scale) in expected.items():
+                    actual = new_params[index] if key == "param" else new_states[index][key]
+                    assert_matches_math(actual, value, scale, param.dtype, f"{name} {recipe['kind']} step {step} {key}")
+        if reference is None:
+            reference = records
+        else:
+            for mine, theirs in zip(records, reference):
+                if mine[0] == "ok":
+                    for new, ref in zip(mine[4], theirs[4]):
+                        assert_same_result(new, ref, new.dtype, sums=False, what=f"{name} parameters vs reference")
+
+
+# ===================================================================================== losses
+@st.composite
+def loss_recipes(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["CrossEntropy", "MSE"]))
+    rows, cols = draw(st.integers(0, 6)), draw(st.integers(0, 5))
+    pred = ArraySpec(
+        (rows, cols),
+        draw(st.sampled_from(["float32", "float64"])),
+        draw(st.sampled_from(PALETTES)),
+        draw(st.integers(0, 2**32 - 1)),
+    )
+    if draw(st.integers(0, 3)) == 0:
+        pred = replace(
+            pred,
+            layout=draw(st.sampled_from(LAYOUTS)),
+            dtype=draw(st.sampled_from(ANY_DTYPES)),
+            form=draw(st.sampled_from(["array", "list"])),
+            shape=draw(st.sampled_from([(rows, cols), (rows,), (rows, cols, 1)])),
+        )
+    target_kind = draw(st.sampled_from(["labels", "onehot", "values", "floatlabels", "bad"]))
+    return {
+        "kind": kind,
+        "pred": pred,
+        "target": target_kind,
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "target_rows": draw(st.sampled_from([rows] * 4 + [rows + 1])),
+        "backend": draw(st.sampled_from([*BACKENDS, None])),
+    }
+
+
+def make_target(recipe: dict[str, Any], cols: int) -> Any:
+    rng = np.random.default_rng(recipe["seed"])
+    rows = recipe["target_rows"]
+    labels = rng.integers(0, max(cols, 1), rows)
+    kind = recipe["target"]
+    if kind == "labels":
+        return labels
+    if kind == "onehot":
+        return np.eye(max(cols, 1))[labels]
+    if kind == "values":
+        return rng.standard_normal((rows, cols))
+    if kind == "floatlabels":
+        return labels.astype(np.float64) + rng.choice([0.0, 0.5], rows)
+    return rng.choice([np.array(["a"] * rows), np.full(rows, np.nan), labels - 1, labels.astype(complex)])
+
+
+@fuzz_settings(200)
+@given(recipe=loss_recipes())
+def test_loss_call(recipe: dict[str, Any]) -> None:
+    """``losses.CrossEntropy()(y_pred, y_true)`` and ``losses.MSE()(...)``: a correct float or a refusal."""
+    record("loss_call", recipe)
+    pred = build_array(recipe["pred"], {})
+    shape = np.shape(pred)
+    target = make_target(recipe, shape[1] if len(shape) == 2 else 1)
+    loss = losses.CrossEntropy() if recipe["kind"] == "CrossEntropy" else losses.MSE()
+    before = snapshot({"pred": pred, "target": target}) if isinstance(pred, np.ndarray) else {}
+    try:
+        with np.errstate(all="ignore"):
+            value = loss(pred, target, backend=recipe["backend"])
+    except ALLOWED:
+        event("refused")
+        return
+    event("accepted")
+    assert_unchanged(before, {"pred": pred, "target": target})
+    assert isinstance(value, float)
+    p = np.asarray(pred, dtype=np.float64)
+    dtype = np.asarray(pred).dtype
+    assert dtype in FLOATS and p.ndim == 2 and p.shape[0] >= 1
+    if not np.isfinite(p).all():
+        return
+    t = np.asarray(target)
+    if recipe["kind"] == "CrossEntropy":
+        labels = t.argmax(axis=1) if t.ndim == 2 else t.astype(np.int64)
+        f = {"logits": p}
+        expected = math_reference(
+            Call("softmax_cross_entropy", {}, {}), {"logits": p, "labels": labels, "grad_logits": None}
+        )
+    else:
+        if t.ndim == 1 and t.dtype.kind in "iu" and p.shape[1] > 1:
+            t = np.eye(p.shape[1])[t]
+        t = t.astype(np.float64).reshape(p.shape)
+        f = {"pred": p}
+        expected = math_reference(Call("mse", {}, {}), {"pred": p, "target": t, "grad_pred": None})
+    del f
+    assert_matches_math(value, *expected["result"], dtype, f"{recipe['kind']} loss")
+
+
+# ===================================================================================== Sequential
+ACTIVATION_LAYERS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+
+
+@st.composite
+def model_recipes(draw: st.DrawFn) -> dict[str, Any]:
+    n_in = draw(st.integers(1, 5))
+    widths = [n_in, *draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))]
+    layers = []
+    for index in range(1, len(widths)):
+        layers.append(("Dense", widths[index - 1], widths[index]))
+        activation = draw(st.sampled_from(["none", "relu", "sigmoid", "tanh"]))
+        if activation != "none":
+            layers.append((activation,))
+    if draw(st.integers(0, 4)) == 0:
+        layers.append(("softmax",))
+    n_out = widths[-1]
+    messy = draw(st.booleans())
+    rows = draw(st.integers(1, 9))
+    x = ArraySpec(
+        (rows, n_in), "float64", draw(st.sampled_from(["moderate", "normal", "ints"])), draw(st.integers(0, 2**32 - 1))
+    )
+    if messy:
+        x = replace(
+            x,
+            layout=draw(st.sampled_from(LAYOUTS)),
+            readonly=draw(st.booleans()),
+            dtype=draw(st.sampled_from(ANY_DTYPES)),
+            palette=draw(st.sampled_from(PALETTES)),
+            form=draw(st.sampled_from(["array"] * 6 + ["list", "none", "scalar"])),
+            shape=draw(st.sampled_from([(rows, n_in)] * 4 + [(0, n_in), (rows, n_in + 1), (rows,), (rows, n_in, 1)])),
+        )
+    loss = draw(st.sampled_from(["CrossEntropy", "MSE", None] + (["bad"] if messy else [])))
+    if loss == "CrossEntropy" and n_out < 2:
+        loss = "MSE" if not messy else loss
+    return {
+        "layers": layers,
+        "dtype": draw(st.sampled_from(["float32", "float64"])),
+        "seed": draw(st.integers(0, 99)),
+        "x": x,
+        "y": draw(st.sampled_from(["labels", "onehot", "values", "floatlabels"] + (["bad"] if messy else []))),
+        "y_seed": draw(st.integers(0, 2**32 - 1)),
+        "y_rows": rows if not messy else draw(st.sampled_from([rows, rows, rows + 1])),
+        "loss": loss,
+        "optimizer": draw(st.sampled_from(["SGD", "Adam", "AdamW", "RMSProp", "AdaGrad", None])),
+        "lr": draw(st.sampled_from([0.01, 0.1])),
+        "epochs": draw(st.sampled_from([1, 2] + ([0, -1, True, 2.0] if messy else []))),
+        "batch_size": draw(st.sampled_from([1, 3, 32] + ([0, -2, 10**30, 2.5, None] if messy else []))),
+        "shuffle": draw(st.booleans()),
+        "fit_seed": draw(st.integers(0, 99)),
+    }
+
+
+def build_model(recipe: dict[str, Any], backend: str) -> fastopt.Sequential:
+    layers = []
+    for layer in recipe["layers"]:
+        if layer[0] == "Dense":
+            layers.append(Dense(layer[1], layer[2]))
+        elif layer[0] == "softmax":
+            layers.append(Softmax())
+        else:
+            layers.append(ACTIVATION_LAYERS[layer[0]]())
+    return fastopt.Sequential(layers, dtype=recipe["dtype"], seed=recipe["seed"], backend=backend)
+
+
+def reference_forward(model: fastopt.Sequential, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's output for x in float64, with a magnitude bound on its rounding error."""
+    h, hs = x.astype(np.float64), np.abs(x.astype(np.float64))
+    for layer in model.layers:
+        if isinstance(layer, Dense):
+            w, b = layer.weight.astype(np.float64), layer.bias.astype(np.float64)
+            h, hs = h @ w + b, hs @ np.abs(w) + np.abs(b)
+        elif isinstance(layer, Softmax):
+            e = np.exp(h - h.max(axis=1, keepdims=True))
+            h = e / e.sum(axis=1, keepdims=True)
+            hs = h * 2 * hs.max(axis=1, keepdims=True) + h
+        else:
+            h = act_ref(layer.kernel, h)
+            hs = hs + np.abs(h)
+    return h, hs
+
+
+def make_y(recipe: dict[str, Any], n_out: int) -> Any:
+    return make_target({"seed": recipe["y_seed"], "target_rows": recipe["y_rows"], "target": recipe["y"]}, n_out)
+
+
+def make_loss(name: Any) -> Any:
+    return {"CrossEntropy": losses.CrossEntropy(), "MSE": losses.MSE(), None: None}.get(name, "not a loss")
+
+
+@fuzz_settings(120)
+@given(recipe=model_recipes())
+def test_sequential(recipe: dict[str, Any]) -> None:
+    """``predict``, ``evaluate`` and ``fit``: correct (and equal across backends) or refused cleanly."""
+    record("sequential", recipe)
+    fitted = {}
+    for name in BACKENDS:
+        model = build_model(recipe, name)
+        x = build_array(recipe["x"], {})
+        y = make_y(recipe, model.out_features)
+        before = snapshot({"x": x, "y": y})
+        params_before = model.parameters.copy()
+        # predict
+        try:
+            with np.errstate(all="ignore"):
+                output = model.predict(x, batch_size=4)
+        except ALLOWED:
+            output = None
+        event(f"predict {'refused' if output is None else 'accepted'}")
+        assert model.parameters.tobytes() == params_before.tobytes(), "predict changed the parameters"
+        if output is not None:
+            xs = np.asarray(x, dtype=np.float64)
+            assert output.shape == (xs.shape[0], model.out_features) and output.dtype == model.dtype
+            expected, scale = reference_forward(model, xs.astype(model.dtype))
+            assert_matches_math(output, expected, scale, model.dtype, f"{name} predict")
+        # evaluate
+        loss = make_loss(recipe["loss"])
+        try:
+            with np.errstate(all="ignore"):
+                evaluation = model.evaluate(x, y, loss=loss, batch_size=3)
+        except ALLOWED:
+            evaluation = None
+        if evaluation is not None:
+            assert output is not None, "evaluate accepted inputs that predict refused"
+            assert math.isfinite(evaluation["loss"]) or not np.isfinite(output).all()
+        # fit
+        optimizer = None
+        if recipe["optimizer"] is not None:
+            optimizer = OPTIMIZER_CLASSES[recipe["optimizer"]](lr=recipe["lr"])
+        try:
+            with np.errstate(all="ignore"):
+                history = model.fit(
+                    x,
+                    y,
+                    loss=loss,
+                    optimizer=optimizer,
+                    epochs=recipe["epochs"],
+                    batch_size=recipe["batch_size"],
+                    shuffle=recipe["shuffle"],
+                    seed=recipe["fit_seed"],
+                )
+        except (*ALLOWED, FloatingPointError) as exc:
+            if not isinstance(exc, FloatingPointError):
+                assert model.parameters.tobytes() == params_before.tobytes(), "a refused fit changed the parameters"
+            history = None
+        assert_unchanged(before, {"x": x, "y": y})
+        event(f"fit {'refused' if history is None else 'accepted'}")
+        if history is not None:
+            assert len(history.history["loss"]) == recipe["epochs"]
+            fitted[name] = model.parameters.copy()
+    if len(fitted) == 2:
+        (first, a), (second, b) = fitted.items()
+        dtype = a.dtype
+        # several steps may amplify an ulp (expf vs NumPy's exp); allow 100x the kernel tolerance, normwise
+        scale = float(np.max(np.abs(b))) if b.size else 0.0
+        np.testing.assert_allclose(
+            a, b, rtol=100 * RTOL[dtype], atol=100 * RTOL[dtype] * scale, err_msg=f"fit: {first} and {second} disagree"
+        )
+
+
+# ===================================================================================== files
+_TMP = tempfile.TemporaryDirectory(prefix="fastopt-fuzz-")
+TMP = Path(_TMP.name)
+
+
+def _valid_model_file(dtype: str) -> tuple[bytes, np.ndarray]:
+    path = TMP / f"valid-{dtype}.npz"
+    if not path.exists():
+        model = fastopt.Sequential([Dense(3, 4), ReLU(), Dense(4, 2)], dtype=dtype, seed=1, backend="numpy")
+        model.save(path)
+    model = fastopt.load(path, backend="numpy")
+    return path.read_bytes(), model.parameters.copy()
+
+
+MUTATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "set", "truncate", "insert", "delete", "duplicate", "zero", "zipflag", "zipmethod"]),
+        st.integers(0, 2**31),
+        st.integers(0, 255),
+        st.integers(1, 64),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+def mutate(payload: bytes, mutations: list[tuple[str, int, int, int]]) -> bytes:
+    data = bytearray(payload)
+    for kind, position, byte, length in mutations:
+        if not data:
+            break
+        at = position % len(data)
+        if kind == "flip":
+            data[at] ^= 1 << (byte % 8)
+        elif kind == "set":
+            data[at] = byte
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "insert":
+            data[at:at] = bytes([byte]) * length
+        elif kind == "delete":
+            del data[at : at + length]
+        elif kind == "duplicate":
+            data[at:at] = data[at : at + length]
+        elif kind in ("zipflag", "zipmethod"):
+            # aim at the ZIP headers: general-purpose flags (offset 6 local / 8 central) or the compression
+            # method (8 local / 10 central) of one entry
+            starts = [m for m in range(len(data) - 12) if data[m : m + 4] in (b"PK\x03\x04", b"PK\x01\x02")]
+            if starts:
+                start = starts[position % len(starts)]
+                central = data[start + 2] == 1
+                if kind == "zipflag":
+                    bits = [
+                        0,
+                        1,
+                        2,
+                        3,
+                        5,
+                        6,
+                        11,
+                    ]  # 0 encrypted, 5 patched data, 6 strong encryption: zipfile refuses them
+                    data[start + (8 if central else 6)] ^= 1 << (bits[byte % len(bits)] % 8)
+                else:
+                    methods = [0, 1, 8, 9, 12, 14, 99]  # stored, shrunk, deflate, deflate64, bzip2, lzma, unknown
+                    data[start + (10 if central else 8)] = methods[byte % len(methods)]
+        else:
+            data[at : at + length] = bytes(min(length, len(data) - at))
+    return bytes(data)
+
+
+HEADER_VALUES = [0, -1, 1, 2, 5, 10**6, 10**12, "3", 3.0, None, True, [3], {"a": 1}]
+
+
+@st.composite
+def header_edits(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    """Edits of the JSON model description (not covered by the file's checksum): (path, value) pairs."""
+    edits = []
+    for _ in range(draw(st.integers(1, 3))):
+        field_name = draw(st.sampled_from(["in_features", "out_features", "init", "type", "dtype", "seed", "layers"]))
+        edits.append((field_name, draw(st.integers(0, 2)), draw(st.sampled_from([*HEADER_VALUES, "ReLU", "float16"]))))
+    return edits
+
+
+def edit_header(path: Path, edits: list[tuple[Any, ...]]) -> None:
+    import json
+
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(str(arrays.pop("header")))
+    model = header["model"]
+    for field_name, index, value in edits:
+        if field_name in ("dtype", "seed"):
+            model[field_name] = value
+        elif field_name == "layers":
+            layers = model.get("layers")
+            model["layers"] = layers[:index] if index and isinstance(layers, list) else value
+        elif isinstance(model.get("layers"), list) and model["layers"]:
+            layer = model["layers"][index % len(model["layers"])]
+            if isinstance(layer, dict):
+                layer[field_name] = value
+    with open(path, "wb") as handle:
+        np.savez(handle, header=np.array(json.dumps(header)), **arrays)
+
+
+@fuzz_settings(150)
+@given(dtype=st.sampled_from(["float32", "float64"]), edits=header_edits())
+def test_load_edited_header(dtype: str, edits: list[tuple[Any, ...]]) -> None:
+    """``fastopt.load`` on files whose JSON model description was edited (it is outside the checksum): the
+    model with the saved parameters, or a ValueError/TypeError."""
+    record("load_edited_header", edits)
+    _, parameters = _valid_model_file(dtype)
+    path = TMP / "edited.npz"
+    path.write_bytes((TMP / f"valid-{dtype}.npz").read_bytes())
+    edit_header(path, edits)
+    try:
+        model = fastopt.load(path, backend=BACKENDS[0])
+    except ALLOWED as exc:
+        event(f"refused: {type(exc).__name__}")
+        return
+    event("loaded")
+    assert model.parameters.tobytes() == parameters.tobytes()
+
+
+@fuzz_settings(300)
+@given(
+    source=st.sampled_from(["float32", "float64", "random", "zip-prefix"]),
+    mutations=MUTATIONS,
+    payload=st.binary(max_size=400),
+)
+def test_load_corrupt_files(source: str, mutations: list, payload: bytes) -> None:
+    """``fastopt.load`` on random bytes and mutated valid files: the intact model or a ValueError/TypeError."""
+    if source in ("float32", "float64"):
+        valid, parameters = _valid_model_file(source)
+        data = mutate(valid, mutations)
+    else:
+        parameters = None
+        data = (b"PK\x03\x04" if source == "zip-prefix" else b"") + payload
+    record("load_corrupt_files", (source, mutations, data[:64]))
+    path = TMP / "fuzzed.npz"
+    path.write_bytes(data)
+    try:
+        model = fastopt.load(path, backend=BACKENDS[0])
+    except ALLOWED as exc:
+        event(f"refused: {type(exc).__name__}")
+        return
+    event("loaded")
+    assert parameters is not None, "random bytes loaded as a model"
+    assert model.parameters.tobytes() == parameters.tobytes(), "a corrupted file loaded with different parameters"
+
+
+def _idx_bytes(array: np.ndarray, code: int) -> bytes:
+    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+IDX_SAMPLES = {
+    "images": _idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 2, 2), 0x08),
+    "labels": _idx_bytes(np.arange(5, dtype=np.uint8), 0x08),
+    "float32": _idx_bytes(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), 0x0D),
+    "int16": _idx_bytes(np.arange(-3, 3, dtype=np.int16), 0x0B),
+}
+
+
+@fuzz_settings(300)
+@given(
+    source=st.sampled_from([*IDX_SAMPLES, "random"]),
+    compress=st.booleans(),
+    mutate_after=st.booleans(),
+    mutations=MUTATIONS,
+    payload=st.binary(max_size=200),
+)
+def test_read_idx_corrupt(source: str, compress: bool, mutate_after: bool, mutations: list, payload: bytes) -> None:
+    """``datasets.read_idx`` on random and mutated (optionally gzipped) bytes: a consistent array or a refusal."""
+    raw = IDX_SAMPLES.get(source, payload)
+    raw = raw if mutate_after and compress else mutate(raw, mutations) if source != "random" else raw
+    data = gzip.compress(raw, mtime=0) if compress else raw
+    if mutate_after and compress:
+        data = mutate(data, mutations)
+    record("read_idx_corrupt", (source, compress, mutate_after, mutations, data[:64]))
+    path = TMP / "fuzzed.idx"
+    path.write_bytes(data)
+    try:
+        array = datasets.read_idx(path)
+    except ALLOWED as exc:
+        event(f"refused: {type(exc).__name__}")
+        return
+    event("read")
+    assert isinstance(array, np.ndarray) and array.dtype.isnative
+    content = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    assert 4 + 4 * array.ndim + array.nbytes == len(content)
+    assert tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(array.ndim)) == array.shape
+
+
+# ===================================================================================== regressions: bugs found here
+def test_regression_huge_int_scalar() -> None:
+    """Found by this fuzzing, fixed in 7115f6d. Was:
+
+    A Python int too large for a float (``lr=10**400``) raises OverflowError from ``check_scalar``
+    (fastopt/_checks.py, ``number = float(value)``) instead of ValueError; the same reaches every optimizer
+    constructor and every checked optimizer kernel entry point."""
+    param = np.zeros(3)
+    for name in BACKENDS:
+        with pytest.raises(ValueError):
+            resolve_backend(name).sgd_step(
+                param,
+                np.ones(3),
+                None,
+                lr=10**400,
+                momentum=0,
+                dampening=0,
+                nesterov=False,
+                weight_decay=0,
+                first_step=True,
+            )
+    with pytest.raises(ValueError):
+        optim.Adam([np.zeros(3)], lr=10**400)
+
+
+def test_regression_adamw_infinite_parameter() -> None:
+    """Found by this fuzzing, fixed in 7115f6d. Was:
+
+    AdamW (decoupled weight decay) on the cython backend turns an infinite parameter into NaN and poisons
+    its moments, where the reference keeps ``p = inf`` and moments from the gradient alone: the kernel adds
+    ``0 * p`` to the gradient (fastopt/_kernels/_optim.pyx, ``_adam``: ``gi = g[i] + wd * pi`` with wd = 0)."""
+    results = {}
+    for name in BACKENDS:
+        for dtype in FLOATS:
+            p = np.array([np.inf, 1.0], dtype)
+            m, v = np.zeros(2, dtype), np.zeros(2, dtype)
+            resolve_backend(name).adam_step(
+                p,
+                np.ones(2, dtype),
+                m,
+                v,
+                None,
+                lr=1e-3,
+                beta1=0.9,
+                beta2=0.999,
+                eps=1e-8,
+                weight_decay=0.01,
+                decoupled_weight_decay=True,
+                bias_correction1=0.1,
+                bias_correction2=0.001,
+            )
+            results[name, dtype] = (p, m, v)
+    for (name, dtype), (p, m, v) in results.items():
+        assert p[0] == np.inf, f"{name} {dtype}: parameter {p[0]} (reference: inf)"
+        assert np.isfinite(m).all() and np.isfinite(v).all(), f"{name} {dtype}: moments {m}, {v}"
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZER_CLASSES))
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_regression_zero_dim_parameter(backend_name: str, kind: str) -> None:
+    """Found by this fuzzing, fixed in 7115f6d. Was:
+
+    A 0-d parameter is accepted by ``bind``, but ``Optimizer.step`` turns its 0-d gradient into shape (1,)
+    (fastopt/optim/optimizer.py, ``checked.append(np.ascontiguousarray(grad))``: ascontiguousarray returns
+    ndim >= 1). The NumPy backend's SGD/AdaGrad/RMSProp then raise ValueError from inside the kernel after
+    ``apply`` has advanced ``step_count``: a refused step that changed the optimizer, and backends that
+    disagree (the cython backend ravels and succeeds)."""
+    param = np.array(1.0)
+    with fastopt.use_backend(backend_name):
+        optimizer = OPTIMIZER_CLASSES[kind]([param], lr=0.1)
+        try:
+            optimizer.step([np.array(0.5)])
+        except ALLOWED:
+            assert optimizer.step_count == 0, "a refused step advanced step_count"
+            assert param == 1.0
+            raise
+    assert optimizer.step_count == 1 and param < 1.0
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_regression_amsgrad_nan_max(backend_name: str) -> None:
+    """Found by this fuzzing, fixed in 7115f6d. Was:
+
+    AMSGrad's running maximum: the reference's ``np.maximum(max_exp_avg_sq, exp_avg_sq)`` propagates NaN
+    (as PyTorch's ``torch.maximum``); the cython kernel's ``if vi > vm: vm = vi`` (fastopt/_kernels/_optim.pyx,
+    ``_adam``) drops a NaN ``v`` and keeps the old maximum, so the state differs from the reference, and so
+    does the parameter, which the reference makes NaN and the kernel updates with the stale maximum."""
+    v = np.array([np.nan, 1.0])
+    vmax = np.array([1.0, np.nan])
+    param = np.zeros(2)
+    resolve_backend(backend_name).adam_step(
+        param,
+        np.zeros(2),
+        np.zeros(2),
+        v,
+        vmax,
+        lr=0.0,
+        beta1=0.0,
+        beta2=1e-9,
+        eps=0.0,
+        weight_decay=0.0,
+        decoupled_weight_decay=False,
+        bias_correction1=1.0,
+        bias_correction2=1.0,
+    )
+    assert np.isnan(vmax).all(), f"max_exp_avg_sq = {vmax}, reference [nan, nan]"
+    assert np.isnan(param).all(), f"param = {param}, reference [nan, nan]"
+
+
+@pytest.mark.parametrize(
+    "mutation",
+    ["encrypted-flag", "strong-encryption-flag", "patched-data-flag", "unknown-compression", "huge-architecture"],
+)
+def test_regression_load_refuses_corrupt_files(mutation: str) -> None:
+    """``fastopt.load`` must refuse with ValueError:
+
+    - ZIP entries with the "encrypted" flag (bit 0: RuntimeError from zipfile), the "compressed patched data"
+      or "strong encryption" flags (bits 5, 6) or an unsupported compression method (NotImplementedError).
+      These escaped fastopt/_io.py ``read_archive`` when this test was written; fixed since (commit cae883e,
+      which turns any exception of ``np.load`` but MemoryError into FileFormatError): kept as regressions.
+    - a model description announcing a huge layer (the JSON header is not covered
+      by the checksum) raises MemoryError from ``Sequential.__init__`` (fastopt/model.py ``load``), which
+      allocated and initialized the parameters before comparing their size with the stored array (fixed in
+      7115f6d: load sizes the architecture first).
+    """
+    _, parameters = _valid_model_file("float32")
+    valid = (TMP / "valid-float32.npz").read_bytes()
+    path = TMP / f"regression-{mutation}.npz"
+    data = bytearray(valid)
+    if mutation == "huge-architecture":
+        path.write_bytes(valid)
+        edit_header(path, [("in_features", 0, 10**12)])
+    else:
+        for start in [m for m in range(len(data) - 12) if data[m : m + 4] in (b"PK\x03\x04", b"PK\x01\x02")]:
+            central = data[start + 2] == 1
+            if mutation.endswith("-flag"):
+                bit = {"encrypted-flag": 0, "patched-data-flag": 5, "strong-encryption-flag": 6}[mutation]
+                data[start + (8 if central else 6)] |= 1 << bit
+            else:
+                data[start + (10 if central else 8)] = 99
+        path.write_bytes(bytes(data))
+    with pytest.raises(ValueError):
+        fastopt.load(path)
+    del parameters
+
+
+MISSING_STATE_CALLS = {
+    "adagrad sum_squares": "b.adagrad_step(p, g, None, lr=0.1, eps=1e-8, weight_decay=0.0)",
+    "rmsprop square_avg": "b.rmsprop_step(p, g, None, None, None, lr=0.1, alpha=0.9, eps=1e-8, momentum=0.0, "
+    "weight_decay=0.0)",
+    "adam exp_avg_sq": "b.adam_step(p, g, np.zeros(2), None, None, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, "
+    "weight_decay=0.1, decoupled_weight_decay=True, bias_correction1=0.1, bias_correction2=0.01)",
+    "adam exp_avg": "b.adam_step(p, g, None, np.zeros(2), None, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, "
+    "weight_decay=0.1, decoupled_weight_decay=True, bias_correction1=0.1, bias_correction2=0.01)",
+}
+
+
+@pytest.mark.parametrize("call", sorted(MISSING_STATE_CALLS))
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_regression_missing_state_buffer(backend_name: str, call: str) -> None:
+    """Found by this fuzzing, fixed in 7115f6d. Was:
+
+    A required optimizer state buffer passed as None is not refused: ``Backend._check_update``
+    (fastopt/backend.py) skips every None buffer (``if buffer is not None``), optional or not. The cython
+    kernels then take ``&sum_squares[0]`` of a None memoryview: SIGSEGV for 1-d buffers (AttributeError from
+    ``.ravel()`` in fastopt/cython_backend.py for n-d ones). The NumPy backend raises TypeError, but AdamW has
+    already scaled the parameter by ``1 - lr * weight_decay``. Run in a subprocess: it crashes the interpreter."""
+    code = (
+        "import numpy as np\n"
+        "from fastopt.backend import resolve_backend\n"
+        f"b = resolve_backend({backend_name!r})\n"
+        "p, g = np.ones(2), np.ones(2)\n"
+        "try:\n"
+        f"    {MISSING_STATE_CALLS[call]}\n"
+        "except (ValueError, TypeError):\n"
+        "    assert (p == 1).all(), f'refused, but the parameter changed: {p}'\n"
+        "    print('refused')\n"
+    )
+    env = dict(os.environ, FASTOPT_QUIET_FALLBACK="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (
+        f"exit {done.returncode} ({'SIGSEGV' if done.returncode == -11 else ''}): {done.stderr[-500:]}"
+    )
+    assert done.stdout.strip() == "refused"
