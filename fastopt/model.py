@@ -32,6 +32,7 @@ from fastopt.optim import Optimizer
 
 MODEL_FILE_KIND = "fastopt-model"
 MODEL_FILE_VERSION = 1
+MAX_WORKSPACES = 4
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,10 @@ class Sequential:
 
     # ------------------------------------------------------------------ the passes
     def _workspace(self, batch: int) -> _Workspace:
-        workspace = self._workspaces.get(batch)
+        """The buffers for ``batch`` rows, made on first use. At most ``MAX_WORKSPACES`` sizes are kept, the least
+        recently used dropped first: training needs two (full and last batch), evaluation two more, and a
+        serving loop of ever-changing sizes would otherwise keep one set per size forever."""
+        workspace = self._workspaces.pop(batch, None)
         if workspace is None:
             widths = [stage.out_features for stage in self._stages]
             workspace = _Workspace(
@@ -171,7 +175,9 @@ class Sequential:
                 outputs=[np.empty((batch, width), dtype=self.dtype) for width in widths],
                 output_grads=[np.empty((batch, width), dtype=self.dtype) for width in widths],
             )
-            self._workspaces[batch] = workspace
+            while len(self._workspaces) >= MAX_WORKSPACES:
+                del self._workspaces[next(iter(self._workspaces))]
+        self._workspaces[batch] = workspace  # (re)inserted last: dict order is the recency order
         return workspace
 
     def _forward(self, backend: Backend, workspace: _Workspace) -> np.ndarray:

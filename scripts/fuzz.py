@@ -71,7 +71,7 @@ def collect(pattern: str | None) -> list[Target]:
     )
     nodes = [line.strip() for line in result.stdout.splitlines() if line.startswith(TEST_FILE + "::")]
     # the hypothesis tests; the regression tests are plain tests with nothing to fuzz
-    nodes = [node for node in nodes if "test_regression_" not in node]
+    nodes = [node for node in nodes if "test_regression_" not in node and "test_known_bug_" not in node]
     if pattern:
         nodes = [node for node in nodes if re.search(pattern, node)]
     if not nodes:

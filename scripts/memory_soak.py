@@ -219,12 +219,15 @@ def main() -> int:
     for backend in backends:
         env = dict(os.environ, FASTOPT_QUIET_FALLBACK="1")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        command = [sys.executable, __file__, "--child", backend] + [
-            arg for arg in sys.argv[1:] if not arg.startswith("--backends")
-        ]
-        if "--backends" in sys.argv:
-            index = command.index("--backends")
-            del command[index : index + 2]
+        forwarded, skip = [], False
+        for arg in sys.argv[1:]:  # everything but --backends (and its value) goes to the child
+            if skip:
+                skip = False
+            elif arg == "--backends":
+                skip = True
+            elif not arg.startswith("--backends="):
+                forwarded.append(arg)
+        command = [sys.executable, __file__, "--child", backend, *forwarded]
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(f"\n== {backend}: the child failed (exit {done.returncode})\n{done.stderr[-3000:]}")

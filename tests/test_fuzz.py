@@ -33,7 +33,8 @@ Two deliberate exclusions, documented rather than hidden:
   optimizer kernels flush subnormal numbers to zero (FTZ/DAZ, reported by ``fastopt.show_config()``),
   so results that pass through subnormals legitimately differ from the reference.
 - The ``test_regression_*`` tests at the end pin the bugs this fuzzing found (all fixed in commit 7115f6d,
-  the corrupt-ZIP ones in cae883e); the random strategies draw their triggers too.
+  the corrupt-ZIP ones in cae883e); the random strategies draw their triggers too. ``test_known_bug_*``
+  tests fail until the bug they describe is fixed.
 
 Example counts: ``FASTOPT_FUZZ_EXAMPLES=N`` overrides every test's ``max_examples`` (``scripts/fuzz.py``
 uses it for long runs); ``FASTOPT_FUZZ_TRACE=path`` writes each example's recipe to ``path`` before it
@@ -1233,7 +1234,7 @@ def test_loss_call(recipe: dict[str, Any]) -> None:
     else:
         if t.ndim == 1 and t.dtype.kind in "iu" and p.shape[1] > 1:
             t = np.eye(p.shape[1])[t]
-        t = t.astype(np.float64).reshape(p.shape)
+        t = t.astype(dtype).astype(np.float64).reshape(p.shape)  # targets are converted to the dtype first
         f = {"pred": p}
         expected = math_reference(Call("mse", {}, {}), {"pred": p, "target": t, "grad_pred": None})
     del f
@@ -1778,3 +1779,18 @@ def test_regression_missing_state_buffer(backend_name: str, call: str) -> None:
         f"exit {done.returncode} ({'SIGSEGV' if done.returncode == -11 else ''}): {done.stderr[-500:]}"
     )
     assert done.stdout.strip() == "refused"
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_regression_predict_keeps_a_bounded_number_of_workspaces(backend_name: str) -> None:
+    """Regression (found by scripts/memory_soak.py --predict-sizes): ``Sequential._workspace`` (fastopt/model.py)
+    cached one set of activation buffers per distinct batch size, forever. ``predict`` on
+    inputs of 1, 2, ..., N rows (a serving loop) therefore keeps N workspaces: +104.6 MiB resident for
+    N = 256 on a 784-32-10 model, growing without bound. Proposed fix: keep at most a few workspaces (the
+    training batch size and the most recent other size, LRU), or serve smaller batches from views of the
+    first rows of the largest workspace."""
+    model = fastopt.Sequential([Dense(8, 4), ReLU(), Dense(4, 3)], seed=0, backend=backend_name)
+    data = np.random.default_rng(0).random((64, 8))
+    for rows in range(1, 65):
+        model.predict(data[:rows])
+    assert len(model._workspaces) <= 4, f"{len(model._workspaces)} workspaces kept after 64 request sizes"
