@@ -475,7 +475,9 @@ class Sequential:
         if not math.isfinite(batch_loss):
             return batch_loss, 0
         correct = 0
-        if targets.labels is not None:
+        if targets.labels is targets.values:  # CrossEntropy: the batch's labels were gathered above
+            correct = backend._count_correct(output, workspace.targets)
+        elif targets.labels is not None:
             np.take(targets.labels, rows, out=workspace.labels, mode="clip")
             correct = backend._count_correct(output, workspace.labels)
         self._backward(backend, workspace)

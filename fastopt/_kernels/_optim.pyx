@@ -77,6 +77,8 @@ cdef void _sgd(floating* p, const floating* g, floating* b, Py_ssize_t n, floati
     cdef unsigned int saved_csr = fo_flush_subnormals_begin()
     cdef Py_ssize_t i
     cdef floating gi
+    # One loop per variant on purpose: a single loop with these (loop-invariant) tests inside measured 4x slower
+    # for SGD and 7x for RMSProp, because gcc then neither unswitched nor vectorized it.
     if b == NULL:
         for i in range(n):
             gi = with_weight_decay(g[i], wd, p[i])
@@ -167,6 +169,7 @@ cdef void _rmsprop(floating* p, const floating* g, floating* v, floating* a, flo
     cdef unsigned int saved_csr = fo_flush_subnormals_begin()
     cdef Py_ssize_t i
     cdef floating gi, vi, ai, d, bi
+    # One loop per variant, as in _sgd: merged, the loop ran 7x slower (not vectorized).
     if a == NULL and b == NULL:
         for i in range(n):
             gi = with_weight_decay(g[i], wd, p[i])
