@@ -28,7 +28,7 @@ from fastopt._checks import as_features, check_positive_int, check_same_length, 
 from fastopt.backend import Backend, resolve_backend
 from fastopt.layers import Activation, Dense, Layer, Softmax, layer_from_config
 from fastopt.losses import CrossEntropy, Loss, Targets
-from fastopt.optim import Optimizer
+from fastopt.optim import Adam, Optimizer
 
 MODEL_FILE_KIND = "fastopt-model"
 MODEL_FILE_VERSION = 1
@@ -308,8 +308,6 @@ class Sequential:
         and accuracy are then means over the batches not skipped, and from the first epoch that skipped a
         batch on, the history has a ``"skipped_batches"`` entry per epoch (earlier epochs count 0).
         """
-        from fastopt.optim import Adam
-
         loss = self._choose_loss(loss)
         optimizer = optimizer if optimizer is not None else self.optimizer or Adam()
         if not isinstance(optimizer, Optimizer):
