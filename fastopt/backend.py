@@ -188,6 +188,10 @@ class Backend:
         labels = _check_labels(labels, scores.shape[0], scores.shape[1])
         return self._count_correct(scores, labels)
 
+    def all_finite(self, x: np.ndarray) -> bool:
+        """Whether the float array x (any shape) holds no NaN or Inf."""
+        return self._all_finite(check_array(x, "x").reshape(-1))
+
     # ----------------------------------------------------------------------------- optimizers
     def _check_update(self, param: np.ndarray, grad: np.ndarray, **state: np.ndarray | None) -> None:
         for name, buffer in state.items():
@@ -356,6 +360,9 @@ class Backend:
         raise NotImplementedError
 
     def _count_correct(self, scores, labels):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def _all_finite(self, x):  # type: ignore[no-untyped-def]
         raise NotImplementedError
 
     def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]

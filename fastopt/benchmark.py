@@ -54,13 +54,21 @@ def _timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+# Pause before each timed run. Thread pools keep spinning after their work (OpenBLAS's workers about 0.1 s,
+# libgomp's a few ms): without a pause each implementation would start with the previous one's threads
+# still taking a core.
+SETTLE_SECONDS = 0.25
+
+
 def run_interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """One warm-up call each, then ``rounds`` rounds in which every case runs once, in turn."""
+    """One warm-up call each, then ``rounds`` rounds in which every case runs once, in turn, each after a
+    pause of ``SETTLE_SECONDS``."""
     for case in cases.values():
         case()
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, case in cases.items():
+            time.sleep(SETTLE_SECONDS)
             times[name].append(_timed(case))
     return times
 

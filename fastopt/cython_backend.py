@@ -7,18 +7,19 @@ Design, chosen by measurement on a 2-core AMD EPYC (AVX2/FMA), float32, medians:
 
 - **tanh** is NumPy's (SIMD) ``np.tanh`` applied in place, 7x faster than glibc's scalar ``tanhf``;
   everything else around it (bias add, derivative, bias gradient) is compiled.
-- **GEMMs go to ``numpy.matmul``** (NumPy's bundled OpenBLAS), each followed by one fused Cython pass:
-  the forward epilogue ``out = f(out + bias)``; the backward prologue ``grad_out *= f'(out)`` together
-  with the bias gradient (column sums, row after row: deterministic, and the order NumPy uses).
-  ``scipy.linalg.cython_blas.sgemm`` called from Cython measured 1.05-1.35x slower than
-  ``numpy.matmul`` for 784x128 layers at 32-512 rows (forward 89 vs 66 us at 32 rows), so scipy
-  is not a dependency.
+- **GEMMs are made by NumPy's own OpenBLAS**, called from the kernels through its CBLAS ``sgemm``/``dgemm``
+  (addresses found at import, below), single-threaded, on fixed blocks of each output shared among
+  fastopt's OpenMP threads (``fastopt/_kernels/_nn.pyx``). Same library and speed as ``numpy.matmul``
+  (a batch-32 step's eight GEMMs: 126 vs 130 us; batch 512: 1.42 vs 1.43 ms), but the bits no longer
+  depend on the thread count (OpenBLAS's own threading rounds float32 differently on 1 and 2 threads),
+  and BLAS's threads stay asleep, so the optimizer kernels can use both cores without the two thread
+  pools spinning against each other. ``scipy.linalg.cython_blas`` (scipy's older OpenBLAS) measured
+  1.05-1.35x slower at 32-512 rows, so scipy is not a dependency. When NumPy's BLAS is not an OpenBLAS
+  whose functions can be found (``gemm_path()`` says why), the GEMMs go to ``numpy.matmul`` and one fused
+  Cython pass follows each: ``out = f(out + bias)``; ``grad_out *= f'(out)`` with the bias gradient.
 - **Optimizers** are one fused pass each, vectorized by gcc (``-O3 -fno-math-errno -ffp-contract=off``:
-  bitwise equal to the reference). Above ``parallel_threshold`` elements (default 2**18; 4x that for
-  SGD) the flat buffer is split into one contiguous chunk per OpenMP thread. Two threads pay from ~30k
-  elements on an idle machine, but a parallel region waits for a scheduler slice whenever the other
-  core is busy (BLAS threads spinning after a GEMM, other processes): a 110k-parameter Adam step then
-  took 1-20 ms instead of ~50 us serially, so small models stay serial by default.
+  bitwise equal to the reference). Above ``parallel_threshold`` elements (4x that for SGD) the flat
+  buffer is split into one contiguous chunk per OpenMP thread (see ``fastopt/_kernels/_optim.pyx``).
 - **Instruction set**: each module is built twice, for the x86-64 baseline and with ``-mavx2 -mfma``;
   the AVX2 copy is imported only when the CPU reports AVX2 and FMA (NumPy's CPU feature detection).
   ``FASTOPT_ISA=baseline`` in the environment forces the portable copy.
@@ -31,18 +32,28 @@ the compiled call. Optimizer buffers of any shape are passed as flat views of th
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 # An ImportError here means the extension is not built: fastopt then falls back to NumPy.
 from fastopt._kernels import _nn as _nn_baseline
 from fastopt._kernels import _optim as _optim_baseline
 from fastopt.backend import Backend
 
-__all__ = ["CythonBackend", "build_info", "cpu_has_avx2_fma", "set_openmp_threads", "set_parallel_threshold"]
+__all__ = [
+    "CythonBackend",
+    "build_info",
+    "cpu_has_avx2_fma",
+    "gemm_path",
+    "set_gemm_path",
+    "set_openmp_threads",
+    "set_parallel_threshold",
+]
 
 
 def cpu_has_avx2_fma() -> bool:
@@ -76,6 +87,10 @@ def _select_modules() -> tuple[object, object, str]:
 
 _nn, _optim, _ISA_REASON = _select_modules()
 
+# Inside ``CythonBackend.training()`` with the direct GEMMs, the smallest optimizer update split over threads
+# (SGD: four times it): on an idle core two threads pay from 16-32k elements.
+TRAINING_PARALLEL_THRESHOLD = 32768
+
 _ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 # tanh is the one activation left to NumPy: its SIMD tanh ran 7x faster than glibc's scalar tanhf
 # (float32, 16k elements: 42 vs 301 us; float64 218 vs 289 us), and it is the reference's own function.
@@ -98,11 +113,101 @@ _softmax_bwd = _by_itemsize(_nn.softmax_backward)
 _softmax_xent = _by_itemsize(_nn.softmax_cross_entropy)
 _mse_kernel = _by_itemsize(_nn.mse)
 _count = _by_itemsize(_nn.count_correct)
+_all_finite = _by_itemsize(_nn.all_finite)
 _sgd = _by_itemsize(_optim.sgd_step)
 _adagrad = _by_itemsize(_optim.adagrad_step)
 _rmsprop = _by_itemsize(_optim.rmsprop_step)
 _adam = _by_itemsize(_optim.adam_step)
+_dense_fwd = _by_itemsize(_nn.dense_forward)
+_dense_bwd = _by_itemsize(_nn.dense_backward)
 _matmul = np.matmul
+
+# (symbol prefix, suffix, 64-bit integers): scipy-openblas64 (NumPy's wheels), an OpenBLAS built with
+# INTERFACE64 and symbol suffix, scipy-openblas32, a plain OpenBLAS (64-bit integers if its
+# configuration says USE64BITINT).
+_OPENBLAS_NAMINGS = (("scipy_", "64_", True), ("", "64_", True), ("scipy_", "", None), ("", "", None))
+
+
+def _inside_numpy(path: Path, numpy_dir: Path) -> bool:
+    # NumPy's wheels keep their BLAS in numpy.libs/ (Linux, Windows) or numpy/.dylibs/ (macOS).
+    return numpy_dir in path.parents or path.parent.name.startswith(numpy_dir.name)
+
+
+def _numpy_openblas() -> tuple[ctypes.CDLL, str, str, bool]:
+    """NumPy's OpenBLAS, opened with ctypes: (library, symbol prefix, suffix, 64-bit integers).
+    Raises LookupError saying why when NumPy's BLAS is not an OpenBLAS with CBLAS functions found here."""
+    pools = [pool for pool in threadpool_info() if pool.get("internal_api") == "openblas"]
+    numpy_dir = Path(np.__file__).resolve().parent
+    own = [pool for pool in pools if _inside_numpy(Path(pool["filepath"]).resolve(), numpy_dir)]
+    if len(own) != 1 and len(pools) != 1:
+        found = ", ".join(pool["filepath"] for pool in pools) or "none"
+        raise LookupError(f"cannot tell which OpenBLAS NumPy uses (OpenBLAS libraries loaded: {found})")
+    library = ctypes.CDLL((own or pools)[0]["filepath"])
+    for prefix, suffix, ilp64 in _OPENBLAS_NAMINGS:
+        names = [f"{prefix}cblas_{kind}gemm{suffix}" for kind in "sd"]
+        names += [f"{prefix}openblas_{verb}_num_threads{suffix}" for verb in ("get", "set")]
+        if all(hasattr(library, name) for name in names):
+            if ilp64 is None:
+                get_config = getattr(library, f"{prefix}openblas_get_config{suffix}")
+                get_config.restype = ctypes.c_char_p
+                ilp64 = b"USE64BITINT" in (get_config() or b"")
+            return library, prefix, suffix, ilp64
+    raise LookupError(f"no CBLAS gemm and thread functions found in {(own or pools)[0]['filepath']}")
+
+
+def _install_numpy_openblas() -> str:
+    """Give the kernels NumPy's OpenBLAS gemm and thread functions, and check them against ``numpy.matmul``
+    on a small product. Returns a description; raises LookupError when it cannot be used."""
+    library, prefix, suffix, ilp64 = _numpy_openblas()
+
+    def address(name: str) -> int:
+        return ctypes.cast(getattr(library, f"{prefix}{name}{suffix}"), ctypes.c_void_p).value or 0
+
+    _nn.set_blas(
+        address("cblas_sgemm"),
+        address("cblas_dgemm"),
+        ilp64,
+        address("openblas_get_num_threads"),
+        address("openblas_set_num_threads"),
+    )
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x, weight, bias = (rng.standard_normal(shape).astype(dtype) for shape in ((5, 7), (7, 3), (3,)))
+        out = np.empty((5, 3), dtype=dtype)
+        _dense_fwd[out.itemsize](x, weight, bias, out, 0)
+        if not np.allclose(out, x @ weight + bias, rtol=1e-4, atol=1e-5):
+            _nn.set_blas(0, 0, False, 0, 0)
+            raise LookupError(f"{prefix}cblas_sgemm{suffix} gave a wrong product ({dtype.__name__}); not used")
+    integers = "64" if ilp64 else "32"
+    return f"NumPy's OpenBLAS ({prefix}cblas_*gemm{suffix}, {integers}-bit integers), called directly"
+
+
+try:
+    _GEMM_DIRECT_INFO = _install_numpy_openblas()
+except (LookupError, OSError, AttributeError) as _exc:
+    _GEMM_DIRECT_INFO = ""
+    _GEMM_FALLBACK_REASON = str(_exc)
+else:
+    _GEMM_FALLBACK_REASON = ""
+_direct_gemm = bool(_GEMM_DIRECT_INFO) and os.environ.get("FASTOPT_GEMM", "").strip().lower() != "matmul"
+
+
+def gemm_path() -> str:
+    """How the dense layers make their GEMMs: "direct" (NumPy's OpenBLAS called by the kernels, fixed
+    blocks over fastopt's threads: bit-identical for any thread count) or "matmul" (``numpy.matmul``,
+    BLAS's own threads)."""
+    return "direct" if _direct_gemm else "matmul"
+
+
+def set_gemm_path(path: str) -> None:
+    """Choose ``gemm_path()``: "direct" (needs NumPy's OpenBLAS, see ``build_info()["gemm"]``) or "matmul".
+    ``FASTOPT_GEMM=matmul`` in the environment chooses "matmul" at import."""
+    global _direct_gemm
+    if path not in ("direct", "matmul"):
+        raise ValueError(f"path must be 'direct' or 'matmul', got {path!r}")
+    if path == "direct" and not _GEMM_DIRECT_INFO:
+        raise RuntimeError(f"the direct GEMM path is unavailable: {_GEMM_FALLBACK_REASON}")
+    _direct_gemm = path == "direct"
 
 
 def set_openmp_threads(n: int) -> None:
@@ -111,6 +216,7 @@ def set_openmp_threads(n: int) -> None:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     _optim.set_num_threads(n)
+    _nn.set_num_threads(n)
 
 
 def set_parallel_threshold(n: int) -> None:
@@ -133,6 +239,13 @@ def build_info() -> dict:
         "compile_args": info["compile_args"],
         "isa": info["isa"],
         "isa_reason": _ISA_REASON,
+        "gemm": (
+            f"{_GEMM_DIRECT_INFO}, in fixed blocks (at most {_nn.build_info()['gemm_max_blocks']} per product) "
+            "shared among the OpenMP threads"
+            if _direct_gemm
+            else "numpy.matmul (BLAS's own threads)"
+            + (f"; direct path unavailable: {_GEMM_FALLBACK_REASON}" if _GEMM_FALLBACK_REASON else "")
+        ),
         "modules": [_nn.__name__, _optim.__name__],
     }
 
@@ -144,9 +257,22 @@ class CythonBackend(Backend):
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
-        """Serial optimizer kernels while a model trains with a multi-threaded BLAS. OpenBLAS's threads and
-        libgomp's both spin after their parallel regions; alternated on the same cores they stalled each
-        step for a scheduler slice (a 535k-parameter model: 2.6 s instead of 0.16 s per 5,000 samples)."""
+        """While a model trains, one thread pool at a time: OpenBLAS's threads and libgomp's both spin after
+        their parallel regions, and alternated on the same cores they stalled each step for a scheduler slice
+        (a 535k-parameter model: 2.6 s instead of 0.16 s per 5,000 samples). With the direct GEMMs BLAS is
+        held at one thread (the kernels split the work themselves; this also saves them a thread-count
+        switch per call), and with no BLAS thread spinning on the other core the optimizer kernels split their
+        work from ``TRAINING_PARALLEL_THRESHOLD`` elements on (a 109k-parameter Adam step: 32 instead of 56 us).
+        With ``numpy.matmul`` and a multi-threaded BLAS the optimizer kernels run serially."""
+        if _direct_gemm:
+            threshold = _optim.build_info()["parallel_threshold"]
+            _optim.set_parallel_threshold(min(threshold, TRAINING_PARALLEL_THRESHOLD))
+            try:
+                with threadpool_limits(limits=1, user_api="blas"):
+                    yield
+            finally:
+                _optim.set_parallel_threshold(threshold)
+            return
         threads = _optim.build_info()["num_threads"]
         blas_threads = max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=1)
         if blas_threads > 1:
@@ -157,12 +283,18 @@ class CythonBackend(Backend):
             _optim.set_num_threads(threads)
 
     def _dense_forward(self, x, weight, bias, out, activation):  # type: ignore[no-untyped-def]
-        _matmul(x, weight, out=out)
-        _dense_epilogue[out.itemsize](out, bias, _EPILOGUE_CODES[activation])
+        if _direct_gemm:
+            _dense_fwd[out.itemsize](x, weight, bias, out, _EPILOGUE_CODES[activation])
+        else:
+            _matmul(x, weight, out=out)
+            _dense_epilogue[out.itemsize](out, bias, _EPILOGUE_CODES[activation])
         if activation == "tanh":
             _tanh(out, out=out)
 
     def _dense_backward(self, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, activation):  # type: ignore[no-untyped-def]
+        if _direct_gemm:
+            _dense_bwd[out.itemsize](x, weight, out, grad_out, grad_weight, grad_bias, grad_x, _ACTIVATION_CODES[activation])
+            return
         _dense_backward_prologue[out.itemsize](grad_out, out, grad_bias, _ACTIVATION_CODES[activation])
         _matmul(x.T, grad_out, out=grad_weight)
         if grad_x is not None:
@@ -199,6 +331,9 @@ class CythonBackend(Backend):
 
     def _count_correct(self, scores, labels):  # type: ignore[no-untyped-def]
         return _count[scores.itemsize](scores, labels)
+
+    def _all_finite(self, x):  # type: ignore[no-untyped-def]
+        return _all_finite[x.itemsize](x)
 
     def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]
         if param.ndim != 1:

@@ -222,8 +222,8 @@ class Sequential:
     def predict(self, X: object, batch_size: int = 1024) -> np.ndarray:
         """The model's outputs (N, out_features) for inputs X (N, in_features), computed in batches."""
         batch_size = check_positive_int(batch_size, "batch_size")
-        inputs = as_features(X, self.in_features, self.dtype)
         backend = resolve_backend(self._backend_name)
+        inputs = as_features(X, self.in_features, self.dtype, backend)
         result = np.empty((len(inputs), self.out_features), dtype=self.dtype)
         for start in range(0, len(inputs), batch_size):
             rows = slice(start, min(start + batch_size, len(inputs)))
@@ -238,7 +238,7 @@ class Sequential:
         """Mean loss (and accuracy, for class targets) over (X, y). ``loss`` defaults to the one of the
         last ``fit``, else ``CrossEntropy``."""
         loss = self._choose_loss(loss)
-        inputs = as_features(X, self.in_features, self.dtype)
+        inputs = as_features(X, self.in_features, self.dtype, resolve_backend(self._backend_name))
         targets = loss.targets(y, self.out_features, self.dtype)
         check_same_length(inputs, targets.values)
         return self._evaluate_prepared(inputs, targets, loss, check_positive_int(batch_size, "batch_size"))
@@ -317,11 +317,11 @@ class Sequential:
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         every = _checkpoint.check_options(checkpoint, checkpoint_every, resume)
-        inputs = as_features(X, self.in_features, self.dtype)
+        backend = resolve_backend(self._backend_name)
+        inputs = as_features(X, self.in_features, self.dtype, backend)
         targets = loss.targets(y, self.out_features, self.dtype)
         check_same_length(inputs, targets.values)
-        validation = self._prepare_validation(validation_data, loss)
-        backend = resolve_backend(self._backend_name)
+        validation = self._prepare_validation(validation_data, loss, backend)
         saved = None
         if checkpoint is not None:
             fingerprint = _checkpoint.run_fingerprint(
@@ -443,12 +443,14 @@ class Sequential:
                 if progress and batch_index % 50 == 0:
                     bar.set_postfix(loss=f"{position.loss_sum / max(position.samples, 1):.4f}", refresh=False)
 
-    def _prepare_validation(self, validation_data: object, loss: Loss) -> tuple[np.ndarray, Targets] | None:
+    def _prepare_validation(
+        self, validation_data: object, loss: Loss, backend: Backend
+    ) -> tuple[np.ndarray, Targets] | None:
         if validation_data is None:
             return None
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val)")
-        inputs = as_features(validation_data[0], self.in_features, self.dtype, name="X_val")
+        inputs = as_features(validation_data[0], self.in_features, self.dtype, backend, name="X_val")
         targets = loss.targets(validation_data[1], self.out_features, self.dtype)
         check_same_length(inputs, targets.values, "X_val", "y_val")
         return inputs, targets

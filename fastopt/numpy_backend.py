@@ -95,6 +95,9 @@ class NumpyBackend(Backend):
     def _count_correct(self, scores, labels):  # type: ignore[no-untyped-def]
         return int(np.count_nonzero(scores.argmax(axis=1) == labels))
 
+    def _all_finite(self, x):  # type: ignore[no-untyped-def]
+        return bool(np.isfinite(x).all())
+
     def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]
         g = with_weight_decay(grad, weight_decay, param)
         if momentum_buffer is not None:

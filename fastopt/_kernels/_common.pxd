@@ -14,9 +14,11 @@ cdef extern from *:
     #include <omp.h>
     #define FO_HAVE_OPENMP 1
     static int fo_omp_max_threads(void) { return omp_get_max_threads(); }
+    static int fo_omp_num_procs(void) { return omp_get_num_procs(); }
     #else
     #define FO_HAVE_OPENMP 0
     static int fo_omp_max_threads(void) { return 1; }
+    static int fo_omp_num_procs(void) { return 1; }
     #endif
     /* Optimizer state decays geometrically towards zero (the moments of a dead unit), into the
        subnormal range, where x86 arithmetic takes a slow microcode path (a 110k-element Adam step
@@ -48,6 +50,7 @@ cdef extern from *:
     const char* FO_ISA
     const char* FO_COMPILE_ARGS
     int fo_omp_max_threads() noexcept nogil
+    int fo_omp_num_procs() noexcept nogil
     const int FO_FLUSHES_SUBNORMALS
     unsigned int fo_flush_subnormals_begin() noexcept nogil
     void fo_flush_subnormals_end(unsigned int saved) noexcept nogil

@@ -1,28 +1,93 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Layer and loss kernels: the parts of a dense layer around its GEMMs, activations, softmax, losses.
+"""Layer and loss kernels: dense layers (GEMMs and the passes around them), activations, softmax, losses.
 
-The GEMMs themselves go to NumPy's BLAS (``numpy.matmul`` measured fastest at the batch sizes used;
-see ``fastopt/cython_backend.py``); these kernels are the single passes over the GEMM output:
+Dense layers, two ways (``fastopt/cython_backend.py`` chooses):
 
-- ``dense_epilogue``: ``out = f(out + bias)`` (bias add and activation in one pass);
-- ``dense_backward_prologue``: ``grad_out *= f'(out)`` and ``grad_bias = grad_out.sum(0)`` in one
-  pass, rows in order, so the column sums are deterministic and equal NumPy's (row after row).
+- ``dense_forward`` / ``dense_backward``: the whole layer, its GEMMs made by the CBLAS ``sgemm``/``dgemm``
+  of NumPy's own OpenBLAS (addresses installed by ``set_blas``), called single-threaded on fixed blocks of
+  the output, the blocks shared among fastopt's OpenMP threads. The blocks depend on the shapes and the
+  machine's processor count only, never on the thread count, so results are bit-identical for any
+  number of threads (OpenBLAS's own threading gives other float32 bits on 1 and 2 threads). The thread
+  that computes a block of ``x @ weight`` applies the bias and activation to it while it is in cache.
+- ``dense_epilogue`` / ``dense_backward_prologue``: only the passes around GEMMs that the caller makes
+  with ``numpy.matmul`` (when NumPy's BLAS is not an OpenBLAS these functions can call):
+  ``out = f(out + bias)``; ``grad_out *= f'(out)`` with ``grad_bias = grad_out.sum(0)``.
 
-Each follows the NumPy reference operation for operation. Activation codes: 0 identity, 1 relu,
+Bias gradients are column sums taken row after row: deterministic, and the order NumPy uses. Each
+kernel follows the NumPy reference operation for operation. Activation codes: 0 identity, 1 relu,
 2 sigmoid, 3 tanh. Inputs are ``const`` memoryviews (read-only arrays are accepted); the loops run
-over raw pointers so gcc can vectorize them.
+over raw pointers so gcc can vectorize them. Shapes are trusted: ``fastopt.backend`` checks them.
 """
 
 from cython cimport floating
+from cython.parallel cimport parallel, prange
 from libc.math cimport log
-from libc.stdint cimport int64_t
-from libc.string cimport memcpy
+from libc.stdint cimport int32_t, int64_t
+from libc.string cimport memcpy, memset
 
-from fastopt._kernels._common cimport FO_COMPILE_ARGS, FO_HAVE_OPENMP, FO_ISA, fexp, fsigmoid, ftanh
+from fastopt._kernels._common cimport (
+    FO_COMPILE_ARGS, FO_HAVE_OPENMP, FO_ISA, fexp, fo_omp_max_threads, fo_omp_num_procs, fsigmoid, ftanh,
+)
+
+# CBLAS gemm, row-major, in its two integer widths (OpenBLAS built with 64-bit integers or not).
+ctypedef void (*sgemm64_t)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                           const float*, int64_t, float, float*, int64_t) noexcept nogil
+ctypedef void (*dgemm64_t)(int, int, int, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                           const double*, int64_t, double, double*, int64_t) noexcept nogil
+ctypedef void (*sgemm32_t)(int, int, int, int32_t, int32_t, int32_t, float, const float*, int32_t,
+                           const float*, int32_t, float, float*, int32_t) noexcept nogil
+ctypedef void (*dgemm32_t)(int, int, int, int32_t, int32_t, int32_t, double, const double*, int32_t,
+                           const double*, int32_t, double, double*, int32_t) noexcept nogil
+ctypedef int (*get_threads_t)() noexcept nogil
+ctypedef void (*set_threads_t)(int) noexcept nogil
+
+cdef enum:
+    CBLAS_ROW_MAJOR = 101
+    CBLAS_NO_TRANS = 111
+    CBLAS_TRANS = 112
+
+cdef void* _sgemm = NULL
+cdef void* _dgemm = NULL
+cdef bint _blas_ilp64 = False
+cdef get_threads_t _blas_get_threads = NULL
+cdef set_threads_t _blas_set_threads = NULL
+
+cdef int _num_threads = fo_omp_max_threads()
+# GEMM blocks: the work is cut into at most one block per processor of the machine (fixed at import,
+# so the cut never depends on the thread count) and into blocks of at least _MIN_BLOCK_FLOPS
+# multiply-adds times two (smaller BLAS calls pay their packing and call overhead for little work;
+# 2**18 measured best at batch 32 and no worse at 512) and at least 16 rows or columns.
+cdef Py_ssize_t _max_blocks = max(1, fo_omp_num_procs())
+cdef double _MIN_BLOCK_FLOPS = 262144.0
+cdef Py_ssize_t _MIN_BLOCK_WIDTH = 16
+
 
 def build_info():
-    """Flags this module was compiled with."""
-    return {"openmp": bool(FO_HAVE_OPENMP), "isa": FO_ISA.decode(), "compile_args": FO_COMPILE_ARGS.decode().split()}
+    """Flags this module was compiled with, and how its GEMMs are split."""
+    return {
+        "openmp": bool(FO_HAVE_OPENMP),
+        "isa": FO_ISA.decode(),
+        "compile_args": FO_COMPILE_ARGS.decode().split(),
+        "num_threads": _num_threads,
+        "gemm_max_blocks": _max_blocks,
+        "blas_installed": _sgemm != NULL,
+    }
+
+
+def set_num_threads(int n):
+    """Threads sharing the GEMM blocks and the passes around them (1 = serial)."""
+    global _num_threads
+    _num_threads = max(1, n)
+
+
+def set_blas(size_t sgemm, size_t dgemm, bint ilp64, size_t get_threads, size_t set_threads):
+    """Install the addresses of ``cblas_sgemm`` and ``cblas_dgemm`` (64-bit integers if ``ilp64``) and of
+    OpenBLAS's ``openblas_get_num_threads``/``openblas_set_num_threads``; all zero uninstalls them."""
+    global _sgemm, _dgemm, _blas_ilp64, _blas_get_threads, _blas_set_threads
+    if (sgemm == 0) != (dgemm == 0) or (sgemm == 0) != (get_threads == 0) or (sgemm == 0) != (set_threads == 0):
+        raise ValueError("set_blas needs all four addresses, or none")
+    _sgemm, _dgemm, _blas_ilp64 = <void*>sgemm, <void*>dgemm, ilp64
+    _blas_get_threads, _blas_set_threads = <get_threads_t>get_threads, <set_threads_t>set_threads
 
 
 # ------------------------------------------------------------------------------- pointer loops
@@ -91,6 +156,196 @@ cdef inline void _add_row(floating* acc, const floating* row, Py_ssize_t n) noex
 
 
 # ------------------------------------------------------------------------------- dense layer
+cdef inline void _gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
+                       floating* c, Py_ssize_t ldc) noexcept nogil:
+    # c (m x n, row stride ldc) = op(a) @ op(b), op(a) m x k, op(b) k x n; op transposes a row-major matrix.
+    cdef int ta = CBLAS_TRANS if trans_a else CBLAS_NO_TRANS
+    cdef int tb = CBLAS_TRANS if trans_b else CBLAS_NO_TRANS
+    cdef Py_ssize_t i
+    if m == 0 or n == 0:
+        return
+    if k == 0:  # an empty sum; BLAS would also reject the leading dimensions of empty operands
+        for i in range(m):
+            memset(c + i * ldc, 0, n * sizeof(floating))
+        return
+    if floating is float:
+        if _blas_ilp64:
+            (<sgemm64_t>_sgemm)(CBLAS_ROW_MAJOR, ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)
+        else:
+            (<sgemm32_t>_sgemm)(CBLAS_ROW_MAJOR, ta, tb, <int32_t>m, <int32_t>n, <int32_t>k, 1, a, <int32_t>lda,
+                                b, <int32_t>ldb, 0, c, <int32_t>ldc)
+    else:
+        if _blas_ilp64:
+            (<dgemm64_t>_dgemm)(CBLAS_ROW_MAJOR, ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)
+        else:
+            (<dgemm32_t>_dgemm)(CBLAS_ROW_MAJOR, ta, tb, <int32_t>m, <int32_t>n, <int32_t>k, 1, a, <int32_t>lda,
+                                b, <int32_t>ldb, 0, c, <int32_t>ldc)
+
+
+cdef inline Py_ssize_t _gemm_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    # How many blocks an m x n x k GEMM is cut into: a function of the shape (and of the machine's processor
+    # count), never of the thread count.
+    cdef Py_ssize_t by_work = <Py_ssize_t>(2.0 * m * n * k / _MIN_BLOCK_FLOPS)
+    cdef Py_ssize_t by_width = max(m, n) // _MIN_BLOCK_WIDTH
+    return max(1, min(by_work, by_width, _max_blocks))
+
+
+cdef inline void _block_bounds(Py_ssize_t block, Py_ssize_t blocks, Py_ssize_t m, Py_ssize_t n,
+                               Py_ssize_t* r0, Py_ssize_t* r1, Py_ssize_t* c0, Py_ssize_t* c1) noexcept nogil:
+    # The rows r0:r1 and columns c0:c1 of block number `block` of an m x n output: the longer side is cut,
+    # into pieces of a multiple of 16 elements (cache-line aligned for float32 rows).
+    cdef Py_ssize_t length = n if n >= m else m
+    cdef Py_ssize_t size = ((length + blocks - 1) // blocks + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH * _MIN_BLOCK_WIDTH
+    cdef Py_ssize_t lo = min(length, block * size), hi = min(length, lo + size)
+    if n >= m:
+        r0[0], r1[0], c0[0], c1[0] = 0, m, lo, hi
+    else:
+        r0[0], r1[0], c0[0], c1[0] = lo, hi, 0, n
+
+
+cdef inline void _gemm_block(Py_ssize_t block, Py_ssize_t blocks, bint trans_a, bint trans_b, Py_ssize_t m,
+                             Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda, const floating* b,
+                             Py_ssize_t ldb, floating* c, Py_ssize_t ldc) noexcept nogil:
+    # Block number `block` of c = op(a) @ op(b): rows r0:r1 of op(a) times columns c0:c1 of op(b).
+    cdef Py_ssize_t r0, r1, c0, c1
+    _block_bounds(block, blocks, m, n, &r0, &r1, &c0, &c1)
+    _gemm(trans_a, trans_b, r1 - r0, c1 - c0, k, a + (r0 if trans_a else r0 * lda), lda,
+          b + (c0 * ldb if trans_b else c0), ldb, c + r0 * ldc + c0, ldc)
+
+
+cdef inline int _blas_serial_begin() noexcept nogil:
+    # Each BLAS call is one block on one of fastopt's threads: BLAS must not start threads of its own.
+    cdef int previous = _blas_get_threads()
+    if previous != 1:
+        _blas_set_threads(1)
+    return previous
+
+
+cdef inline void _blas_serial_end(int previous) noexcept nogil:
+    if previous != 1:
+        _blas_set_threads(previous)
+
+
+cdef inline int _team(Py_ssize_t work_items) noexcept nogil:
+    # Threads for a parallel loop of work_items iterations (1: run it serially, no parallel region).
+    if not FO_HAVE_OPENMP:
+        return 1
+    return <int>min(<Py_ssize_t>_num_threads, work_items)
+
+
+cdef inline void _forward_block(Py_ssize_t block, Py_ssize_t blocks, const floating* x, const floating* w,
+                                const floating* bias, floating* out, Py_ssize_t batch, Py_ssize_t n_in,
+                                Py_ssize_t n_out, int act) noexcept nogil:
+    cdef Py_ssize_t r0, r1, c0, c1, i
+    _gemm_block(block, blocks, False, False, batch, n_out, n_in, x, n_in, w, n_out, out, n_out)
+    _block_bounds(block, blocks, batch, n_out, &r0, &r1, &c0, &c1)
+    for i in range(r0, r1):
+        _bias_act(act, out + i * n_out + c0, bias + c0, c1 - c0)
+
+
+def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
+                  floating[:, ::1] out, int act):
+    """``out = f(x @ weight + bias)``: x (B, I), weight (I, O), bias (O,), out (B, O). Needs ``set_blas``."""
+    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = out.shape[1], block, blocks
+    cdef int previous, team
+    if _sgemm == NULL:
+        raise RuntimeError("no BLAS installed: call set_blas first")
+    if batch == 0 or n_out == 0:
+        return
+    cdef const floating* xp = &x[0, 0] if n_in else NULL
+    cdef const floating* wp = &weight[0, 0] if n_in else NULL
+    cdef const floating* bp = &bias[0]
+    cdef floating* op = &out[0, 0]
+    blocks = _gemm_blocks(batch, n_out, n_in)
+    team = _team(blocks)
+    with nogil:
+        previous = _blas_serial_begin()
+        if team == 1:
+            for block in range(blocks):
+                _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act)
+        else:
+            for block in prange(blocks, num_threads=team, schedule="static", chunksize=1):
+                _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act)
+        _blas_serial_end(previous)
+
+
+cdef inline void _prologue_columns(int act, floating* d, const floating* y, floating* gb, Py_ssize_t rows,
+                                   Py_ssize_t cols, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    # Columns c0:c1 of: d *= f'(y) in place, gb = d.sum(0), rows in order.
+    cdef Py_ssize_t i, width = c1 - c0
+    if width <= 0:
+        return
+    for i in range(rows):
+        _act_backward(act, y + i * cols + c0, d + i * cols + c0, d + i * cols + c0, width)
+        if i == 0:
+            memcpy(gb + c0, d + c0, width * sizeof(floating))
+        else:
+            _add_row(gb + c0, d + i * cols + c0, width)
+
+
+cdef inline void _backward_block(Py_ssize_t block, Py_ssize_t blocks_w, Py_ssize_t blocks_x, const floating* x,
+                                 const floating* w, const floating* d, floating* gw, floating* gx,
+                                 Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    # Blocks 0..blocks_w-1: grad_weight = x.T @ dz (I x O, sum over the batch); the next blocks_x:
+    # grad_x = dz @ weight.T (B x I). The two products are independent and share one pool of blocks.
+    if block < blocks_w:
+        _gemm_block(block, blocks_w, True, False, n_in, n_out, batch, x, n_in, d, n_out, gw, n_out)
+    else:
+        _gemm_block(block - blocks_w, blocks_x, False, True, batch, n_in, n_out, d, n_out, w, n_out, gx, n_in)
+
+
+def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[:, ::1] out,
+                   floating[:, ::1] grad_out, floating[:, ::1] grad_weight, floating[::1] grad_bias,
+                   floating[:, ::1] grad_x, int act):
+    """Backward of ``out = f(x @ weight + bias)``: ``grad_out *= f'(out)`` (now dz), ``grad_bias = dz.sum(0)``,
+    ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Needs ``set_blas``."""
+    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
+    cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, size
+    cdef int previous, team
+    if _sgemm == NULL:
+        raise RuntimeError("no BLAS installed: call set_blas first")
+    if n_out == 0:  # no outputs: every gradient is an empty sum
+        if grad_x is not None and batch and n_in:
+            memset(&grad_x[0, 0], 0, batch * n_in * sizeof(floating))
+        return
+    cdef floating* gb = &grad_bias[0]
+    if batch == 0:
+        memset(gb, 0, n_out * sizeof(floating))
+        if n_in:
+            memset(&grad_weight[0, 0], 0, n_in * n_out * sizeof(floating))
+        return
+    cdef const floating* xp = &x[0, 0] if n_in else NULL
+    cdef const floating* wp = &weight[0, 0] if n_in else NULL
+    cdef const floating* yp = &out[0, 0]
+    cdef floating* dp = &grad_out[0, 0]
+    cdef floating* gw = &grad_weight[0, 0] if n_in else NULL
+    cdef floating* gx = NULL
+    if grad_x is not None and n_in:
+        gx = &grad_x[0, 0]
+        blocks_x = _gemm_blocks(batch, n_in, n_out)
+    blocks_w = _gemm_blocks(n_in, n_out, batch) if n_in else 0
+    # Each column's sum runs over the rows in order whatever the column split, so its bits do not depend
+    # on the split: one block of columns per thread.
+    column_blocks = _team((n_out + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH)
+    size = (n_out + column_blocks - 1) // column_blocks
+    team = _team(max(column_blocks, blocks_w + blocks_x))
+    with nogil:
+        previous = _blas_serial_begin()
+        if team == 1:
+            _prologue_columns(act, dp, yp, gb, batch, n_out, 0, n_out)
+            for block in range(blocks_w + blocks_x):
+                _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
+        else:
+            with parallel(num_threads=team):
+                for block in prange(column_blocks, schedule="static", chunksize=1):
+                    _prologue_columns(act, dp, yp, gb, batch, n_out, min(n_out, block * size),
+                                      min(n_out, (block + 1) * size))
+                for block in prange(blocks_w + blocks_x, schedule="static", chunksize=1):
+                    _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
+        _blas_serial_end(previous)
+
+
 def dense_epilogue(floating[:, ::1] out, const floating[::1] bias, int act):
     """``out = f(out + bias)`` row by row, in place (out is the GEMM result ``x @ weight``)."""
     cdef Py_ssize_t rows = out.shape[0], cols = out.shape[1], i
@@ -263,6 +518,36 @@ def mse(const floating[::1] pred, const floating[::1] target, floating[::1] grad
             for i in range(n):
                 gp[i] = <floating>2 * (pp[i] - tp[i]) / n_f
     return total / n
+
+
+cdef inline bint _any_nonfinite(const floating* x, Py_ssize_t n) noexcept nogil:
+    # x - x is 0 for a finite x and NaN for NaN or Inf; OR-ing the comparisons vectorizes (a float sum would not).
+    cdef Py_ssize_t i
+    cdef floating d
+    cdef int bad = 0
+    for i in range(n):
+        d = x[i] - x[i]
+        bad |= d != d
+    return bad != 0
+
+
+def all_finite(const floating[::1] x):
+    """Whether the flat buffer x holds no NaN or Inf: one pass, split over the threads from 2**18 elements."""
+    cdef Py_ssize_t n = x.shape[0], size, block, blocks = 1
+    cdef int bad = 0
+    if n == 0:
+        return True
+    cdef const floating* xp = &x[0]
+    if n >= 262144:
+        blocks = _team(n // 131072)
+    size = (n + blocks - 1) // blocks
+    with nogil:
+        if blocks == 1:
+            bad = _any_nonfinite(xp, n)
+        else:
+            for block in prange(blocks, num_threads=blocks, schedule="static", chunksize=1):
+                bad |= _any_nonfinite(xp + block * size, min(size, n - block * size))
+    return not bad
 
 
 def count_correct(const floating[:, ::1] scores, const int64_t[::1] labels):
