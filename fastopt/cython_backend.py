@@ -292,10 +292,11 @@ class CythonBackend(Backend):
             _tanh(out, out=out)
 
     def _dense_backward(self, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, activation):  # type: ignore[no-untyped-def]
+        code = _ACTIVATION_CODES[activation]
         if _direct_gemm:
-            _dense_bwd[out.itemsize](x, weight, out, grad_out, grad_weight, grad_bias, grad_x, _ACTIVATION_CODES[activation])
+            _dense_bwd[out.itemsize](x, weight, out, grad_out, grad_weight, grad_bias, grad_x, code)
             return
-        _dense_backward_prologue[out.itemsize](grad_out, out, grad_bias, _ACTIVATION_CODES[activation])
+        _dense_backward_prologue[out.itemsize](grad_out, out, grad_bias, code)
         _matmul(x.T, grad_out, out=grad_weight)
         if grad_x is not None:
             _matmul(grad_out, weight.T, out=grad_x)
