@@ -15,11 +15,76 @@ cdef extern from *:
     #define FO_HAVE_OPENMP 1
     static int fo_omp_max_threads(void) { return omp_get_max_threads(); }
     static int fo_omp_num_procs(void) { return omp_get_num_procs(); }
+    static double fo_now(void) { return omp_get_wtime(); }
     #else
     #define FO_HAVE_OPENMP 0
     static int fo_omp_max_threads(void) { return 1; }
     static int fo_omp_num_procs(void) { return 1; }
+    static double fo_now(void) { return 0.0; }
     #endif
+    /* Stall guard: threads only while they pay. A parallel region ends in a barrier, and libgomp's threads
+       keep spinning for milliseconds after it; when another process keeps a core busy, the calling thread
+       waits at barriers for the other thread's time slice, and the spinning thread takes CPU time from it
+       (a batch-32 training step measured 3-20x slower than on one thread, calls stalled for up to 36 ms).
+       Two signs of it count as a stall: a region in which the calling thread, after its own share, waited
+       at the barrier longer than FO_STALL_SECONDS and than its share took (uneven shares make shorter
+       waits; a time slice is milliseconds); and, checked every FO_PROBE_SECONDS, a calling thread that got
+       less than FO_MIN_CPU_SHARE of the wall time since the last check (a longer gap between checks is
+       idleness, not counted). After a stall the kernels run serially (the same blocks, hence the same bits)
+       for a spell, then try threads again: the spell doubles, up to FO_LONGEST_SPELL, when the stall comes
+       within FO_SPELL_MEMORY of the previous one, and starts again at FO_FIRST_SPELL otherwise. One state
+       per module, shared by the calling threads without locks: it only chooses between two equal ways of
+       computing. */
+    #define FO_STALL_SECONDS 1e-3
+    #define FO_PROBE_SECONDS 0.05
+    #define FO_MIN_CPU_SHARE 0.8
+    #define FO_FIRST_SPELL 0.02
+    #define FO_LONGEST_SPELL 2.0
+    #define FO_SPELL_MEMORY 4.0
+    #if FO_HAVE_OPENMP && (defined(__linux__) || defined(__APPLE__))
+    #include <time.h>
+    #define FO_PROBES_CPU_SHARE 1
+    static double fo_thread_cpu_seconds(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    }
+    #else
+    #define FO_PROBES_CPU_SHARE 0
+    static double fo_thread_cpu_seconds(void) { return 0.0; }
+    #endif
+    static double fo_serial_until = 0.0, fo_spell = FO_FIRST_SPELL, fo_last_stall = -1e30;
+    static double fo_probe_wall = 0.0, fo_probe_cpu = 0.0;
+    static long fo_spells = 0;
+    static void fo_stall(double now) {
+        fo_spell = now - fo_last_stall >= FO_SPELL_MEMORY ? FO_FIRST_SPELL
+                 : fo_spell * 2 < FO_LONGEST_SPELL ? fo_spell * 2 : FO_LONGEST_SPELL;
+        fo_last_stall = now;
+        fo_serial_until = now + fo_spell;
+        fo_spells++;
+    }
+    static int fo_parallel_ok(void) {
+        double now = fo_now(), cpu, wall;
+        if (now < fo_serial_until)
+            return 0;
+        if (FO_PROBES_CPU_SHARE && now - fo_probe_wall >= FO_PROBE_SECONDS) {
+            cpu = fo_thread_cpu_seconds();
+            wall = now - fo_probe_wall;
+            fo_probe_wall = now;
+            if (wall < 2 * FO_PROBE_SECONDS && cpu - fo_probe_cpu < FO_MIN_CPU_SHARE * wall) {
+                fo_probe_cpu = cpu;
+                fo_stall(now);
+                return 0;
+            }
+            fo_probe_cpu = cpu;
+        }
+        return 1;
+    }
+    static void fo_parallel_report(double worked, double waited) {
+        if (waited > FO_STALL_SECONDS && waited > worked)
+            fo_stall(fo_now());
+    }
+    static long fo_serial_spells(void) { return fo_spells; }
     /* Optimizer state decays geometrically towards zero (the moments of a dead unit), into the
        subnormal range, where x86 arithmetic takes a slow microcode path (a 110k-element Adam step
        measured 167 instead of 56 us in training). The optimizer kernels therefore flush subnormal
@@ -51,6 +116,10 @@ cdef extern from *:
     const char* FO_COMPILE_ARGS
     int fo_omp_max_threads() noexcept nogil
     int fo_omp_num_procs() noexcept nogil
+    double fo_now() noexcept nogil
+    int fo_parallel_ok() noexcept nogil
+    void fo_parallel_report(double worked, double waited) noexcept nogil
+    long fo_serial_spells() noexcept nogil
     const int FO_FLUSHES_SUBNORMALS
     unsigned int fo_flush_subnormals_begin() noexcept nogil
     void fo_flush_subnormals_end(unsigned int saved) noexcept nogil

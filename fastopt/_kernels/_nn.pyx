@@ -20,13 +20,14 @@ over raw pointers so gcc can vectorize them. Shapes are trusted: ``fastopt.backe
 """
 
 from cython cimport floating
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport log
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 from fastopt._kernels._common cimport (
-    FO_COMPILE_ARGS, FO_HAVE_OPENMP, FO_ISA, fexp, fo_omp_max_threads, fo_omp_num_procs, fsigmoid, ftanh,
+    FO_COMPILE_ARGS, FO_HAVE_OPENMP, FO_ISA, fexp, fo_now, fo_omp_max_threads, fo_omp_num_procs, fo_parallel_ok,
+    fo_parallel_report, fo_serial_spells, fsigmoid, ftanh,
 )
 
 # CBLAS gemm, row-major, in its two integer widths (OpenBLAS built with 64-bit integers or not).
@@ -70,6 +71,7 @@ def build_info():
         "compile_args": FO_COMPILE_ARGS.decode().split(),
         "num_threads": _num_threads,
         "gemm_max_blocks": _max_blocks,
+        "serial_spells": fo_serial_spells(),
         "blas_installed": _sgemm != NULL,
     }
 
@@ -228,8 +230,9 @@ cdef inline void _blas_serial_end(int previous) noexcept nogil:
 
 
 cdef inline int _team(Py_ssize_t work_items) noexcept nogil:
-    # Threads for a parallel loop of work_items iterations (1: run it serially, no parallel region).
-    if not FO_HAVE_OPENMP:
+    # Threads for a parallel loop of work_items iterations (1: run it serially, no parallel region), serial
+    # during a spell of the stall guard (_common.pxd).
+    if not FO_HAVE_OPENMP or not fo_parallel_ok():
         return 1
     return <int>min(<Py_ssize_t>_num_threads, work_items)
 
@@ -249,6 +252,8 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
     """``out = f(x @ weight + bias)``: x (B, I), weight (I, O), bias (O,), out (B, O). Needs ``set_blas``."""
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = out.shape[1], block, blocks
     cdef int previous, team
+    cdef double started
+    cdef double[1] own_done  # when the calling thread finished its share (for the stall guard)
     if _sgemm == NULL:
         raise RuntimeError("no BLAS installed: call set_blas first")
     if batch == 0 or n_out == 0:
@@ -265,8 +270,12 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
             for block in range(blocks):
                 _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act)
         else:
+            started = fo_now()
             for block in prange(blocks, num_threads=team, schedule="static", chunksize=1):
                 _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act)
+                if threadid() == 0:
+                    own_done[0] = fo_now()
+            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
         _blas_serial_end(previous)
 
 
@@ -303,6 +312,8 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
     cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, size
     cdef int previous, team
+    cdef double started
+    cdef double[1] own_done
     if _sgemm == NULL:
         raise RuntimeError("no BLAS installed: call set_blas first")
     if n_out == 0:  # no outputs: every gradient is an empty sum
@@ -337,12 +348,17 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
             for block in range(blocks_w + blocks_x):
                 _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
         else:
+            started = fo_now()
+            own_done[0] = started
             with parallel(num_threads=team):
                 for block in prange(column_blocks, schedule="static", chunksize=1):
                     _prologue_columns(act, dp, yp, gb, batch, n_out, min(n_out, block * size),
                                       min(n_out, (block + 1) * size))
                 for block in prange(blocks_w + blocks_x, schedule="static", chunksize=1):
                     _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
+                    if threadid() == 0:
+                        own_done[0] = fo_now()
+            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
         _blas_serial_end(previous)
 
 
@@ -535,6 +551,8 @@ def all_finite(const floating[::1] x):
     """Whether the flat buffer x holds no NaN or Inf: one pass, split over the threads from 2**18 elements."""
     cdef Py_ssize_t n = x.shape[0], size, block, blocks = 1
     cdef int bad = 0
+    cdef double started
+    cdef double[1] own_done
     if n == 0:
         return True
     cdef const floating* xp = &x[0]
@@ -545,8 +563,12 @@ def all_finite(const floating[::1] x):
         if blocks == 1:
             bad = _any_nonfinite(xp, n)
         else:
+            started = fo_now()
             for block in prange(blocks, num_threads=blocks, schedule="static", chunksize=1):
                 bad |= _any_nonfinite(xp + block * size, min(size, n - block * size))
+                if threadid() == 0:
+                    own_done[0] = fo_now()
+            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
     return not bad
 
 

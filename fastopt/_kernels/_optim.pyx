@@ -14,12 +14,12 @@ operations whatever the thread count).
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt
 
 from fastopt._kernels._common cimport (
     FO_COMPILE_ARGS, FO_FLUSHES_SUBNORMALS, FO_HAVE_OPENMP, FO_ISA, fo_flush_subnormals_begin, fo_flush_subnormals_end,
-    fo_omp_max_threads, fsqrt, with_weight_decay,
+    fo_now, fo_omp_max_threads, fo_parallel_ok, fo_parallel_report, fo_serial_spells, fsqrt, with_weight_decay,
 )
 
 cdef int _num_threads = fo_omp_max_threads()
@@ -44,6 +44,7 @@ def build_info():
         "num_threads": _num_threads,
         "parallel_threshold": _parallel_threshold,
         "parallel_threshold_sgd": _parallel_threshold * _LIGHT_FACTOR,
+        "serial_spells": fo_serial_spells(),
     }
 
 
@@ -60,7 +61,8 @@ def set_parallel_threshold(Py_ssize_t n):
 
 
 cdef inline int _n_chunks(Py_ssize_t n, Py_ssize_t threshold) noexcept nogil:
-    if not FO_HAVE_OPENMP or _num_threads <= 1 or n < threshold:
+    # 1 (serial) below the threshold and during a spell of the stall guard (_common.pxd)
+    if not FO_HAVE_OPENMP or _num_threads <= 1 or n < threshold or not fo_parallel_ok():
         return 1
     return _num_threads
 
@@ -110,6 +112,8 @@ def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] moment
              double momentum, double dampening, bint nesterov, double weight_decay, bint first_step):
     cdef Py_ssize_t n = param.shape[0], start, size
     cdef int c, chunks
+    cdef double started
+    cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
     cdef floating* p = &param[0]
     cdef const floating* g = &grad[0]
     cdef floating* b = NULL if momentum_buffer is None else &momentum_buffer[0]
@@ -121,11 +125,15 @@ def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] moment
             _sgd(p, g, b, n, lr_, mu, omd, wd, nesterov, first_step)
         else:
             size = _chunk_size(n, chunks)
+            started = fo_now()
             for c in prange(chunks, num_threads=chunks, schedule="static"):
                 start = c * size
                 if start < n:
                     _sgd(p + start, g + start, NULL if b == NULL else b + start, min(size, n - start),
                          lr_, mu, omd, wd, nesterov, first_step)
+                if threadid() == 0:
+                    own_done[0] = fo_now()
+            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
 
 
 # ----------------------------------------------------------------------------------------- AdaGrad
@@ -146,6 +154,8 @@ def adagrad_step(floating[::1] param, const floating[::1] grad, floating[::1] su
                  double weight_decay):
     cdef Py_ssize_t n = param.shape[0], start, size
     cdef int c, chunks
+    cdef double started
+    cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
     cdef floating* p = &param[0]
     cdef const floating* g = &grad[0]
     cdef floating* s = &sum_squares[0]
@@ -156,10 +166,14 @@ def adagrad_step(floating[::1] param, const floating[::1] grad, floating[::1] su
             _adagrad(p, g, s, n, lr_, eps_, wd)
         else:
             size = _chunk_size(n, chunks)
+            started = fo_now()
             for c in prange(chunks, num_threads=chunks, schedule="static"):
                 start = c * size
                 if start < n:
                     _adagrad(p + start, g + start, s + start, min(size, n - start), lr_, eps_, wd)
+                if threadid() == 0:
+                    own_done[0] = fo_now()
+            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
 
 
 # ----------------------------------------------------------------------------------------- RMSProp
@@ -210,6 +224,8 @@ def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] sq
                  double weight_decay):
     cdef Py_ssize_t n = param.shape[0], start, size
     cdef int c, chunks
+    cdef double started
+    cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
     cdef floating* p = &param[0]
     cdef const floating* g = &grad[0]
     cdef floating* v = &square_avg[0]
@@ -223,12 +239,16 @@ def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] sq
             _rmsprop(p, g, v, a, b, n, lr_, alpha_, oma, eps_, mu, wd)
         else:
             size = _chunk_size(n, chunks)
+            started = fo_now()
             for c in prange(chunks, num_threads=chunks, schedule="static"):
                 start = c * size
                 if start < n:
                     _rmsprop(p + start, g + start, v + start, NULL if a == NULL else a + start,
                              NULL if b == NULL else b + start, min(size, n - start),
                              lr_, alpha_, oma, eps_, mu, wd)
+                if threadid() == 0:
+                    own_done[0] = fo_now()
+            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
 
 
 # ----------------------------------------------------------------------------------------- Adam
@@ -264,6 +284,8 @@ def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_a
               bint decoupled_weight_decay, double bias_correction1, double bias_correction2):
     cdef Py_ssize_t n = param.shape[0], start, size
     cdef int c, chunks
+    cdef double started
+    cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
     cdef floating* p = &param[0]
     cdef const floating* g = &grad[0]
     cdef floating* m = &exp_avg[0]
@@ -281,8 +303,12 @@ def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_a
             _adam(p, g, m, v, vmax, n, shrink, wd, b1, omb1, b2, omb2, sqrt_bc2, eps_, step_size)
         else:
             size = _chunk_size(n, chunks)
+            started = fo_now()
             for c in prange(chunks, num_threads=chunks, schedule="static"):
                 start = c * size
                 if start < n:
                     _adam(p + start, g + start, m + start, v + start, NULL if vmax == NULL else vmax + start,
                           min(size, n - start), shrink, wd, b1, omb1, b2, omb2, sqrt_bc2, eps_, step_size)
+                if threadid() == 0:
+                    own_done[0] = fo_now()
+            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
