@@ -31,6 +31,12 @@ def _model():
     )
 
 
+def _big_X(bad):
+    X = np.zeros((2**16 + 3, N_FEATURES), dtype=np.float32)
+    X[-1, -1] = bad
+    return X
+
+
 def _not_one_hot():
     rows = np.eye(N_CLASSES)[_y()]
     rows[2, 5] = 1  # two ones in a row
@@ -97,6 +103,12 @@ FIT_CASES = [
     pytest.param(
         {"validation_data": (_X(), np.full(6, 11))}, ValueError, "out of range", id="validation-label-out-of-range"
     ),
+    pytest.param(
+        {"validation_data": (_X(set={(5, 3): np.nan}), _y())}, ValueError, "X_val contains NaN", id="validation-X-nan"
+    ),
+    # More than 2**18 values: the compiled NaN/Inf check splits them over threads; the bad value is the last.
+    pytest.param({"X": _big_X(np.inf)}, ValueError, "X contains NaN or Inf", id="X-big-inf-last"),
+    pytest.param({"X": _big_X(np.nan)}, ValueError, "X contains NaN or Inf", id="X-big-nan-last"),
 ]
 
 
@@ -348,6 +360,13 @@ def _mse_mixed_dtype(backend):
     return lambda: backend.mse(pred, np.zeros((2, 3)), grad), [grad]
 
 
+def _all_finite_case(x):
+    def make(backend):
+        return lambda: backend.all_finite(x), [x] if isinstance(x, np.ndarray) and x.dtype != object else []
+
+    return make
+
+
 KERNEL_CASES = [
     pytest.param(
         _dense_case(weight=lambda a: np.ones((5, 2), np.float32)),
@@ -436,6 +455,47 @@ KERNEL_CASES = [
         _cross_entropy_case(np.array([0, 1])), ValueError, r"labels must have shape \(3,\)", id="ce-labels-length"
     ),
     pytest.param(_sgd_without_buffer, ValueError, "momentum_buffer must be given", id="sgd-missing-buffer"),
+    pytest.param(
+        _all_finite_case(np.ones(5, dtype=np.int64)),
+        TypeError,
+        "x must be float32 or float64, got int64",
+        id="all-finite-int",
+    ),
+    pytest.param(
+        _all_finite_case(np.ones(5, dtype=bool)),
+        TypeError,
+        "x must be float32 or float64, got bool",
+        id="all-finite-bool",
+    ),
+    pytest.param(
+        _all_finite_case(np.ones(5, dtype=np.float16)),
+        TypeError,
+        "x must be float32 or float64",
+        id="all-finite-float16",
+    ),
+    pytest.param(
+        _all_finite_case(np.ones(5, dtype=np.complex128)),
+        TypeError,
+        "x must be float32 or float64",
+        id="all-finite-complex",
+    ),
+    pytest.param(
+        _all_finite_case(np.ones(5, dtype=object)),
+        TypeError,
+        "x must be float32 or float64, got object",
+        id="all-finite-object",
+    ),
+    pytest.param(
+        _all_finite_case(np.ones(5, dtype=">f8")),
+        TypeError,
+        "x must be float32 or float64",
+        id="all-finite-byte-swapped",
+    ),
+    pytest.param(_all_finite_case(np.ones(10)[::2]), ValueError, "x must be C-contiguous", id="all-finite-strided"),
+    pytest.param(_all_finite_case(np.ones((3, 4)).T), ValueError, "x must be C-contiguous", id="all-finite-transposed"),
+    pytest.param(_all_finite_case([1.0, 2.0]), TypeError, "x must be a numpy.ndarray, got list", id="all-finite-list"),
+    pytest.param(_all_finite_case(1.0), TypeError, "x must be a numpy.ndarray, got float", id="all-finite-scalar"),
+    pytest.param(_all_finite_case(None), TypeError, "x must be a numpy.ndarray, got NoneType", id="all-finite-none"),
     pytest.param(_mse_mixed_dtype, TypeError, "target must have dtype float32", id="mse-mixed-dtype"),
 ]
 

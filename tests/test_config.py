@@ -77,3 +77,76 @@ def test_dtype_errors_are_both_type_and_value_errors():
     with pytest.raises(ValueError, match="weight must have dtype float32"):
         backend.dense_forward(x, np.ones((3, 2)), np.ones(2, np.float32), np.empty((2, 2), np.float32))
     assert issubclass(DTypeError, TypeError) and issubclass(DTypeError, ValueError)
+
+
+# ------------------------------------------------------------------------------------------ the GEMM path
+needs_cython = pytest.mark.skipif("cython" not in fastopt.available_backends(), reason="compiled backend not built")
+
+
+@needs_cython
+def test_gemm_path_switches_and_build_info_follows(use_gemm_path):
+    from fastopt import cython_backend
+
+    assert cython_backend.gemm_path() in ("direct", "matmul")
+    use_gemm_path("matmul")
+    assert cython_backend.build_info()["gemm"].startswith("numpy.matmul")
+    use_gemm_path("direct")
+    gemm = cython_backend.build_info()["gemm"]
+    assert "called directly" in gemm and "fixed blocks" in gemm
+
+
+@needs_cython
+@pytest.mark.parametrize("bad", ["Direct", "MATMUL", "blas", "", None, 1])
+def test_set_gemm_path_refuses_other_values(bad):
+    from fastopt import cython_backend
+
+    before = cython_backend.gemm_path()
+    with pytest.raises(ValueError, match="path must be 'direct' or 'matmul'"):
+        cython_backend.set_gemm_path(bad)
+    assert cython_backend.gemm_path() == before
+
+
+@needs_cython
+def test_set_gemm_path_direct_when_unavailable(use_gemm_path, monkeypatch):
+    """Where NumPy's BLAS cannot be called directly, asking for it is a RuntimeError with the reason, and the
+    matmul path stays in use (simulated: the import-time probe's outcome is replaced; ``use_gemm_path`` is
+    requested first so that it restores the path after monkeypatch has undone the replacement)."""
+    from fastopt import cython_backend
+
+    use_gemm_path("matmul")
+    monkeypatch.setattr(cython_backend, "_GEMM_DIRECT_INFO", "")
+    monkeypatch.setattr(cython_backend, "_GEMM_FALLBACK_REASON", "no OpenBLAS here")
+    with pytest.raises(RuntimeError, match="direct GEMM path is unavailable: no OpenBLAS here"):
+        cython_backend.set_gemm_path("direct")
+    assert cython_backend.gemm_path() == "matmul"
+    assert "direct path unavailable: no OpenBLAS here" in cython_backend.build_info()["gemm"]
+
+
+GEMM_REPORT = "from fastopt import cython_backend as c; print(c.gemm_path()); print(c.build_info()['gemm'])"
+
+
+@needs_cython
+def test_fastopt_gemm_environment_variable():
+    """``FASTOPT_GEMM=matmul`` (any case, spaces around) selects the matmul path at import; other values leave
+    the default, the direct path where NumPy's OpenBLAS can be called (else matmul, saying why)."""
+    default, description = _python(GEMM_REPORT, FASTOPT_GEMM="").splitlines()
+    assert default in ("direct", "matmul")
+    if default == "matmul":
+        assert "direct path unavailable" in description
+    for value in ("matmul", " MatMul "):
+        path, description = _python(GEMM_REPORT, FASTOPT_GEMM=value).splitlines()
+        assert path == "matmul" and description.startswith("numpy.matmul"), value
+    assert _python(GEMM_REPORT, FASTOPT_GEMM="direct").splitlines()[0] == default
+
+
+@needs_cython
+@pytest.mark.xfail(
+    strict=True,
+    reason="show_config() does not print build_info()['gemm'] yet (fastopt/_config.py; reported)",
+)
+def test_show_config_names_the_gemm_path(capsys):
+    from fastopt import cython_backend
+
+    fastopt.show_config()
+    text = capsys.readouterr().out
+    assert "GEMM" in text and cython_backend.build_info()["gemm"] in text

@@ -3,9 +3,14 @@
 Tolerances (relative): float64 1e-12, float32 1e-5. Elementwise wherever the two backends perform the
 same operations in the same order (optimizers, activations, the dense epilogue and backward prologue,
 bias gradients: in practice these agree bitwise). Normwise (``max|a - b| <= rtol * max|b|``) where a sum
-is reordered: GEMM outputs (both backends call ``numpy.matmul`` today, but BLAS may block its sums
-differently), the row sums of softmax backward and of the cross-entropy gradient, whose entries can
-cancel. Losses are compared as scalars with the relative bound.
+is reordered: GEMM outputs, the row sums of softmax backward and of the cross-entropy gradient, whose
+entries can cancel. Losses are compared as scalars with the relative bound.
+
+The dense tests run on both GEMM paths of the compiled backend (the ``gemm_path`` fixture of conftest.py).
+"matmul" makes the same ``numpy.matmul`` calls as the reference, but with BLAS's own threads, which round
+float32 differently on 1 and 2 threads; "direct" calls the same OpenBLAS ``sgemm``/``dgemm`` once per output
+block, and NumPy itself calls ``gemv`` instead of ``gemm`` when the batch is 1: each of these sums the same
+products in another order (seen: float32 up to 5e-7, float64 up to 5e-16, normwise), hence normwise bounds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ cython_backend = pytest.importorskip("fastopt.cython_backend", reason="the compi
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from fastopt.numpy_backend import NumpyBackend  # noqa: E402
 
@@ -27,7 +34,12 @@ CB = cython_backend.CythonBackend()
 DTYPES = [np.float32, np.float64]
 ACTIVATIONS = ["identity", "relu", "sigmoid", "tanh"]
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# function_scoped_fixture: the fixtures used with @given (the GEMM path, the parallel threshold) hold for every example.
+SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def rtol(dtype: object) -> float:
@@ -58,7 +70,7 @@ def rand(rng: np.random.Generator, shape: tuple[int, ...], dtype: object, scale:
 
 
 shapes_2d = st.tuples(st.integers(1, 70), st.integers(1, 45))
-dense_shapes = st.tuples(st.integers(1, 40), st.integers(1, 50), st.integers(1, 30))
+dense_shapes = st.tuples(st.integers(0, 40), st.integers(0, 50), st.integers(0, 30))
 seeds = st.integers(0, 2**32 - 1)
 
 
@@ -99,17 +111,18 @@ def check_dense(shape, dtype, activation, seed, readonly=True, with_grad_x=True)
     batch, n_in, n_out = shape
     rng = np.random.default_rng(seed)
     x = rand(rng, (batch, n_in), dtype, readonly=readonly)
-    weight = rand(rng, (n_in, n_out), dtype, scale=1 / np.sqrt(n_in), readonly=readonly)
+    weight = rand(rng, (n_in, n_out), dtype, scale=1 / np.sqrt(max(n_in, 1)), readonly=readonly)
     bias = rand(rng, (n_out,), dtype, readonly=readonly)
     grad_out = rand(rng, (batch, n_out), dtype)
     # The backward pass starts from the reference's forward output so both derivatives see the same input.
     ref = run_dense(NB, x, weight, bias, activation, grad_out, with_grad_x)
-    out = np.empty_like(ref[0])
+    # NaN-filled outputs: an element the kernel does not write (a block left out) cannot pass for a result.
+    out = np.full_like(ref[0], np.nan)
     CB.dense_forward(x, weight, bias, out, activation)
     assert_close(out, ref[0], normwise=True)
     grad = grad_out.copy()
-    grad_weight, grad_bias = np.empty_like(weight), np.empty_like(bias)
-    grad_x = np.empty_like(x) if with_grad_x else None
+    grad_weight, grad_bias = np.full_like(weight, np.nan), np.full_like(bias, np.nan)
+    grad_x = np.full_like(x, np.nan) if with_grad_x else None
     CB.dense_backward(x, weight, ref[0], grad, grad_weight, grad_bias, grad_x, activation)
     assert_close(grad, ref[1])  # grad_out * f'(out): elementwise, same operations
     assert_close(grad_bias, ref[3])  # column sums, rows in order as NumPy's reduction
@@ -121,15 +134,110 @@ def check_dense(shape, dtype, activation, seed, readonly=True, with_grad_x=True)
 @SETTINGS
 @given(shape=dense_shapes, dtype=st.sampled_from(DTYPES), activation=st.sampled_from(ACTIVATIONS), seed=seeds,
        readonly=st.booleans(), with_grad_x=st.booleans())  # fmt: skip
-def test_dense_random(shape, dtype, activation, seed, readonly, with_grad_x) -> None:  # type: ignore[no-untyped-def]
+def test_dense_random(shape, dtype, activation, seed, readonly, with_grad_x, gemm_path) -> None:  # type: ignore[no-untyped-def]
     check_dense(shape, dtype, activation, seed, readonly, with_grad_x)
+
+
+# (batch, in, out). The direct path cuts each GEMM output (forward B x O, grad_weight I x O, grad_x B x I) into
+# at most one block per processor, of at least 16 rows or columns and 2**18 flops, along its longer side.
+# With 2 or more processors: one block everywhere for the small shapes and batch 1; (17|33, 784, 128):
+# forward columns cut (64 + 64), grad_weight rows (400 + 384), grad_x columns; (512, 784, 128): forward rows;
+# (512, 100, 17): every product's rows (grad_weight 64 + 36); (512, 16, 300): grad_weight columns (160 + 140).
+# The last ones are empty: no outputs, no inputs, no rows (the checked entry points accept them).
+# FIRST_LAYER shapes run without grad_x (as a model's first layer): the direct backward then has only
+# grad_weight's blocks to share.
+DENSE_SHAPES = [
+    (1, 1, 1),
+    (1, 3, 1),
+    (33, 5, 3),
+    (512, 5, 3),
+    (33, 17, 5),
+    (1, 784, 128),
+    (17, 784, 128),
+    (33, 784, 128),
+    (512, 784, 128),
+    (33, 100, 17),
+    (512, 100, 17),
+    (17, 16, 300),
+    (512, 16, 300),
+    (5, 3, 0),
+    (5, 0, 3),
+    (0, 3, 5),
+    (0, 0, 0),
+    (512, 784, 0),
+    (0, 784, 128),
+]
+FIRST_LAYER = {(17, 784, 128), (512, 16, 300), (0, 784, 128)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 3, 1), (33, 17, 5), (512, 784, 128)])
-def test_dense_fixed_shapes(shape, dtype, activation) -> None:  # type: ignore[no-untyped-def]
-    check_dense(shape, dtype, activation, seed=sum(shape))
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=str)
+def test_dense_fixed_shapes(shape, dtype, activation, gemm_path) -> None:  # type: ignore[no-untyped-def]
+    check_dense(shape, dtype, activation, seed=sum(shape), with_grad_x=shape not in FIRST_LAYER)
+
+
+def gemm_cut(m: int, n: int, k: int) -> tuple[int, str]:
+    """The blocks an m x n (sum over k) GEMM output is cut into on the direct path, and the side cut (a copy of
+    ``_gemm_blocks``/``_block_bounds`` in fastopt/_kernels/_nn.pyx, to check what DENSE_SHAPES covers)."""
+    max_blocks = cython_backend._nn.build_info()["gemm_max_blocks"]
+    blocks = max(1, min(int(2.0 * m * n * k / 262144.0), max(m, n) // 16, max_blocks))
+    return blocks, ("columns" if n >= m else "rows")
+
+
+def test_dense_shapes_cut_every_product_both_ways() -> None:
+    if cython_backend._nn.build_info()["gemm_max_blocks"] < 2:
+        pytest.skip("one processor: the direct path never cuts a product")
+    seen = set()
+    for batch, n_in, n_out in DENSE_SHAPES:
+        products = {
+            "forward": (batch, n_out, n_in),
+            "grad_weight": (n_in, n_out, batch),
+            "grad_x": (batch, n_in, n_out),
+        }
+        for name, (m, n, k) in products.items():
+            blocks, side = gemm_cut(m, n, k)
+            if blocks > 1:
+                seen.add((name, side))
+    assert seen == {(name, side) for name in ("forward", "grad_weight", "grad_x") for side in ("rows", "columns")}
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape", [s for s in DENSE_SHAPES if min(s) > 0], ids=str)
+def test_direct_gemm_equals_matmul_float64(shape, activation, use_gemm_path) -> None:  # type: ignore[no-untyped-def]
+    """float64: the direct path's outputs equal the matmul path's within 1e-12 (normwise: the products are the
+    same, summed in BLAS's order for a block or for the whole output)."""
+    batch, n_in, n_out = shape
+    rng = np.random.default_rng(sum(shape))
+    x, weight = rand(rng, (batch, n_in), np.float64), rand(rng, (n_in, n_out), np.float64, scale=1 / np.sqrt(n_in))
+    bias, grad_out = rand(rng, (n_out,), np.float64), rand(rng, (batch, n_out), np.float64)
+    results = {}
+    for path in ("matmul", "direct"):
+        use_gemm_path(path)
+        results[path] = run_dense(CB, x, weight, bias, activation, grad_out, with_grad_x=True)
+    for direct, matmul in zip(results["direct"], results["matmul"]):
+        assert_close(direct, matmul, normwise=True, float64_tol=1e-12)
+
+
+def blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_dense_kernels_leave_the_blas_thread_count(count, gemm_path) -> None:  # type: ignore[no-untyped-def]
+    """The direct path holds BLAS at one thread during each call: the caller's count is back afterwards
+    (for multi-block and one-block products, forward and backward, both dtypes)."""
+    with threadpool_limits(limits=count, user_api="blas"):
+        assert blas_threads() == {count}
+        for shape, dtype in itertools.product([(512, 784, 128), (3, 5, 2)], DTYPES):
+            rng = np.random.default_rng(0)
+            x, weight = rand(rng, shape[:2], dtype), rand(rng, shape[1:], dtype)
+            bias, grad_out = rand(rng, shape[2:], dtype), rand(rng, (shape[0], shape[2]), dtype)
+            out = np.empty((shape[0], shape[2]), dtype=dtype)
+            CB.dense_forward(x, weight, bias, out, "relu")
+            assert blas_threads() == {count}
+            CB.dense_backward(x, weight, out, grad_out, np.empty_like(weight), np.empty_like(bias), np.empty_like(x))
+            assert blas_threads() == {count}
 
 
 # ------------------------------------------------------------------------------------------ activations
@@ -245,6 +353,91 @@ def test_count_correct_first_max_and_nan() -> None:
     for labels in ([1, 1, 0, 0], [2, 2, 1, 1]):
         labels = np.array(labels)
         assert CB.count_correct(scores, labels) == NB.count_correct(scores, labels)
+
+
+# ------------------------------------------------------------------------------------------ all_finite
+# From 2**18 elements the compiled check is split over the OpenMP threads (one contiguous chunk each).
+ALL_FINITE_SIZES = [1, 2, 17, 1000, 2**18 - 1, 2**18, 2**19 + 5]
+
+
+def finite_values(size: int, dtype: object) -> np.ndarray:
+    """Finite values of every kind: normal, zeros of both signs, the largest and smallest, subnormal."""
+    finfo = np.finfo(dtype)
+    x = rand(np.random.default_rng(size), (size,), dtype, scale=1e3)
+    extremes = np.array([finfo.max, -finfo.max, 0.0, -0.0, finfo.tiny, finfo.smallest_subnormal], dtype=dtype)
+    x[:: max(1, size // 50)] = np.resize(extremes, len(x[:: max(1, size // 50)]))
+    return x
+
+
+def check_all_finite(x: np.ndarray, expected: bool) -> None:
+    for backend in (CB, NB):
+        result = backend.all_finite(x)
+        assert isinstance(result, bool) and result is expected, f"{backend.name} on {x.dtype} {x.shape}: {result}"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("size", ALL_FINITE_SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_finite_finds_one_planted_value(dtype, size, bad) -> None:  # type: ignore[no-untyped-def]
+    x = finite_values(size, dtype)
+    x.flags.writeable = False
+    check_all_finite(x, True)
+    rng = np.random.default_rng(size + 1)
+    # first, last, around the middle (the boundary of two threads' chunks), anywhere, and in the second half
+    positions = {
+        0,
+        size - 1,
+        size // 2,
+        max(0, size // 2 - 1),
+        int(rng.integers(size)),
+        int(rng.integers(size // 2, size)),
+    }
+    for position in sorted(positions):
+        x.flags.writeable = True
+        kept, x[position] = x[position], bad
+        x.flags.writeable = False
+        check_all_finite(x, False)
+        x.flags.writeable = True
+        x[position] = kept
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (0, 5), (3, 0, 2), (1, 1), (7, 13), (3, 4, 5), (512, 1024)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_finite_any_shape(dtype, shape) -> None:  # type: ignore[no-untyped-def]
+    """Arrays of any number of dimensions (the checked entry point flattens them); empty arrays are finite."""
+    size = int(np.prod(shape))
+    x = finite_values(size, dtype).reshape(shape) if size else np.zeros(shape, dtype=dtype)
+    x.flags.writeable = False
+    check_all_finite(x, True)
+    if size:
+        y = x.copy()
+        y[tuple(n - 1 for n in shape)] = np.nan  # the very last element
+        check_all_finite(y, False)
+
+
+@SETTINGS
+@given(x=hnp.arrays(st.sampled_from(DTYPES), hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=9),
+                    elements={"allow_nan": True, "allow_infinity": True, "allow_subnormal": True}),
+       readonly=st.booleans())  # fmt: skip
+def test_all_finite_property(x, readonly) -> None:  # type: ignore[no-untyped-def]
+    x.flags.writeable = not readonly
+    check_all_finite(x, bool(np.isfinite(x).all()))
+
+
+def test_all_finite_on_one_and_two_threads() -> None:
+    """Every thread count gives the same answer, for a bad value in either thread's chunk."""
+    x = finite_values(2**19 + 5, np.float32)
+    before = cython_backend.build_info()["openmp_threads"]
+    try:
+        for threads in (1, 2, 3):
+            cython_backend.set_openmp_threads(threads)
+            check_all_finite(x, True)
+            for position in (5, 2**18 + 7, len(x) - 1):
+                x[position] = np.inf
+                check_all_finite(x, False)
+                x[position] = 1.0
+    finally:
+        cython_backend.set_openmp_threads(before)
 
 
 # ------------------------------------------------------------------------------------------ optimizers

@@ -335,6 +335,7 @@ KERNELS = {
         ),
         Kernel("mse", (("pred", "*", "in"), ("target", "*", "in"), ("grad_pred", "*", "opt-out"))),
         Kernel("count_correct", (("scores", "BC", "in"), ("labels", "B", "labels"))),
+        Kernel("all_finite", (("x", "*", "in"),), sums=False),
         Kernel(
             "sgd_step",
             (("param", "*", "out"), ("grad", "*", "in"), ("momentum_buffer", "*", "opt-out")),
@@ -719,6 +720,8 @@ def math_reference(call: Call, a: dict[str, np.ndarray]) -> dict[str, tuple[Any,
         return expected
     if name == "count_correct":
         return {"result": (int(np.count_nonzero(f["scores"].argmax(axis=1) == a["labels"])), 0)}
+    if name == "all_finite":
+        return {"result": (bool(np.all(np.isfinite(f["x"]))), 0)}
     return optimizer_reference(name, f, s)
 
 
