@@ -54,13 +54,20 @@ def show_config() -> None:
     else:
         info = cython_backend.build_info()
         lines.append("compiled extension: built and imported")
+        inside_fit = (
+            f"from {cython_backend.TRAINING_PARALLEL_THRESHOLD} inside Sequential.fit"
+            if cython_backend.gemm_path() == "direct"
+            else "serial inside Sequential.fit while BLAS is multi-threaded"
+        )
         openmp = (
-            f"on, {info['openmp_threads']} threads above {info['parallel_threshold']} elements "
-            "(serial inside Sequential.fit while BLAS is multi-threaded)"
+            f"on, {info['openmp_threads']} threads: dense layers by blocks, optimizer steps above "
+            f"{info['parallel_threshold']} elements ({inside_fit}); serial spells while another process "
+            f"keeps the cores busy ({info['serial_spells']} so far)"
             if info["openmp"]
             else "off (built without OpenMP: kernels run serially)"
         )
         lines.append(f"OpenMP: {openmp}")
+        lines.append(f"GEMMs: {info['gemm']}")
         lines.append(f"instruction set: {info['isa']} ({info['isa_reason']})")
         if info["flushes_subnormals"]:
             lines.append("optimizer kernels flush subnormal numbers to zero while they run (FTZ/DAZ)")

@@ -34,11 +34,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 # An ImportError here means the extension is not built: fastopt then falls back to NumPy.
 from fastopt._kernels import _nn as _nn_baseline
@@ -189,7 +190,12 @@ except (LookupError, OSError, AttributeError) as _exc:
     _GEMM_FALLBACK_REASON = str(_exc)
 else:
     _GEMM_FALLBACK_REASON = ""
-_direct_gemm = bool(_GEMM_DIRECT_INFO) and os.environ.get("FASTOPT_GEMM", "").strip().lower() != "matmul"
+_GEMM_CHOICE = os.environ.get("FASTOPT_GEMM", "").strip().lower()
+if _GEMM_CHOICE not in ("", "auto", "direct", "matmul"):
+    raise ImportError(f"FASTOPT_GEMM must be 'auto', 'direct' or 'matmul', got {_GEMM_CHOICE!r}")
+if _GEMM_CHOICE == "direct" and not _GEMM_DIRECT_INFO:
+    raise ImportError(f"FASTOPT_GEMM=direct but the direct GEMM path is unavailable: {_GEMM_FALLBACK_REASON}")
+_direct_gemm = bool(_GEMM_DIRECT_INFO) and _GEMM_CHOICE != "matmul"
 
 
 def gemm_path() -> str:
@@ -201,7 +207,7 @@ def gemm_path() -> str:
 
 def set_gemm_path(path: str) -> None:
     """Choose ``gemm_path()``: "direct" (needs NumPy's OpenBLAS, see ``build_info()["gemm"]``) or "matmul".
-    ``FASTOPT_GEMM=matmul`` in the environment chooses "matmul" at import."""
+    ``FASTOPT_GEMM=matmul`` (or ``direct``, ``auto``: direct when available) in the environment chooses at import."""
     global _direct_gemm
     if path not in ("direct", "matmul"):
         raise ValueError(f"path must be 'direct' or 'matmul', got {path!r}")
@@ -236,6 +242,7 @@ def build_info() -> dict:
         "flushes_subnormals": info["flushes_subnormals"],
         "openmp_threads": info["num_threads"] if info["openmp"] else 1,
         "parallel_threshold": info["parallel_threshold"],
+        "serial_spells": info["serial_spells"] + _nn.build_info()["serial_spells"],
         "compile_args": info["compile_args"],
         "isa": info["isa"],
         "isa_reason": _ISA_REASON,
@@ -250,6 +257,12 @@ def build_info() -> dict:
     }
 
 
+# Sequential.fit calls in progress (in any Python thread) and the optimizer settings before the first.
+_training_lock = threading.Lock()
+_trainings = 0
+_settings_before = (1, 0)
+
+
 class CythonBackend(Backend):
     """Compiled fused kernels (see the module docstring); results agree with ``NumpyBackend``."""
 
@@ -257,30 +270,32 @@ class CythonBackend(Backend):
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
-        """While a model trains, one thread pool at a time: OpenBLAS's threads and libgomp's both spin after
-        their parallel regions, and alternated on the same cores they stalled each step for a scheduler slice
-        (a 535k-parameter model: 2.6 s instead of 0.16 s per 5,000 samples). With the direct GEMMs BLAS is
-        held at one thread (the kernels split the work themselves; this also saves them a thread-count
-        switch per call), and with no BLAS thread spinning on the other core the optimizer kernels split their
-        work from ``TRAINING_PARALLEL_THRESHOLD`` elements on (a 109k-parameter Adam step: 32 instead of 56 us).
-        With ``numpy.matmul`` and a multi-threaded BLAS the optimizer kernels run serially."""
-        if _direct_gemm:
-            threshold = _optim.build_info()["parallel_threshold"]
-            _optim.set_parallel_threshold(min(threshold, TRAINING_PARALLEL_THRESHOLD))
-            try:
-                with threadpool_limits(limits=1, user_api="blas"):
-                    yield
-            finally:
-                _optim.set_parallel_threshold(threshold)
-            return
-        threads = _optim.build_info()["num_threads"]
-        blas_threads = max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=1)
-        if blas_threads > 1:
-            _optim.set_num_threads(1)
+        """While models train, one thread pool at a time: OpenBLAS's threads and libgomp's both spin after their
+        parallel regions, and alternated on the same cores they stalled each step for a scheduler slice (a
+        535k-parameter model: 2.6 s instead of 0.16 s per 5,000 samples). With the direct GEMMs BLAS's threads
+        stay asleep (the kernels hold it at one thread and split the work themselves), so the optimizer kernels
+        split their work from ``TRAINING_PARALLEL_THRESHOLD`` elements on (a 109k-parameter Adam step: 32
+        instead of 56 us). With ``numpy.matmul`` and a multi-threaded BLAS the optimizer kernels run serially.
+        The settings are process-wide: the first of overlapping ``fit`` calls (several Python threads) changes
+        them, the last to end restores them."""
+        global _trainings, _settings_before
+        with _training_lock:
+            if _trainings == 0:
+                info = _optim.build_info()
+                _settings_before = (info["num_threads"], info["parallel_threshold"])
+                if _direct_gemm:
+                    _optim.set_parallel_threshold(min(info["parallel_threshold"], TRAINING_PARALLEL_THRESHOLD))
+                elif max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=1) > 1:
+                    _optim.set_num_threads(1)
+            _trainings += 1
         try:
             yield
         finally:
-            _optim.set_num_threads(threads)
+            with _training_lock:
+                _trainings -= 1
+                if _trainings == 0:
+                    _optim.set_num_threads(_settings_before[0])
+                    _optim.set_parallel_threshold(_settings_before[1])
 
     def _dense_forward(self, x, weight, bias, out, activation):  # type: ignore[no-untyped-def]
         if _direct_gemm:

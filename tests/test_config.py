@@ -140,10 +140,6 @@ def test_fastopt_gemm_environment_variable():
 
 
 @needs_cython
-@pytest.mark.xfail(
-    strict=True,
-    reason="show_config() does not print build_info()['gemm'] yet (fastopt/_config.py; reported)",
-)
 def test_show_config_names_the_gemm_path(capsys):
     from fastopt import cython_backend
 

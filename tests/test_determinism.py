@@ -436,13 +436,6 @@ def test_explain_or_fail_is_strict_on_the_direct_path() -> None:
 
 
 @needs_openmp
-@pytest.mark.xfail(
-    strict=False,  # a race: it shows within milliseconds on a 2-core machine, but need not show on every machine
-    reason="bug: the direct kernels save and restore the process-wide OpenBLAS thread count around each call "
-    "(_blas_serial_begin/_end in fastopt/_kernels/_nn.pyx) without coordinating the calling threads: a call that "
-    "ends sets BLAS back to 2 threads while another thread's blocks are starting, and those run on OpenBLAS's "
-    "threads (other float32 bits)",
-)
 def test_direct_dense_from_two_python_threads_gives_the_serial_bits(use_gemm_path) -> None:
     """Two Python threads calling the direct dense forward at once (as a server predicting in a thread pool
     would), BLAS at 2 threads: every result must be bit-identical to the single caller's."""

@@ -216,17 +216,28 @@ cdef inline void _gemm_block(Py_ssize_t block, Py_ssize_t blocks, bint trans_a, 
           b + (c0 * ldb if trans_b else c0), ldb, c + r0 * ldc + c0, ldc)
 
 
-cdef inline int _blas_serial_begin() noexcept nogil:
+# Direct calls in progress, and the BLAS thread count before the first of them. Changed only with the GIL
+# held, which orders overlapping calls from several Python threads: the first sets BLAS to one thread before
+# any of them calls it, the last restores the count after all of them are done.
+cdef Py_ssize_t _blas_users = 0
+cdef int _blas_threads_before = 1
+
+
+cdef inline void _blas_serial_begin():
     # Each BLAS call is one block on one of fastopt's threads: BLAS must not start threads of its own.
-    cdef int previous = _blas_get_threads()
-    if previous != 1:
-        _blas_set_threads(1)
-    return previous
+    global _blas_users, _blas_threads_before
+    if _blas_users == 0:
+        _blas_threads_before = _blas_get_threads()
+        if _blas_threads_before != 1:
+            _blas_set_threads(1)
+    _blas_users += 1
 
 
-cdef inline void _blas_serial_end(int previous) noexcept nogil:
-    if previous != 1:
-        _blas_set_threads(previous)
+cdef inline void _blas_serial_end():
+    global _blas_users
+    _blas_users -= 1
+    if _blas_users == 0 and _blas_threads_before != 1:
+        _blas_set_threads(_blas_threads_before)
 
 
 cdef inline int _team(Py_ssize_t work_items) noexcept nogil:
@@ -251,7 +262,7 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
                   floating[:, ::1] out, int act):
     """``out = f(x @ weight + bias)``: x (B, I), weight (I, O), bias (O,), out (B, O). Needs ``set_blas``."""
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = out.shape[1], block, blocks
-    cdef int previous, team
+    cdef int team
     cdef double started
     cdef double[1] own_done  # when the calling thread finished its share (for the stall guard)
     if _sgemm == NULL:
@@ -264,8 +275,8 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
     cdef floating* op = &out[0, 0]
     blocks = _gemm_blocks(batch, n_out, n_in)
     team = _team(blocks)
+    _blas_serial_begin()
     with nogil:
-        previous = _blas_serial_begin()
         if team == 1:
             for block in range(blocks):
                 _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act)
@@ -276,7 +287,7 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
                 if threadid() == 0:
                     own_done[0] = fo_now()
             fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
-        _blas_serial_end(previous)
+    _blas_serial_end()
 
 
 cdef inline void _prologue_columns(int act, floating* d, const floating* y, floating* gb, Py_ssize_t rows,
@@ -311,7 +322,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Needs ``set_blas``."""
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
     cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, size
-    cdef int previous, team
+    cdef int team
     cdef double started
     cdef double[1] own_done
     if _sgemm == NULL:
@@ -341,8 +352,8 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     column_blocks = _team((n_out + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH)
     size = (n_out + column_blocks - 1) // column_blocks
     team = _team(max(column_blocks, blocks_w + blocks_x))
+    _blas_serial_begin()
     with nogil:
-        previous = _blas_serial_begin()
         if team == 1:
             _prologue_columns(act, dp, yp, gb, batch, n_out, 0, n_out)
             for block in range(blocks_w + blocks_x):
@@ -359,7 +370,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
                     if threadid() == 0:
                         own_done[0] = fo_now()
             fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
-        _blas_serial_end(previous)
+    _blas_serial_end()
 
 
 def dense_epilogue(floating[:, ::1] out, const floating[::1] bias, int act):
