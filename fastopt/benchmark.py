@@ -54,21 +54,24 @@ def _timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-# Pause before each timed run. Thread pools keep spinning after their work (OpenBLAS's workers about 0.1 s,
-# libgomp's a few ms): without a pause each implementation would start with the previous one's threads
-# still taking a core.
+# Pause before each timed epoch. Thread pools keep spinning after their work (OpenBLAS's workers about 0.1 s,
+# libgomp's a few ms): without a pause each implementation would start its epoch with the previous one's
+# threads still taking a core. (Not for the short workloads: a pause would also let their data leave the
+# caches and their threads fall asleep, which is not how a training loop calls them.)
 SETTLE_SECONDS = 0.25
 
 
-def run_interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+def run_interleaved(
+    cases: dict[str, Callable[[], object]], rounds: int, settle_seconds: float = 0.0
+) -> dict[str, list[float]]:
     """One warm-up call each, then ``rounds`` rounds in which every case runs once, in turn, each after a
-    pause of ``SETTLE_SECONDS``."""
+    pause of ``settle_seconds``."""
     for case in cases.values():
         case()
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, case in cases.items():
-            time.sleep(SETTLE_SECONDS)
+            time.sleep(settle_seconds)
             times[name].append(_timed(case))
     return times
 
@@ -229,7 +232,7 @@ def bench_epoch(batch_size: int, rounds: int, n_samples: int, machine: dict[str,
             [lambda: _torch_epoch_cases(X, y, batch_size), lambda: _sklearn_epoch_case(X, y, batch_size)], report.notes
         )
     )
-    report.rows = [Row(name, times, 1) for name, times in run_interleaved(cases, rounds).items()]
+    report.rows = [Row(name, times, 1) for name, times in run_interleaved(cases, rounds, SETTLE_SECONDS).items()]
     return report
 
 
