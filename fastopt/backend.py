@@ -188,6 +188,21 @@ class Backend:
         labels = _check_labels(labels, scores.shape[0], scores.shape[1])
         return self._count_correct(scores, labels)
 
+    def gather_rows(self, source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out[i] = source[rows[i]]``: source (N, F), rows (B,) int64 in [0, N), out (B, F)."""
+        source = check_array(source, "source")
+        if source.ndim != 2:
+            raise ValueError(f"source must be 2-D (samples, features), got shape {source.shape}")
+        rows = check_array(rows, "rows", dtype=np.dtype(np.int64))
+        if rows.ndim != 1:
+            raise ValueError(f"rows must be 1-D, got shape {rows.shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= source.shape[0]):
+            raise ValueError(f"rows must lie in [0, {source.shape[0]}), found {rows.min()}..{rows.max()}")
+        out = check_array(out, "out", dtype=source.dtype, shape=(rows.size, source.shape[1]), writeable=True)
+        check_no_overlap([("out", out)], [("source", source), ("rows", rows)])
+        self._gather_rows(source, rows, out)
+        return out
+
     def all_finite(self, x: np.ndarray) -> bool:
         """Whether the float array x (any shape) holds no NaN or Inf."""
         return self._all_finite(check_array(x, "x").reshape(-1))
@@ -363,6 +378,9 @@ class Backend:
         raise NotImplementedError
 
     def _all_finite(self, x):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
         raise NotImplementedError
 
     def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]

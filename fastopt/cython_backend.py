@@ -115,6 +115,7 @@ _softmax_xent = _by_itemsize(_nn.softmax_cross_entropy)
 _mse_kernel = _by_itemsize(_nn.mse)
 _count = _by_itemsize(_nn.count_correct)
 _all_finite = _by_itemsize(_nn.all_finite)
+_gather = _by_itemsize(_nn.gather_rows)
 _sgd = _by_itemsize(_optim.sgd_step)
 _adagrad = _by_itemsize(_optim.adagrad_step)
 _rmsprop = _by_itemsize(_optim.rmsprop_step)
@@ -350,6 +351,9 @@ class CythonBackend(Backend):
 
     def _all_finite(self, x):  # type: ignore[no-untyped-def]
         return _all_finite[x.itemsize](x)
+
+    def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
+        _gather[source.itemsize](source, rows, out)
 
     def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]
         if param.ndim != 1:

@@ -346,7 +346,7 @@ class Sequential:
             saver = _checkpoint.Checkpointer(
                 checkpoint, every, fingerprint, self.parameters, optimizer, rng, position, history, environment
             )
-        order = np.arange(len(inputs))
+        order = np.arange(len(inputs), dtype=np.int64)  # the row indices the gather kernels take
         with backend.training():
             while position.epoch <= epochs:
                 epoch = position.epoch
@@ -354,7 +354,7 @@ class Sequential:
                 if saver is not None:
                     saver.start_epoch()
                 if shuffle:  # a resumed epoch draws the same permutation again from the saved generator state
-                    order[...] = np.arange(len(inputs))
+                    order[...] = np.arange(len(inputs), dtype=np.int64)
                     rng.shuffle(order)
                 self._train_epoch(
                     backend, loss, optimizer, inputs, targets, order, batch_size, (epoch, epochs), progress,
@@ -468,7 +468,7 @@ class Sequential:
         ):
             workspace.targets = np.empty(target_shape, dtype=targets.values.dtype)
             workspace.labels = np.empty(len(rows), dtype=np.int64)
-        np.take(inputs, rows, axis=0, out=workspace.inputs, mode="clip")
+        backend._gather_rows(inputs, rows, workspace.inputs)
         np.take(targets.values, rows, axis=0, out=workspace.targets, mode="clip")
         output = self._forward(backend, workspace)
         batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1])

@@ -98,6 +98,9 @@ class NumpyBackend(Backend):
     def _all_finite(self, x):  # type: ignore[no-untyped-def]
         return bool(np.isfinite(x).all())
 
+    def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
+        np.take(source, rows, axis=0, out=out)
+
     def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]
         g = with_weight_decay(grad, weight_decay, param)
         if momentum_buffer is not None:

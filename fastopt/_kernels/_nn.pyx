@@ -547,6 +547,39 @@ def mse(const floating[::1] pred, const floating[::1] target, floating[::1] grad
     return total / n
 
 
+cdef inline void _copy_rows(const floating* src, const int64_t* rows, floating* out, Py_ssize_t n_rows,
+                            Py_ssize_t width) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        memcpy(out + i * width, src + rows[i] * width, width * sizeof(floating))
+
+
+def gather_rows(const floating[:, ::1] source, const int64_t[::1] rows, floating[:, ::1] out):
+    """``out[i] = source[rows[i]]``: a mini-batch's rows, read from random places of the data set (memory
+    latency bound: split over the threads from 2**14 elements)."""
+    cdef Py_ssize_t n_rows = rows.shape[0], width = source.shape[1], size, block, blocks = 1
+    cdef double started
+    cdef double[1] own_done
+    if n_rows == 0 or width == 0:
+        return
+    cdef const floating* sp = &source[0, 0]
+    cdef const int64_t* rp = &rows[0]
+    cdef floating* op = &out[0, 0]
+    if n_rows * width >= 16384:
+        blocks = _team(n_rows // 8)
+    size = (n_rows + blocks - 1) // blocks
+    with nogil:
+        if blocks == 1:
+            _copy_rows(sp, rp, op, n_rows, width)
+        else:
+            started = fo_now()
+            for block in prange(blocks, num_threads=blocks, schedule="static", chunksize=1):
+                _copy_rows(sp, rp + block * size, op + block * size * width, min(size, n_rows - block * size), width)
+                if threadid() == 0:
+                    own_done[0] = fo_now()
+            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+
+
 cdef inline bint _any_nonfinite(const floating* x, Py_ssize_t n) noexcept nogil:
     # x - x is 0 for a finite x and NaN for NaN or Inf; OR-ing the comparisons vectorizes (a float sum would not).
     cdef Py_ssize_t i
