@@ -20,6 +20,9 @@ Design, chosen by measurement on a 2-core AMD EPYC (AVX2/FMA), float32, medians:
 - **Optimizers** are one fused pass each, vectorized by gcc (``-O3 -fno-math-errno -ffp-contract=off``:
   bitwise equal to the reference). Above ``parallel_threshold`` elements (4x that for SGD) the flat
   buffer is split into one contiguous chunk per OpenMP thread (see ``fastopt/_kernels/_optim.pyx``).
+- **Threads only while they pay**: every parallel region watches for another process making it wait (the
+  stall guard in ``fastopt/_kernels/_common.pxd``) and the kernels then run serially for a while, with the
+  same blocks and the same bits.
 - **Instruction set**: each module is built twice, for the x86-64 baseline and with ``-mavx2 -mfma``;
   the AVX2 copy is imported only when the CPU reports AVX2 and FMA (NumPy's CPU feature detection).
   ``FASTOPT_ISA=baseline`` in the environment forces the portable copy.

@@ -29,7 +29,9 @@ cdef int _num_threads = fo_omp_max_threads()
 # busy (BLAS threads still spinning after a GEMM, other processes) the step waits for a scheduler time
 # slice, measured at 1-20 ms instead of 50 us for a 110k-parameter Adam step. So the default threshold
 # is 2**18 elements (a serial Adam step takes ~100 us there, so an unlucky region costs proportionally
-# less, and a typical small model's step stays serial); SGD uses four times it.
+# less, and a typical small model's step stays serial); SGD uses four times it. Sequential.fit, whose
+# GEMMs leave BLAS's threads asleep, lowers it to 2**15 while it trains (fastopt/cython_backend.py), and
+# the stall guard (_common.pxd) turns threads off while another process makes them wait.
 cdef Py_ssize_t _parallel_threshold = 262144
 cdef Py_ssize_t _LIGHT_FACTOR = 4
 
