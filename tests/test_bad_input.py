@@ -367,6 +367,30 @@ def _all_finite_case(x):
     return make
 
 
+def _gather_arrays(dtype=np.float32):
+    """source (6, 4), rows (3,), out (3, 4): the valid call each gather_rows case changes one thing of."""
+    return {
+        "source": np.random.default_rng(0).random((6, 4)).astype(dtype),
+        "rows": np.array([5, 0, 2], dtype=np.int64),
+        "out": np.full((3, 4), 7, dtype=dtype),
+    }
+
+
+def _gather_case(dtype=np.float32, **changes):
+    def make(backend):
+        arrays = _gather_arrays(dtype)
+        for name, change in changes.items():
+            arrays[name] = change(arrays)
+        watched = [array for array in arrays.values() if isinstance(array, np.ndarray) and array.dtype != object]
+        return lambda: backend.gather_rows(**arrays), watched
+
+    return make
+
+
+def _rows(*values, dtype=np.int64):
+    return lambda a: np.array(values, dtype=dtype)
+
+
 KERNEL_CASES = [
     pytest.param(
         _dense_case(weight=lambda a: np.ones((5, 2), np.float32)),
@@ -497,6 +521,201 @@ KERNEL_CASES = [
     pytest.param(_all_finite_case(1.0), TypeError, "x must be a numpy.ndarray, got float", id="all-finite-scalar"),
     pytest.param(_all_finite_case(None), TypeError, "x must be a numpy.ndarray, got NoneType", id="all-finite-none"),
     pytest.param(_mse_mixed_dtype, TypeError, "target must have dtype float32", id="mse-mixed-dtype"),
+    pytest.param(
+        _gather_case(rows=_rows(0, -1, 2)),
+        ValueError,
+        r"rows must lie in \[0, 6\), found -1\.\.2",
+        id="gather-row-negative",
+    ),
+    pytest.param(
+        _gather_case(rows=_rows(0, 6, 2)),
+        ValueError,
+        r"rows must lie in \[0, 6\), found 0\.\.6",
+        id="gather-row-equals-n",
+    ),
+    pytest.param(_gather_case(rows=_rows(0, 2**40, 2)), ValueError, r"rows must lie in \[0, 6\)", id="gather-row-huge"),
+    pytest.param(
+        _gather_case(source=lambda a: np.zeros((0, 4), np.float32)),
+        ValueError,
+        r"rows must lie in \[0, 0\)",
+        id="gather-empty-source",
+    ),
+    pytest.param(
+        _gather_case(rows=_rows(0.0, 1.0, 2.0, dtype=np.float64)),
+        TypeError,
+        "rows must have dtype int64, got float64",
+        id="gather-float-rows",
+    ),
+    pytest.param(
+        _gather_case(rows=_rows(0, 1, 2, dtype=np.int32)),
+        TypeError,
+        "rows must have dtype int64, got int32",
+        id="gather-int32-rows",
+    ),
+    pytest.param(
+        _gather_case(rows=_rows(0, 1, 2, dtype=np.uint64)),
+        TypeError,
+        "rows must have dtype int64, got uint64",
+        id="gather-uint64-rows",
+    ),
+    pytest.param(
+        _gather_case(rows=_rows(0, 1, 2, dtype=">i8")),
+        TypeError,
+        "rows must have dtype int64",
+        id="gather-byte-swapped-rows",
+    ),
+    pytest.param(
+        _gather_case(rows=_rows(True, False, True, dtype=bool)),
+        TypeError,
+        "rows must have dtype int64, got bool",
+        id="gather-bool-rows",
+    ),
+    pytest.param(
+        _gather_case(rows=lambda a: np.array([[0, 1], [2, 3]], dtype=np.int64)),
+        ValueError,
+        r"rows must be 1-D, got shape \(2, 2\)",
+        id="gather-2d-rows",
+    ),
+    pytest.param(
+        _gather_case(rows=lambda a: np.array(1, dtype=np.int64)),
+        ValueError,
+        r"rows must be 1-D, got shape \(\)",
+        id="gather-0d-rows",
+    ),
+    pytest.param(
+        _gather_case(rows=lambda a: np.arange(6, dtype=np.int64)[::2]),
+        ValueError,
+        "rows must be C-contiguous",
+        id="gather-strided-rows",
+    ),
+    pytest.param(
+        _gather_case(rows=lambda a: [5, 0, 2]),
+        TypeError,
+        "rows must be a numpy.ndarray, got list",
+        id="gather-list-rows",
+    ),
+    pytest.param(
+        _gather_case(rows=lambda a: None),
+        TypeError,
+        "rows must be a numpy.ndarray, got NoneType",
+        id="gather-none-rows",
+    ),
+    pytest.param(
+        _gather_case(source=lambda a: a["source"].reshape(-1)),
+        ValueError,
+        r"source must be 2-D \(samples, features\), got shape \(24,\)",
+        id="gather-1d-source",
+    ),
+    pytest.param(
+        _gather_case(source=lambda a: a["source"].reshape(6, 2, 2)),
+        ValueError,
+        r"source must be 2-D \(samples, features\), got shape \(6, 2, 2\)",
+        id="gather-3d-source",
+    ),
+    pytest.param(
+        _gather_case(source=lambda a: a["source"].astype(np.int64)),
+        TypeError,
+        "source must be float32 or float64, got int64",
+        id="gather-int-source",
+    ),
+    pytest.param(
+        _gather_case(source=lambda a: a["source"].astype(np.float16)),
+        TypeError,
+        "source must be float32 or float64, got float16",
+        id="gather-float16-source",
+    ),
+    pytest.param(
+        _gather_case(source=lambda a: np.asfortranarray(a["source"])),
+        ValueError,
+        "source must be C-contiguous",
+        id="gather-fortran-source",
+    ),
+    pytest.param(
+        _gather_case(source=lambda a: a["source"].tolist()),
+        TypeError,
+        "source must be a numpy.ndarray, got list",
+        id="gather-list-source",
+    ),
+    pytest.param(
+        _gather_case(source=lambda a: 1.0),
+        TypeError,
+        "source must be a numpy.ndarray, got float",
+        id="gather-scalar-source",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: np.full((3, 5), 7, np.float32)),
+        ValueError,
+        r"out must have shape \(3, 4\), got \(3, 5\)",
+        id="gather-out-width",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: np.full((2, 4), 7, np.float32)),
+        ValueError,
+        r"out must have shape \(3, 4\), got \(2, 4\)",
+        id="gather-out-batch",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: np.full(12, 7, np.float32)),
+        ValueError,
+        r"out must have shape \(3, 4\), got \(12,\)",
+        id="gather-out-flat",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: np.full((3, 4), 7, np.float64)),
+        TypeError,
+        "out must have dtype float32, got float64",
+        id="gather-out-dtype",
+    ),
+    pytest.param(
+        _gather_case(np.float64, out=lambda a: np.full((3, 4), 7, np.float32)),
+        TypeError,
+        "out must have dtype float64, got float32",
+        id="gather-float64-source-float32-out",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: _read_only(a["out"])), ValueError, "out is read-only", id="gather-read-only-out"
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: np.full((3, 8), 7, np.float32)[:, ::2]),
+        ValueError,
+        "out must be C-contiguous",
+        id="gather-strided-out",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: np.asfortranarray(a["out"])),
+        ValueError,
+        "out must be C-contiguous",
+        id="gather-fortran-out",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: a["source"][:3]),
+        ValueError,
+        "out and source share memory",
+        id="gather-out-is-source-head",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: a["source"][2:5]),
+        ValueError,
+        "out and source share memory",
+        id="gather-out-inside-source",
+    ),
+    pytest.param(
+        _gather_case(
+            np.float64, source=lambda a: np.ones((6, 1)), out=lambda a: a["rows"].view(np.float64).reshape(3, 1)
+        ),
+        ValueError,
+        "out and rows share memory",
+        id="gather-out-is-rows",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: a["out"].tolist()),
+        TypeError,
+        "out must be a numpy.ndarray, got list",
+        id="gather-list-out",
+    ),
+    pytest.param(
+        _gather_case(out=lambda a: None), TypeError, "out must be a numpy.ndarray, got NoneType", id="gather-none-out"
+    ),
 ]
 
 
@@ -521,3 +740,19 @@ def test_kernel_entry_points_accept_read_only_inputs(backend_name):
         _read_only(arrays[name])
     out = backend.dense_forward(**arrays, activation="relu")
     np.testing.assert_allclose(out, np.maximum(arrays["x"] @ arrays["weight"] + arrays["bias"], 0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gather_rows_accepts_edge_rows_and_read_only_inputs(backend_name, dtype):
+    """The counterpart of the gather_rows refusals: rows 0 and N - 1, repeated and unordered, from read-only
+    inputs; an empty batch (also from an empty source); the output is returned."""
+    backend = resolve_backend(backend_name)
+    arrays = _gather_arrays(dtype)
+    source, rows = _read_only(arrays["source"]), _read_only(np.array([5, 0, 5, 3, 0], dtype=np.int64))
+    out = np.full((5, 4), 7, dtype=dtype)
+    assert backend.gather_rows(source, rows, out) is out
+    assert np.array_equal(out, source[[5, 0, 5, 3, 0]])
+    for empty_source in (source, np.zeros((0, 4), dtype=dtype)):
+        out = np.empty((0, 4), dtype=dtype)
+        assert backend.gather_rows(empty_source, np.empty(0, dtype=np.int64), out) is out

@@ -15,7 +15,10 @@ products in another order (seen: float32 up to 5e-7, float64 up to 5e-16, normwi
 
 from __future__ import annotations
 
+import functools
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -438,6 +441,178 @@ def test_all_finite_on_one_and_two_threads() -> None:
                 x[position] = 1.0
     finally:
         cython_backend.set_openmp_threads(before)
+
+
+# ------------------------------------------------------------------------------------------ gather_rows
+# out[i] = source[rows[i]]: a byte copy on both backends, so the results must agree bit for bit (NaN payloads,
+# -0.0 and subnormals included). From 2**14 elements (batch x width) the compiled copy is split over the OpenMP
+# threads in blocks of at least 8 rows (``blocks = _team(n_rows // 8)``), fewer than 16 rows stay serial.
+# (source rows, batch, width)
+GATHER_SHAPES = [
+    (0, 0, 5),  # an empty source, no rows
+    (5, 0, 7),  # no rows
+    (9, 4, 0),  # zero width
+    (1, 1, 1),
+    (3, 1, 784),
+    (50, 17, 1),
+    (50, 33, 7),
+    (9, 7, 2340),  # 16380 elements: serial
+    (9, 8, 2048),  # 2**14 elements, 8 rows: one block
+    (40, 15, 2048),  # 15 rows: one block
+    (100, 20, 784),  # 15680 elements: serial
+    (100, 21, 784),  # 16464 elements: split, 2 blocks (11 + 10)
+    (20, 16, 1024),  # the smallest split: 2 blocks of 8 rows
+    (4096, 2047, 8),  # 16376 elements: serial
+    (4096, 2048, 8),  # 2**14 elements: split
+    (4096, 2049, 8),  # uneven blocks
+    (5000, 512, 784),  # a training batch of the mini data set
+]
+GATHER_KINDS = ["permutation-slice", "repeated-unordered", "one-row"]
+
+
+def special_bits(dtype: object) -> np.ndarray:
+    """Values whose bits a float operation could change: NaNs with payloads (quiet, signalling, negative), -0.0,
+    infinities, the smallest subnormal."""
+    if np.dtype(dtype) == np.float32:
+        nans = np.array([0x7FC00123, 0x7F800001, 0xFFC00007], dtype=np.uint32).view(np.float32)
+    else:
+        nans = np.array([0x7FF8000000000123, 0x7FF0000000000001, 0xFFF8000000000007], dtype=np.uint64).view(np.float64)
+    finfo = np.finfo(dtype)
+    others = np.array([-0.0, np.inf, -np.inf, finfo.smallest_subnormal, finfo.max], dtype=dtype)
+    return np.concatenate([nans, others])
+
+
+@functools.cache
+def gather_source(n: int, width: int, dtype: type) -> np.ndarray:
+    """A read-only (n, width) source: distinct normal values with special bit patterns planted every 97th element."""
+    x = rand(np.random.default_rng(n * 10_000 + width), (n, width), dtype)
+    flat = x.reshape(-1)
+    flat[::97] = np.resize(special_bits(dtype), len(flat[::97]))
+    x.flags.writeable = False
+    return x
+
+
+def gather_indices(kind: str, n: int, batch: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if batch == 0:
+        return np.empty(0, dtype=np.int64)
+    if kind == "permutation-slice":  # as fit takes them: a view into a shuffled int64 arange, at an offset
+        assert batch <= n
+        order = rng.permutation(n).astype(np.int64)
+        start = int(rng.integers(0, n - batch + 1))
+        return order[start : start + batch]
+    if kind == "repeated-unordered":  # repeats, any order, both ends of the source
+        rows = rng.integers(0, n, batch).astype(np.int64)
+        rows[0], rows[-1] = n - 1, 0
+        return rows
+    return np.full(batch, n // 2, dtype=np.int64)  # one row, batch times
+
+
+def check_gather(source: np.ndarray, rows: np.ndarray) -> None:
+    """Both backends write every element of out (each starts from another filler), return it, give the same
+    bits as ``source[rows]``, and leave source and rows as they were."""
+    source_bytes, rows_bytes = source.tobytes(), rows.tobytes()
+    expected = np.full((rows.size, source.shape[1]), 7, dtype=source.dtype)
+    actual = np.full_like(expected, np.nan)
+    assert NB.gather_rows(source, rows, expected) is expected
+    assert CB.gather_rows(source, rows, actual) is actual
+    assert expected.tobytes() == source[rows].tobytes()
+    assert actual.tobytes() == expected.tobytes(), f"{source.dtype} {source.shape} rows {rows.size}: bits differ"
+    assert source.tobytes() == source_bytes and rows.tobytes() == rows_bytes
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-threads")
+def openmp_threads(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Runs the test with the kernels' OpenMP thread count set to the parameter; the count before is restored."""
+    before = cython_backend.build_info()["openmp_threads"]
+    cython_backend.set_openmp_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        cython_backend.set_openmp_threads(before)
+
+
+@pytest.mark.parametrize("readonly", [True, False], ids=["read-only", "writeable"])
+@pytest.mark.parametrize("kind", GATHER_KINDS)
+@pytest.mark.parametrize("shape", GATHER_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_rows_fixed_shapes(dtype, shape, kind, readonly, openmp_threads) -> None:  # type: ignore[no-untyped-def]
+    n, batch, width = shape
+    source = gather_source(n, width, dtype)
+    rows = gather_indices(kind, n, batch, seed=sum(shape))
+    if readonly:
+        rows.flags.writeable = False
+    else:
+        source = source.copy()
+    check_gather(source, rows)
+
+
+@st.composite
+def gather_arguments(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    # Widths up to 1024: fewer than 8 rows never reach 2**14 elements (see test_gather_rows_few_wide_rows).
+    dtype = draw(st.sampled_from(DTYPES))
+    n = draw(st.integers(0, 40))
+    width = draw(st.one_of(st.integers(0, 12), st.sampled_from([784, 1024])))
+    batch = draw(st.integers(0, 40)) if n else 0
+    elements = {"allow_nan": True, "allow_infinity": True, "allow_subnormal": True}
+    source = draw(hnp.arrays(dtype, (n, width), elements=elements))
+    rows = draw(hnp.arrays(np.int64, (batch,), elements=st.integers(0, max(n - 1, 0))))
+    readonly = draw(st.booleans())
+    source.flags.writeable = rows.flags.writeable = not readonly
+    return source, rows
+
+
+@SETTINGS
+@given(arguments=gather_arguments())
+def test_gather_rows_property(arguments, openmp_threads) -> None:  # type: ignore[no-untyped-def]
+    check_gather(*arguments)
+
+
+@pytest.mark.parametrize("shape", [(89, 200), (96, 200), (4096, 8)], ids=str)
+def test_gather_rows_on_more_threads_than_blocks_need(shape) -> None:  # type: ignore[no-untyped-def]
+    """12 threads: 89 rows are cut into 11 blocks of 9 rows, the last block gets none (a negative count);
+    96 rows into 12 blocks of 8; 4096 into 12 uneven blocks. Every row is still copied once."""
+    batch, width = shape
+    source = gather_source(2 * batch, width, np.float64)
+    rows = gather_indices("repeated-unordered", 2 * batch, batch, seed=batch)
+    before = cython_backend.build_info()["openmp_threads"]
+    try:
+        cython_backend.set_openmp_threads(12)
+        check_gather(source, rows)
+    finally:
+        cython_backend.set_openmp_threads(before)
+
+
+GATHER_IN_A_PROCESS = """
+import sys
+import numpy as np
+from fastopt import cython_backend
+batch, width, threads = (int(arg) for arg in sys.argv[1:])
+cython_backend.set_openmp_threads(threads)
+source = np.arange(2 * batch * width, dtype=np.float32).reshape(2 * batch, width)
+rows = np.arange(batch, dtype=np.int64)[::-1].copy()
+out = np.empty((batch, width), dtype=np.float32)
+cython_backend.CythonBackend().gather_rows(source, rows, out)
+assert np.array_equal(out, source[rows])
+print("gathered")
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: fewer than 8 rows of at least 2**14 elements make _nn.gather_rows take blocks = _team(n_rows // 8)"
+    " = 0 threads and divide by zero (cdivision): SIGFPE kills the process",
+)
+@pytest.mark.parametrize(("batch", "width", "threads"), [(1, 16384, 1), (1, 16384, 2), (7, 2341, 2)])
+def test_gather_rows_few_wide_rows(batch, width, threads) -> None:  # type: ignore[no-untyped-def]
+    """1 row of 16384 values, 7 rows of 2341 (16387 values): in a child process, as the kernel crashed it."""
+    result = subprocess.run(
+        [sys.executable, "-c", GATHER_IN_A_PROCESS, str(batch), str(width), str(threads)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "gathered" in result.stdout, (result.returncode, result.stderr[-2000:])
 
 
 # ------------------------------------------------------------------------------------------ optimizers

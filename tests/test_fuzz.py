@@ -336,6 +336,8 @@ KERNELS = {
         Kernel("mse", (("pred", "*", "in"), ("target", "*", "in"), ("grad_pred", "*", "opt-out"))),
         Kernel("count_correct", (("scores", "BC", "in"), ("labels", "B", "labels"))),
         Kernel("all_finite", (("x", "*", "in"),), sums=False),
+        # source (N, F) with N as "C": the row indices are drawn as labels of N classes, in [0, N)
+        Kernel("gather_rows", (("source", "CI", "in"), ("rows", "B", "labels"), ("out", "BI", "out")), sums=False),
         Kernel(
             "sgd_step",
             (("param", "*", "out"), ("grad", "*", "in"), ("momentum_buffer", "*", "opt-out")),
@@ -465,10 +467,11 @@ def expected_valid(call: Call, arrays: dict[str, Any]) -> bool:
         return False
     if call.kernel == "mse" and (star is None or math.prod(star) == 0):
         return False
-    if "labels" in arrays and isinstance(arrays["labels"], np.ndarray) and arrays["labels"].size:
-        labels = arrays["labels"]
-        if labels.min() < 0 or labels.max() >= dims.get("C", 0):
-            return False
+    for name, _, role in kernel.arrays:
+        labels = arrays[name]
+        if role == "labels" and isinstance(labels, np.ndarray) and labels.size:
+            if labels.min() < 0 or labels.max() >= dims.get("C", 0):
+                return False
     for name, spec in kernel.scalars:
         if not spec.accepts(call.scalars[name]):
             return False
@@ -722,6 +725,8 @@ def math_reference(call: Call, a: dict[str, np.ndarray]) -> dict[str, tuple[Any,
         return {"result": (int(np.count_nonzero(f["scores"].argmax(axis=1) == a["labels"])), 0)}
     if name == "all_finite":
         return {"result": (bool(np.all(np.isfinite(f["x"]))), 0)}
+    if name == "gather_rows":
+        return {"out": (f["source"][a["rows"]], 0.0)}
     return optimizer_reference(name, f, s)
 
 
