@@ -598,11 +598,6 @@ print("gathered")
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: fewer than 8 rows of at least 2**14 elements make _nn.gather_rows take blocks = _team(n_rows // 8)"
-    " = 0 threads and divide by zero (cdivision): SIGFPE kills the process",
-)
 @pytest.mark.parametrize(("batch", "width", "threads"), [(1, 16384, 1), (1, 16384, 2), (7, 2341, 2)])
 def test_gather_rows_few_wide_rows(batch, width, threads) -> None:  # type: ignore[no-untyped-def]
     """1 row of 16384 values, 7 rows of 2341 (16387 values): in a child process, as the kernel crashed it."""

@@ -110,11 +110,6 @@ print("trained")
 
 
 @needs_cython
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the last batch, 7 rows of 3072 features (21504 values >= 2**14), makes _nn.gather_rows divide by"
-    " zero (blocks = _team(7 // 8) = 0): SIGFPE kills the process",
-)
 def test_fit_with_a_short_last_batch_of_wide_rows():
     """39 samples of 3072 features (a CIFAR-10 image's size) in batches of 32, in a child process."""
     result = subprocess.run([sys.executable, "-c", FIT_WIDE_INPUTS], capture_output=True, text=True, timeout=300)

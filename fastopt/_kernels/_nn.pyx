@@ -245,7 +245,7 @@ cdef inline int _team(Py_ssize_t work_items) noexcept nogil:
     # during a spell of the stall guard (_common.pxd).
     if not FO_HAVE_OPENMP or not fo_parallel_ok():
         return 1
-    return <int>min(<Py_ssize_t>_num_threads, work_items)
+    return <int>max(1, min(<Py_ssize_t>_num_threads, work_items))
 
 
 cdef inline void _forward_block(Py_ssize_t block, Py_ssize_t blocks, const floating* x, const floating* w,
