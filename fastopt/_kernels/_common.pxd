@@ -32,7 +32,8 @@ cdef extern from *:
        less than FO_MIN_CPU_SHARE of the wall time since the last check (a longer gap between checks is
        idleness, not counted). After a stall the kernels run serially (the same blocks, hence the same bits)
        for a spell, then try threads again: the spell doubles, up to FO_LONGEST_SPELL, when the stall comes
-       within FO_SPELL_MEMORY of the previous one, and starts again at FO_FIRST_SPELL otherwise. One state
+       within FO_SPELL_MEMORY of the end of the previous spell (the other process is still there), and starts
+       again at FO_FIRST_SPELL otherwise (a stray interruption, as an idle machine has a few a second). One state
        per module, shared by the calling threads without locks: it only chooses between two equal ways of
        computing. */
     #define FO_STALL_SECONDS 1e-3
@@ -40,7 +41,7 @@ cdef extern from *:
     #define FO_MIN_CPU_SHARE 0.8
     #define FO_FIRST_SPELL 0.02
     #define FO_LONGEST_SPELL 2.0
-    #define FO_SPELL_MEMORY 4.0
+    #define FO_SPELL_MEMORY 0.1
     #if FO_HAVE_OPENMP && (defined(__linux__) || defined(__APPLE__))
     #include <time.h>
     #define FO_PROBES_CPU_SHARE 1
@@ -53,13 +54,12 @@ cdef extern from *:
     #define FO_PROBES_CPU_SHARE 0
     static double fo_thread_cpu_seconds(void) { return 0.0; }
     #endif
-    static double fo_serial_until = 0.0, fo_spell = FO_FIRST_SPELL, fo_last_stall = -1e30;
+    static double fo_serial_until = -1e30, fo_spell = FO_FIRST_SPELL;
     static double fo_probe_wall = 0.0, fo_probe_cpu = 0.0;
-    static long fo_spells = 0;
+    static long fo_spells = 0, fo_barrier_stalls = 0, fo_share_stalls = 0;
     static void fo_stall(double now) {
-        fo_spell = now - fo_last_stall >= FO_SPELL_MEMORY ? FO_FIRST_SPELL
+        fo_spell = now - fo_serial_until >= FO_SPELL_MEMORY ? FO_FIRST_SPELL
                  : fo_spell * 2 < FO_LONGEST_SPELL ? fo_spell * 2 : FO_LONGEST_SPELL;
-        fo_last_stall = now;
         fo_serial_until = now + fo_spell;
         fo_spells++;
     }
@@ -73,6 +73,7 @@ cdef extern from *:
             fo_probe_wall = now;
             if (wall < 2 * FO_PROBE_SECONDS && cpu - fo_probe_cpu < FO_MIN_CPU_SHARE * wall) {
                 fo_probe_cpu = cpu;
+                fo_share_stalls++;
                 fo_stall(now);
                 return 0;
             }
@@ -81,10 +82,14 @@ cdef extern from *:
         return 1;
     }
     static void fo_parallel_report(double worked, double waited) {
-        if (waited > FO_STALL_SECONDS && waited > worked)
+        if (waited > FO_STALL_SECONDS && waited > worked) {
+            fo_barrier_stalls++;
             fo_stall(fo_now());
+        }
     }
     static long fo_serial_spells(void) { return fo_spells; }
+    static long fo_stalls_at_barriers(void) { return fo_barrier_stalls; }
+    static long fo_stalls_by_cpu_share(void) { return fo_share_stalls; }
     /* Optimizer state decays geometrically towards zero (the moments of a dead unit), into the
        subnormal range, where x86 arithmetic takes a slow microcode path (a 110k-element Adam step
        measured 167 instead of 56 us in training). The optimizer kernels therefore flush subnormal
@@ -120,6 +125,8 @@ cdef extern from *:
     int fo_parallel_ok() noexcept nogil
     void fo_parallel_report(double worked, double waited) noexcept nogil
     long fo_serial_spells() noexcept nogil
+    long fo_stalls_at_barriers() noexcept nogil
+    long fo_stalls_by_cpu_share() noexcept nogil
     const int FO_FLUSHES_SUBNORMALS
     unsigned int fo_flush_subnormals_begin() noexcept nogil
     void fo_flush_subnormals_end(unsigned int saved) noexcept nogil

@@ -27,7 +27,7 @@ from libc.string cimport memcpy, memset
 
 from fastopt._kernels._common cimport (
     FO_COMPILE_ARGS, FO_HAVE_OPENMP, FO_ISA, fexp, fo_now, fo_omp_max_threads, fo_omp_num_procs, fo_parallel_ok,
-    fo_parallel_report, fo_serial_spells, fsigmoid, ftanh,
+    fo_parallel_report, fo_serial_spells, fo_stalls_at_barriers, fo_stalls_by_cpu_share, fsigmoid, ftanh,
 )
 
 # CBLAS gemm, row-major, in its two integer widths (OpenBLAS built with 64-bit integers or not).
@@ -72,6 +72,8 @@ def build_info():
         "num_threads": _num_threads,
         "gemm_max_blocks": _max_blocks,
         "serial_spells": fo_serial_spells(),
+        "stalls_at_barriers": fo_stalls_at_barriers(),
+        "stalls_by_cpu_share": fo_stalls_by_cpu_share(),
         "blas_installed": _sgemm != NULL,
     }
 

@@ -19,7 +19,7 @@ from libc.math cimport sqrt
 
 from fastopt._kernels._common cimport (
     FO_COMPILE_ARGS, FO_FLUSHES_SUBNORMALS, FO_HAVE_OPENMP, FO_ISA, fo_flush_subnormals_begin, fo_flush_subnormals_end,
-    fo_now, fo_omp_max_threads, fo_parallel_ok, fo_parallel_report, fo_serial_spells, fsqrt, with_weight_decay,
+    fo_now, fo_omp_max_threads, fo_parallel_ok, fo_parallel_report, fo_serial_spells, fo_stalls_at_barriers, fo_stalls_by_cpu_share, fsqrt, with_weight_decay,
 )
 
 cdef int _num_threads = fo_omp_max_threads()
@@ -47,6 +47,8 @@ def build_info():
         "parallel_threshold": _parallel_threshold,
         "parallel_threshold_sgd": _parallel_threshold * _LIGHT_FACTOR,
         "serial_spells": fo_serial_spells(),
+        "stalls_at_barriers": fo_stalls_at_barriers(),
+        "stalls_by_cpu_share": fo_stalls_by_cpu_share(),
     }
 
 
