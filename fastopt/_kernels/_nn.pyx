@@ -22,7 +22,7 @@ over raw pointers so gcc can vectorize them. Shapes are trusted: ``fastopt.backe
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport log
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 from fastopt._kernels._common cimport (
@@ -250,6 +250,13 @@ cdef inline int _team(Py_ssize_t work_items) noexcept nogil:
     return <int>max(1, min(<Py_ssize_t>_num_threads, work_items))
 
 
+cdef inline void _check_blas(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) except *:
+    if _sgemm == NULL:
+        raise RuntimeError("no BLAS installed: call set_blas first")
+    if not _blas_ilp64 and max(batch, n_in, n_out) > INT32_MAX:
+        raise ValueError(f"a dimension of {max(batch, n_in, n_out)} exceeds this BLAS's 32-bit integers")
+
+
 cdef inline void _forward_block(Py_ssize_t block, Py_ssize_t blocks, const floating* x, const floating* w,
                                 const floating* bias, floating* out, Py_ssize_t batch, Py_ssize_t n_in,
                                 Py_ssize_t n_out, int act) noexcept nogil:
@@ -267,8 +274,7 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
     cdef int team
     cdef double started
     cdef double[1] own_done  # when the calling thread finished its share (for the stall guard)
-    if _sgemm == NULL:
-        raise RuntimeError("no BLAS installed: call set_blas first")
+    _check_blas(batch, n_in, n_out)
     if batch == 0 or n_out == 0:
         return
     cdef const floating* xp = &x[0, 0] if n_in else NULL
@@ -327,8 +333,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     cdef int team
     cdef double started
     cdef double[1] own_done
-    if _sgemm == NULL:
-        raise RuntimeError("no BLAS installed: call set_blas first")
+    _check_blas(batch, n_in, n_out)
     if n_out == 0:  # no outputs: every gradient is an empty sum
         if grad_x is not None and batch and n_in:
             memset(&grad_x[0, 0], 0, batch * n_in * sizeof(floating))
