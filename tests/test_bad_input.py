@@ -109,6 +109,12 @@ FIT_CASES = [
     # More than 2**18 values: the compiled NaN/Inf check splits them over threads; the bad value is the last.
     pytest.param({"X": _big_X(np.inf)}, ValueError, "X contains NaN or Inf", id="X-big-inf-last"),
     pytest.param({"X": _big_X(np.nan)}, ValueError, "X contains NaN or Inf", id="X-big-nan-last"),
+    pytest.param(
+        {"optimizer": optim.Adam(lr=1e-3, eps=1e39)},
+        ValueError,
+        "eps=1e\\+39 is beyond the range of float32",
+        id="eps-beyond-the-float32-model",
+    ),
 ]
 
 
@@ -224,6 +230,18 @@ CONSTRUCTOR_CASES = [
     ),
     pytest.param(lambda: fastopt.set_backend("nosuch"), ValueError, "unknown backend 'nosuch'", id="set-backend"),
     pytest.param(lambda: fastopt.set_backend(3), TypeError, "backend must be a name", id="set-backend-not-a-name"),
+    pytest.param(
+        lambda: optim.Adam([np.zeros(3, np.float32)], lr=1e300),
+        ValueError,
+        r"lr=1e\+300 is beyond the range of float32",
+        id="lr-beyond-float32",
+    ),
+    pytest.param(
+        lambda: optim.SGD([np.zeros(3), np.zeros(2, np.float32)], lr=0.1, weight_decay=1e39),
+        ValueError,
+        r"weight_decay=1e\+39 is beyond the range of float32",
+        id="weight-decay-beyond-the-narrowest-param",
+    ),
 ]
 
 

@@ -28,6 +28,17 @@ def _as_array_list(arrays: object, name: str) -> list[np.ndarray]:
     return list(arrays)
 
 
+def _check_fits(hyper: dict[str, Any], params: list[np.ndarray]) -> None:
+    """Every numeric hyperparameter must be finite in the parameters' precision: the kernels round them to it,
+    and ``lr=1e300`` would become inf in float32 and turn every parameter into NaN without an error."""
+    narrowest = min((param.dtype for param in params), key=lambda dtype: dtype.itemsize)
+    largest = float(np.finfo(narrowest).max)
+    for name, value in hyper.items():
+        for number in value if isinstance(value, tuple) else (value,):
+            if isinstance(number, float) and abs(number) > largest:
+                raise ValueError(f"{name}={number!r} is beyond the range of {narrowest} (the parameters' dtype)")
+
+
 class Optimizer:
     """Base class. ``params`` is a list of float32/float64 C-contiguous writeable arrays updated in place
     by ``step(grads)``; it may be omitted, and ``Sequential.fit`` then binds the model's parameters."""
@@ -94,6 +105,7 @@ class Optimizer:
             for other_index in range(index):
                 if np.shares_memory(param, params[other_index]):
                     raise ValueError(f"params[{index}] and params[{other_index}] share memory")
+        _check_fits(self.hyperparameters, params)
         self.params = params
         self.state = [
             {name: np.full_like(param, self._initial_state(name)) for name in self._state_names()} for param in params
@@ -167,6 +179,7 @@ class Optimizer:
         hyper = self._validated(dict(given))
         if self.params is None:
             raise ValueError("load_state_dict needs the optimizer's parameters first")
+        _check_fits(hyper, self.params)
         new_state = state_dict["state"]
         if not isinstance(new_state, (list, tuple)):
             raise ValueError(
