@@ -6,6 +6,7 @@ its value and writes the gradient with respect to the model output through the b
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,9 @@ class Loss:
     def compute(self, backend: Backend, output: np.ndarray, target: np.ndarray, grad: np.ndarray | None) -> float:
         """The mean loss of a batch; writes d loss / d output into ``grad`` unless it is None.
         Trusted buffers: the training loop validated them."""
-        return getattr(backend, "_" + self.kernel)(output, target, grad)
+        # the trusted kernel's name, interned: a name built per call ("_" + kernel) stays referenced by
+        # CPython's attribute caches, a small leak per training step
+        return getattr(backend, sys.intern("_" + self.kernel))(output, target, grad)
 
     def __call__(self, y_pred: object, y_true: object, backend: str | None = None) -> float:
         """The loss of predictions ``y_pred`` (N, outputs) against ``y_true``, on the current backend."""
