@@ -103,14 +103,12 @@ def check_positive_int(value: object, name: str) -> int:
     return int(value)
 
 
-def as_features(
-    X: object, n_features: int, dtype: np.dtype, backend: Backend | None = None, name: str = "X"
-) -> np.ndarray:
+def as_features(X: object, n_features: int, dtype: np.dtype, backend: Backend, name: str = "X") -> np.ndarray:
     """Convert a user's input batch to a C-contiguous ``(N, n_features)`` array of ``dtype``.
 
     Any real numeric dtype (integers, bool, float16/32/64) is accepted and converted once; object,
     string and complex inputs, NaN/Inf, empty inputs and wrong shapes are refused. The NaN/Inf test is
-    ``backend``'s kernel when one is given (the compiled one reads the data once, on all threads).
+    ``backend``'s kernel (the compiled one reads the data once, on all threads).
     """
     array = np.asarray(X)
     if array.dtype.kind not in "biuf":
@@ -123,8 +121,7 @@ def as_features(
         raise ValueError(f"{name} has {array.shape[1]} features but the model expects {n_features}")
     with np.errstate(over="ignore"):  # values beyond the dtype's range become Inf and are refused below
         converted = np.ascontiguousarray(array, dtype=dtype)
-    finite = backend.all_finite if backend is not None else lambda array: bool(np.isfinite(array).all())
-    if not finite(converted):
+    if not backend._all_finite(converted.reshape(-1)):  # trusted: converted is C-contiguous of a float dtype
         raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
     return converted
 

@@ -35,6 +35,11 @@ class Loss:
     """Base class of losses. ``kernel`` names the backend method that computes the loss and its gradient."""
 
     kernel = ""
+    _kernel_method = ""  # "_" + kernel: the trusted backend method, named once per class (not per step)
+
+    def __init_subclass__(cls, **options: object) -> None:
+        super().__init_subclass__(**options)
+        cls._kernel_method = sys.intern("_" + cls.kernel)
 
     def targets(self, y: object, n_outputs: int, dtype: np.dtype) -> Targets:
         raise NotImplementedError
@@ -42,9 +47,7 @@ class Loss:
     def compute(self, backend: Backend, output: np.ndarray, target: np.ndarray, grad: np.ndarray | None) -> float:
         """The mean loss of a batch; writes d loss / d output into ``grad`` unless it is None.
         Trusted buffers: the training loop validated them."""
-        # the trusted kernel's name, interned: a name built per call ("_" + kernel) stays referenced by
-        # CPython's attribute caches, a small leak per training step
-        return getattr(backend, sys.intern("_" + self.kernel))(output, target, grad)
+        return getattr(backend, self._kernel_method)(output, target, grad)
 
     def __call__(self, y_pred: object, y_true: object, backend: str | None = None) -> float:
         """The loss of predictions ``y_pred`` (N, outputs) against ``y_true``, on the current backend."""

@@ -116,7 +116,7 @@ def child(args: argparse.Namespace) -> dict:
     else:
         backend = resolve_backend(args.child)
         loss = losses.CrossEntropy()
-        inputs = as_features(X, model.in_features, model.dtype)
+        inputs = as_features(X, model.in_features, model.dtype, backend)
         targets = loss.targets(y, model.out_features, model.dtype)
         optimizer.bind([model.parameters], backend)
         rng = np.random.default_rng(1)

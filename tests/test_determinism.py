@@ -94,7 +94,7 @@ def train(backend: str, dtype: str, optimizer: str, mode: str = "fit") -> np.nda
         return model.parameters.copy()
     resolved = fastopt.backend.resolve_backend(backend)
     loss = losses.CrossEntropy()
-    inputs = as_features(X, model.in_features, model.dtype)
+    inputs = as_features(X, model.in_features, model.dtype, resolved)
     targets = loss.targets(y, model.out_features, model.dtype)
     opt.bind([model.parameters], resolved)
     rng = np.random.default_rng(1)

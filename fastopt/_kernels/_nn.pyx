@@ -196,24 +196,26 @@ cdef inline Py_ssize_t _gemm_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) no
 
 
 cdef inline void _block_bounds(Py_ssize_t block, Py_ssize_t blocks, Py_ssize_t m, Py_ssize_t n,
-                               Py_ssize_t* r0, Py_ssize_t* r1, Py_ssize_t* c0, Py_ssize_t* c1) noexcept nogil:
-    # The rows r0:r1 and columns c0:c1 of block number `block` of an m x n output: the longer side is cut,
-    # into pieces of a multiple of 16 elements (cache-line aligned for float32 rows).
+                               Py_ssize_t* bounds) noexcept nogil:
+    # bounds = (r0, r1, c0, c1): the rows r0:r1 and columns c0:c1 of block number `block` of an m x n output.
+    # The longer side is cut, into pieces of a multiple of 16 elements (cache-line aligned for float32 rows).
     cdef Py_ssize_t length = n if n >= m else m
-    cdef Py_ssize_t size = ((length + blocks - 1) // blocks + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH * _MIN_BLOCK_WIDTH
+    cdef Py_ssize_t size = (length + blocks - 1) // blocks
+    size = (size + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH * _MIN_BLOCK_WIDTH
     cdef Py_ssize_t lo = min(length, block * size), hi = min(length, lo + size)
     if n >= m:
-        r0[0], r1[0], c0[0], c1[0] = 0, m, lo, hi
+        bounds[0], bounds[1], bounds[2], bounds[3] = 0, m, lo, hi
     else:
-        r0[0], r1[0], c0[0], c1[0] = lo, hi, 0, n
+        bounds[0], bounds[1], bounds[2], bounds[3] = lo, hi, 0, n
 
 
 cdef inline void _gemm_block(Py_ssize_t block, Py_ssize_t blocks, bint trans_a, bint trans_b, Py_ssize_t m,
                              Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda, const floating* b,
-                             Py_ssize_t ldb, floating* c, Py_ssize_t ldc) noexcept nogil:
-    # Block number `block` of c = op(a) @ op(b): rows r0:r1 of op(a) times columns c0:c1 of op(b).
-    cdef Py_ssize_t r0, r1, c0, c1
-    _block_bounds(block, blocks, m, n, &r0, &r1, &c0, &c1)
+                             Py_ssize_t ldb, floating* c, Py_ssize_t ldc, Py_ssize_t* bounds) noexcept nogil:
+    # Block number `block` of c = op(a) @ op(b): rows r0:r1 of op(a) times columns c0:c1 of op(b); the bounds
+    # (r0, r1, c0, c1) are left in `bounds` for the pass that follows on the same block.
+    _block_bounds(block, blocks, m, n, bounds)
+    cdef Py_ssize_t r0 = bounds[0], r1 = bounds[1], c0 = bounds[2], c1 = bounds[3]
     _gemm(trans_a, trans_b, r1 - r0, c1 - c0, k, a + (r0 if trans_a else r0 * lda), lda,
           b + (c0 * ldb if trans_b else c0), ldb, c + r0 * ldc + c0, ldc)
 
@@ -260,11 +262,11 @@ cdef inline void _check_blas(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out
 cdef inline void _forward_block(Py_ssize_t block, Py_ssize_t blocks, const floating* x, const floating* w,
                                 const floating* bias, floating* out, Py_ssize_t batch, Py_ssize_t n_in,
                                 Py_ssize_t n_out, int act) noexcept nogil:
-    cdef Py_ssize_t r0, r1, c0, c1, i
-    _gemm_block(block, blocks, False, False, batch, n_out, n_in, x, n_in, w, n_out, out, n_out)
-    _block_bounds(block, blocks, batch, n_out, &r0, &r1, &c0, &c1)
-    for i in range(r0, r1):
-        _bias_act(act, out + i * n_out + c0, bias + c0, c1 - c0)
+    cdef Py_ssize_t bounds[4]
+    cdef Py_ssize_t i
+    _gemm_block(block, blocks, False, False, batch, n_out, n_in, x, n_in, w, n_out, out, n_out, bounds)
+    for i in range(bounds[0], bounds[1]):
+        _bias_act(act, out + i * n_out + bounds[2], bias + bounds[2], bounds[3] - bounds[2])
 
 
 def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
@@ -317,10 +319,11 @@ cdef inline void _backward_block(Py_ssize_t block, Py_ssize_t blocks_w, Py_ssize
                                  Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
     # Blocks 0..blocks_w-1: grad_weight = x.T @ dz (I x O, sum over the batch); the next blocks_x:
     # grad_x = dz @ weight.T (B x I). The two products are independent and share one pool of blocks.
+    cdef Py_ssize_t bounds[4]
     if block < blocks_w:
-        _gemm_block(block, blocks_w, True, False, n_in, n_out, batch, x, n_in, d, n_out, gw, n_out)
+        _gemm_block(block, blocks_w, True, False, n_in, n_out, batch, x, n_in, d, n_out, gw, n_out, bounds)
     else:
-        _gemm_block(block - blocks_w, blocks_x, False, True, batch, n_in, n_out, d, n_out, w, n_out, gx, n_in)
+        _gemm_block(block - blocks_w, blocks_x, False, True, batch, n_in, n_out, d, n_out, w, n_out, gx, n_in, bounds)
 
 
 def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[:, ::1] out,
