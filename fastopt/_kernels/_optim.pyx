@@ -19,7 +19,8 @@ from libc.math cimport sqrt
 
 from fastopt._kernels._common cimport (
     FO_COMPILE_ARGS, FO_FLUSHES_SUBNORMALS, FO_HAVE_OPENMP, FO_ISA, fo_flush_subnormals_begin, fo_flush_subnormals_end,
-    fo_now, fo_omp_max_threads, fo_parallel_ok, fo_parallel_report, fo_serial_spells, fo_stalls_at_barriers, fo_stalls_by_cpu_share, fsqrt, with_weight_decay,
+    fo_now, fo_omp_max_threads, fo_parallel_ok, fo_parallel_report, fo_serial_spells, fo_stalls_at_barriers,
+    fo_stalls_by_cpu_share, fsqrt, with_weight_decay,
 )
 
 cdef int _num_threads = fo_omp_max_threads()
@@ -77,6 +78,64 @@ cdef inline Py_ssize_t _chunk_size(Py_ssize_t n, int chunks) noexcept nogil:
     return (size + 63) // 64 * 64
 
 
+cdef enum Kind:
+    SGD, ADAGRAD, RMSPROP, ADAM
+
+
+cdef struct Step:
+    # One optimizer update: its kind, its state buffers (of the parameter's dtype; NULL when an option is
+    # off) and its scalars in double, rounded to the parameter's precision where the loop is called.
+    Kind kind
+    void* state[3]
+    double scalar[9]
+    bint flag[2]
+
+
+cdef inline void* _at(void* buffer, Py_ssize_t start, floating* dtype) noexcept nogil:
+    # element `start` of an optional state buffer of the parameter's dtype (NULL stays NULL)
+    return NULL if buffer == NULL else <void*>(<floating*>buffer + start)
+
+
+cdef void _update(const Step* u, floating* p, const floating* g, Py_ssize_t start, Py_ssize_t n) noexcept nogil:
+    # The update of elements start:start+n.
+    cdef const double* x = u.scalar
+    cdef void* s0 = _at(u.state[0], start, p)
+    cdef void* s1 = _at(u.state[1], start, p)
+    cdef void* s2 = _at(u.state[2], start, p)
+    p, g = p + start, g + start
+    if u.kind == SGD:
+        _sgd(p, g, <floating*>s0, n, <floating>x[0], <floating>x[1], <floating>x[2], <floating>x[3], u.flag[0],
+             u.flag[1])
+    elif u.kind == ADAGRAD:
+        _adagrad(p, g, <floating*>s0, n, <floating>x[0], <floating>x[1], <floating>x[2])
+    elif u.kind == RMSPROP:
+        _rmsprop(p, g, <floating*>s0, <floating*>s1, <floating*>s2, n, <floating>x[0], <floating>x[1],
+                 <floating>x[2], <floating>x[3], <floating>x[4], <floating>x[5])
+    else:
+        _adam(p, g, <floating*>s0, <floating*>s1, <floating*>s2, n, <floating>x[0], <floating>x[1], <floating>x[2],
+              <floating>x[3], <floating>x[4], <floating>x[5], <floating>x[6], <floating>x[7], <floating>x[8])
+
+
+cdef void _run(const Step* u, floating* p, const floating* g, Py_ssize_t n, Py_ssize_t threshold) noexcept nogil:
+    # The whole update: serially, or from `threshold` elements in one contiguous chunk per thread.
+    cdef int c, chunks = _n_chunks(n, threshold)
+    cdef Py_ssize_t start, size
+    cdef double started
+    cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
+    if chunks == 1:
+        _update(u, p, g, 0, n)
+        return
+    size = _chunk_size(n, chunks)
+    started = fo_now()
+    for c in prange(chunks, num_threads=chunks, schedule="static"):
+        start = c * size
+        if start < n:
+            _update(u, p, g, start, min(size, n - start))
+        if threadid() == 0:
+            own_done[0] = fo_now()
+    fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+
+
 # ----------------------------------------------------------------------------------------- SGD
 cdef void _sgd(floating* p, const floating* g, floating* b, Py_ssize_t n, floating lr, floating mu,
                floating one_minus_damp, floating wd, bint nesterov, bint first) noexcept nogil:
@@ -114,30 +173,12 @@ cdef void _sgd(floating* p, const floating* g, floating* b, Py_ssize_t n, floati
 
 def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] momentum_buffer, double lr,
              double momentum, double dampening, bint nesterov, double weight_decay, bint first_step):
-    cdef Py_ssize_t n = param.shape[0], start, size
-    cdef int c, chunks
-    cdef double started
-    cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
-    cdef floating* p = &param[0]
-    cdef const floating* g = &grad[0]
-    cdef floating* b = NULL if momentum_buffer is None else &momentum_buffer[0]
-    cdef floating lr_ = <floating>lr, mu = <floating>momentum, omd = <floating>(1 - dampening)
-    cdef floating wd = <floating>weight_decay
+    cdef Step u
+    u.kind, u.flag[0], u.flag[1] = SGD, nesterov, first_step
+    u.state[0] = NULL if momentum_buffer is None else <void*>&momentum_buffer[0]
+    u.scalar[0], u.scalar[1], u.scalar[2], u.scalar[3] = lr, momentum, 1 - dampening, weight_decay
     with nogil:
-        chunks = _n_chunks(n, _parallel_threshold * _LIGHT_FACTOR)
-        if chunks == 1:
-            _sgd(p, g, b, n, lr_, mu, omd, wd, nesterov, first_step)
-        else:
-            size = _chunk_size(n, chunks)
-            started = fo_now()
-            for c in prange(chunks, num_threads=chunks, schedule="static"):
-                start = c * size
-                if start < n:
-                    _sgd(p + start, g + start, NULL if b == NULL else b + start, min(size, n - start),
-                         lr_, mu, omd, wd, nesterov, first_step)
-                if threadid() == 0:
-                    own_done[0] = fo_now()
-            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+        _run(&u, &param[0], &grad[0], param.shape[0], _parallel_threshold * _LIGHT_FACTOR)
 
 
 # ----------------------------------------------------------------------------------------- AdaGrad
@@ -156,28 +197,11 @@ cdef void _adagrad(floating* p, const floating* g, floating* s, Py_ssize_t n, fl
 
 def adagrad_step(floating[::1] param, const floating[::1] grad, floating[::1] sum_squares, double lr, double eps,
                  double weight_decay):
-    cdef Py_ssize_t n = param.shape[0], start, size
-    cdef int c, chunks
-    cdef double started
-    cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
-    cdef floating* p = &param[0]
-    cdef const floating* g = &grad[0]
-    cdef floating* s = &sum_squares[0]
-    cdef floating lr_ = <floating>lr, eps_ = <floating>eps, wd = <floating>weight_decay
+    cdef Step u
+    u.kind, u.state[0] = ADAGRAD, <void*>&sum_squares[0]
+    u.scalar[0], u.scalar[1], u.scalar[2] = lr, eps, weight_decay
     with nogil:
-        chunks = _n_chunks(n, _parallel_threshold)
-        if chunks == 1:
-            _adagrad(p, g, s, n, lr_, eps_, wd)
-        else:
-            size = _chunk_size(n, chunks)
-            started = fo_now()
-            for c in prange(chunks, num_threads=chunks, schedule="static"):
-                start = c * size
-                if start < n:
-                    _adagrad(p + start, g + start, s + start, min(size, n - start), lr_, eps_, wd)
-                if threadid() == 0:
-                    own_done[0] = fo_now()
-            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+        _run(&u, &param[0], &grad[0], param.shape[0], _parallel_threshold)
 
 
 # ----------------------------------------------------------------------------------------- RMSProp
@@ -226,33 +250,14 @@ cdef void _rmsprop(floating* p, const floating* g, floating* v, floating* a, flo
 def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] square_avg, floating[::1] grad_avg,
                  floating[::1] momentum_buffer, double lr, double alpha, double eps, double momentum,
                  double weight_decay):
-    cdef Py_ssize_t n = param.shape[0], start, size
-    cdef int c, chunks
-    cdef double started
-    cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
-    cdef floating* p = &param[0]
-    cdef const floating* g = &grad[0]
-    cdef floating* v = &square_avg[0]
-    cdef floating* a = NULL if grad_avg is None else &grad_avg[0]
-    cdef floating* b = NULL if momentum_buffer is None else &momentum_buffer[0]
-    cdef floating lr_ = <floating>lr, alpha_ = <floating>alpha, oma = <floating>(1 - alpha), eps_ = <floating>eps
-    cdef floating mu = <floating>momentum, wd = <floating>weight_decay
+    cdef Step u
+    u.kind, u.state[0] = RMSPROP, <void*>&square_avg[0]
+    u.state[1] = NULL if grad_avg is None else <void*>&grad_avg[0]
+    u.state[2] = NULL if momentum_buffer is None else <void*>&momentum_buffer[0]
+    u.scalar[0], u.scalar[1], u.scalar[2], u.scalar[3] = lr, alpha, 1 - alpha, eps
+    u.scalar[4], u.scalar[5] = momentum, weight_decay
     with nogil:
-        chunks = _n_chunks(n, _parallel_threshold)
-        if chunks == 1:
-            _rmsprop(p, g, v, a, b, n, lr_, alpha_, oma, eps_, mu, wd)
-        else:
-            size = _chunk_size(n, chunks)
-            started = fo_now()
-            for c in prange(chunks, num_threads=chunks, schedule="static"):
-                start = c * size
-                if start < n:
-                    _rmsprop(p + start, g + start, v + start, NULL if a == NULL else a + start,
-                             NULL if b == NULL else b + start, min(size, n - start),
-                             lr_, alpha_, oma, eps_, mu, wd)
-                if threadid() == 0:
-                    own_done[0] = fo_now()
-            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+        _run(&u, &param[0], &grad[0], param.shape[0], _parallel_threshold)
 
 
 # ----------------------------------------------------------------------------------------- Adam
@@ -286,33 +291,13 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, floati
 def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
               floating[::1] max_exp_avg_sq, double lr, double beta1, double beta2, double eps, double weight_decay,
               bint decoupled_weight_decay, double bias_correction1, double bias_correction2):
-    cdef Py_ssize_t n = param.shape[0], start, size
-    cdef int c, chunks
-    cdef double started
-    cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
-    cdef floating* p = &param[0]
-    cdef const floating* g = &grad[0]
-    cdef floating* m = &exp_avg[0]
-    cdef floating* v = &exp_avg_sq[0]
-    cdef floating* vmax = NULL if max_exp_avg_sq is None else &max_exp_avg_sq[0]
-    cdef floating shrink = <floating>(1 - lr * weight_decay) if decoupled_weight_decay else 1
-    cdef floating wd = 0 if decoupled_weight_decay else <floating>weight_decay
-    cdef floating b1 = <floating>beta1, omb1 = <floating>(1 - beta1)
-    cdef floating b2 = <floating>beta2, omb2 = <floating>(1 - beta2)
-    cdef floating sqrt_bc2 = <floating>sqrt(bias_correction2), eps_ = <floating>eps
-    cdef floating step_size = <floating>(lr / bias_correction1)
+    cdef Step u
+    u.kind, u.state[0], u.state[1] = ADAM, <void*>&exp_avg[0], <void*>&exp_avg_sq[0]
+    u.state[2] = NULL if max_exp_avg_sq is None else <void*>&max_exp_avg_sq[0]
+    # shrink = 1 - lr wd and no weight decay on the gradient for AdamW (decoupled); shrink = 1 for Adam
+    u.scalar[0] = 1 - lr * weight_decay if decoupled_weight_decay else 1
+    u.scalar[1] = 0 if decoupled_weight_decay else weight_decay
+    u.scalar[2], u.scalar[3], u.scalar[4], u.scalar[5] = beta1, 1 - beta1, beta2, 1 - beta2
+    u.scalar[6], u.scalar[7], u.scalar[8] = sqrt(bias_correction2), eps, lr / bias_correction1
     with nogil:
-        chunks = _n_chunks(n, _parallel_threshold)
-        if chunks == 1:
-            _adam(p, g, m, v, vmax, n, shrink, wd, b1, omb1, b2, omb2, sqrt_bc2, eps_, step_size)
-        else:
-            size = _chunk_size(n, chunks)
-            started = fo_now()
-            for c in prange(chunks, num_threads=chunks, schedule="static"):
-                start = c * size
-                if start < n:
-                    _adam(p + start, g + start, m + start, v + start, NULL if vmax == NULL else vmax + start,
-                          min(size, n - start), shrink, wd, b1, omb1, b2, omb2, sqrt_bc2, eps_, step_size)
-                if threadid() == 0:
-                    own_done[0] = fo_now()
-            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+        _run(&u, &param[0], &grad[0], param.shape[0], _parallel_threshold)
