@@ -469,7 +469,7 @@ class Sequential:
             workspace.targets = np.empty(target_shape, dtype=targets.values.dtype)
             workspace.labels = np.empty(len(rows), dtype=np.int64)
         backend._gather_rows(inputs, rows, workspace.inputs)
-        np.take(targets.values, rows, axis=0, out=workspace.targets, mode="clip")
+        targets.values.take(rows, axis=0, out=workspace.targets, mode="clip")  # the method: no dispatch wrapper
         output = self._forward(backend, workspace)
         batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1])
         if not math.isfinite(batch_loss):
@@ -478,7 +478,7 @@ class Sequential:
         if targets.labels is targets.values:  # CrossEntropy: the batch's labels were gathered above
             correct = backend._count_correct(output, workspace.targets)
         elif targets.labels is not None:
-            np.take(targets.labels, rows, out=workspace.labels, mode="clip")
+            targets.labels.take(rows, out=workspace.labels, mode="clip")
             correct = backend._count_correct(output, workspace.labels)
         self._backward(backend, workspace)
         optimizer.apply([self.gradients])
