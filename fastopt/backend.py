@@ -324,7 +324,8 @@ class Backend:
         """Adam/AdamW in place. Decoupled (AdamW): ``p *= 1 - lr wd`` and ``g = grad``; else ``g = grad + wd p``.
         ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g**2``; with AMSGrad (``max_exp_avg_sq`` given)
         ``vmax = max(vmax, v)`` replaces v below; ``p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)``
-        with ``bc1 = 1 - b1**t`` and ``bc2 = 1 - b2**t`` computed by the caller."""
+        with ``bc1 = 1 - b1**t`` and ``bc2 = 1 - b2**t`` computed by the caller. Both backends multiply by
+        ``1 / sqrt(bc2)``, made once in double, where PyTorch divides: the same math, one division less per element."""
         self._check_update(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, max_exp_avg_sq=max_exp_avg_sq)
         self._adam_step(
             param,

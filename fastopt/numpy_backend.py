@@ -157,5 +157,5 @@ class NumpyBackend(Backend):
         if max_exp_avg_sq is not None:
             np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
             second_moment = max_exp_avg_sq
-        denom = np.sqrt(second_moment) / math.sqrt(bias_correction2) + eps
+        denom = np.sqrt(second_moment) * (1 / math.sqrt(bias_correction2)) + eps
         param -= (lr / bias_correction1) * exp_avg / denom
