@@ -309,8 +309,31 @@ def format_report(report: Report) -> str:
             f"{row.name:<46} {median:>8.4g}{unit:>2} {low:>9.4g}-{high:<9.4g} {versus_numpy:>9} {versus_peer:>12} "
             f"{row.median / report.floor_seconds:>7.1f}x"
         )
+    lines += _paired_lines(report)
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def _paired_lines(report: Report) -> list[str]:
+    """Each fastopt backend against the numpy backend and the fastest peer, round by round: the ratio of two
+    runs made one after the other in the same round. This machine's speed drifts over minutes (a shared host),
+    which moves a median of the separate times more than a ratio taken within a round."""
+    by_name = {row.name: row for row in report.rows}
+    peers = [row for row in report.rows if not row.name.startswith("fastopt")]
+    others = [by_name.get("fastopt numpy"), min(peers, key=lambda row: row.median, default=None)]
+    lines = []
+    for row in report.rows:
+        if not row.name.startswith("fastopt") or row.name == "fastopt numpy":
+            continue
+        for other in others:
+            if other is None or len(other.seconds) != len(row.seconds):
+                continue
+            ratios = [theirs / ours for theirs, ours in zip(other.seconds, row.seconds)]
+            lines.append(
+                f"round by round, {row.name} vs {other.name}: median {statistics.median(ratios):.2f}x "
+                f"(rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+            )
+    return lines
 
 
 def run(
