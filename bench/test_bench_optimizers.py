@@ -41,4 +41,5 @@ def test_optimizer_step(benchmark, backend, kind, n):  # type: ignore[no-untyped
     benchmark.group = f"{kind} n={n:.0e}"
     benchmark.pedantic(_step(kind, backend, param, grad, a, b, c), rounds=max(5, min(500, 20_000_000 // n)),
                        warmup_rounds=1)  # fmt: skip
-    benchmark.extra_info["ns_per_element"] = benchmark.stats.stats.median / n * 1e9
+    if benchmark.stats is not None:  # None under --benchmark-disable (a plain run of each case)
+        benchmark.extra_info["ns_per_element"] = benchmark.stats.stats.median / n * 1e9
