@@ -773,14 +773,17 @@ def math_reference(call: Call, a: dict[str, np.ndarray]) -> dict[str, tuple[Any,
     return optimizer_reference(name, f, s)
 
 
+@np.errstate(over="ignore", invalid="ignore")  # an expectation past the dtype's range: `overflows` skips it
 def optimizer_reference(name: str, f: dict[str, Any], s: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     p, g = f["param"], f["grad"]
     wd, lr = s["weight_decay"], s["lr"]
     if name == "adam_step" and s["decoupled_weight_decay"]:
         p = p * (1 - lr * wd)
         ge, gs = g, np.abs(g)
-    else:
+    elif wd:
         ge, gs = g + wd * p, np.abs(g) + wd * np.abs(p)
+    else:  # no L2 term at all (as the kernels and PyTorch): 0 * p would make a NaN or infinite p's gradient NaN
+        ge, gs = g, np.abs(g)
     if name == "sgd_step":
         mu, out = s["momentum"], {}
         update, us = ge, gs
