@@ -288,8 +288,11 @@ def format_report(report: Report) -> str:
     per_element = report.workload == "optim"
     unit = "ns/el" if per_element else "s"
     scale = 1e9 if per_element else 1.0
-    baseline = next((row.median for row in report.rows if row.name == "fastopt numpy"), None)
-    fastest_peer = min((row.median for row in report.rows if not row.name.startswith("fastopt")), default=None)
+    baseline_row = next((row for row in report.rows if row.name == "fastopt numpy"), None)
+    peers = [row for row in report.rows if not row.name.startswith("fastopt")]
+    fastest_peer_row = min(peers, key=lambda row: row.median, default=None)
+    baseline = baseline_row.median if baseline_row else None
+    fastest_peer = fastest_peer_row.median if fastest_peer_row else None
     machine = report.machine
     floor = report.floor_seconds * scale / (report.rows[0].unit_count if per_element else 1)
     lines = [
@@ -309,20 +312,17 @@ def format_report(report: Report) -> str:
             f"{row.name:<46} {median:>8.4g}{unit:>2} {low:>9.4g}-{high:<9.4g} {versus_numpy:>9} {versus_peer:>12} "
             f"{row.median / report.floor_seconds:>7.1f}x"
         )
-    lines += _paired_lines(report)
+    lines += _paired_lines(report.rows, [baseline_row, fastest_peer_row])
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
 
 
-def _paired_lines(report: Report) -> list[str]:
-    """Each fastopt backend against the numpy backend and the fastest peer, round by round: the ratio of two
-    runs made one after the other in the same round. This machine's speed drifts over minutes (a shared host),
-    which moves a median of the separate times more than a ratio taken within a round."""
-    by_name = {row.name: row for row in report.rows}
-    peers = [row for row in report.rows if not row.name.startswith("fastopt")]
-    others = [by_name.get("fastopt numpy"), min(peers, key=lambda row: row.median, default=None)]
+def _paired_lines(rows: list[Row], others: list[Row | None]) -> list[str]:
+    """Each fastopt backend but the numpy one against each of ``others``, round by round: the ratio of two runs
+    made one after the other in the same round. This machine's speed drifts over minutes (a shared host), which
+    moves a median of the separate times more than a ratio taken within a round."""
     lines = []
-    for row in report.rows:
+    for row in rows:
         if not row.name.startswith("fastopt") or row.name == "fastopt numpy":
             continue
         for other in others:

@@ -338,7 +338,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
     cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, size
     cdef int team
-    cdef double started
+    cdef double started, flops
     cdef double[1] own_done
     _check_blas(batch, n_in, n_out)
     if n_out == 0:  # no outputs: every gradient is an empty sum
@@ -365,10 +365,10 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     # on the split: one block of columns per thread.
     column_blocks = _team((n_out + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH)
     size = (n_out + column_blocks - 1) // column_blocks
-    # Two one-block products smaller together than one block's minimum: a parallel region would cost more
-    # (about 2 us to start and join here) than the second thread saves.
-    team = 1 if 2.0 * batch * n_in * n_out * (2 if gx != NULL else 1) < _MIN_BLOCK_FLOPS else (
-        _team(max(column_blocks, blocks_w + blocks_x)))
+    # Products smaller together than one block's minimum run serially: a parallel region would cost more (about
+    # 2 us to start and join here) than the second thread saves.
+    flops = 2.0 * batch * n_in * n_out * (2 if gx != NULL else 1)
+    team = 1 if flops < _MIN_BLOCK_FLOPS else _team(max(column_blocks, blocks_w + blocks_x))
     _blas_serial_begin()
     with nogil:
         if team == 1:
