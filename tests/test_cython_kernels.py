@@ -327,6 +327,37 @@ def test_softmax_cross_entropy_is_stable() -> None:
     assert loss == pytest.approx(NB.softmax_cross_entropy(logits, labels), rel=1e-12)
 
 
+def test_softmax_cross_entropy_float32_exp_is_within_one_ulp() -> None:
+    # One row [0, d...] with every d <= -40: the row's sum of exponentials rounds to 1 in float32, so the
+    # gradient at each d is exp(d) as the kernel computes it in float32 (its own polynomial, not libm).
+    # Against the double exp: these d cover every reduced argument r = d - k ln2, and results down to
+    # the subnormals (a reduction k from -58 to -150).
+    rng = np.random.default_rng(0)
+    shifted = np.concatenate([-40 - rng.random(200_000) * 64, np.linspace(-104.5, -86, 20_001)]).astype(np.float32)
+    logits = np.concatenate([[0.0], shifted]).astype(np.float32)[None, :]
+    grad = np.empty_like(logits)
+    CB.softmax_cross_entropy(logits, np.array([0]), grad)
+    assert grad[0, 0] == 0  # 1 / sum - 1: the sum was 1
+    exact = np.exp(shifted.astype(np.float64))
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(grad[0, 1:] - exact) / ulp) <= 1.0
+    assert np.all(grad[0, 1:][shifted < -104] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_non_finite_logits(dtype) -> None:  # type: ignore[no-untyped-def]
+    # A -inf logit has probability 0; a NaN makes its row's gradient and the loss NaN, in both backends.
+    logits = np.array([[0.0, -np.inf, 1.0], [0.0, np.nan, 1.0]], dtype=dtype)
+    labels = np.array([0, 2])
+    grad_expected, grad_actual = np.empty_like(logits), np.empty_like(logits)
+    expected = NB.softmax_cross_entropy(logits[:1], labels[:1], grad_expected[:1])
+    assert CB.softmax_cross_entropy(logits[:1], labels[:1], grad_actual[:1]) == pytest.approx(expected, rel=rtol(dtype))
+    assert grad_actual[0, 1] == 0
+    assert_close(grad_actual[:1], grad_expected[:1])
+    assert np.isnan(CB.softmax_cross_entropy(logits, labels, grad_actual))
+    assert np.all(np.isnan(grad_actual[1])) and np.all(np.isfinite(grad_actual[0]))
+
+
 @SETTINGS
 @given(shape=shapes_2d, dtype=st.sampled_from(DTYPES), seed=seeds, with_grad=st.booleans())
 def test_mse(shape, dtype, seed, with_grad) -> None:  # type: ignore[no-untyped-def]
