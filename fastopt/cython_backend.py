@@ -240,18 +240,18 @@ def set_parallel_threshold(n: int) -> None:
 
 def build_info() -> dict:
     """How the extension in use was built: OpenMP, threads, instruction set, compile flags."""
-    info = _optim.build_info()
+    info, nn_info = _optim.build_info(), _nn.build_info()
     return {
         "openmp": info["openmp"],
         "flushes_subnormals": info["flushes_subnormals"],
         "openmp_threads": info["num_threads"] if info["openmp"] else 1,
         "parallel_threshold": info["parallel_threshold"],
-        "serial_spells": info["serial_spells"] + _nn.build_info()["serial_spells"],
+        "serial_spells": info["serial_spells"] + nn_info["serial_spells"],
         "compile_args": info["compile_args"],
         "isa": info["isa"],
         "isa_reason": _ISA_REASON,
         "gemm": (
-            f"{_GEMM_DIRECT_INFO}, in fixed blocks (at most {_nn.build_info()['gemm_max_blocks']} per product) "
+            f"{_GEMM_DIRECT_INFO}, in fixed blocks (at most {nn_info['gemm_max_blocks']} per product) "
             "shared among the OpenMP threads"
             if _direct_gemm
             else "numpy.matmul (BLAS's own threads)"
