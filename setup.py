@@ -29,6 +29,9 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 KERNELS = sorted(path.stem for path in (HERE / "fastopt" / "_kernels").glob("*.pyx"))
+# Modules built once, for the baseline only: the thread policy holds state every kernel module shares and no loop
+# whose speed depends on the instruction set.
+SINGLE_BUILD = {"_threads"}
 
 
 def _target_machine() -> str:
@@ -140,10 +143,12 @@ def _extensions() -> list[Extension]:
     extensions = []
     for stem in KERNELS:
         source = f"fastopt/_kernels/{stem}.pyx"
-        for suffix, variant in variants:
+        for suffix, variant in variants[:1] if stem in SINGLE_BUILD else variants:
             # The same source is translated once per variant, into its own directory, so the two
             # modules get their own C file and module name.
-            extension = Extension(f"fastopt._kernels.{stem}{suffix}", [source], include_dirs=[numpy.get_include()])
+            extension = Extension(
+                f"fastopt._kernels.{stem}{suffix}", [source], include_dirs=[numpy.get_include(), "fastopt/_kernels"]
+            )
             extensions += cythonize(
                 [extension],
                 build_dir=f"build/cython-{variant}",

@@ -10,6 +10,8 @@ from fastopt._version import __version__
 from fastopt.backend import available_backends, get_backend, set_backend, use_backend
 from fastopt.model import History, Sequential, load
 
+get_backend()  # decides the default backend now: a compiled extension that does not import is reported at import
+
 __all__ = [
     "History",
     "Sequential",

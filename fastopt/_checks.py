@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fastopt.kernel_table import DIMENSIONS, Array, Kernel, Scalar
+
 if TYPE_CHECKING:
     from fastopt.backend import Backend
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INDEX_DTYPE = np.dtype(np.int64)
 
 
 class DTypeError(TypeError, ValueError):
@@ -94,6 +97,15 @@ def check_scalar(
     return number
 
 
+def check_flag(value: object, name: str) -> bool:
+    """Return ``value`` as a bool: True, False, or the integers 1 and 0."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Return ``value`` as an int >= 1."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -121,7 +133,7 @@ def as_features(X: object, n_features: int, dtype: np.dtype, backend: Backend, n
         raise ValueError(f"{name} has {array.shape[1]} features but the model expects {n_features}")
     with np.errstate(over="ignore"):  # values beyond the dtype's range become Inf and are refused below
         converted = np.ascontiguousarray(array, dtype=dtype)
-    if not backend._all_finite(converted.reshape(-1)):  # trusted: converted is C-contiguous of a float dtype
+    if not backend.all_finite(converted):
         raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
     return converted
 
@@ -153,3 +165,96 @@ def as_labels(y: object, n_classes: int, name: str = "y") -> np.ndarray:
 def check_same_length(X: np.ndarray, y: np.ndarray, x_name: str = "X", y_name: str = "y") -> None:
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"{x_name} and {y_name} have different lengths: {X.shape[0]} and {y.shape[0]}")
+
+
+# ------------------------------------------------------------------------------------- kernel calls
+def _shape_text(pattern: str, dims: dict[str, int]) -> str:
+    sizes = [str(dims[symbol]) if symbol in dims else DIMENSIONS[symbol] for symbol in pattern]
+    return "(" + ", ".join(sizes) + ("," if len(sizes) == 1 else "") + ")"
+
+
+def _check_shape(spec: Array, array: np.ndarray, dims: dict[str, int], star: list[tuple[int, ...]]) -> None:
+    """Bind the symbolic dimensions of ``spec.shape`` to ``array``'s, refusing a mismatch with those bound
+    before; ``star`` holds the shape of the first ``*`` array of the call."""
+    if spec.shape == "*":
+        if not star:
+            star.append(array.shape)
+        elif array.shape != star[0]:
+            raise ValueError(f"{spec.name} must have shape {star[0]}, got {array.shape}")
+        return
+    pattern = spec.shape
+    fits = array.ndim == len(pattern) and all(dims.get(s, n) == n for s, n in zip(pattern, array.shape))
+    if not fits:
+        if array.ndim != len(pattern) and not all(symbol in dims for symbol in pattern):
+            names = ", ".join(DIMENSIONS[symbol] for symbol in pattern)
+            raise ValueError(f"{spec.name} must be {len(pattern)}-D ({names}), got shape {array.shape}")
+        raise ValueError(f"{spec.name} must have shape {_shape_text(pattern, dims)}, got {array.shape}")
+    dims.update(zip(pattern, array.shape))
+
+
+def _check_indices(spec: Array, indices: np.ndarray, dims: dict[str, int]) -> None:
+    bound = dims[spec.index_of]  # type: ignore[index]
+    if indices.size and (indices.min() < 0 or indices.max() >= bound):
+        raise ValueError(f"{spec.name} must lie in [0, {bound}), found {indices.min()}..{indices.max()}")
+
+
+def _check_scalar_argument(spec: Scalar, value: object) -> object:
+    if spec.flag:
+        return check_flag(value, spec.name)
+    if spec.choices:
+        if not isinstance(value, str) or value not in spec.choices:
+            raise ValueError(f"{spec.name} must be one of {spec.choices}, got {value!r}")
+        return value
+    return check_scalar(
+        value, spec.name, low=spec.low, high=spec.high, low_open=spec.low_open, high_open=spec.high_open
+    )
+
+
+def _check_arrays(kernel: Kernel, values: dict[str, object]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Type, dtype, layout, writeability and shape of every array argument given (optional ones may be None)."""
+    arrays: dict[str, np.ndarray] = {}
+    dims: dict[str, int] = {}
+    star: list[tuple[int, ...]] = []
+    dtype = None
+    for spec in kernel.arrays:
+        value = values[spec.name]
+        if value is None and spec.optional:
+            continue
+        wanted = INDEX_DTYPE if spec.index_of else dtype
+        array = check_array(value, spec.name, dtype=wanted, writeable=spec.written)
+        if not spec.index_of and dtype is None:
+            dtype = array.dtype
+        _check_shape(spec, array, dims, star)
+        arrays[spec.name] = array
+    for spec in kernel.arrays:
+        if spec.index_of and spec.name in arrays:
+            _check_indices(spec, arrays[spec.name], dims)
+    return arrays, dims
+
+
+def _check_rules(kernel: Kernel, arrays: dict[str, np.ndarray], dims: dict[str, int]) -> None:
+    for symbol in kernel.min_size:
+        if dims.get(symbol, 0) < 1:
+            raise ValueError(f"{kernel.name} needs {DIMENSIONS[symbol]} >= 1, got {dims.get(symbol, 0)}")
+    for name in kernel.nonempty:
+        if arrays[name].size == 0:
+            raise ValueError(f"{name} is empty")
+    written = [(spec.name, arrays[spec.name]) for spec in kernel.arrays if spec.written and spec.name in arrays]
+    read = [(spec.name, arrays[spec.name]) for spec in kernel.arrays if not spec.written and spec.name in arrays]
+    check_no_overlap(written, read)
+
+
+def check_kernel_arguments(kernel: Kernel, values: dict[str, object]) -> dict[str, object]:
+    """Check a call of ``kernel`` (all its arguments and hyperparameters by name, as in ``kernel_table``);
+    return them converted (arrays as given, scalars as float, flags as bool). Raises TypeError for a wrong type
+    or dtype and ValueError for a wrong value, shape, layout, range, rule or shared memory, naming the argument;
+    nothing is written."""
+    for array_name, scalar_name in kernel.given_when:
+        if (values[array_name] is None) != (values[scalar_name] == 0):
+            raise ValueError(f"{array_name} must be given exactly when {scalar_name} != 0")
+    arrays, dims = _check_arrays(kernel, values)
+    checked: dict[str, object] = {spec.name: _check_scalar_argument(spec, values[spec.name]) for spec in kernel.scalars}
+    checked.update({spec.name: _check_scalar_argument(spec, values[spec.name]) for spec in kernel.hyper})
+    _check_rules(kernel, arrays, dims)
+    checked.update({spec.name: arrays.get(spec.name) for spec in kernel.arrays})
+    return checked

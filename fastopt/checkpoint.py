@@ -316,12 +316,7 @@ class TrainingState:
                 f"the checkpoint's parameters ({self.parameters.dtype} {self.parameters.shape}) do not fit "
                 f"the model's ({parameters.dtype} {parameters.shape})"
             )
-        names = set(optimizer._state_names_for(optimizer._validated(dict(self.optimizer["hyperparameters"]))))
-        if set(self.optimizer["state"][0]) != names:
-            raise ValueError(
-                f"the checkpoint's optimizer buffers {sorted(self.optimizer['state'][0])} are not the "
-                f"{sorted(names)} that {type(optimizer).__name__} uses"
-            )
+        optimizer.check_state_dict(self.optimizer, params=[parameters])
 
     def restore(self, parameters: np.ndarray, optimizer: Optimizer, rng: np.random.Generator) -> None:
         """Copy the saved parameters, optimizer state and shuffling-generator state into the live objects.

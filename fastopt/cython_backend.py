@@ -18,11 +18,11 @@ Design, chosen by measurement on a 2-core AMD EPYC (AVX2/FMA), float32, medians:
   whose functions can be found (``gemm_path()`` says why), the GEMMs go to ``numpy.matmul`` and one fused
   Cython pass follows each: ``out = f(out + bias)``; ``grad_out *= f'(out)`` with the bias gradient.
 - **Optimizers** are one fused pass each, vectorized by gcc (``-O3 -fno-math-errno -ffp-contract=off``:
-  bitwise equal to the reference). Above ``parallel_threshold`` elements (4x that for SGD) the flat
-  buffer is split into one contiguous chunk per OpenMP thread (see ``fastopt/_kernels/_optim.pyx``).
-- **Threads only while they pay**: every parallel region watches for another process making it wait (the
-  stall guard in ``fastopt/_kernels/_common.pxd``) and the kernels then run serially for a while, with the
-  same blocks and the same bits.
+  bitwise equal to the reference), their hyperparameters passed by name (one struct per optimizer kind).
+  Large updates are split into one contiguous chunk per OpenMP thread (see ``fastopt/_kernels/_optim.pyx``).
+- **Threads only while they pay**: one thread policy (``fastopt/_kernels/_threads.pyx``) holds every size
+  threshold, the training-time settings and the stall guard (which runs the kernels serially for a while,
+  with the same blocks and the same bits, when another process makes a parallel region wait).
 - **Instruction set**: each module is built twice, for the x86-64 baseline and with ``-mavx2 -mfma``;
   the AVX2 copy is imported only when the CPU reports AVX2 and FMA (NumPy's CPU feature detection).
   ``FASTOPT_ISA=baseline`` in the environment forces the portable copy.
@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,7 +47,9 @@ from threadpoolctl import threadpool_info
 # An ImportError here means the extension is not built: fastopt then falls back to NumPy.
 from fastopt._kernels import _nn as _nn_baseline
 from fastopt._kernels import _optim as _optim_baseline
+from fastopt._kernels import _threads
 from fastopt.backend import Backend
+from fastopt.kernel_table import KERNELS, OPTIMIZER_KERNELS
 
 __all__ = [
     "CythonBackend",
@@ -91,10 +93,6 @@ def _select_modules() -> tuple[object, object, str]:
 
 _nn, _optim, _ISA_REASON = _select_modules()
 
-# Inside ``CythonBackend.training()`` with the direct GEMMs, the smallest optimizer update split over threads
-# (SGD: four times it): on an idle core two threads pay from 16-32k elements.
-TRAINING_PARALLEL_THRESHOLD = 32768
-
 _ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 # tanh is the one activation left to NumPy: its SIMD tanh ran 7x faster than glibc's scalar tanhf
 # (float32, 16k elements: 42 vs 301 us; float64 218 vs 289 us), and it is the reference's own function.
@@ -119,10 +117,6 @@ _mse_kernel = _by_itemsize(_nn.mse)
 _count = _by_itemsize(_nn.count_correct)
 _all_finite = _by_itemsize(_nn.all_finite)
 _gather = _by_itemsize(_nn.gather_rows)
-_sgd = _by_itemsize(_optim.sgd_step)
-_adagrad = _by_itemsize(_optim.adagrad_step)
-_rmsprop = _by_itemsize(_optim.rmsprop_step)
-_adam = _by_itemsize(_optim.adam_step)
 _dense_fwd = _by_itemsize(_nn.dense_forward)
 _dense_bwd = _by_itemsize(_nn.dense_backward)
 _matmul = np.matmul
@@ -222,31 +216,28 @@ def set_gemm_path(path: str) -> None:
 
 def set_openmp_threads(n: int) -> None:
     """Threads the OpenMP kernels may use (1 makes them serial). Has no effect in a serial build."""
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    _optim.set_num_threads(n)
-    _nn.set_num_threads(n)
+    _threads.set_num_threads(int(n))
 
 
 def set_parallel_threshold(n: int) -> None:
-    """Smallest AdaGrad/RMSProp/Adam update (elements) split over OpenMP threads; SGD uses four times it.
-    The default, 2**18, keeps small models serial (see ``fastopt/_kernels/_optim.pyx`` for why)."""
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    _optim.set_parallel_threshold(n)
+    """Smallest optimizer update with divisions (AdaGrad, RMSProp, Adam, ...) split over OpenMP threads outside
+    ``fit``; streaming ones (SGD, Lion) use four times it. The default, 2**18, keeps small models serial (see
+    ``fastopt/_kernels/_threads.pyx`` for why)."""
+    _threads.set_update_threshold(int(n))
 
 
 def build_info() -> dict:
-    """How the extension in use was built: OpenMP, threads, instruction set, compile flags."""
-    info, nn_info = _optim.build_info(), _nn.build_info()
+    """How the extension in use was built and runs: OpenMP, threads, thresholds, instruction set, compile flags."""
+    policy, info, nn_info = _threads.build_info(), _optim.build_info(), _nn.build_info()
     return {
-        "openmp": info["openmp"],
+        "openmp": policy["openmp"],
         "flushes_subnormals": info["flushes_subnormals"],
-        "openmp_threads": info["num_threads"] if info["openmp"] else 1,
-        "parallel_threshold": info["parallel_threshold"],
-        "serial_spells": info["serial_spells"] + nn_info["serial_spells"],
+        "openmp_threads": policy["num_threads"],
+        "forked": policy["forked"],
+        "parallel_threshold": policy["parallel_threshold"],
+        "training_parallel_threshold": policy["training_update_threshold"],
+        "stall_guard": policy["stall_guard"],
+        "serial_spells": policy["serial_spells"],
         "compile_args": info["compile_args"],
         "isa": info["isa"],
         "isa_reason": _ISA_REASON,
@@ -257,14 +248,26 @@ def build_info() -> dict:
             else "numpy.matmul (BLAS's own threads)"
             + (f"; direct path unavailable: {_GEMM_FALLBACK_REASON}" if _GEMM_FALLBACK_REASON else "")
         ),
-        "modules": [_nn.__name__, _optim.__name__],
+        "modules": [_nn.__name__, _optim.__name__, _threads.__name__],
     }
 
 
-# Sequential.fit calls in progress (in any Python thread) and the optimizer settings before the first.
-_training_lock = threading.Lock()
-_trainings = 0
-_settings_before = (1, 0)
+def _optimizer_method(kernel_name: str) -> object:
+    """The trusted method of an optimizer kernel: its buffers as flat views (any shape), then the compiled loop of
+    their dtype with the hyperparameters by name."""
+    compiled = _by_itemsize(getattr(_optim, kernel_name))
+
+    def method(self: CythonBackend, *arrays_and_hyper: object) -> None:
+        *arrays, hyper = arrays_and_hyper
+        flat = [array if array is None or array.ndim == 1 else array.ravel() for array in arrays]  # type: ignore[union-attr]
+        compiled[flat[0].itemsize](*flat, hyper)  # type: ignore[union-attr]
+
+    method.__name__ = KERNELS[kernel_name].method
+    method.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+         for name in ("self", *KERNELS[kernel_name].trusted_parameters())]
+    )  # fmt: skip
+    return method
 
 
 class CythonBackend(Backend):
@@ -278,28 +281,24 @@ class CythonBackend(Backend):
         parallel regions, and alternated on the same cores they stalled each step for a scheduler slice (a
         535k-parameter model: 2.6 s instead of 0.16 s per 5,000 samples). With the direct GEMMs BLAS's threads
         stay asleep (the kernels hold it at one thread and split the work themselves), so the optimizer kernels
-        split their work from ``TRAINING_PARALLEL_THRESHOLD`` elements on (a 109k-parameter Adam step: 32
-        instead of 56 us). With ``numpy.matmul`` and a multi-threaded BLAS the optimizer kernels run serially.
-        The settings are process-wide: the first of overlapping ``fit`` calls (several Python threads) changes
-        them, the last to end restores them."""
-        global _trainings, _settings_before
-        with _training_lock:
-            if _trainings == 0:
-                info = _optim.build_info()
-                _settings_before = (info["num_threads"], info["parallel_threshold"])
-                if _direct_gemm:
-                    _optim.set_parallel_threshold(min(info["parallel_threshold"], TRAINING_PARALLEL_THRESHOLD))
-                elif max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=1) > 1:
-                    _optim.set_num_threads(1)
-            _trainings += 1
+        split their work from the policy's training threshold on (a 109k-parameter Adam step: 32 instead of 56 us);
+        with ``numpy.matmul`` and a multi-threaded BLAS they run serially (``_threads.begin_training``). The
+        user's thread settings are not changed, so a ``set_num_threads`` made during a fit stays after it."""
+        blas_busy = (
+            not _direct_gemm
+            and max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=1) > 1
+        )
+        _threads.begin_training(blas_busy)
         try:
             yield
         finally:
-            with _training_lock:
-                _trainings -= 1
-                if _trainings == 0:
-                    _optim.set_num_threads(_settings_before[0])
-                    _optim.set_parallel_threshold(_settings_before[1])
+            _threads.end_training()
+
+    def set_num_threads(self, n: int) -> None:
+        set_openmp_threads(n)
+
+    def build_info(self) -> dict:
+        return build_info()
 
     def _dense_forward(self, x, weight, bias, out, activation):  # type: ignore[no-untyped-def]
         if _direct_gemm:
@@ -353,43 +352,11 @@ class CythonBackend(Backend):
         return _count[scores.itemsize](scores, labels)
 
     def _all_finite(self, x):  # type: ignore[no-untyped-def]
-        return _all_finite[x.itemsize](x)
+        return _all_finite[x.itemsize](x if x.ndim == 1 else x.reshape(-1))
 
     def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
         _gather[source.itemsize](source, rows, out)
 
-    def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]
-        if param.ndim != 1:
-            param, grad = param.ravel(), grad.ravel()
-            if momentum_buffer is not None:
-                momentum_buffer = momentum_buffer.ravel()
-        _sgd[param.itemsize](param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step)
 
-    def _adagrad_step(self, param, grad, sum_squares, lr, eps, weight_decay):  # type: ignore[no-untyped-def]
-        if param.ndim != 1:
-            param, grad, sum_squares = param.ravel(), grad.ravel(), sum_squares.ravel()
-        _adagrad[param.itemsize](param, grad, sum_squares, lr, eps, weight_decay)
-
-    def _rmsprop_step(self, param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, momentum, weight_decay):  # type: ignore[no-untyped-def]
-        if param.ndim != 1:
-            param, grad, square_avg = param.ravel(), grad.ravel(), square_avg.ravel()
-            if grad_avg is not None:
-                grad_avg = grad_avg.ravel()
-            if momentum_buffer is not None:
-                momentum_buffer = momentum_buffer.ravel()
-        _rmsprop[param.itemsize](
-            param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, momentum, weight_decay
-        )
-
-    def _adam_step(  # type: ignore[no-untyped-def]
-        self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-        decoupled_weight_decay, bias_correction1, bias_correction2,
-    ):  # fmt: skip
-        if param.ndim != 1:
-            param, grad, exp_avg, exp_avg_sq = param.ravel(), grad.ravel(), exp_avg.ravel(), exp_avg_sq.ravel()
-            if max_exp_avg_sq is not None:
-                max_exp_avg_sq = max_exp_avg_sq.ravel()
-        _adam[param.itemsize](
-            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-            decoupled_weight_decay, bias_correction1, bias_correction2,
-        )  # fmt: skip
+for _name in OPTIMIZER_KERNELS:
+    setattr(CythonBackend, KERNELS[_name].method, _optimizer_method(_name))

@@ -333,7 +333,7 @@ class Sequential:
                 saved = _checkpoint.load_for_resume(checkpoint, fingerprint, self.parameters, optimizer, environment)
         if not optimizer.is_bound_to([self.parameters]):
             optimizer.bind([self.parameters], backend)
-        optimizer._backend = backend
+        optimizer.backend = backend
         self.loss, self.optimizer = loss, optimizer
 
         rng = np.random.default_rng(seed)

@@ -26,6 +26,22 @@ def with_weight_decay(grad: np.ndarray, weight_decay: float, param: np.ndarray) 
     return grad + weight_decay * param if weight_decay else grad
 
 
+def decayed_gradient(param: np.ndarray, grad: np.ndarray, hyper: dict) -> np.ndarray:
+    """The gradient an Adam-family update uses: with decoupled weight decay (AdamW's), ``param *= 1 - lr wd`` in
+    place and the gradient as given; otherwise ``grad + wd param``."""
+    if hyper["decoupled_weight_decay"]:
+        param *= 1 - hyper["lr"] * hyper["weight_decay"]
+        return grad
+    return with_weight_decay(grad, hyper["weight_decay"], param)
+
+
+def update_moments(g: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, hyper: dict) -> None:
+    """Adam's moments in place: ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``."""
+    beta1, beta2 = hyper["beta1"], hyper["beta2"]
+    np.copyto(exp_avg, beta1 * exp_avg + (1 - beta1) * g)
+    np.copyto(exp_avg_sq, beta2 * exp_avg_sq + (1 - beta2) * g * g)
+
+
 class NumpyBackend(Backend):
     name = "numpy"
 
@@ -101,23 +117,27 @@ class NumpyBackend(Backend):
     def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
         np.take(source, rows, axis=0, out=out)
 
-    def _sgd_step(self, param, grad, momentum_buffer, lr, momentum, dampening, nesterov, weight_decay, first_step):  # type: ignore[no-untyped-def]
-        g = with_weight_decay(grad, weight_decay, param)
+    # ------------------------------------------------------------------------- optimizers
+    # Each takes the arrays of its kernel-table entry and one mapping ``hyper`` of its named scalars.
+    def _sgd_step(self, param, grad, momentum_buffer, hyper):  # type: ignore[no-untyped-def]
+        mu = hyper["momentum"]
+        g = with_weight_decay(grad, hyper["weight_decay"], param)
         if momentum_buffer is not None:
-            if first_step:
+            if hyper["first_step"]:
                 np.copyto(momentum_buffer, g)
             else:
-                np.copyto(momentum_buffer, momentum * momentum_buffer + (1 - dampening) * g)
-            g = g + momentum * momentum_buffer if nesterov else momentum_buffer
-        param -= lr * g
+                np.copyto(momentum_buffer, mu * momentum_buffer + (1 - hyper["dampening"]) * g)
+            g = g + mu * momentum_buffer if hyper["nesterov"] else momentum_buffer
+        param -= hyper["lr"] * g
 
-    def _adagrad_step(self, param, grad, sum_squares, lr, eps, weight_decay):  # type: ignore[no-untyped-def]
-        g = with_weight_decay(grad, weight_decay, param)
+    def _adagrad_step(self, param, grad, sum_squares, hyper):  # type: ignore[no-untyped-def]
+        g = with_weight_decay(grad, hyper["weight_decay"], param)
         sum_squares += g * g
-        param -= lr * g / (np.sqrt(sum_squares) + eps)
+        param -= hyper["lr"] * g / (np.sqrt(sum_squares) + hyper["eps"])
 
-    def _rmsprop_step(self, param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, momentum, weight_decay):  # type: ignore[no-untyped-def]
-        g = with_weight_decay(grad, weight_decay, param)
+    def _rmsprop_step(self, param, grad, square_avg, grad_avg, momentum_buffer, hyper):  # type: ignore[no-untyped-def]
+        alpha, eps = hyper["alpha"], hyper["eps"]
+        g = with_weight_decay(grad, hyper["weight_decay"], param)
         np.copyto(square_avg, alpha * square_avg + (1 - alpha) * g * g)
         if grad_avg is not None:
             np.copyto(grad_avg, alpha * grad_avg + (1 - alpha) * g)
@@ -125,37 +145,46 @@ class NumpyBackend(Backend):
         else:
             denom = np.sqrt(square_avg) + eps
         if momentum_buffer is not None:
-            np.copyto(momentum_buffer, momentum * momentum_buffer + g / denom)
-            param -= lr * momentum_buffer
+            np.copyto(momentum_buffer, hyper["momentum"] * momentum_buffer + g / denom)
+            param -= hyper["lr"] * momentum_buffer
         else:
-            param -= lr * g / denom
+            param -= hyper["lr"] * g / denom
 
-    def _adam_step(  # type: ignore[no-untyped-def]
-        self,
-        param,
-        grad,
-        exp_avg,
-        exp_avg_sq,
-        max_exp_avg_sq,
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        decoupled_weight_decay,
-        bias_correction1,
-        bias_correction2,
-    ):
-        if decoupled_weight_decay:
-            param *= 1 - lr * weight_decay
-            g = grad
-        else:
-            g = with_weight_decay(grad, weight_decay, param)
-        np.copyto(exp_avg, beta1 * exp_avg + (1 - beta1) * g)
-        np.copyto(exp_avg_sq, beta2 * exp_avg_sq + (1 - beta2) * g * g)
+    def _adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper):  # type: ignore[no-untyped-def]
+        g = decayed_gradient(param, grad, hyper)
+        update_moments(g, exp_avg, exp_avg_sq, hyper)
         second_moment = exp_avg_sq
         if max_exp_avg_sq is not None:
             np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
             second_moment = max_exp_avg_sq
-        denom = np.sqrt(second_moment) * (1 / math.sqrt(bias_correction2)) + eps
-        param -= (lr / bias_correction1) * exp_avg / denom
+        denom = np.sqrt(second_moment) * (1 / math.sqrt(hyper["bias_correction2"])) + hyper["eps"]
+        param -= (hyper["lr"] / hyper["bias_correction1"]) * exp_avg / denom
+
+    def _nadam_step(self, param, grad, exp_avg, exp_avg_sq, hyper):  # type: ignore[no-untyped-def]
+        g = decayed_gradient(param, grad, hyper)
+        update_moments(g, exp_avg, exp_avg_sq, hyper)
+        denom = np.sqrt(exp_avg_sq / hyper["bias_correction2"]) + hyper["eps"]
+        param -= hyper["grad_step"] * (g / denom)
+        param -= hyper["momentum_step"] * (exp_avg / denom)
+
+    def _adamax_step(self, param, grad, exp_avg, exp_inf, hyper):  # type: ignore[no-untyped-def]
+        g = with_weight_decay(grad, hyper["weight_decay"], param)
+        beta1 = hyper["beta1"]
+        np.copyto(exp_avg, beta1 * exp_avg + (1 - beta1) * g)
+        np.maximum(hyper["beta2"] * exp_inf, np.abs(g) + hyper["eps"], out=exp_inf)
+        param -= (hyper["lr"] / hyper["bias_correction1"]) * (exp_avg / exp_inf)
+
+    def _radam_step(self, param, grad, exp_avg, exp_avg_sq, hyper):  # type: ignore[no-untyped-def]
+        g = decayed_gradient(param, grad, hyper)
+        update_moments(g, exp_avg, exp_avg_sq, hyper)
+        step = exp_avg / hyper["bias_correction1"] * hyper["lr"]
+        if hyper["rectified"]:
+            adaptive = math.sqrt(hyper["bias_correction2"]) / (np.sqrt(exp_avg_sq) + hyper["eps"])
+            step = step * adaptive * hyper["rectification"]
+        param -= step
+
+    def _lion_step(self, param, grad, exp_avg, hyper):  # type: ignore[no-untyped-def]
+        beta1, beta2 = hyper["beta1"], hyper["beta2"]
+        direction = np.sign(beta1 * exp_avg + (1 - beta1) * grad)
+        param -= hyper["lr"] * with_weight_decay(direction, hyper["weight_decay"], param)
+        np.copyto(exp_avg, beta2 * exp_avg + (1 - beta2) * grad)

@@ -591,13 +591,13 @@ KERNEL_CASES = [
     pytest.param(
         _gather_case(rows=lambda a: np.array([[0, 1], [2, 3]], dtype=np.int64)),
         ValueError,
-        r"rows must be 1-D, got shape \(2, 2\)",
+        r"rows must be 1-D \(batch\), got shape \(2, 2\)",
         id="gather-2d-rows",
     ),
     pytest.param(
         _gather_case(rows=lambda a: np.array(1, dtype=np.int64)),
         ValueError,
-        r"rows must be 1-D, got shape \(\)",
+        r"rows must be 1-D \(batch\), got shape \(\)",
         id="gather-0d-rows",
     ),
     pytest.param(

@@ -758,8 +758,10 @@ def test_isa_builds_agree() -> None:
             param, grad = np.round(param, 3), np.round(grad, 3)
             m, v, vmax = np.zeros_like(param), np.zeros_like(param), np.zeros_like(param)
             for t in range(1, 4):
-                module.adam_step[name](param, grad, m, v, vmax, 1e-2, 0.9, 0.999, 1e-8, 0.1, True,
-                                       1 - 0.9**t, 1 - 0.999**t)  # fmt: skip
+                hyper = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1,
+                         "decoupled_weight_decay": True, "bias_correction1": 1 - 0.9**t,
+                         "bias_correction2": 1 - 0.999**t}  # fmt: skip
+                module.adam_step[name](param, grad, m, v, vmax, hyper)
             results.append(param)
             rng = np.random.default_rng(7)
         np.testing.assert_array_equal(results[0], results[1])

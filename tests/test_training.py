@@ -134,22 +134,28 @@ def test_float64_training_equal_on_both_gemm_paths(mini, use_gemm_path):
 
 
 def _threading() -> dict:
+    """The user's thread settings (BLAS, OpenMP, the update threshold) and the policy in force now."""
     from fastopt import cython_backend
+    from fastopt._kernels import _threads
 
-    info = cython_backend.build_info()
+    info, policy = cython_backend.build_info(), _threads.build_info()
     blas = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
-    return {"blas": blas, "openmp": info["openmp_threads"], "threshold": info["parallel_threshold"]}
+    return {
+        "blas": blas,
+        "openmp": info["openmp_threads"],
+        "threshold": info["parallel_threshold"],
+        "effective_threshold": policy["update_threshold"],
+        "serial_updates": policy["training_serial_updates"],
+    }
 
 
 @needs_cython
 @pytest.mark.parametrize("threshold", [None, 1000], ids=["default-threshold", "threshold-1000"])
 @pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
 def test_fit_sets_threading_inside_and_restores_it(mini, gemm_path, threshold, fails):
-    """Seen from ``on_epoch_end`` (inside ``backend.training()``): on the direct path BLAS keeps its threads
-    (the kernels hold it at one thread during their own calls) and the optimizer parallel threshold is
-    ``min(threshold, TRAINING_PARALLEL_THRESHOLD)``; on the matmul path with a 2-thread BLAS the OpenMP
-    kernels are serial. After ``fit``, returning or raising, the BLAS thread
-    count, the OpenMP thread count and the threshold are what they were."""
+    """Seen from ``on_epoch_end`` (inside ``backend.training()``): the user's settings are untouched; on the direct
+    path the optimizer updates split from ``min(threshold, training threshold)``; on the matmul path with a 2-thread
+    BLAS they run serially. After ``fit``, returning or raising, the policy is what it was."""
     from fastopt import cython_backend
 
     X, y, _, _ = mini
@@ -179,22 +185,35 @@ def test_fit_sets_threading_inside_and_restores_it(mini, gemm_path, threshold, f
         cython_backend.set_parallel_threshold(default)
     assert after == before
     assert len(inside) == (1 if fails else 2)
-    if gemm_path == "direct":
-        expected = {
-            "blas": before["blas"],  # the kernels hold BLAS at one thread only during their own calls
-            "openmp": before["openmp"],
-            "threshold": min(before["threshold"], cython_backend.TRAINING_PARALLEL_THRESHOLD),
-        }
-    else:
-        expected = {"blas": {2}, "openmp": 1, "threshold": before["threshold"]}
+    training_threshold = cython_backend.build_info()["training_parallel_threshold"]
+    expected = dict(before, effective_threshold=min(before["threshold"], training_threshold), serial_updates=False)
+    if gemm_path == "matmul":
+        expected = dict(before, serial_updates=True)
     assert all(state == expected for state in inside), inside
+
+
+@needs_cython
+def test_set_num_threads_during_a_fit_stays_after_it(mini):
+    """A thread count set while a model trains (from a callback, or another Python thread) is the user's
+    setting: the end of the fit keeps it, in every kernel module (one thread policy)."""
+    from fastopt import cython_backend
+
+    X, y, _, _ = mini
+    before = _threading()
+    model = _mlp("float32", "cython")
+    try:
+        model.fit(X[:64], y[:64], epochs=1, on_epoch_end=lambda epoch, logs: cython_backend.set_openmp_threads(1))
+        assert _threading()["openmp"] == 1
+        assert cython_backend.build_info()["openmp_threads"] == 1
+    finally:
+        cython_backend.set_openmp_threads(before["openmp"])
 
 
 @needs_cython
 def test_overlapping_fits_in_two_threads_restore_threading(mini, gemm_path):
     """Two models trained at once in two threads (the kernels release the GIL): A starts, B starts while A is
     inside ``training()``, A ends, then B ends (ordered with events, not timing). Afterwards the BLAS thread
-    count, the OpenMP thread count and the parallel threshold must be what they were before."""
+    count, the OpenMP thread count and the policy must be what they were before."""
     from fastopt import cython_backend
 
     X, y, _, _ = mini

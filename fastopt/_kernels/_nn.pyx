@@ -26,10 +26,9 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 from fastopt._kernels._common cimport (
-    FO_COMPILE_ARGS, FO_HAVE_OPENMP, FO_ISA, fexp_nonpositive, fo_now, fo_omp_max_threads, fo_omp_num_procs,
-    fo_parallel_ok, fo_parallel_report, fo_serial_spells, fo_stalls_at_barriers, fo_stalls_by_cpu_share, fsigmoid,
-    ftanh,
+    FO_COMPILE_ARGS, FO_ISA, fexp_nonpositive, fo_omp_num_procs, fsigmoid, ftanh,
 )
+from fastopt._kernels._threads cimport GATHER, GEMM, SCAN, clock, report_region, threads_for
 
 # CBLAS gemm, row-major, in its two integer widths (OpenBLAS built with 64-bit integers or not).
 ctypedef void (*sgemm64_t)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t,
@@ -54,11 +53,11 @@ cdef bint _blas_ilp64 = False
 cdef get_threads_t _blas_get_threads = NULL
 cdef set_threads_t _blas_set_threads = NULL
 
-cdef int _num_threads = fo_omp_max_threads()
 # GEMM blocks: the work is cut into at most one block per processor of the machine (fixed at import,
 # so the cut never depends on the thread count) and into blocks of at least _MIN_BLOCK_FLOPS
 # multiply-adds times two (smaller BLAS calls pay their packing and call overhead for little work;
-# 2**18 measured best at batch 32 and no worse at 512) and at least 16 rows or columns.
+# 2**18 measured best at batch 32 and no worse at 512) and at least 16 rows or columns. Whether the blocks then run
+# on several threads is the thread policy's choice (_threads.pyx); the blocks, hence the bits, do not change.
 cdef Py_ssize_t _max_blocks = max(1, fo_omp_num_procs())
 # A backward pass's two products (grad_weight and grad_x) share the processors: each is cut into at most half
 # of them. Whole products on separate threads pack their operands once, not once per block (batch 128, the
@@ -71,22 +70,11 @@ cdef Py_ssize_t _MIN_BLOCK_WIDTH = 16
 def build_info():
     """Flags this module was compiled with, and how its GEMMs are split."""
     return {
-        "openmp": bool(FO_HAVE_OPENMP),
         "isa": FO_ISA.decode(),
         "compile_args": FO_COMPILE_ARGS.decode().split(),
-        "num_threads": _num_threads,
         "gemm_max_blocks": _max_blocks,
-        "serial_spells": fo_serial_spells(),
-        "stalls_at_barriers": fo_stalls_at_barriers(),
-        "stalls_by_cpu_share": fo_stalls_by_cpu_share(),
         "blas_installed": _sgemm != NULL,
     }
-
-
-def set_num_threads(int n):
-    """Threads sharing the GEMM blocks and the passes around them (1 = serial)."""
-    global _num_threads
-    _num_threads = max(1, n)
 
 
 def set_blas(size_t sgemm, size_t dgemm, bint ilp64, size_t get_threads, size_t set_threads):
@@ -249,14 +237,6 @@ cdef inline void _blas_serial_end():
         _blas_set_threads(_blas_threads_before)
 
 
-cdef inline int _team(Py_ssize_t work_items) noexcept nogil:
-    # Threads for a parallel loop of work_items iterations (1: run it serially, no parallel region), serial
-    # during a spell of the stall guard (_common.pxd).
-    if not FO_HAVE_OPENMP or not fo_parallel_ok():
-        return 1
-    return <int>max(1, min(<Py_ssize_t>_num_threads, work_items))
-
-
 cdef inline void _check_blas(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) except *:
     if _sgemm == NULL:
         raise RuntimeError("no BLAS installed: call set_blas first")
@@ -289,19 +269,19 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
     cdef const floating* bp = &bias[0]
     cdef floating* op = &out[0, 0]
     blocks = _gemm_blocks(batch, n_out, n_in, _max_blocks)
-    team = _team(blocks)
+    team = threads_for(GEMM, 2.0 * batch * n_in * n_out, blocks)
     _blas_serial_begin()
     with nogil:
         if team == 1:
             for block in range(blocks):
                 _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act)
         else:
-            started = fo_now()
+            started = clock()
             for block in prange(blocks, num_threads=team, schedule="static", chunksize=1):
                 _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act)
                 if threadid() == 0:
-                    own_done[0] = fo_now()
-            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+                    own_done[0] = clock()
+            report_region(started, own_done[0])
     _blas_serial_end()
 
 
@@ -337,7 +317,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     """Backward of ``out = f(x @ weight + bias)``: ``grad_out *= f'(out)`` (now dz), ``grad_bias = dz.sum(0)``,
     ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Needs ``set_blas``."""
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
-    cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, size
+    cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, column_pieces, size
     cdef int team
     cdef double started, flops
     cdef double[1] own_done
@@ -364,12 +344,11 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     blocks_w = _gemm_blocks(n_in, n_out, batch, _shared_blocks if gx != NULL else _max_blocks) if n_in else 0
     # Each column's sum runs over the rows in order whatever the column split, so its bits do not depend
     # on the split: one block of columns per thread.
-    column_blocks = _team((n_out + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH)
-    size = (n_out + column_blocks - 1) // column_blocks
-    # Products smaller together than one block's minimum run serially: a parallel region would cost more (about
-    # 2 us to start and join here) than the second thread saves.
+    column_pieces = (n_out + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH
     flops = 2.0 * batch * n_in * n_out * (2 if gx != NULL else 1)
-    team = 1 if flops < _MIN_BLOCK_FLOPS else _team(max(column_blocks, blocks_w + blocks_x))
+    team = threads_for(GEMM, flops, max(column_pieces, blocks_w + blocks_x))
+    column_blocks = min(team, column_pieces)
+    size = (n_out + column_blocks - 1) // column_blocks
     _blas_serial_begin()
     with nogil:
         if team == 1:
@@ -377,7 +356,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
             for block in range(blocks_w + blocks_x):
                 _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
         else:
-            started = fo_now()
+            started = clock()
             own_done[0] = started
             with parallel(num_threads=team):
                 for block in prange(column_blocks, schedule="static", chunksize=1):
@@ -386,8 +365,8 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
                 for block in prange(blocks_w + blocks_x, schedule="static", chunksize=1):
                     _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
                     if threadid() == 0:
-                        own_done[0] = fo_now()
-            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+                        own_done[0] = clock()
+            report_region(started, own_done[0])
     _blas_serial_end()
 
 
@@ -626,19 +605,18 @@ def gather_rows(const floating[:, ::1] source, const int64_t[::1] rows, floating
     cdef const floating* sp = &source[0, 0]
     cdef const int64_t* rp = &rows[0]
     cdef floating* op = &out[0, 0]
-    if n_rows * width >= 16384:
-        blocks = _team(n_rows // 8)
+    blocks = threads_for(GATHER, <double>(n_rows * width), n_rows // 8)
     size = (n_rows + blocks - 1) // blocks
     with nogil:
         if blocks == 1:
             _copy_rows(sp, rp, op, n_rows, width)
         else:
-            started = fo_now()
+            started = clock()
             for block in prange(blocks, num_threads=blocks, schedule="static", chunksize=1):
                 _copy_rows(sp, rp + block * size, op + block * size * width, min(size, n_rows - block * size), width)
                 if threadid() == 0:
-                    own_done[0] = fo_now()
-            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+                    own_done[0] = clock()
+            report_region(started, own_done[0])
 
 
 cdef inline bint _any_nonfinite(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -661,19 +639,18 @@ def all_finite(const floating[::1] x):
     if n == 0:
         return True
     cdef const floating* xp = &x[0]
-    if n >= 262144:
-        blocks = _team(n // 131072)
+    blocks = threads_for(SCAN, <double>n, n // 131072)
     size = (n + blocks - 1) // blocks
     with nogil:
         if blocks == 1:
             bad = _any_nonfinite(xp, n)
         else:
-            started = fo_now()
+            started = clock()
             for block in prange(blocks, num_threads=blocks, schedule="static", chunksize=1):
                 bad |= _any_nonfinite(xp + block * size, min(size, n - block * size))
                 if threadid() == 0:
-                    own_done[0] = fo_now()
-            fo_parallel_report(own_done[0] - started, fo_now() - own_done[0])
+                    own_done[0] = clock()
+            report_region(started, own_done[0])
     return not bad
 
 

@@ -1,12 +1,16 @@
-"""Optimizers: ``SGD``, ``AdaGrad``, ``RMSProp``, ``Adam``, ``AdamW``.
+"""Optimizers: ``SGD``, ``AdaGrad``, ``RMSProp``, ``Adam``, ``AdamW``, ``NAdam``, ``Adamax``, ``RAdam``, ``Lion``.
 
-Each updates a list of NumPy arrays in place (``opt.step(grads)``) or, made without parameters,
-is bound by ``Sequential.fit`` to the model. The math is in each class's docstring.
+Each updates a list of NumPy arrays (or PyTorch-style parameter groups) in place (``opt.step(grads)``) or,
+made without parameters, is bound by ``Sequential.fit`` to the model. The math is in each class's docstring.
 """
 
 from fastopt.optim.adagrad import AdaGrad
 from fastopt.optim.adam import Adam, AdamW
+from fastopt.optim.adamax import Adamax
+from fastopt.optim.lion import Lion
+from fastopt.optim.nadam import NAdam
 from fastopt.optim.optimizer import Optimizer
+from fastopt.optim.radam import RAdam
 from fastopt.optim.rmsprop import RMSProp
 from fastopt.optim.sgd import SGD
 
@@ -16,6 +20,22 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
     "rmsprop": RMSProp,
     "adam": Adam,
     "adamw": AdamW,
+    "nadam": NAdam,
+    "adamax": Adamax,
+    "radam": RAdam,
+    "lion": Lion,
 }
 
-__all__ = ["OPTIMIZERS", "SGD", "AdaGrad", "Adam", "AdamW", "Optimizer", "RMSProp"]
+__all__ = [
+    "OPTIMIZERS",
+    "SGD",
+    "AdaGrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Lion",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSProp",
+]

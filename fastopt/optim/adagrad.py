@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from fastopt._checks import check_scalar
-from fastopt.backend import Backend
-from fastopt.optim.optimizer import Optimizer
+from fastopt.optim.optimizer import Optimizer, ParamsLike
 
 
 class AdaGrad(Optimizer):
@@ -20,9 +18,11 @@ class AdaGrad(Optimizer):
     p = p - lr_t * g / (sqrt(s) + eps)
     """
 
+    kernel = "adagrad_step"
+
     def __init__(
         self,
-        params: Sequence[np.ndarray] | np.ndarray | None = None,
+        params: ParamsLike | None = None,
         lr: float = 1e-2,
         eps: float = 1e-10,
         weight_decay: float = 0.0,
@@ -30,13 +30,9 @@ class AdaGrad(Optimizer):
         decay: float = 0.0,
     ) -> None:
         super().__init__(
-            params,
-            lr=lr,
-            decay=decay,
-            eps=eps,
-            weight_decay=weight_decay,
+            params, lr=lr, decay=decay, eps=eps, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value,
-        )
+        )  # fmt: skip
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -45,14 +41,11 @@ class AdaGrad(Optimizer):
             "initial_accumulator_value": check_scalar(hyper["initial_accumulator_value"], "initial_accumulator_value"),
         }
 
-    def _state_names(self) -> tuple[str, ...]:
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("sum_squares",)
 
-    def _initial_state(self, name: str) -> float:
-        return self.hyperparameters["initial_accumulator_value"]
+    def _initial_state(self, name: str, group: dict[str, Any]) -> float:
+        return group["initial_accumulator_value"]
 
-    def _update(
-        self, backend: Backend, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], lr: float
-    ) -> None:
-        hyper = self.hyperparameters
-        backend._adagrad_step(param, grad, state["sum_squares"], lr, hyper["eps"], hyper["weight_decay"])
+    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"lr": lr, "eps": group["eps"], "weight_decay": group["weight_decay"]}

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from fastopt._checks import check_scalar
-from fastopt.backend import Backend
-from fastopt.optim.optimizer import Optimizer, bias_correction
+from fastopt.optim.optimizer import Optimizer, ParamsLike, bias_correction, check_betas, check_option
 
 
 class Adam(Optimizer):
@@ -24,11 +22,12 @@ class Adam(Optimizer):
     eps is added after the square root of the bias-corrected v (PyTorch's form).
     """
 
+    kernel = "adam_step"
     decoupled_weight_decay = False
 
     def __init__(
         self,
-        params: Sequence[np.ndarray] | np.ndarray | None = None,
+        params: ParamsLike | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -39,48 +38,28 @@ class Adam(Optimizer):
         super().__init__(params, lr=lr, decay=decay, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        betas = hyper["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        if not isinstance(hyper["amsgrad"], (bool, np.bool_)):
-            raise TypeError(f"amsgrad must be True or False, got {hyper['amsgrad']!r}")
         return {
-            "betas": (
-                check_scalar(betas[0], "beta1", high=1.0, high_open=True),
-                check_scalar(betas[1], "beta2", high=1.0, high_open=True),
-            ),
+            "betas": check_betas(hyper["betas"]),
             "eps": check_scalar(hyper["eps"], "eps"),
             "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
-            "amsgrad": bool(hyper["amsgrad"]),
+            "amsgrad": check_option(hyper["amsgrad"], "amsgrad"),
         }
 
-    def _state_names(self) -> tuple[str, ...]:
-        return (
-            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-            if self.hyperparameters["amsgrad"]
-            else ("exp_avg", "exp_avg_sq")
-        )
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _update(
-        self, backend: Backend, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], lr: float
-    ) -> None:
-        hyper = self.hyperparameters
-        beta1, beta2 = hyper["betas"]
-        backend._adam_step(
-            param,
-            grad,
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            state.get("max_exp_avg_sq"),
-            lr,
-            beta1,
-            beta2,
-            hyper["eps"],
-            hyper["weight_decay"],
-            self.decoupled_weight_decay,
-            bias_correction(beta1, self.step_count),
-            bias_correction(beta2, self.step_count),
-        )
+    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "decoupled_weight_decay": self.decoupled_weight_decay,
+            "bias_correction1": bias_correction(beta1, self.step_count),
+            "bias_correction2": bias_correction(beta2, self.step_count),
+        }
 
 
 class AdamW(Adam):
@@ -91,7 +70,7 @@ class AdamW(Adam):
 
     def __init__(
         self,
-        params: Sequence[np.ndarray] | np.ndarray | None = None,
+        params: ParamsLike | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

@@ -1,20 +1,27 @@
-"""The optimizer base class: parameters, per-parameter state, step counting, learning-rate decay,
+"""The optimizer base class: parameter groups, per-parameter state, step counting, learning-rate decay, the
 checked ``step`` and ``state_dict``/``load_state_dict``.
 
-Every optimizer takes ``decay``: the step ``t`` (1 on the first step) uses
-``lr_t = lr / (1 + decay * (t - 1))``.
+Every optimizer takes ``decay``: the step ``t`` (1 on the first step) uses ``lr_t = lr / (1 + decay * (t - 1))``.
+Parameters come as arrays or as PyTorch's parameter groups (``[{"params": [...], "lr": ..., ...}, ...]``), each
+group with its own hyperparameters (the constructor's are the defaults). An optimizer class names its kernel in
+``fastopt.kernel_table`` (``kernel = "adam_step"``) and builds that kernel's named hyperparameters for each step
+(``_kernel_hyper``); its state buffers are the kernel's arrays after ``param`` and ``grad``, by name.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from fastopt._checks import FLOAT_DTYPES, DTypeError, check_scalar
+from fastopt._checks import FLOAT_DTYPES, DTypeError, check_flag, check_scalar
 from fastopt.backend import Backend, resolve_backend
+from fastopt.kernel_table import KERNELS
+
+ParamsLike = Sequence[np.ndarray] | np.ndarray | Sequence[dict[str, Any]]
+MAX_STEP_COUNT = 2**53  # step counts stay exact in double precision (bias corrections, decay)
 
 
 def _as_array_list(arrays: object, name: str) -> list[np.ndarray]:
@@ -28,6 +35,15 @@ def _as_array_list(arrays: object, name: str) -> list[np.ndarray]:
     return list(arrays)
 
 
+def _check_param(param: np.ndarray, where: str) -> None:
+    if param.dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"{where} must be float32 or float64, got {param.dtype}")
+    if not param.flags.c_contiguous:
+        raise ValueError(f"{where} must be C-contiguous (use numpy.ascontiguousarray and keep that array)")
+    if not param.flags.writeable:
+        raise ValueError(f"{where} is read-only; an optimizer updates its parameters in place")
+
+
 def _check_fits(hyper: dict[str, Any], params: list[np.ndarray]) -> None:
     """Every numeric hyperparameter must be finite in the parameters' precision: the kernels round them to it,
     and ``lr=1e300`` would become inf in float32 and turn every parameter into NaN without an error."""
@@ -39,98 +55,165 @@ def _check_fits(hyper: dict[str, Any], params: list[np.ndarray]) -> None:
                 raise ValueError(f"{name}={number!r} is beyond the range of {narrowest} (the parameters' dtype)")
 
 
-class Optimizer:
-    """Base class. ``params`` is a list of float32/float64 C-contiguous writeable arrays updated in place
-    by ``step(grads)``; it may be omitted, and ``Sequential.fit`` then binds the model's parameters."""
+def bias_correction(beta: float, step: int) -> float:
+    """``1 - beta**step`` in double precision."""
+    return 1.0 - math.pow(beta, step)
 
-    def __init__(
-        self, params: Sequence[np.ndarray] | np.ndarray | None, *, lr: float, decay: float, **hyper: Any
-    ) -> None:
-        self.hyperparameters: dict[str, Any] = self._validated(dict(hyper, lr=lr, decay=decay))
-        self.params: list[np.ndarray] | None = None
+
+def check_betas(betas: object) -> tuple[float, float]:
+    """``betas`` as a pair of floats in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return (
+        check_scalar(betas[0], "beta1", high=1.0, high_open=True),
+        check_scalar(betas[1], "beta2", high=1.0, high_open=True),
+    )
+
+
+def check_option(value: object, name: str) -> bool:
+    """A boolean option (``amsgrad``, ``nesterov``, ...): True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return check_flag(value, name)
+
+
+class Optimizer:
+    """Base class. ``params`` (arrays, or parameter groups as dicts with a ``"params"`` list) are float32/float64
+    C-contiguous writeable arrays updated in place by ``step(grads)``; they may be omitted, and
+    ``Sequential.fit`` then binds the model's parameters. ``param_groups``, ``state`` (one dict of buffers per
+    parameter, in group order) and ``step_count`` are PyTorch's names."""
+
+    kernel: ClassVar[str] = ""
+    # Per-parameter scalars of the state (0-d float64 arrays, PyTorch's per-parameter tensors) and their start.
+    scalar_state: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, params: ParamsLike | None, *, lr: float, decay: float, **hyper: Any) -> None:
+        self.defaults: dict[str, Any] = self._validated(dict(hyper, lr=lr, decay=decay))
+        self.param_groups: list[dict[str, Any]] = []
         self.state: list[dict[str, np.ndarray]] = []
         self.step_count = 0
-        self._backend: Backend | None = None
+        self.backend: Backend | str | None = None
+        self._checked_groups: list[dict[str, Any]] = []
+        self._layouts: list[tuple[tuple[int, ...], np.dtype]] = []
         if params is not None:
-            self.bind(_as_array_list(params, "params"))
+            self.bind(params)
 
     # -------------------------------------------------------------- subclasses provide these
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
         """Validate the options beyond lr and decay; return them normalized."""
         raise NotImplementedError
 
-    def _state_names(self) -> tuple[str, ...]:
-        """Names of the per-parameter state buffers the options in use need."""
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """Names of the per-parameter state buffers a group's options need (kernel-table names)."""
         raise NotImplementedError
 
-    def _initial_state(self, name: str) -> float:
+    def _initial_state(self, name: str, group: dict[str, Any]) -> float:
         return 0.0
 
-    def _update(
-        self, backend: Backend, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], lr: float
-    ) -> None:
-        """Apply step ``self.step_count`` (already advanced) to one parameter with learning rate ``lr``."""
+    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The kernel's named scalars for step ``self.step_count`` (already advanced) of one parameter."""
         raise NotImplementedError
 
-    # -------------------------------------------------------------- the public interface
+    # -------------------------------------------------------------- hyperparameters
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor's hyperparameters (the defaults of every parameter group)."""
+        return self.defaults
+
     def _validated(self, hyper: dict[str, Any]) -> dict[str, Any]:
+        hyper = dict(hyper)
         lr = check_scalar(hyper.pop("lr"), "lr")
         decay = check_scalar(hyper.pop("decay"), "decay")
         return dict(self._check_hyperparameters(hyper), lr=lr, decay=decay)
 
+    def _validated_group(self, group: dict[str, Any], params: list[np.ndarray]) -> dict[str, Any]:
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} options in a parameter group: {sorted(unknown)}")
+        hyper = self._validated({**self.defaults, **{k: v for k, v in group.items() if k != "params"}})
+        _check_fits(hyper, params)
+        return hyper
+
     @property
     def lr(self) -> float:
-        """The learning rate of the next step: ``lr / (1 + decay * step_count)``."""
-        return self.hyperparameters["lr"] / (1.0 + self.hyperparameters["decay"] * self.step_count)
+        """The learning rate of the next step (of the first group): ``lr / (1 + decay * step_count)``. Setting it
+        sets ``lr`` of every group (and of the defaults); per group: ``opt.param_groups[i]["lr"] = x``."""
+        group = self.param_groups[0] if self.param_groups else self.defaults
+        return group["lr"] / (1.0 + group["decay"] * self.step_count)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        lr = check_scalar(value, "lr")
+        if self.params:
+            _check_fits({"lr": lr}, self.params)
+        self.defaults["lr"] = lr
+        for group in self.param_groups:
+            group["lr"] = lr
 
     @property
     def initial_lr(self) -> float:
-        return self.hyperparameters["lr"]
+        return self.defaults["lr"]
 
-    def bind(self, params: list[np.ndarray], backend: Backend | None = None) -> None:
-        """Take ``params`` (checked) and allocate the state; a ``backend`` pins the one steps use."""
-        if self.params is not None:
+    # -------------------------------------------------------------- parameters
+    @property
+    def params(self) -> list[np.ndarray] | None:
+        """Every parameter, in group order (None before ``bind``)."""
+        return [param for group in self.param_groups for param in group["params"]] if self.param_groups else None
+
+    def _groups_from(self, params: ParamsLike) -> list[dict[str, Any]]:
+        if isinstance(params, (list, tuple)) and params and all(isinstance(item, dict) for item in params):
+            groups = []
+            for index, group in enumerate(params):
+                if "params" not in group:
+                    raise ValueError(f"parameter group {index} has no 'params'")
+                groups.append({**group, "params": _as_array_list(group["params"], f"param_groups[{index}]")})
+            return groups
+        return [{"params": _as_array_list(params, "params")}]
+
+    def bind(self, params: ParamsLike, backend: Backend | str | None = None) -> None:
+        """Take ``params`` (arrays or parameter groups, checked) and allocate the state; ``backend`` pins the one
+        steps use (None: the current backend at each step)."""
+        if self.param_groups:
             raise ValueError(f"{type(self).__name__} already has parameters; make a new optimizer for other parameters")
-        if not params:
+        groups = self._groups_from(params)
+        flat = [param for group in groups for param in group["params"]]
+        if not flat:
             raise ValueError("params is empty")
-        for index, param in enumerate(params):
-            if param.dtype not in FLOAT_DTYPES:
-                raise DTypeError(f"params[{index}] must be float32 or float64, got {param.dtype}")
-            if not param.flags.c_contiguous:
-                raise ValueError(
-                    f"params[{index}] must be C-contiguous (use numpy.ascontiguousarray and keep that array)"
-                )
-            if not param.flags.writeable:
-                raise ValueError(f"params[{index}] is read-only; an optimizer updates its parameters in place")
+        for index, param in enumerate(flat):
+            _check_param(param, f"params[{index}]")
             for other_index in range(index):
-                if np.shares_memory(param, params[other_index]):
+                if np.shares_memory(param, flat[other_index]):
                     raise ValueError(f"params[{index}] and params[{other_index}] share memory")
-        _check_fits(self.hyperparameters, params)
-        self.params = params
-        self.state = [
-            {name: np.full_like(param, self._initial_state(name)) for name in self._state_names()} for param in params
-        ]
-        self._backend = backend
+        checked = [dict(self._validated_group(group, group["params"]), params=group["params"]) for group in groups]
+        self.param_groups = checked
+        self._checked_groups = [dict(group) for group in checked]
+        self.state = [self._new_state(param, group) for group in checked for param in group["params"]]
+        self._layouts = [(param.shape, param.dtype) for param in flat]
+        self.backend = backend
+
+    def _new_state(self, param: np.ndarray, group: dict[str, Any]) -> dict[str, np.ndarray]:
+        state = {name: np.full_like(param, self._initial_state(name, group)) for name in self._state_names(group)}
+        state.update({name: np.array(start, dtype=np.float64) for name, start in self.scalar_state.items()})
+        return state
 
     def is_bound_to(self, params: list[np.ndarray]) -> bool:
-        return (
-            self.params is not None
-            and len(self.params) == len(params)
-            and all(mine is theirs for mine, theirs in zip(self.params, params))
-        )
+        mine = self.params
+        return mine is not None and len(mine) == len(params) and all(a is b for a, b in zip(mine, params))
 
+    # -------------------------------------------------------------- stepping
     def step(self, grads: Sequence[np.ndarray] | np.ndarray) -> None:
         """Update every parameter in place from its gradient. Nothing changes if any gradient is refused."""
-        if self.params is None:
+        if not self.param_groups:
             raise ValueError(
                 f"{type(self).__name__} has no parameters: pass them to the constructor or to Sequential.fit"
             )
         grads = _as_array_list(grads, "grads")
-        if len(grads) != len(self.params):
-            raise ValueError(f"step got {len(grads)} gradients for {len(self.params)} parameters")
-        written = [buffer for param, state in zip(self.params, self.state) for buffer in (param, *state.values())]
+        params = self.params
+        if len(grads) != len(params):
+            raise ValueError(f"step got {len(grads)} gradients for {len(params)} parameters")
+        written = [buffer for param, state in zip(params, self.state) for buffer in (param, *state.values())]
         checked = []
-        for index, (param, grad) in enumerate(zip(self.params, grads)):
+        for index, (param, grad) in enumerate(zip(params, grads)):
             if grad.dtype != param.dtype:
                 raise DTypeError(f"grads[{index}] has dtype {grad.dtype}, its parameter has {param.dtype}")
             if grad.shape != param.shape:
@@ -140,26 +223,102 @@ class Optimizer:
             checked.append(np.asarray(grad, order="C"))  # a copy only when not C-contiguous; 0-d stays 0-d
         self.apply(checked)
 
-    def apply(self, grads: list[np.ndarray]) -> None:
-        """``step`` without the checks, for callers that own the buffers (``Sequential``)."""
-        lr = self.lr
-        self.step_count += 1
-        backend = self._backend or resolve_backend(None)
-        assert self.params is not None
-        for param, grad, state in zip(self.params, grads, self.state):
-            self._update(backend, param, grad, state, lr)
+    def _recheck_groups(self) -> None:
+        """Validate the groups' hyperparameters again when they were changed since the last step (a user or a
+        schedule writing ``param_groups[i]["lr"]``): a kernel never runs with an unchecked value."""
+        for index, group in enumerate(self.param_groups):
+            if group != self._checked_groups[index]:
+                checked = self._validated_group(group, group["params"])
+                group.update(checked)
+                self._checked_groups[index] = dict(group)
 
+    def _check_buffers(self) -> None:
+        """Every parameter still has the shape, dtype and layout its state was made for (a parameter resized in
+        place would make a kernel run past its state), and every buffer a step writes is writeable: checked
+        before the first update, so that a refused step changes nothing."""
+        for index, (param, state, layout) in enumerate(zip(self.params, self.state, self._layouts)):
+            if (param.shape, param.dtype) != layout or not param.flags.c_contiguous:
+                raise ValueError(
+                    f"params[{index}] changed since the optimizer took it (now {param.dtype} {param.shape}, was "
+                    f"{layout[1]} {layout[0]}); make a new optimizer for it"
+                )
+            if not param.flags.writeable:
+                raise ValueError(f"params[{index}] is read-only; an optimizer updates its parameters in place")
+            for name, buffer in state.items():
+                if not buffer.flags.writeable:
+                    raise ValueError(f"the optimizer state {name!r} of params[{index}] is read-only")
+
+    def apply(self, grads: list[np.ndarray]) -> None:
+        """``step`` without the gradient checks, for callers that own the buffers (``Sequential``)."""
+        self._check_buffers()
+        self._recheck_groups()
+        if self.step_count + 1 >= MAX_STEP_COUNT:
+            raise OverflowError(f"{type(self).__name__} has made {self.step_count} steps, the most it can count")
+        step_count = self.step_count
+        self.step_count += 1
+        spec = KERNELS[self.kernel]
+        kernel = getattr(resolve_backend(self.backend), spec.method)
+        buffer_names = [array.name for array in spec.arrays[2:]]
+        index = 0
+        for group in self.param_groups:
+            lr = group["lr"] / (1.0 + group["decay"] * step_count)
+            for param in group["params"]:
+                state = self.state[index]
+                kernel(
+                    param,
+                    grads[index],
+                    *[state.get(name) for name in buffer_names],
+                    self._kernel_hyper(group, lr, state),
+                )
+                index += 1
+
+    # -------------------------------------------------------------- saving and loading
     def state_dict(self) -> dict[str, Any]:
-        """A copy of everything the optimizer would need to continue bit-identically."""
+        """A copy of everything the optimizer needs to continue bit-identically: its class, step count,
+        defaults (``hyperparameters``), the groups' hyperparameters with the indices of their parameters, and
+        each parameter's state buffers."""
+        groups, start = [], 0
+        for group in self.param_groups:
+            count = len(group["params"])
+            groups.append(
+                {**{k: v for k, v in group.items() if k != "params"}, "params": list(range(start, start + count))}
+            )
+            start += count
         return {
             "optimizer": type(self).__name__,
             "step_count": self.step_count,
-            "hyperparameters": dict(self.hyperparameters),
+            "hyperparameters": dict(self.defaults),
+            "param_groups": groups,
             "state": [{name: buffer.copy() for name, buffer in state.items()} for state in self.state],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore ``state_dict()`` output, checked whole before anything changes."""
+        """Restore ``state_dict()`` output, checked whole (``check_state_dict``) before anything changes."""
+        checked = self.check_state_dict(state_dict)
+        self.defaults = checked["hyperparameters"]
+        for group, hyper in zip(self.param_groups, checked["param_groups"]):
+            group.update(hyper)
+        self._checked_groups = [dict(group) for group in self.param_groups]
+        self.step_count = checked["step_count"]
+        self.state = checked["state"]
+
+    def check_state_dict(self, state_dict: dict[str, Any], params: ParamsLike | None = None) -> dict[str, Any]:
+        """Check that ``state_dict`` fits this optimizer and its parameters (or, for an optimizer not bound yet,
+        the ``params`` it would be bound to); return it normalized (fresh arrays, validated hyperparameters;
+        ``param_groups`` may be missing, for one group of the defaults). Raises ValueError or TypeError naming
+        the field; changes nothing."""
+        bound = self.param_groups or (self._groups_from(params) if params is not None else None)
+        if not bound:
+            raise ValueError("load_state_dict needs the optimizer's parameters first")
+        self._check_header(state_dict)
+        all_params = [param for group in bound for param in group["params"]]
+        hyper = self._validated_defaults(state_dict["hyperparameters"], all_params)
+        groups = self._checked_param_groups(state_dict.get("param_groups"), hyper, bound)
+        state = self._checked_state(state_dict["state"], groups, bound)
+        return {"step_count": int(state_dict["step_count"]), "hyperparameters": hyper, "param_groups": groups,
+                "state": state}  # fmt: skip
+
+    def _check_header(self, state_dict: object) -> None:
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         missing = {"optimizer", "step_count", "hyperparameters", "state"} - set(state_dict)
@@ -170,55 +329,68 @@ class Optimizer:
         step_count = state_dict["step_count"]
         if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
             raise ValueError(f"state_dict step_count must be a non-negative integer, got {step_count!r}")
-        given = state_dict["hyperparameters"]
+        if step_count >= MAX_STEP_COUNT:
+            raise ValueError(f"state_dict step_count must be below 2**53, got {step_count!r}")
+
+    def _validated_defaults(self, given: object, params: list[np.ndarray]) -> dict[str, Any]:
         if not isinstance(given, dict):
             raise TypeError(f"state_dict hyperparameters must be a dict, got {type(given).__name__}")
-        if set(given) != set(self.hyperparameters):
-            missing, unknown = set(self.hyperparameters) - set(given), set(given) - set(self.hyperparameters)
+        if set(given) != set(self.defaults):
+            missing, unknown = set(self.defaults) - set(given), set(given) - set(self.defaults)
             raise ValueError(f"state_dict hyperparameters lack {sorted(missing)} and have unknown {sorted(unknown)}")
         hyper = self._validated(dict(given))
-        if self.params is None:
-            raise ValueError("load_state_dict needs the optimizer's parameters first")
-        _check_fits(hyper, self.params)
-        new_state = state_dict["state"]
-        if not isinstance(new_state, (list, tuple)):
-            raise ValueError(
-                f"state_dict state must be a list of one dict per parameter, got {type(new_state).__name__}"
-            )
-        if len(new_state) != len(self.params):
-            raise ValueError(
-                f"state_dict holds state for {len(new_state)} parameters, the optimizer has {len(self.params)}"
-            )
-        names = set(self._state_names_for(hyper))
-        for index, (param, buffers) in enumerate(zip(self.params, new_state)):
-            if not isinstance(buffers, dict) or set(buffers) != names:
-                raise ValueError(f"state_dict state[{index}] must hold exactly {sorted(names)}")
-            for name, buffer in buffers.items():
-                if not isinstance(buffer, np.ndarray) or buffer.shape != param.shape or buffer.dtype != param.dtype:
-                    raise ValueError(
-                        f"state_dict state[{index}][{name!r}] must be a {param.dtype} array of shape {param.shape}"
-                    )
-                if not np.isfinite(buffer).all():
-                    raise ValueError(f"state_dict state[{index}][{name!r}] contains NaN or Inf")
-        self.hyperparameters = hyper
-        self.step_count = int(step_count)
-        self.state = [
-            {name: np.array(buffer, dtype=param.dtype, order="C") for name, buffer in buffers.items()}
-            for param, buffers in zip(self.params, new_state)
+        _check_fits(hyper, params)
+        return hyper
+
+    def _checked_param_groups(
+        self, given: object, defaults: dict[str, Any], bound: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        if given is None:
+            return [dict(defaults) for _ in bound]
+        if not isinstance(given, (list, tuple)) or len(given) != len(bound):
+            raise ValueError(f"state_dict param_groups must be a list of {len(bound)} groups")
+        groups, start = [], 0
+        for index, (group, mine) in enumerate(zip(given, bound)):
+            count = len(mine["params"])
+            if not isinstance(group, dict) or list(group.get("params", ())) != list(range(start, start + count)):
+                raise ValueError(f"state_dict param_groups[{index}] must hold parameters {start}..{start + count - 1}")
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            if set(hyper) != set(defaults):
+                raise ValueError(f"state_dict param_groups[{index}] must hold exactly {sorted(defaults)}")
+            groups.append(self._validated_group(hyper, mine["params"]))
+            start += count
+        return groups
+
+    def _checked_state(
+        self, given: object, groups: list[dict[str, Any]], bound: list[dict[str, Any]]
+    ) -> list[dict[str, np.ndarray]]:
+        params = [param for group in bound for param in group["params"]]
+        if not isinstance(given, (list, tuple)):
+            raise ValueError(f"state_dict state must be a list of one dict per parameter, got {type(given).__name__}")
+        if len(given) != len(params):
+            raise ValueError(f"state_dict holds state for {len(given)} parameters, the optimizer has {len(params)}")
+        group_of = [group for group, mine in zip(groups, bound) for _ in mine["params"]]
+        return [
+            self._checked_buffers(index, buffers, param, group)
+            for index, (buffers, param, group) in enumerate(zip(given, params, group_of))
         ]
 
-    def _state_names_for(self, hyper: dict[str, Any]) -> tuple[str, ...]:
-        current, self.hyperparameters = self.hyperparameters, hyper
-        try:
-            return self._state_names()
-        finally:
-            self.hyperparameters = current
+    def _checked_buffers(
+        self, index: int, buffers: object, param: np.ndarray, group: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        names = {*self._state_names(group), *self.scalar_state}
+        if not isinstance(buffers, dict) or set(buffers) != names:
+            raise ValueError(f"state_dict state[{index}] must hold exactly {sorted(names)}")
+        checked = {}
+        for name, buffer in buffers.items():
+            shape, dtype = ((), np.dtype(np.float64)) if name in self.scalar_state else (param.shape, param.dtype)
+            if not isinstance(buffer, np.ndarray) or buffer.shape != shape or buffer.dtype != dtype:
+                raise ValueError(f"state_dict state[{index}][{name!r}] must be a {dtype} array of shape {shape}")
+            if not np.isfinite(buffer).all():
+                raise ValueError(f"state_dict state[{index}][{name!r}] contains NaN or Inf")
+            checked[name] = np.array(buffer, dtype=dtype, order="C")
+        return checked
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{key}={value!r}" for key, value in self.hyperparameters.items())
+        options = ", ".join(f"{key}={value!r}" for key, value in self.defaults.items())
         return f"{type(self).__name__}({options})"
-
-
-def bias_correction(beta: float, step: int) -> float:
-    """``1 - beta**step`` in double precision."""
-    return 1.0 - math.pow(beta, step)

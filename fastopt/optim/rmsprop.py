@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from fastopt._checks import check_scalar
-from fastopt.backend import Backend
-from fastopt.optim.optimizer import Optimizer
+from fastopt.optim.optimizer import Optimizer, ParamsLike, check_option
 
 
 class RMSProp(Optimizer):
@@ -23,9 +21,11 @@ class RMSProp(Optimizer):
     else:      p = p - lr_t * g / d
     """
 
+    kernel = "rmsprop_step"
+
     def __init__(
         self,
-        params: Sequence[np.ndarray] | np.ndarray | None = None,
+        params: ParamsLike | None = None,
         lr: float = 1e-2,
         alpha: float = 0.99,
         eps: float = 1e-8,
@@ -35,48 +35,32 @@ class RMSProp(Optimizer):
         decay: float = 0.0,
     ) -> None:
         super().__init__(
-            params,
-            lr=lr,
-            decay=decay,
-            alpha=alpha,
-            eps=eps,
-            momentum=momentum,
-            centered=centered,
+            params, lr=lr, decay=decay, alpha=alpha, eps=eps, momentum=momentum, centered=centered,
             weight_decay=weight_decay,
-        )
+        )  # fmt: skip
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(hyper["centered"], (bool, np.bool_)):
-            raise TypeError(f"centered must be True or False, got {hyper['centered']!r}")
         return {
             "alpha": check_scalar(hyper["alpha"], "alpha", high=1.0),
             "eps": check_scalar(hyper["eps"], "eps"),
             "momentum": check_scalar(hyper["momentum"], "momentum"),
-            "centered": bool(hyper["centered"]),
+            "centered": check_option(hyper["centered"], "centered"),
             "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
         }
 
-    def _state_names(self) -> tuple[str, ...]:
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         names = ["square_avg"]
-        if self.hyperparameters["centered"]:
+        if group["centered"]:
             names.append("grad_avg")
-        if self.hyperparameters["momentum"] != 0:
+        if group["momentum"] != 0:
             names.append("momentum_buffer")
         return tuple(names)
 
-    def _update(
-        self, backend: Backend, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], lr: float
-    ) -> None:
-        hyper = self.hyperparameters
-        backend._rmsprop_step(
-            param,
-            grad,
-            state["square_avg"],
-            state.get("grad_avg"),
-            state.get("momentum_buffer"),
-            lr,
-            hyper["alpha"],
-            hyper["eps"],
-            hyper["momentum"],
-            hyper["weight_decay"],
-        )
+    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {
+            "lr": lr,
+            "alpha": group["alpha"],
+            "eps": group["eps"],
+            "momentum": group["momentum"],
+            "weight_decay": group["weight_decay"],
+        }

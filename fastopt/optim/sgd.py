@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from fastopt._checks import check_scalar
-from fastopt.backend import Backend
-from fastopt.optim.optimizer import Optimizer
+from fastopt.optim.optimizer import Optimizer, ParamsLike, check_option
 
 
 class SGD(Optimizer):
@@ -23,9 +21,11 @@ class SGD(Optimizer):
     Nesterov needs momentum > 0 and dampening = 0.
     """
 
+    kernel = "sgd_step"
+
     def __init__(
         self,
-        params: Sequence[np.ndarray] | np.ndarray | None = None,
+        params: ParamsLike | None = None,
         lr: float = 1e-2,
         momentum: float = 0.0,
         dampening: float = 0.0,
@@ -34,21 +34,14 @@ class SGD(Optimizer):
         decay: float = 0.0,
     ) -> None:
         super().__init__(
-            params,
-            lr=lr,
-            decay=decay,
-            momentum=momentum,
-            dampening=dampening,
-            nesterov=nesterov,
+            params, lr=lr, decay=decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
             weight_decay=weight_decay,
-        )
+        )  # fmt: skip
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
         momentum = check_scalar(hyper["momentum"], "momentum")
         dampening = check_scalar(hyper["dampening"], "dampening", high=1.0)
-        if not isinstance(hyper["nesterov"], (bool, np.bool_)):
-            raise TypeError(f"nesterov must be True or False, got {hyper['nesterov']!r}")
-        nesterov = bool(hyper["nesterov"])
+        nesterov = check_option(hyper["nesterov"], "nesterov")
         if nesterov and (momentum == 0 or dampening != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0")
         return {
@@ -58,21 +51,15 @@ class SGD(Optimizer):
             "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
         }
 
-    def _state_names(self) -> tuple[str, ...]:
-        return ("momentum_buffer",) if self.hyperparameters["momentum"] != 0 else ()
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _update(
-        self, backend: Backend, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], lr: float
-    ) -> None:
-        hyper = self.hyperparameters
-        backend._sgd_step(
-            param,
-            grad,
-            state.get("momentum_buffer"),
-            lr,
-            hyper["momentum"],
-            hyper["dampening"],
-            hyper["nesterov"],
-            hyper["weight_decay"],
-            self.step_count == 1,
-        )
+    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {
+            "lr": lr,
+            "momentum": group["momentum"],
+            "dampening": group["dampening"],
+            "nesterov": group["nesterov"],
+            "weight_decay": group["weight_decay"],
+            "first_step": self.step_count == 1,
+        }

@@ -1,0 +1,54 @@
+"""Adamax: Adam with the infinity norm in place of the second moment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fastopt._checks import check_scalar
+from fastopt.optim.optimizer import Optimizer, ParamsLike, bias_correction, check_betas
+
+
+class Adamax(Optimizer):
+    """Adamax (PyTorch's ``torch.optim.Adamax``). At step t, with ``lr_t = lr / (1 + decay (t - 1))``::
+
+    g = grad + weight_decay * p
+    m = beta1 * m + (1 - beta1) * g
+    u = max(beta2 * u, |g| + eps)
+    p = p - (lr_t / (1 - beta1**t)) * m / u
+    """
+
+    kernel = "adamax_step"
+
+    def __init__(
+        self,
+        params: ParamsLike | None = None,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, lr=lr, decay=decay, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "betas": check_betas(hyper["betas"]),
+            "eps": check_scalar(hyper["eps"], "eps"),
+            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
+        }
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_inf")
+
+    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "bias_correction1": bias_correction(beta1, self.step_count),
+        }

@@ -1,0 +1,75 @@
+"""NAdam: Adam with Nesterov momentum and PyTorch's momentum-decay schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fastopt._checks import check_scalar
+from fastopt.optim.optimizer import Optimizer, ParamsLike, bias_correction, check_betas, check_option
+
+
+class NAdam(Optimizer):
+    """NAdam (PyTorch's ``torch.optim.NAdam``). At step t, with ``lr_t = lr / (1 + decay (t - 1))``::
+
+        decoupled_weight_decay:  p = p * (1 - lr_t * weight_decay);  g = grad
+        else:                    g = grad + weight_decay * p
+        mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay));  mu_{t+1} likewise;  P_t = mu_1 ... mu_t
+        m = beta1 * m + (1 - beta1) * g;   v = beta2 * v + (1 - beta2) * g * g
+        d = sqrt(v / (1 - beta2**t)) + eps
+        p = p - lr_t (1 - mu_t) / (1 - P_t) * g / d - lr_t mu_{t+1} / (1 - P_t mu_{t+1}) * m / d
+
+    The product P_t is kept per parameter (``state[i]["mu_product"]``, float64), as PyTorch does.
+    """
+
+    kernel = "nadam_step"
+    scalar_state = {"mu_product": 1.0}
+
+    def __init__(
+        self,
+        params: ParamsLike | None = None,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params, lr=lr, decay=decay, betas=betas, eps=eps, weight_decay=weight_decay,
+            momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+        )  # fmt: skip
+
+    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "betas": check_betas(hyper["betas"]),
+            "eps": check_scalar(hyper["eps"], "eps"),
+            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
+            "momentum_decay": check_scalar(hyper["momentum_decay"], "momentum_decay"),
+            "decoupled_weight_decay": check_option(hyper["decoupled_weight_decay"], "decoupled_weight_decay"),
+        }
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Advances this parameter's ``mu_product`` to step t, then gives the step's scalars."""
+        beta1, beta2 = group["betas"]
+        t = self.step_count
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * group["momentum_decay"]))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * group["momentum_decay"]))
+        mu_product = float(state["mu_product"]) * mu
+        state["mu_product"][...] = mu_product
+        return {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "decoupled_weight_decay": group["decoupled_weight_decay"],
+            "bias_correction2": bias_correction(beta2, t),
+            "grad_step": lr * (1.0 - mu) / (1.0 - mu_product),
+            "momentum_step": lr * mu_next / (1.0 - mu_product * mu_next),
+        }

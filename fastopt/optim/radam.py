@@ -1,0 +1,74 @@
+"""RAdam: Adam with the variance of its adaptive learning rate rectified."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fastopt._checks import check_scalar
+from fastopt.optim.optimizer import Optimizer, ParamsLike, bias_correction, check_betas, check_option
+
+
+class RAdam(Optimizer):
+    """RAdam (PyTorch's ``torch.optim.RAdam``). At step t, with ``lr_t = lr / (1 + decay (t - 1))``::
+
+    decoupled_weight_decay:  p = p * (1 - lr_t * weight_decay);  g = grad
+    else:                    g = grad + weight_decay * p
+    m = beta1 * m + (1 - beta1) * g;   v = beta2 * v + (1 - beta2) * g * g
+    rho_inf = 2 / (1 - beta2) - 1;     rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)
+    rho_t > 5:  r = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+                p = p - m / (1 - beta1**t) * lr_t * sqrt(1 - beta2**t) / (sqrt(v) + eps) * r
+    else:       p = p - m / (1 - beta1**t) * lr_t
+    """
+
+    kernel = "radam_step"
+
+    def __init__(
+        self,
+        params: ParamsLike | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params, lr=lr, decay=decay, betas=betas, eps=eps, weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )  # fmt: skip
+
+    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "betas": check_betas(hyper["betas"]),
+            "eps": check_scalar(hyper["eps"], "eps"),
+            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
+            "decoupled_weight_decay": check_option(hyper["decoupled_weight_decay"], "decoupled_weight_decay"),
+        }
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        t = self.step_count
+        correction2 = bias_correction(beta2, t)
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * t * (beta2**t) / correction2
+        rectified = rho_t > 5.0
+        rectification = (
+            ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
+        )
+        return {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "decoupled_weight_decay": group["decoupled_weight_decay"],
+            "bias_correction1": bias_correction(beta1, t),
+            "bias_correction2": correction2,
+            "rectified": rectified,
+            "rectification": rectification,
+        }
