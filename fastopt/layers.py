@@ -3,6 +3,7 @@
 Layers describe the architecture; the ``Sequential`` that holds them owns the memory. A ``Dense``
 layer's ``weight`` (in_features, out_features) and ``bias`` (out_features,) are views into the
 model's one flat parameter buffer, and ``weight_grad``/``bias_grad`` views into its gradient buffer.
+Assigning one of them (``model.layers[0].weight = values``) copies the values into that view, checked.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fastopt._checks import check_positive_int
+from fastopt._checks import DTypeError, check_positive_int
 
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform")
 
@@ -32,6 +33,48 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
+def as_parameter_values(value: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``value`` as an array of exactly ``shape`` (no broadcasting) and of the model's ``dtype``, to be copied
+    into its buffers. Integers and floats of any precision are cast, as Keras' ``set_weights`` does (float64
+    rounds to float32); bool, complex, object and string values are a ``TypeError``; another shape, NaN, Inf
+    or a value beyond ``dtype``'s range (it would become Inf) a ``ValueError``."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":
+        raise DTypeError(f"{name} must hold real numbers (integers or floats), got dtype {array.dtype}")
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    with np.errstate(over="ignore"):  # values beyond the dtype's range become Inf and are refused below
+        converted = array.astype(dtype, copy=False)
+    if not np.isfinite(converted).all():
+        raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
+    return converted
+
+
+class _BoundView:
+    """A ``Dense`` attribute that is a view into one of its model's flat buffers (None before the layer
+    belongs to a model). Assigning it copies the values into the view, checked by ``as_parameter_values``,
+    so that the model's training, ``save`` and copies see them: the view itself is never replaced."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.slot = "_" + name
+
+    def __get__(self, layer: Dense | None, owner: type | None = None) -> Any:
+        return self if layer is None else getattr(layer, self.slot)
+
+    def __set__(self, layer: Dense, value: object) -> None:
+        view = getattr(layer, self.slot)
+        if view is None:
+            raise ValueError(
+                f"{layer!r} does not belong to a model yet: the Sequential that takes it allocates and initializes "
+                f"its {self.name}; assign it afterwards (model.layers[i].{self.name} = values) or use "
+                "model.set_weights"
+            )
+        if value is view:  # ``layer.weight += delta`` reads the view, updates it in place, then assigns it back
+            return
+        np.copyto(view, as_parameter_values(value, f"{layer._label}.{self.name}", view.shape, view.dtype))
+
+
 class Dense(Layer):
     """Fully connected layer: ``y = x @ W + b`` with x (batch, in_features), W (in_features, out_features).
 
@@ -47,10 +90,36 @@ class Dense(Layer):
         if init not in INITIALIZERS:
             raise ValueError(f"init must be one of {INITIALIZERS}, got {init!r}")
         self.init = init
-        self.weight: np.ndarray | None = None
-        self.bias: np.ndarray | None = None
-        self.weight_grad: np.ndarray | None = None
-        self.bias_grad: np.ndarray | None = None
+        self._label = ""  # where the layer sits once in a model, for messages: "layers[2]"
+        self._weight: np.ndarray | None = None
+        self._bias: np.ndarray | None = None
+        self._weight_grad: np.ndarray | None = None
+        self._bias_grad: np.ndarray | None = None
+
+    weight = _BoundView()
+    bias = _BoundView()
+    weight_grad = _BoundView()
+    bias_grad = _BoundView()
+
+    def _bind(self, parameters: np.ndarray, gradients: np.ndarray, offset: int, label: str) -> int:
+        """View this layer's segment of a model's flat buffers from ``offset`` on: the weight (in_features,
+        out_features) row-major, then the bias (out_features,). Returns the offset after the segment."""
+        shape = (self.in_features, self.out_features)
+        weight_end = offset + self.in_features * self.out_features
+        end = weight_end + self.out_features
+        self._weight, self._weight_grad = (
+            buffer[offset:weight_end].reshape(shape) for buffer in (parameters, gradients)
+        )
+        self._bias, self._bias_grad = parameters[weight_end:end], gradients[weight_end:end]
+        self._label = label
+        return end
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copied or pickled layer leaves its views behind (they would become arrays of their own, detached from
+        any model): the ``Sequential`` being copied binds its layers to its copied buffers again, and a layer
+        copied on its own is a new layer of the same configuration, not yet in a model."""
+        unbound = dict.fromkeys(("_weight", "_bias", "_weight_grad", "_bias_grad"))
+        return {**self.__dict__, **unbound, "_label": ""}
 
     @property
     def n_params(self) -> int:

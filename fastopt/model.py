@@ -6,6 +6,10 @@ One optimizer step is therefore one kernel call over the whole model. The activa
 gradients for a batch size are allocated on the first batch of that size and reused, so a training
 step makes no new arrays.
 
+Copies (``model.copy()``, ``copy.copy``, ``copy.deepcopy``, ``pickle``, ``joblib``) share one mechanism: the
+state is the configuration, dtype, seed, backend name, both flat buffers, the loss and the optimizer; the
+layers' views, the fused-stage plan and the workspaces are derived from it again (``__setstate__``).
+
 A ``Dense`` layer directly followed by ``ReLU``, ``Sigmoid`` or ``Tanh`` runs as one fused stage
 (matrix product, bias and activation written in one output buffer).
 """
@@ -16,6 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +31,7 @@ from fastopt import _io
 from fastopt import checkpoint as _checkpoint
 from fastopt._checks import as_features, check_positive_int, check_same_length, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
-from fastopt.layers import Activation, Dense, Layer, Softmax, layer_from_config
+from fastopt.layers import Activation, Dense, Layer, Softmax, as_parameter_values, layer_from_config
 from fastopt.losses import CrossEntropy, Loss, Targets
 from fastopt.optim import Adam, Optimizer
 
@@ -104,23 +109,13 @@ class Sequential:
         self.in_features = layers[0].in_features
         self._stages = self._plan(self.layers)
         self.out_features = self._stages[-1].out_features
-        dense_layers = [layer for layer in self.layers if isinstance(layer, Dense)]
-        size = sum(layer.n_params for layer in dense_layers)
-        self.parameters = np.zeros(size, dtype=self.dtype)
-        self.gradients = np.zeros(size, dtype=self.dtype)
-        offset = 0
-        for layer in dense_layers:
-            n_weight = layer.in_features * layer.out_features
-            shape = (layer.in_features, layer.out_features)
-            layer.weight = self.parameters[offset : offset + n_weight].reshape(shape)
-            layer.weight_grad = self.gradients[offset : offset + n_weight].reshape(shape)
-            offset += n_weight
-            layer.bias = self.parameters[offset : offset + layer.out_features]
-            layer.bias_grad = self.gradients[offset : offset + layer.out_features]
-            offset += layer.out_features
+        self._parameters = np.zeros(self._n_parameters(), dtype=self.dtype)
+        self._gradients = np.zeros_like(self._parameters)
+        self._bind_views()
         rng = np.random.default_rng(seed)
-        for layer in dense_layers:
-            layer.initialize(rng)
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                layer.initialize(rng)
         self._workspaces: dict[int, _Workspace] = {}
         self.loss: Loss | None = None
         self.optimizer: Optimizer | None = None
@@ -161,6 +156,105 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], dtype={self.dtype.name!r})"
+
+    # ------------------------------------------------------------------ buffers, weights and copies
+    @property
+    def parameters(self) -> np.ndarray:
+        """All weights and biases, one flat C-contiguous array: per Dense layer in order, its weight (in_features,
+        out_features) row-major, then its bias. The layers and the optimizer view it: write into it
+        (``model.parameters[...] = values``, or ``set_weights``); rebinding it is an ``AttributeError``."""
+        return self._parameters
+
+    @parameters.setter
+    def parameters(self, value: object) -> None:
+        _refuse_rebinding("parameters", "model.parameters[...] = values, or model.set_weights([W1, b1, ...])")
+
+    @property
+    def gradients(self) -> np.ndarray:
+        """The gradients of the last training step, laid out as ``parameters``; written in place, never rebound."""
+        return self._gradients
+
+    @gradients.setter
+    def gradients(self, value: object) -> None:
+        _refuse_rebinding("gradients", "model.gradients[...] = values")
+
+    def _n_parameters(self) -> int:
+        return sum(layer.n_params for layer in self.layers if isinstance(layer, Dense))
+
+    def _bind_views(self) -> None:
+        """Point each Dense layer's weight, bias and their gradients at its segment of the flat buffers."""
+        offset = 0
+        for index, layer in enumerate(self.layers):
+            if isinstance(layer, Dense):
+                offset = layer._bind(self._parameters, self._gradients, offset, f"layers[{index}]")
+
+    def _weight_views(self) -> list[tuple[str, np.ndarray]]:
+        """``("layers[i].weight", W), ("layers[i].bias", b)`` of each Dense layer in order: the buffer's layout."""
+        return [
+            (f"layers[{index}].{attribute}", getattr(layer, attribute))
+            for index, layer in enumerate(self.layers)
+            if isinstance(layer, Dense)
+            for attribute in ("weight", "bias")
+        ]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of the weights and biases in layer order, ``[W1, b1, W2, b2, ...]`` (Keras' ``get_weights``):
+        W (in_features, out_features) and b (out_features,) of each Dense layer, in the model's dtype."""
+        return [view.copy() for _, view in self._weight_views()]
+
+    def set_weights(self, weights: Sequence[object]) -> None:
+        """Write ``[W1, b1, W2, b2, ...]`` (as ``get_weights`` returns them) into the model, all or nothing.
+
+        Each array must have exactly its layer's shape; integers and floats of any precision are cast to the
+        model's dtype (as Keras does: float64 rounds to float32). A wrong count or shape, NaN, Inf, a value
+        beyond the dtype's range (``ValueError``), or a non-real dtype (``TypeError``) changes nothing. The
+        arrays may be views of this model's own buffers (e.g. two layers' weights swapped)."""
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(f"weights must be a list of arrays [W1, b1, W2, b2, ...], got {type(weights).__name__}")
+        views = self._weight_views()
+        if len(weights) != len(views):
+            raise ValueError(
+                f"set_weights needs {len(views)} arrays (the weight and bias of each Dense layer, in layer order, "
+                f"as get_weights returns them), got {len(weights)}"
+            )
+        checked = [
+            as_parameter_values(value, f"weights[{position}] ({name})", view.shape, self.dtype)
+            for position, (value, (name, view)) in enumerate(zip(weights, views))
+        ]
+        # One new array in the buffer's layout, copied at once: values that view this model's own buffer are all
+        # read before anything is written.
+        self._parameters[...] = np.concatenate([array.reshape(-1) for array in checked])
+
+    def copy(self) -> Sequential:
+        """An independent deep copy: its own buffers (its layers view them), its loss, and a copy of its optimizer
+        bound to the copied parameters, with the same state and step count. Continuing ``fit`` on the copy and
+        on the original with the same arguments gives bit-identical results. ``copy.copy``, ``copy.deepcopy``,
+        ``pickle`` (any protocol) and ``joblib`` give the same copy."""
+        return deepcopy(self)
+
+    __copy__ = copy
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickle and copy keep: the configuration, dtype, seed, backend name, flat buffers, loss and
+        optimizer. The derived state is left out and rebuilt by ``__setstate__``: the layers' views (``Dense``
+        drops them itself), the plan of fused stages and the per-batch-size workspaces (remade on first use)."""
+        state = {key: value for key, value in self.__dict__.items() if key not in ("_stages", "_workspaces")}
+        state["_optimizer_bound"] = self.optimizer is not None and self.optimizer.is_bound_to([self._parameters])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        optimizer_bound = state.pop("_optimizer_bound")
+        self.__dict__.update(state)
+        if optimizer_bound and not self.optimizer.is_bound_to([self._parameters]):  # type: ignore[union-attr]
+            # joblib writes each reference to an array as an array of its own: the optimizer then holds an
+            # equal copy of the parameters. The model takes that one, so that steps update what it predicts with.
+            self._parameters = self.optimizer.params[0]  # type: ignore[union-attr,index]
+        size = self._n_parameters()
+        self._parameters = _checked_buffer(self._parameters, "parameters", size, self.dtype)
+        self._gradients = _checked_buffer(self._gradients, "gradients", size, self.dtype)
+        self._stages = self._plan(self.layers)
+        self._bind_views()
+        self._workspaces = {}
 
     # ------------------------------------------------------------------ the passes
     def _workspace(self, batch: int) -> _Workspace:
@@ -490,6 +584,22 @@ class Sequential:
         _io.write_archive(
             path, MODEL_FILE_KIND, MODEL_FILE_VERSION, {"model": self.config()}, {"parameters": self.parameters}
         )
+
+
+def _refuse_rebinding(name: str, instead: str) -> None:
+    raise AttributeError(
+        f"model.{name} cannot be rebound: the layers (and the optimizer) view this array, and a new one would be "
+        f"neither trained nor saved. Write into it instead: {instead}"
+    )
+
+
+def _checked_buffer(buffer: object, name: str, size: int, dtype: np.dtype) -> np.ndarray:
+    """A copied model's flat buffer, checked against its architecture. Read-only memory stays read-only:
+    ``joblib.load(..., mmap_mode="r")`` asks for a model that predicts from shared pages and cannot be changed."""
+    if not isinstance(buffer, np.ndarray) or buffer.shape != (size,) or buffer.dtype != dtype:
+        found = f"{buffer.dtype} {buffer.shape}" if isinstance(buffer, np.ndarray) else type(buffer).__name__
+        raise ValueError(f"the copied model's {name} ({found}) do not fit its architecture ({dtype} ({size},))")
+    return np.require(buffer, requirements="CA")  # the same array when C-contiguous and aligned, as pickle gives
 
 
 def load(path: str | os.PathLike[str], backend: str | None = None) -> Sequential:
