@@ -9,7 +9,7 @@ this one declaration derive:
   runs, so that no compiled kernel is handed a buffer it could read or write out of bounds;
 - the trusted kernel signatures each backend implements: ``_<name>(<array and scalar arguments in order>)``,
   plus one mapping ``hyper`` of named scalars for the optimizer kernels (never by position);
-- ``docs/kernels.md`` (``python -m fastopt.kernel_table > docs/kernels.md``; a test checks it is current);
+- ``docs/kernels.md`` (``python scripts/make_kernel_docs.py``; a test checks it is current);
 - the argument builders of the fuzz tests, and the test that every backend implements exactly these signatures.
 
 Shapes are strings of dimension symbols, one per axis: ``B`` batch rows, ``I`` input features, ``O`` output
@@ -411,7 +411,7 @@ def render_markdown() -> str:
     lines = [
         "# The kernels",
         "",
-        "Generated from `fastopt/kernel_table.py` by `python -m fastopt.kernel_table > docs/kernels.md`; "
+        "Generated from `fastopt/kernel_table.py` by `python scripts/make_kernel_docs.py`; "
         "a test checks that it is current. Every backend implements each kernel as a trusted method "
         "`_<name>` with the arguments below in this order (the optimizer kernels take their hyperparameters as one "
         "mapping `hyper`, by name); the public method `<name>` checks every argument against this table first.",
@@ -428,6 +428,3 @@ def render_markdown() -> str:
                 lines += _kernel_markdown(kernel)
     return "\n".join(lines).rstrip() + "\n"
 
-
-if __name__ == "__main__":
-    sys.stdout.write(render_markdown())
