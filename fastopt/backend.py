@@ -84,6 +84,10 @@ class Backend:
         """How this backend was built and how it runs (``fastopt.show_config`` prints it)."""
         return {}
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # a copied or unpickled model or optimizer shares the one instance of its backend (and its settings)
+        return resolve_backend, (self.name,)
+
     def __repr__(self) -> str:
         return f"<fastopt backend {self.name!r}>"
 
