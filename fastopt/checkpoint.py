@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastopt import _io
+from fastopt._checks import resolve_dtype
 from fastopt._io import FileFormatError
 from fastopt._version import __version__
 from fastopt.optim import Optimizer
@@ -197,7 +198,7 @@ class TrainingState:
         if it is truncated, corrupt, foreign, pickled or of another format version, and ``ValueError``
         naming the differing fields if it belongs to another run (``expected_fingerprint``)."""
         try:
-            header, arrays = _io.read_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION)
+            header, arrays = _io.read_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION, _file_layout)
         except (FileNotFoundError, FileFormatError):
             raise
         except Exception as exc:
@@ -332,6 +333,24 @@ class TrainingState:
         optimizer.load_state_dict(self.optimizer)  # checks whole, then replaces; the last step that can fail
         parameters[...] = self.parameters
         rng.bit_generator.state = self.rng_state
+
+
+def _file_layout(header: dict[str, Any]) -> _io.Layout:
+    """The arrays a checkpoint's header declares: the parameters, sized by its fingerprint, and one
+    optimizer buffer of the same size per name its optimizer record lists (``read_archive`` reads nothing
+    else and nothing larger)."""
+    training = header.get("training")
+    fingerprint = training.get("fingerprint") if isinstance(training, dict) else None
+    optimizer = training.get("optimizer") if isinstance(training, dict) else None
+    if not isinstance(fingerprint, dict) or not isinstance(optimizer, dict):
+        raise ValueError("its header holds no training state")
+    size, buffers = fingerprint.get("n_parameters"), optimizer.get("buffers")
+    if not _is_int(size) or size < 0:
+        raise ValueError(f"its header declares {size!r} parameters")
+    if not isinstance(buffers, list) or len(buffers) != 1 or not all(isinstance(name, str) for name in buffers[0]):
+        raise ValueError("its header has a bad optimizer buffer list")
+    dtype = resolve_dtype(fingerprint.get("dtype"))
+    return {"parameters": (dtype, (size,)), **{f"optimizer.0.{name}": (dtype, (size,)) for name in buffers[0]}}
 
 
 def _is_int(value: object) -> bool:

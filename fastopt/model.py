@@ -492,28 +492,31 @@ class Sequential:
         )
 
 
-def load(path: str | os.PathLike[str], backend: str | None = None) -> Sequential:
-    """Read a model written by ``Sequential.save``; refuses corrupt, foreign or pickled files."""
-    header, arrays = _io.read_archive(path, MODEL_FILE_KIND, MODEL_FILE_VERSION)
+def _file_layout(header: dict[str, Any]) -> _io.Layout:
+    """The arrays a model file's header declares: its parameters, sized by the architecture, so that
+    ``read_archive`` reads nothing else and nothing larger."""
     config = header.get("model")
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-        raise _io.FileFormatError(f"{path} has no model description")
-    parameters = arrays.get("parameters")
+        raise ValueError("its header has no model description")
     try:
         layers = [layer_from_config(layer) for layer in config["layers"]]
-        # Sized before anything is allocated: the header is not covered by the checksum.
         n_params = sum(layer.n_params for layer in layers if isinstance(layer, Dense))
+        dtype = resolve_dtype(config.get("dtype"))
     except (TypeError, ValueError) as exc:
-        raise _io.FileFormatError(f"{path} describes an invalid model: {exc}") from exc
-    if parameters is None or parameters.ndim != 1 or parameters.size != n_params:
-        stored = None if parameters is None else parameters.shape
-        raise _io.FileFormatError(f"{path}: its parameters {stored} do not fit the {n_params} of the architecture")
+        raise ValueError(f"its header describes an invalid model: {exc}") from exc
+    return {"parameters": (dtype, (n_params,))}
+
+
+def load(path: str | os.PathLike[str], backend: str | None = None) -> Sequential:
+    """Read a model written by ``Sequential.save``; refuses corrupt, foreign or pickled files."""
+    header, arrays = _io.read_archive(path, MODEL_FILE_KIND, MODEL_FILE_VERSION, layout=_file_layout)
+    config = header["model"]
     try:
-        model = Sequential(layers, dtype=config.get("dtype"), backend=backend)
+        model = Sequential(
+            [layer_from_config(layer) for layer in config["layers"]], dtype=config.get("dtype"), backend=backend
+        )
     except (TypeError, ValueError) as exc:
         raise _io.FileFormatError(f"{path} describes an invalid model: {exc}") from exc
-    if parameters.dtype != model.dtype:
-        raise _io.FileFormatError(f"{path}: its parameters are {parameters.dtype}, its model {model.dtype}")
     model.seed = config.get("seed")
-    model.parameters[...] = parameters
+    model.parameters[...] = arrays["parameters"]
     return model

@@ -486,7 +486,7 @@ def rewrite_state(path, edit) -> None:
         (lambda t, a: t["optimizer"]["hyperparameters"].update(lr=0.5), "disagrees with the fingerprint"),
         (lambda t, a: a.update(parameters=a["parameters"][:-1]), "parameters must be float32"),
         (lambda t, a: a.update(parameters=a["parameters"].astype(np.float64)), "parameters must be float32"),
-        (lambda t, a: a.pop("optimizer.0.exp_avg"), "optimizer buffer 'exp_avg'"),
+        (lambda t, a: a.pop("optimizer.0.exp_avg"), "missing arrays ['optimizer.0.exp_avg']"),
         (lambda t, a: a["optimizer.0.exp_avg_sq"].__setitem__(3, np.nan), "holds NaN or Inf"),
         (lambda t, a: a.update(extra=np.zeros(3)), "unexpected arrays"),
     ],
