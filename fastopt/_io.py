@@ -15,10 +15,12 @@ deflate's 1032:1 limit, more than 1032 times the file's length). Every malformed
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -84,6 +86,19 @@ def write_archive(
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files ``write_archive`` leaves next to ``path`` when killed while writing it:
+    regular files named ``.<name>.<8 random characters>.tmp`` (``tempfile.mkstemp``'s names), matched
+    exactly, so that another file's temporaries (``.runX.ckpt.*`` for ``run[XY].ckpt``, or those of
+    ``run.ckpt.2`` for ``run.ckpt``) never are."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    prefix = f".{path.name}."
+    exact = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\.tmp")
+    candidates = folder.glob(glob.escape(prefix) + "*.tmp")
+    return [found for found in candidates if exact.fullmatch(found.name) and found.is_file() and not found.is_symlink()]
 
 
 # ---------------------------------------------------------------------------------------------- reading

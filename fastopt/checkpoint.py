@@ -381,12 +381,10 @@ def _check_fingerprint(path: str | os.PathLike[str], found: object, expected: di
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> int:
-    """Delete the temporary files a process killed while writing ``path`` left next to it
-    (``write_archive`` names them ``.<name>.<random>.tmp``); returns how many were removed."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    """Delete the temporary files a process killed while writing ``path`` left next to it (exactly
+    those ``write_archive`` names, see ``_io.temporaries_of``); returns how many were removed."""
     removed = 0
-    for stale in folder.glob(f".{path.name}.*.tmp"):
+    for stale in _io.temporaries_of(path):
         try:
             stale.unlink()
             removed += 1

@@ -242,7 +242,7 @@ def test_a_checkpoint_resumes_on_the_other_backend(data, tmp_path, monkeypatch):
 def test_stale_temporary_files_of_a_killed_write_are_removed_on_resume(data, tmp_path):
     path = tmp_path / "run.ckpt"
     train(data, checkpoint=path)
-    stale = tmp_path / ".run.ckpt.abc123.tmp"
+    stale = tmp_path / ".run.ckpt.abc123_x.tmp"  # the form mkstemp names it
     stale.write_bytes(b"half a zip")
     other = tmp_path / ".other.ckpt.abc123.tmp"
     other.write_bytes(b"not ours")

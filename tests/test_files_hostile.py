@@ -343,3 +343,66 @@ def test_a_mutated_model_file_loads_intact_or_raises_file_format_error(tmp_path_
     except FileFormatError:
         return
     assert loaded.parameters.tobytes() == small_model().parameters.tobytes()
+
+
+# ------------------------------------------------------------------------------------ stale temporaries
+OTHER_NAMES = {
+    "run[XY].ckpt": ["runX.ckpt", "runY.ckpt"],  # what the unescaped glob .run[XY].ckpt.*.tmp matched
+    "run*.ckpt": ["runA.ckpt", "run.ckpt", "run-2.ckpt"],
+    "run?.ckpt": ["run1.ckpt", "runA.ckpt"],
+    "run.ckpt": ["run.ckpt.2", "run.ckpt.old.ckpt", "run.ckpt.abcdefgh"],  # names that extend this one
+    "r[!a]n.ckpt": ["rbn.ckpt", "r[!a]n.ckpt.x"],
+}
+
+
+def temporary_of(name: str, token: str = "k3x_9q0a") -> str:
+    return f".{name}.{token}.tmp"
+
+
+@pytest.mark.parametrize("name", list(OTHER_NAMES))
+def test_resume_removes_only_its_own_temporaries(tmp_path, name):
+    """The temporaries of ``name`` go; those of every other file, and anything that only looks like one
+    (a folder, a symlink, a name of another length), stay."""
+    own = [tmp_path / temporary_of(name), tmp_path / temporary_of(name, "abcdefgh")]
+    others = [tmp_path / temporary_of(other) for other in OTHER_NAMES[name]]
+    others += [tmp_path / temporary_of(name, "short"), tmp_path / temporary_of(name, "abcdefghi")]
+    for file in own + others:
+        file.write_bytes(b"partial")
+    folder = tmp_path / temporary_of(name, "folder00")
+    folder.mkdir()
+    link = tmp_path / temporary_of(name, "symlink0")
+    link.symlink_to(others[0])
+    from fastopt.checkpoint import remove_stale_temporaries
+
+    assert remove_stale_temporaries(tmp_path / name) == len(own)
+    assert not any(file.exists() for file in own)
+    assert all(file.exists() for file in others) and folder.is_dir() and link.is_symlink()
+
+
+def test_a_real_temporary_name_is_recognised(tmp_path, monkeypatch):
+    """The writer's own temporary (caught before its rename) is what the cleanup removes."""
+    seen = []
+    real_replace = _io.os.replace
+
+    def crash(source, target):
+        seen.append(Path(source))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_io.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        small_model().save(tmp_path / "m[1].npz")
+    monkeypatch.setattr(_io.os, "replace", real_replace)
+    seen[0].write_bytes(b"left by a killed process")  # the writer deleted it; a SIGKILL would not have
+    assert _io.temporaries_of(tmp_path / "m[1].npz") == [seen[0]]
+    assert _io.temporaries_of(tmp_path / "m1.npz") == []
+
+
+def test_resuming_a_bracketed_checkpoint_keeps_another_runs_temporary(tmp_path):
+    X, y = np.eye(4, 3), np.array([0, 1, 1, 0])
+    options = dict(loss=losses.CrossEntropy(), epochs=1, batch_size=2, resume=True)
+    other = tmp_path / temporary_of("runX.ckpt")
+    other.write_bytes(b"another run's checkpoint, being written")
+    mine = tmp_path / temporary_of("run[XY].ckpt")
+    mine.write_bytes(b"stale")
+    small_model().fit(X, y, optimizer=optim.Adam(), checkpoint=tmp_path / "run[XY].ckpt", **options)
+    assert other.read_bytes() == b"another run's checkpoint, being written" and not mine.exists()
