@@ -21,7 +21,8 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
+import stat
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,10 @@ class FileFormatError(ValueError):
     """A file fastopt was asked to read is missing, corrupt, foreign or of another version."""
 
 
+class OverwriteRefusedError(FileExistsError, ValueError):
+    """A write would replace a file that is not a fastopt file of the same kind (see ``check_replaceable``)."""
+
+
 #: ``{array name: (dtype, shape)}``: the arrays an archive's header declares.
 Layout = dict[str, tuple[np.dtype, tuple[int, ...]]]
 
@@ -42,6 +47,7 @@ DEFLATE_MAX_RATIO = 1032  # deflate emits at most 258 bytes per 2 bits of input
 MAX_HEADER_CHARACTERS = 16 * 2**20  # JSON header; a checkpoint's grows by ~100 characters per epoch of history
 MAX_HEADER_DEPTH = 64  # nesting of the JSON header; fastopt's own headers nest 5 deep
 READ_CHUNK_BYTES = 2**20
+TEMPORARY_TOKEN_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # as tempfile.mkstemp's names
 _NPY_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
 
 
@@ -56,28 +62,67 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
 
 # ---------------------------------------------------------------------------------------------- writing
 def write_archive(
-    path: str | os.PathLike[str], kind: str, version: int, header: dict[str, Any], arrays: dict[str, np.ndarray]
+    path: str | os.PathLike[str],
+    kind: str,
+    version: int,
+    header: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    overwrite: bool = False,
 ) -> None:
     """Write ``arrays`` and ``header`` to ``path`` atomically: a temporary file in the same folder,
-    flushed and fsynced, then renamed over the target. A crash leaves the old file intact."""
+    flushed and fsynced, then renamed over the target. A crash leaves the old file intact.
+
+    An existing file at ``path`` is replaced only if it is a fastopt file of the same ``kind`` or
+    ``overwrite`` is true (else ``OverwriteRefusedError``, see ``check_replaceable``). The file gets the
+    permissions an ordinary ``open(path, "w")`` would give it: those of the file it replaces, else
+    ``0o666`` less the umask (and the folder's default ACL)."""
     path = Path(path)
     if "header" in arrays:
         raise ValueError("'header' is a reserved array name")
     for name, array in arrays.items():
         if array.dtype.hasobject:
             raise TypeError(f"array {name!r} holds Python objects, which fastopt files never store")
+    check_replaceable(path, kind, overwrite)
     full_header = dict(header, kind=kind, version=version, checksum=_digest(arrays))
-    folder = path.parent if str(path.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    handle, temporary = _create_temporary(path)
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, header=np.array(json.dumps(full_header)), **arrays)
             stream.flush()
             os.fsync(stream.fileno())
+        _copy_mode_of_replaced_file(path, temporary)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent if str(path.parent) else Path("."))
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """Create ``path``'s temporary file ``.<name>.<8 random characters>.tmp`` (named as ``tempfile.mkstemp``
+    names them, see ``temporaries_of``) exclusively, with mode 0o666 for the kernel to apply the umask to,
+    as ``open()`` does: ``mkstemp`` creates its files 0o600 whatever the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # O_EXCL: never through a symlink
+    for _ in range(100):
+        token = "".join(secrets.choice(TEMPORARY_TOKEN_CHARACTERS) for _ in range(8))
+        temporary = path.with_name(f".{path.name}.{token}.tmp")
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free name for a temporary file next to {path}")
+
+
+def _copy_mode_of_replaced_file(path: Path, temporary: Path) -> None:
+    """Give ``temporary`` the permission bits of the file it is about to replace, if any."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except FileNotFoundError:
+        return
+    os.chmod(temporary, mode)
+
+
+def _fsync_folder(folder: Path) -> None:
     try:
         directory = os.open(folder, os.O_RDONLY)
     except OSError:  # some platforms cannot open folders; the rename itself is still atomic
@@ -86,6 +131,35 @@ def write_archive(
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def check_replaceable(path: str | os.PathLike[str], kind: str, overwrite: bool = False) -> None:
+    """Raise ``OverwriteRefusedError`` unless a ``kind`` file written at ``path`` may replace what is
+    there: nothing, a fastopt ``kind`` file (of any version), or with ``overwrite`` any file. A folder or
+    other non-file is never replaced."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise OverwriteRefusedError(f"{path} exists and is not a file; fastopt never replaces it")
+    if overwrite or archive_kind(path) == kind:
+        return
+    raise OverwriteRefusedError(
+        f"{path} exists and is not a fastopt {kind} file; refusing to replace it "
+        "(pass overwrite=True, or --overwrite on the command line, to replace it)"
+    )
+
+
+def archive_kind(path: str | os.PathLike[str]) -> str | None:
+    """The kind a fastopt archive at ``path`` declares (only its header is read), or None if it is not
+    a readable fastopt archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            header = _read_header(Path(path), archive, _members(Path(path), archive).get("header"))
+    except Exception:  # whatever cannot be read is not a fastopt file
+        return None
+    kind = header.get("kind")
+    return kind if isinstance(kind, str) else None
 
 
 def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:

@@ -165,8 +165,9 @@ class TrainingState:
     environment: dict[str, Any] = field(default_factory=dict)  # see ``environment``; informational
 
     # ------------------------------------------------------------------ writing
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this state to ``path`` atomically (the previous file stays whole if the process dies)."""
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Write this state to ``path`` atomically (the previous file stays whole if the process dies). An
+        existing file is replaced only if it is a fastopt checkpoint, or with ``overwrite=True``."""
         training = {
             "fingerprint": self.fingerprint,
             "progress": asdict(self.progress),
@@ -189,7 +190,7 @@ class TrainingState:
             "fastopt_version": __version__,
             "environment": self.environment,
         }
-        _io.write_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION, header, arrays)
+        _io.write_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION, header, arrays, overwrite)
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -409,8 +410,10 @@ class Checkpointer:
         progress: Progress,
         history: History,
         environment: dict[str, Any],
+        overwrite: bool = False,
     ) -> None:
         self.path = path
+        self.overwrite = overwrite  # whether the first save may replace a file that is not a checkpoint
         self.every_steps = every if isinstance(every, int) else 0
         self.fingerprint = fingerprint
         self.parameters = parameters
@@ -463,14 +466,22 @@ class Checkpointer:
                 "state": optimizer.state,
             },
             environment=self.environment,
-        ).save(self.path)
+        ).save(self.path, self.overwrite)
         self.unsaved = False
+        self.overwrite = True  # the file is this run's checkpoint now
 
 
 def check_options(
-    checkpoint: str | os.PathLike[str] | None, checkpoint_every: int | str | None, resume: bool
+    checkpoint: str | os.PathLike[str] | None,
+    checkpoint_every: int | str | None,
+    resume: bool,
+    overwrite: bool = False,
 ) -> int | str:
-    """Validate ``fit``'s checkpoint arguments; returns the cadence (a number of batches, or ``"epoch"``)."""
+    """Validate ``fit``'s checkpoint arguments; returns the cadence (a number of batches, or ``"epoch"``).
+
+    A fresh run (not ``resume``) refuses a ``checkpoint`` path holding a file that is not a fastopt
+    checkpoint unless ``overwrite`` (``_io.OverwriteRefusedError``); resuming reads the file, and refuses
+    a foreign one as ``FileFormatError``."""
     if not isinstance(resume, (bool, np.bool_)):
         raise TypeError(f"resume must be True or False, got {resume!r}")
     if checkpoint is None:
@@ -485,6 +496,10 @@ def check_options(
         raise ValueError(f"checkpoint {checkpoint}: the folder {folder} does not exist")
     if path.exists() and not path.is_file():
         raise ValueError(f"checkpoint {checkpoint} exists and is not a file")
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+    if not resume:
+        _io.check_replaceable(path, CHECKPOINT_FILE_KIND, bool(overwrite))
     if checkpoint_every is None or checkpoint_every == "epoch":
         return "epoch"
     if isinstance(checkpoint_every, (bool, np.bool_)) or not isinstance(checkpoint_every, (int, np.integer)):

@@ -485,11 +485,11 @@ class Sequential:
         return batch_loss, correct
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the architecture, dtype and parameters to an ``.npz`` file (atomically; no pickle)."""
-        _io.write_archive(
-            path, MODEL_FILE_KIND, MODEL_FILE_VERSION, {"model": self.config()}, {"parameters": self.parameters}
-        )
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Write the architecture, dtype and parameters to an ``.npz`` file (atomically; no pickle). An
+        existing file is replaced only if it is a fastopt model file, or with ``overwrite=True``."""
+        config, parameters = {"model": self.config()}, {"parameters": self.parameters}
+        _io.write_archive(path, MODEL_FILE_KIND, MODEL_FILE_VERSION, config, parameters, overwrite)
 
 
 def _file_layout(header: dict[str, Any]) -> _io.Layout:

@@ -78,8 +78,8 @@ def crash_after_saves(monkeypatch, count: int) -> None:
     """The process 'dies' right after its ``count``-th checkpoint write."""
     original, done = TrainingState.save, [0]
 
-    def save(self, path):
-        original(self, path)
+    def save(self, path, *options):
+        original(self, path, *options)
         done[0] += 1
         if done[0] == count:
             raise Crash
@@ -512,8 +512,8 @@ def test_a_nan_loss_raises_and_keeps_the_last_good_checkpoint(data, tmp_path, mo
     writes = []
     original = TrainingState.save
 
-    def save(self, target):
-        original(self, target)
+    def save(self, target, *options):
+        original(self, target, *options)
         writes.append(Path(target).read_bytes())
 
     monkeypatch.setattr(TrainingState, "save", save)

@@ -406,3 +406,146 @@ def test_resuming_a_bracketed_checkpoint_keeps_another_runs_temporary(tmp_path):
     mine.write_bytes(b"stale")
     small_model().fit(X, y, optimizer=optim.Adam(), checkpoint=tmp_path / "run[XY].ckpt", **options)
     assert other.read_bytes() == b"another run's checkpoint, being written" and not mine.exists()
+
+
+# ------------------------------------------------------------------------------------ never clobber
+def foreign_files(folder: Path) -> dict[str, Path]:
+    """Files a model or checkpoint must not silently replace."""
+    model_path, checkpoint_path = folder / "a-model.npz", folder / "a-checkpoint.ckpt"
+    small_model().save(model_path)
+    X, y = np.eye(4, 3), np.array([0, 1, 1, 0])
+    small_model().fit(X, y, loss=losses.CrossEntropy(), optimizer=optim.SGD(), batch_size=4, checkpoint=checkpoint_path)
+    files = {"model": model_path, "checkpoint": checkpoint_path}
+    for name, content in {
+        "text": b"root:x:0:0:root:/root:/bin/bash\n",
+        "empty": b"",
+        "npz": b"",
+        "truncated-model": model_path.read_bytes()[:-10],
+    }.items():
+        files[name] = folder / f"{name}.file"
+        files[name].write_bytes(content)
+    np.savez(files["npz"], parameters=np.zeros(3))
+    files["link-to-text"] = folder / "link"
+    files["link-to-text"].symlink_to(files["text"])
+    files["dangling-link"] = folder / "dangling"
+    files["dangling-link"].symlink_to(folder / "nowhere")
+    return files
+
+
+def snapshot(files: dict[str, Path]) -> dict[str, tuple[bool, bytes | str]]:
+    return {
+        name: (path.is_symlink(), str(path.readlink()) if path.is_symlink() else path.read_bytes())
+        for name, path in files.items()
+    }
+
+
+def test_save_replaces_only_a_model_file_unless_told(tmp_path):
+    files = foreign_files(tmp_path)
+    before = snapshot(files)
+    model = small_model()
+    for name, path in files.items():
+        if name == "model":
+            continue
+        with pytest.raises(_io.OverwriteRefusedError, match="overwrite=True") as error:
+            model.save(path)
+        assert isinstance(error.value, ValueError) and str(path) in str(error.value)
+    assert snapshot(files) == before
+    model.save(files["model"])  # a model file: replaced as before
+    model.save(files["link-to-text"], overwrite=True)  # the link is replaced, its target is not written through
+    assert files["text"].read_bytes() == before["text"][1] and not files["link-to-text"].is_symlink()
+    for name, path in files.items():
+        model.save(path, overwrite=True)
+        assert np.array_equal(fastopt.load(path).parameters, model.parameters), name
+
+
+def test_a_folder_is_never_replaced(tmp_path):
+    folder = tmp_path / "model.npz"
+    folder.mkdir()
+    with pytest.raises(_io.OverwriteRefusedError, match="not a file"):
+        small_model().save(folder, overwrite=True)
+    assert folder.is_dir()
+
+
+def test_a_fresh_checkpointed_fit_refuses_a_foreign_file_before_training(tmp_path):
+    files = foreign_files(tmp_path)
+    before = snapshot(files)
+    X, y = np.eye(4, 3), np.array([0, 1, 1, 0])
+    for name, path in files.items():
+        if name == "checkpoint":
+            continue
+        model = small_model()
+        with pytest.raises(_io.OverwriteRefusedError, match="fastopt-checkpoint") as error:
+            model.fit(X, y, loss=losses.CrossEntropy(), checkpoint=path)
+        assert str(path) in str(error.value)
+        assert np.array_equal(model.parameters, small_model().parameters), "trained before refusing"
+    assert snapshot(files) == before
+    small_model().fit(X, y, loss=losses.CrossEntropy(), checkpoint=files["checkpoint"])  # replaces a checkpoint
+
+
+def test_the_checkpoint_writer_honours_overwrite(tmp_path):
+    from fastopt import checkpoint
+
+    text = tmp_path / "notes.txt"
+    text.write_text("keep me")
+    assert checkpoint.check_options(text, None, resume=False, overwrite=True) == "epoch"
+    with pytest.raises(_io.OverwriteRefusedError):
+        checkpoint.check_options(text, None, resume=False)
+    with pytest.raises(TypeError, match="overwrite"):
+        checkpoint.check_options(text, None, resume=False, overwrite="yes")
+    X, y = np.eye(4, 3), np.array([0, 1, 1, 0])
+    path = tmp_path / "run.ckpt"
+    small_model().fit(X, y, loss=losses.CrossEntropy(), checkpoint=path)
+    state = TrainingState.load(path, _io.read_archive(path, CHECKPOINT_FILE_KIND, 1)[0]["training"]["fingerprint"])
+    with pytest.raises(_io.OverwriteRefusedError):
+        state.save(text)
+    assert text.read_text() == "keep me"
+    state.save(text, overwrite=True)
+    assert _io.archive_kind(text) == CHECKPOINT_FILE_KIND
+
+
+# ------------------------------------------------------------------------------------ permissions
+posix_only = pytest.mark.skipif(__import__("os").name != "posix", reason="POSIX permission bits")
+
+
+@pytest.fixture
+def umask():
+    import os
+
+    original = os.umask(0o022)
+    os.umask(original)
+
+    def set_umask(value: int) -> None:
+        os.umask(value)
+
+    yield set_umask
+    os.umask(original)
+
+
+def mode_of(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@posix_only
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o000, 0o027], ids=oct)
+def test_new_files_get_the_permissions_open_would_give(tmp_path, umask, mask):
+    umask(mask)
+    reference = tmp_path / "reference"
+    with open(reference, "w"):
+        pass
+    X, y = np.eye(4, 3), np.array([0, 1, 1, 0])
+    small_model().save(tmp_path / "model.npz")
+    small_model().fit(X, y, loss=losses.CrossEntropy(), checkpoint=tmp_path / "run.ckpt", checkpoint_every=1)
+    assert mode_of(reference) == 0o666 & ~mask
+    assert mode_of(tmp_path / "model.npz") == mode_of(reference)
+    assert mode_of(tmp_path / "run.ckpt") == mode_of(reference)
+
+
+@posix_only
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644, 0o664], ids=oct)
+def test_a_replaced_file_keeps_its_permissions(tmp_path, umask, mode):
+    umask(0o022)
+    path = tmp_path / "model.npz"
+    small_model().save(path)
+    path.chmod(mode)
+    small_model().save(path)
+    assert mode_of(path) == mode
