@@ -284,6 +284,7 @@ class Sequential:
         checkpoint_every: int | str | None = None,
         resume: bool = False,
         on_nonfinite: str = "raise",
+        overwrite: bool = False,
     ) -> History:
         """Train on (X, y) with mini-batches; returns the per-epoch ``History``.
 
@@ -300,7 +301,8 @@ class Sequential:
         once. A checkpoint of another run (architecture, dtype, optimizer class or hyperparameters, loss,
         epochs, batch_size, shuffle, seed, training or validation data) is refused with ``ValueError``
         naming what differs, a corrupt or foreign file with ``FileFormatError``; the model and optimizer
-        are then unchanged.
+        are then unchanged. A fresh run refuses a ``checkpoint`` path holding a file that is not a fastopt
+        checkpoint unless ``overwrite=True``.
 
         ``on_nonfinite``: if a batch's loss is NaN or Inf, ``"raise"`` (default) raises
         ``FloatingPointError`` naming the step, before that step's update (the last checkpoint written
@@ -316,7 +318,7 @@ class Sequential:
         batch_size = check_positive_int(batch_size, "batch_size")
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
-        every = _checkpoint.check_options(checkpoint, checkpoint_every, resume)
+        every = _checkpoint.check_options(checkpoint, checkpoint_every, resume, overwrite)
         backend = resolve_backend(self._backend_name)
         inputs = as_features(X, self.in_features, self.dtype, backend)
         targets = loss.targets(y, self.out_features, self.dtype)
@@ -344,8 +346,9 @@ class Sequential:
         saver = None
         if checkpoint is not None:
             saver = _checkpoint.Checkpointer(
-                checkpoint, every, fingerprint, self.parameters, optimizer, rng, position, history, environment
-            )
+                checkpoint, every, fingerprint, self.parameters, optimizer, rng, position, history, environment,
+                overwrite=overwrite,
+            )  # fmt: skip
         order = np.arange(len(inputs), dtype=np.int64)  # the row indices the gather kernels take
         with backend.training():
             while position.epoch <= epochs:

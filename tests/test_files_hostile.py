@@ -549,3 +549,11 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path, umask, mode):
     path.chmod(mode)
     small_model().save(path)
     assert mode_of(path) == mode
+
+
+def test_fit_overwrite_replaces_a_foreign_file_with_its_checkpoint(tmp_path):
+    X, y = np.eye(4, 3), np.array([0, 1, 1, 0])
+    path = tmp_path / "notes.txt"
+    path.write_text("replace me")
+    small_model().fit(X, y, loss=losses.CrossEntropy(), epochs=2, checkpoint=path, checkpoint_every=1, overwrite=True)
+    assert _io.archive_kind(path) == CHECKPOINT_FILE_KIND
