@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastopt", description="Train small neural networks on CPU with fastopt.")
     _add_debug_option(parser, False)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train_command(commands)
+    _add_bench_command(commands)
+    return parser
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train an MLP (default: 784-128-64-10 with Adam on the shipped Fashion-MNIST subset)",
@@ -130,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="let --save and --checkpoint replace a file that is not a fastopt model or checkpoint (refused otherwise)",
     )
     _add_debug_option(train, argparse.SUPPRESS)  # SUPPRESS: ``fastopt --debug train`` keeps the top-level value
+
+
+def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
         "bench",
         help="time numpy and cython backends (and PyTorch, scikit-learn when installed) side by side",
@@ -151,7 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--samples", type=_positive_int, default=60000, help="samples in the epoch workload")
     bench.add_argument("--json", metavar="PATH", help="also write the measurements to PATH as JSON")
     _add_debug_option(bench, argparse.SUPPRESS)
-    return parser
 
 
 def _load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -186,7 +194,8 @@ def _format_logs(logs: dict[str, float]) -> str:
     return "  ".join(f"{key} {value:.4f}" if key != "seconds" else f"{value:.2f} s" for key, value in logs.items())
 
 
-def train(args: argparse.Namespace) -> int:
+def _check_train_options(args: argparse.Namespace) -> None:
+    """What can be refused before loading data and training: the backend and the files to write."""
     if args.backend is not None and args.backend not in available_backends():
         reason = backend_problems().get(args.backend)
         raise ValueError(f"backend {args.backend!r} is not available" + (f": {reason}" if reason else ""))
@@ -199,9 +208,10 @@ def train(args: argparse.Namespace) -> int:
     if args.checkpoint and not Path(args.checkpoint).resolve().parent.is_dir():
         folder = Path(args.checkpoint).resolve().parent
         raise ValueError(f"--checkpoint {args.checkpoint}: the folder {folder} does not exist")
-    X_train, y_train, X_test, y_test = _load_dataset(args.dataset)
-    n_classes = int(max(y_train.max(), y_test.max())) + 1
-    sizes = [X_train.shape[1], *args.hidden, n_classes]
+
+
+def _build_model(sizes: list[int], args: argparse.Namespace) -> Sequential:
+    """A ReLU MLP of the given layer sizes; a model too large to allocate is reported with its size."""
     stack: list[layers.Layer] = []
     for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         stack.append(layers.Dense(n_in, n_out))
@@ -214,6 +224,15 @@ def train(args: argparse.Namespace) -> int:
         shape = "-".join(map(str, sizes))
         kind = MemoryError if isinstance(exc, MemoryError) else ValueError
         raise kind(f"a {shape} MLP has {n_parameters:,} parameters: {exc}") from exc
+    return model
+
+
+def train(args: argparse.Namespace) -> int:
+    _check_train_options(args)
+    X_train, y_train, X_test, y_test = _load_dataset(args.dataset)
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    sizes = [X_train.shape[1], *args.hidden, n_classes]
+    model = _build_model(sizes, args)
     optimizer = _make_optimizer(args)
     print(
         f"fastopt: {' -> '.join(map(str, sizes))} MLP, {optimizer!r}, backend {model.backend}, {args.dtype}, "
