@@ -7,6 +7,8 @@ value, shape or layout, with a message that names the offending argument.
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -50,9 +52,9 @@ def check_array(
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
     if dtype is None:
         if array.dtype not in FLOAT_DTYPES:
-            raise DTypeError(f"{name} must be float32 or float64, got {array.dtype}")
+            raise DTypeError(dtype_mismatch(array, FLOAT_DTYPES, name))
     elif array.dtype != dtype:
-        raise DTypeError(f"{name} must have dtype {dtype}, got {array.dtype}")
+        raise DTypeError(dtype_mismatch(array, (dtype,), name))
     if shape is not None and array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
     if not array.flags.c_contiguous:
@@ -60,6 +62,21 @@ def check_array(
     if writeable and not array.flags.writeable:
         raise ValueError(f"{name} is read-only but is written to")
     return array
+
+
+def dtype_mismatch(array: np.ndarray, expected: Sequence[np.dtype], name: str) -> str:
+    """The message for ``array`` whose dtype is none of ``expected``; it names the byte order when that
+    is the only difference (a big-endian float64 is a float64, but not one the kernels read)."""
+    wanted = " or ".join(dtype.name for dtype in expected)
+    requirement = f"have dtype {wanted}" if len(expected) == 1 else f"be {wanted}"
+    native = array.dtype.newbyteorder("=")
+    if array.dtype.isnative or native not in expected:
+        return f"{name} must {requirement}, got {array.dtype}"
+    order = "big" if array.dtype.byteorder == ">" else "little"
+    return (
+        f"{name} must {requirement} in native byte order, got {array.dtype.str} ({order}-endian): "
+        f"convert it with {name}.astype(np.{native.name})"
+    )
 
 
 def check_no_overlap(outputs: Sequence[tuple[str, np.ndarray]], others: Sequence[tuple[str, np.ndarray]]) -> None:
@@ -115,16 +132,60 @@ def check_positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def as_real_array(data: object, name: str, expected: str = "real numbers") -> np.ndarray:
+    """``data`` as an ndarray of a real dtype (bool, integer or float), without copying when it is one.
+
+    Objects that convert exactly are accepted: an object array (a pandas frame with nullable ``Int64`` or
+    ``Float32`` columns gives one) whose every element is a real number. Missing values (None, ``pd.NA``),
+    other objects, strings, complex numbers and sparse matrices are refused, naming what was found and,
+    for sparse input, what to do. ``expected`` says what the data must hold, for the message.
+    """
+    if _is_sparse(data):
+        method = "toarray" if hasattr(data, "toarray") else "todense"
+        raise TypeError(
+            f"{name} is a sparse matrix ({type(data).__name__}); sparse input is not supported: "
+            f"convert it with {name}.{method}()"
+        )
+    array = np.asarray(data)
+    if array.dtype == object:
+        array = _from_objects(array, name, expected)
+    if array.dtype.kind not in "biuf":
+        raise DTypeError(f"{name} must hold {expected}, got dtype {array.dtype}")
+    return array
+
+
+def _is_sparse(data: object) -> bool:
+    """scipy.sparse matrices and arrays (checked without importing scipy: if it is not imported, ``data``
+    is none of its types), and other sparse containers that offer ``toarray``/``todense``."""
+    scipy_sparse = sys.modules.get("scipy.sparse")
+    if scipy_sparse is not None and scipy_sparse.issparse(data):
+        return True
+    return not isinstance(data, np.ndarray) and (hasattr(data, "toarray") or hasattr(data, "todense"))
+
+
+def _from_objects(array: np.ndarray, name: str, expected: str) -> np.ndarray:
+    """An object array's elements as a real-dtype array, if every element is a real number."""
+    values = array.ravel().tolist()  # the element objects themselves
+    for index, value in enumerate(values):
+        if not isinstance(value, (numbers.Real, np.bool_)):
+            where = tuple(int(i) for i in np.unravel_index(index, array.shape)) if array.ndim else ()
+            if value is None or type(value).__name__ == "NAType":  # pandas.NA, without importing pandas
+                raise ValueError(f"{name} has a missing value ({value!r}) at index {where}: fill or drop it first")
+            raise DTypeError(
+                f"{name} must hold {expected}, but it holds {value!r} ({type(value).__name__}) at index {where}"
+            )
+    return np.array(values).reshape(array.shape)
+
+
 def as_features(X: object, n_features: int, dtype: np.dtype, backend: Backend, name: str = "X") -> np.ndarray:
     """Convert a user's input batch to a C-contiguous ``(N, n_features)`` array of ``dtype``.
 
-    Any real numeric dtype (integers, bool, float16/32/64) is accepted and converted once; object,
-    string and complex inputs, NaN/Inf, empty inputs and wrong shapes are refused. The NaN/Inf test is
-    ``backend``'s kernel (the compiled one reads the data once, on all threads).
+    Any real numeric dtype (integers, bool, float16/32/64, either byte order) is accepted and converted
+    once, as are objects that convert exactly (see ``as_real_array``); object, string and complex inputs,
+    sparse matrices, NaN/Inf, empty inputs and wrong shapes are refused. The NaN/Inf test is ``backend``'s
+    kernel (the compiled one reads the data once, on all threads).
     """
-    array = np.asarray(X)
-    if array.dtype.kind not in "biuf":
-        raise DTypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    array = as_real_array(X, name)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got {array.ndim}-D with shape {array.shape}")
     if array.shape[0] == 0:
@@ -139,10 +200,11 @@ def as_features(X: object, n_features: int, dtype: np.dtype, backend: Backend, n
 
 
 def as_labels(y: object, n_classes: int, name: str = "y") -> np.ndarray:
-    """Convert class labels to int64 ``(N,)``: integer labels, integral floats, or one-hot rows."""
-    array = np.asarray(y)
-    if array.dtype.kind not in "biuf":
-        raise DTypeError(f"{name} must hold class labels (integers) or one-hot rows, got dtype {array.dtype}")
+    """Convert class labels to int64 ``(N,)``: integer labels, integral floats, or one-hot rows.
+
+    Labels are checked in the dtype they come in, so that a message quotes the values given (a uint64
+    ``2**64 - 1`` or a float ``1e20``, not what a cast to int64 makes of them)."""
+    array = as_real_array(y, name, "class labels (integers) or one-hot rows")
     if array.ndim == 2:
         if array.shape[1] != n_classes:
             raise ValueError(f"{name} one-hot rows have {array.shape[1]} columns but the model has {n_classes} outputs")
@@ -152,14 +214,21 @@ def as_labels(y: object, n_classes: int, name: str = "y") -> np.ndarray:
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D labels or 2-D one-hot rows, got shape {array.shape}")
     if array.dtype.kind == "f":
-        if not np.isfinite(array).all() or (array != np.round(array)).any():
-            raise ValueError(f"{name} contains non-integer labels; class labels must be whole numbers")
-    labels = array.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(
-            f"{name} has labels out of range: found {labels.min()}..{labels.max()}, the model has {n_classes} classes"
-        )
-    return np.ascontiguousarray(labels)
+        fractional = array != np.round(array)  # NaN too; Inf is whole, and out of range below
+        if fractional.any():
+            index = int(np.argmax(fractional))
+            hint = " (NaN often marks a missing value: fill or drop it)" if np.isnan(array[index]) else ""
+            raise ValueError(
+                f"{name} contains non-integer labels: {array[index]!s} at index ({index},); class labels must be "
+                f"whole numbers{hint}"
+            )
+    if array.size:
+        low, high = array.min(), array.max()
+        if low < 0 or high >= n_classes:
+            raise ValueError(
+                f"{name} has labels out of range: found {low!s}..{high!s}, the model has {n_classes} classes"
+            )
+    return np.ascontiguousarray(array, dtype=np.int64)
 
 
 def check_same_length(X: np.ndarray, y: np.ndarray, x_name: str = "X", y_name: str = "y") -> None:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastopt import _io
+from fastopt._checks import resolve_dtype
 from fastopt._io import FileFormatError
 from fastopt._version import __version__
 from fastopt.optim import Optimizer
@@ -164,8 +165,9 @@ class TrainingState:
     environment: dict[str, Any] = field(default_factory=dict)  # see ``environment``; informational
 
     # ------------------------------------------------------------------ writing
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this state to ``path`` atomically (the previous file stays whole if the process dies)."""
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Write this state to ``path`` atomically (the previous file stays whole if the process dies). An
+        existing file is replaced only if it is a fastopt checkpoint, or with ``overwrite=True``."""
         training = {
             "fingerprint": self.fingerprint,
             "progress": asdict(self.progress),
@@ -188,7 +190,7 @@ class TrainingState:
             "fastopt_version": __version__,
             "environment": self.environment,
         }
-        _io.write_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION, header, arrays)
+        _io.write_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION, header, arrays, overwrite)
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -197,7 +199,7 @@ class TrainingState:
         if it is truncated, corrupt, foreign, pickled or of another format version, and ``ValueError``
         naming the differing fields if it belongs to another run (``expected_fingerprint``)."""
         try:
-            header, arrays = _io.read_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION)
+            header, arrays = _io.read_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION, _file_layout)
         except (FileNotFoundError, FileFormatError):
             raise
         except Exception as exc:
@@ -329,6 +331,24 @@ class TrainingState:
         rng.bit_generator.state = self.rng_state
 
 
+def _file_layout(header: dict[str, Any]) -> _io.Layout:
+    """The arrays a checkpoint's header declares: the parameters, sized by its fingerprint, and one
+    optimizer buffer of the same size per name its optimizer record lists (``read_archive`` reads nothing
+    else and nothing larger)."""
+    training = header.get("training")
+    fingerprint = training.get("fingerprint") if isinstance(training, dict) else None
+    optimizer = training.get("optimizer") if isinstance(training, dict) else None
+    if not isinstance(fingerprint, dict) or not isinstance(optimizer, dict):
+        raise ValueError("its header holds no training state")
+    size, buffers = fingerprint.get("n_parameters"), optimizer.get("buffers")
+    if not _is_int(size) or size < 0:
+        raise ValueError(f"its header declares {size!r} parameters")
+    if not isinstance(buffers, list) or len(buffers) != 1 or not all(isinstance(name, str) for name in buffers[0]):
+        raise ValueError("its header has a bad optimizer buffer list")
+    dtype = resolve_dtype(fingerprint.get("dtype"))
+    return {"parameters": (dtype, (size,)), **{f"optimizer.0.{name}": (dtype, (size,)) for name in buffers[0]}}
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -357,12 +377,10 @@ def _check_fingerprint(path: str | os.PathLike[str], found: object, expected: di
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> int:
-    """Delete the temporary files a process killed while writing ``path`` left next to it
-    (``write_archive`` names them ``.<name>.<random>.tmp``); returns how many were removed."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    """Delete the temporary files a process killed while writing ``path`` left next to it (exactly
+    those ``write_archive`` names, see ``_io.temporaries_of``); returns how many were removed."""
     removed = 0
-    for stale in folder.glob(f".{path.name}.*.tmp"):
+    for stale in _io.temporaries_of(path):
         try:
             stale.unlink()
             removed += 1
@@ -387,8 +405,10 @@ class Checkpointer:
         progress: Progress,
         history: History,
         environment: dict[str, Any],
+        overwrite: bool = False,
     ) -> None:
         self.path = path
+        self.overwrite = overwrite  # whether the first save may replace a file that is not a checkpoint
         self.every_steps = every if isinstance(every, int) else 0
         self.fingerprint = fingerprint
         self.parameters = parameters
@@ -441,14 +461,22 @@ class Checkpointer:
                 "state": optimizer.state,
             },
             environment=self.environment,
-        ).save(self.path)
+        ).save(self.path, self.overwrite)
         self.unsaved = False
+        self.overwrite = True  # the file is this run's checkpoint now
 
 
 def check_options(
-    checkpoint: str | os.PathLike[str] | None, checkpoint_every: int | str | None, resume: bool
+    checkpoint: str | os.PathLike[str] | None,
+    checkpoint_every: int | str | None,
+    resume: bool,
+    overwrite: bool = False,
 ) -> int | str:
-    """Validate ``fit``'s checkpoint arguments; returns the cadence (a number of batches, or ``"epoch"``)."""
+    """Validate ``fit``'s checkpoint arguments; returns the cadence (a number of batches, or ``"epoch"``).
+
+    A fresh run (not ``resume``) refuses a ``checkpoint`` path holding a file that is not a fastopt
+    checkpoint unless ``overwrite`` (``_io.OverwriteRefusedError``); resuming reads the file, and refuses
+    a foreign one as ``FileFormatError``."""
     if not isinstance(resume, (bool, np.bool_)):
         raise TypeError(f"resume must be True or False, got {resume!r}")
     if checkpoint is None:
@@ -463,6 +491,10 @@ def check_options(
         raise ValueError(f"checkpoint {checkpoint}: the folder {folder} does not exist")
     if path.exists() and not path.is_file():
         raise ValueError(f"checkpoint {checkpoint} exists and is not a file")
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+    if not resume:
+        _io.check_replaceable(path, CHECKPOINT_FILE_KIND, bool(overwrite))
     if checkpoint_every is None or checkpoint_every == "epoch":
         return "epoch"
     if isinstance(checkpoint_every, (bool, np.bool_)) or not isinstance(checkpoint_every, (int, np.integer)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from fastopt import datasets, layers, losses, optim
-from fastopt._io import FileFormatError
+from fastopt._io import check_replaceable
 from fastopt.backend import available_backends, backend_problems, get_backend
-from fastopt.model import Sequential
+from fastopt.model import MODEL_FILE_KIND, Sequential
 
 DATASETS = ("mini", "fashion-mnist", "mnist", "xor")
 
@@ -70,9 +71,22 @@ def _checkpoint_every(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a positive number of batches or 'epoch', got {text!r}") from None
 
 
+def _add_debug_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="on a failure, show Python's traceback (exit status 1)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastopt", description="Train small neural networks on CPU with fastopt.")
+    _add_debug_option(parser, False)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train_command(commands)
+    _add_bench_command(commands)
+    return parser
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train an MLP (default: 784-128-64-10 with Adam on the shipped Fashion-MNIST subset)",
@@ -116,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue from --checkpoint if it exists (bit-identical to an uninterrupted run); else start fresh",
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --save and --checkpoint replace a file that is not a fastopt model or checkpoint (refused otherwise)",
+    )
+    _add_debug_option(train, argparse.SUPPRESS)  # SUPPRESS: ``fastopt --debug train`` keeps the top-level value
+
+
+def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
         "bench",
         help="time numpy and cython backends (and PyTorch, scikit-learn when installed) side by side",
@@ -136,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--samples", type=_positive_int, default=60000, help="samples in the epoch workload")
     bench.add_argument("--json", metavar="PATH", help="also write the measurements to PATH as JSON")
-    return parser
+    _add_debug_option(bench, argparse.SUPPRESS)
 
 
 def _load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -171,26 +194,45 @@ def _format_logs(logs: dict[str, float]) -> str:
     return "  ".join(f"{key} {value:.4f}" if key != "seconds" else f"{value:.2f} s" for key, value in logs.items())
 
 
-def train(args: argparse.Namespace) -> int:
+def _check_train_options(args: argparse.Namespace) -> None:
+    """What can be refused before loading data and training: the backend and the files to write."""
     if args.backend is not None and args.backend not in available_backends():
         reason = backend_problems().get(args.backend)
         raise ValueError(f"backend {args.backend!r} is not available" + (f": {reason}" if reason else ""))
     if args.save and not Path(args.save).resolve().parent.is_dir():
         raise ValueError(f"--save {args.save}: the folder {Path(args.save).resolve().parent} does not exist")
+    if args.save:  # before training, not after it
+        check_replaceable(args.save, MODEL_FILE_KIND, args.overwrite)
     if args.checkpoint is None and (args.checkpoint_every is not None or args.resume):
         raise ValueError(f"{'--resume' if args.resume else '--checkpoint-every'} needs --checkpoint PATH")
     if args.checkpoint and not Path(args.checkpoint).resolve().parent.is_dir():
         folder = Path(args.checkpoint).resolve().parent
         raise ValueError(f"--checkpoint {args.checkpoint}: the folder {folder} does not exist")
-    X_train, y_train, X_test, y_test = _load_dataset(args.dataset)
-    n_classes = int(max(y_train.max(), y_test.max())) + 1
-    sizes = [X_train.shape[1], *args.hidden, n_classes]
+
+
+def _build_model(sizes: list[int], args: argparse.Namespace) -> Sequential:
+    """A ReLU MLP of the given layer sizes; a model too large to allocate is reported with its size."""
     stack: list[layers.Layer] = []
     for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         stack.append(layers.Dense(n_in, n_out))
         if index < len(sizes) - 2:
             stack.append(layers.ReLU())
-    model = Sequential(stack, dtype=args.dtype, seed=args.seed, backend=args.backend)
+    try:
+        model = Sequential(stack, dtype=args.dtype, seed=args.seed, backend=args.backend)
+    except (MemoryError, ValueError) as exc:  # ValueError: more elements than NumPy can index
+        n_parameters = sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(sizes))
+        shape = "-".join(map(str, sizes))
+        kind = MemoryError if isinstance(exc, MemoryError) else ValueError
+        raise kind(f"a {shape} MLP has {n_parameters:,} parameters: {exc}") from exc
+    return model
+
+
+def train(args: argparse.Namespace) -> int:
+    _check_train_options(args)
+    X_train, y_train, X_test, y_test = _load_dataset(args.dataset)
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    sizes = [X_train.shape[1], *args.hidden, n_classes]
+    model = _build_model(sizes, args)
     optimizer = _make_optimizer(args)
     print(
         f"fastopt: {' -> '.join(map(str, sizes))} MLP, {optimizer!r}, backend {model.backend}, {args.dtype}, "
@@ -215,13 +257,14 @@ def train(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             checkpoint_every=args.checkpoint_every if args.checkpoint else None,
             resume=args.resume,
+            overwrite=args.overwrite,
         )
     training_seconds = time.perf_counter() - started
     result = model.evaluate(X_test, y_test, loss=losses.CrossEntropy())
     accuracy = result["accuracy"]
     print(f"test loss {result['loss']:.4f}  test accuracy {accuracy:.4f}  training time {training_seconds:.2f} s")
     if args.save:
-        model.save(args.save)
+        model.save(args.save, overwrite=args.overwrite)
         print(f"saved the model to {args.save}")
     return 0
 
@@ -234,15 +277,33 @@ def bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": train, "bench": bench}
+BAD_INPUT = (ValueError, TypeError, ArithmeticError, OSError)  # FileFormatError and OverwriteRefusedError too
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. A failure is one line on stderr: exit status 2 for bad input (arguments, files,
+    data, a diverging run), 1 for a fault (out of memory, or any other error, which is a bug to report);
+    ``--debug`` lets the exception through instead, with its traceback. 130 after Ctrl-C."""
+    args = build_parser().parse_args(argv)  # bad arguments exit here, with status 2
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, ArithmeticError, FileNotFoundError, FileFormatError, OSError) as exc:
-        sys.stderr.write(f"fastopt: error: {exc}\n")
-        return 2
     except KeyboardInterrupt:
         sys.stderr.write("fastopt: interrupted\n")
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        return _report(exc)
+
+
+def _report(exc: Exception) -> int:
+    """Write ``exc`` as one line on stderr; return the exit status its kind means."""
+    text = re.sub(r"\s*\n\s*", " ", str(exc)).strip() or type(exc).__name__
+    if isinstance(exc, BAD_INPUT):
+        sys.stderr.write(f"fastopt: error: {text}\n")
+        return 2
+    if isinstance(exc, MemoryError):
+        sys.stderr.write(f"fastopt: error: out of memory: {text}\n")
+        return 1
+    sys.stderr.write(f"fastopt: internal error: {type(exc).__name__}: {text} (--debug shows the traceback)\n")
+    return 1

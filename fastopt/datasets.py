@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import tempfile
 import urllib.error
@@ -15,10 +16,11 @@ import urllib.request
 import zlib
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO, NoReturn
 
 import numpy as np
 
-from fastopt._io import FileFormatError
+from fastopt._io import DEFLATE_MAX_RATIO, FileFormatError, read_into
 
 # IDX type codes (the third byte of the magic number) and the big-endian dtypes they mean.
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -41,29 +43,59 @@ Dataset = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read one IDX file (optionally gzip-compressed, by content) into an array of its own dtype and shape."""
+    """Read one IDX file (optionally gzip-compressed, by content) into an array of its own dtype and shape.
+
+    The header is read first; the data it declares must then be exactly what the file holds. A plain
+    file's length is checked before any data is read; a gzipped one is decompressed as a stream into an
+    array of the declared size (refused beforehand if the declaration exceeds what deflate can expand the
+    file to, 1032:1), and refused if its data ends early or goes on."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such IDX file: {path}")
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with path.open("rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+            return _read_idx_stream(path, stream, path.stat().st_size, compressed)
     except (OSError, EOFError, zlib.error) as exc:
         raise FileFormatError(f"{path}: cannot decompress ({exc})") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise FileFormatError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
-    ndim = raw[3]
-    header_size = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header_size:
+
+
+def _read_idx_header(path: Path, stream: BinaryIO) -> tuple[np.dtype, tuple[int, ...]]:
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
+        raise FileFormatError(f"{path}: not an IDX file (bad magic number {magic.hex()})")
+    ndim = magic[3]
+    dims = stream.read(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
         raise FileFormatError(f"{path}: truncated or invalid IDX header")
-    shape = tuple(int(dim) for dim in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(IDX_DTYPES[raw[2]])
-    expected = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        problem = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise FileFormatError(f"{path}: {problem}: {len(raw)} bytes, the header announces {expected}")
-    return np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
+    return np.dtype(IDX_DTYPES[magic[2]]), tuple(int(dim) for dim in np.frombuffer(dims, dtype=">u4"))
+
+
+def _read_idx_stream(path: Path, stream: BinaryIO, file_size: int, compressed: bool) -> np.ndarray:
+    dtype, shape = _read_idx_header(path, stream)
+    header_size = 4 + 4 * len(shape)
+    expected = header_size + math.prod(shape) * dtype.itemsize
+    if compressed and expected > DEFLATE_MAX_RATIO * file_size:
+        raise FileFormatError(
+            f"{path}: the header announces {expected} bytes, more than its {file_size} compressed bytes can hold"
+        )
+    if not compressed and file_size != expected:
+        _refuse_idx_size(path, file_size, expected)
+    data = np.empty(expected - header_size, dtype=np.uint8)
+    received = header_size + read_into(stream, data)
+    if received < expected:
+        _refuse_idx_size(path, received, expected)
+    if stream.read(1):
+        raise FileFormatError(f"{path}: has trailing bytes beyond the {expected} the header announces")
+    values = data.view(dtype).reshape(shape)
+    return values if dtype.isnative else values.byteswap(inplace=True).view(dtype.newbyteorder("="))
+
+
+def _refuse_idx_size(path: Path, size: int, expected: int) -> NoReturn:
+    problem = "truncated" if size < expected else "has trailing bytes"
+    raise FileFormatError(f"{path}: {problem}: {size} bytes, the header announces {expected}")
 
 
 def load_idx(images_path: str | os.PathLike[str], labels_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastopt._checks import DTypeError, as_labels, resolve_dtype
+from fastopt._checks import as_labels, as_real_array, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
 
 
@@ -95,9 +95,7 @@ class MSE(Loss):
     kernel = "mse"
 
     def targets(self, y: object, n_outputs: int, dtype: np.dtype) -> Targets:
-        array = np.asarray(y)
-        if array.dtype.kind not in "biuf":
-            raise DTypeError(f"y must hold real numbers, got dtype {array.dtype}")
+        array = as_real_array(y, "y")
         if array.ndim == 1 and array.dtype.kind in "biu" and n_outputs > 1:
             labels = as_labels(array, n_outputs)
             return Targets(values=np.eye(n_outputs, dtype=dtype)[labels], labels=labels)

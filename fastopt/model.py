@@ -378,6 +378,7 @@ class Sequential:
         checkpoint_every: int | str | None = None,
         resume: bool = False,
         on_nonfinite: str = "raise",
+        overwrite: bool = False,
     ) -> History:
         """Train on (X, y) with mini-batches; returns the per-epoch ``History``.
 
@@ -394,7 +395,8 @@ class Sequential:
         once. A checkpoint of another run (architecture, dtype, optimizer class or hyperparameters, loss,
         epochs, batch_size, shuffle, seed, training or validation data) is refused with ``ValueError``
         naming what differs, a corrupt or foreign file with ``FileFormatError``; the model and optimizer
-        are then unchanged.
+        are then unchanged. A fresh run refuses a ``checkpoint`` path holding a file that is not a fastopt
+        checkpoint unless ``overwrite=True``.
 
         ``on_nonfinite``: if a batch's loss is NaN or Inf, ``"raise"`` (default) raises
         ``FloatingPointError`` naming the step, before that step's update (the last checkpoint written
@@ -410,7 +412,7 @@ class Sequential:
         batch_size = check_positive_int(batch_size, "batch_size")
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
-        every = _checkpoint.check_options(checkpoint, checkpoint_every, resume)
+        every = _checkpoint.check_options(checkpoint, checkpoint_every, resume, overwrite)
         backend = resolve_backend(self._backend_name)
         inputs = as_features(X, self.in_features, self.dtype, backend)
         targets = loss.targets(y, self.out_features, self.dtype)
@@ -438,8 +440,9 @@ class Sequential:
         saver = None
         if checkpoint is not None:
             saver = _checkpoint.Checkpointer(
-                checkpoint, every, fingerprint, self.parameters, optimizer, rng, position, history, environment
-            )
+                checkpoint, every, fingerprint, self.parameters, optimizer, rng, position, history, environment,
+                overwrite=overwrite,
+            )  # fmt: skip
         order = np.arange(len(inputs), dtype=np.int64)  # the row indices the gather kernels take
         with backend.training():
             while position.epoch <= epochs:
@@ -579,11 +582,26 @@ class Sequential:
         return batch_loss, correct
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the architecture, dtype and parameters to an ``.npz`` file (atomically; no pickle)."""
-        _io.write_archive(
-            path, MODEL_FILE_KIND, MODEL_FILE_VERSION, {"model": self.config()}, {"parameters": self.parameters}
-        )
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Write the architecture, dtype and parameters to an ``.npz`` file (atomically; no pickle). An
+        existing file is replaced only if it is a fastopt model file, or with ``overwrite=True``."""
+        config, parameters = {"model": self.config()}, {"parameters": self.parameters}
+        _io.write_archive(path, MODEL_FILE_KIND, MODEL_FILE_VERSION, config, parameters, overwrite)
+
+
+def _file_layout(header: dict[str, Any]) -> _io.Layout:
+    """The arrays a model file's header declares: its parameters, sized by the architecture, so that
+    ``read_archive`` reads nothing else and nothing larger."""
+    config = header.get("model")
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        raise ValueError("its header has no model description")
+    try:
+        layers = [layer_from_config(layer) for layer in config["layers"]]
+        n_params = sum(layer.n_params for layer in layers if isinstance(layer, Dense))
+        dtype = resolve_dtype(config.get("dtype"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"its header describes an invalid model: {exc}") from exc
+    return {"parameters": (dtype, (n_params,))}
 
 
 def _refuse_rebinding(name: str, instead: str) -> None:
@@ -604,26 +622,14 @@ def _checked_buffer(buffer: object, name: str, size: int, dtype: np.dtype) -> np
 
 def load(path: str | os.PathLike[str], backend: str | None = None) -> Sequential:
     """Read a model written by ``Sequential.save``; refuses corrupt, foreign or pickled files."""
-    header, arrays = _io.read_archive(path, MODEL_FILE_KIND, MODEL_FILE_VERSION)
-    config = header.get("model")
-    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-        raise _io.FileFormatError(f"{path} has no model description")
-    parameters = arrays.get("parameters")
+    header, arrays = _io.read_archive(path, MODEL_FILE_KIND, MODEL_FILE_VERSION, layout=_file_layout)
+    config = header["model"]
     try:
-        layers = [layer_from_config(layer) for layer in config["layers"]]
-        # Sized before anything is allocated: the header is not covered by the checksum.
-        n_params = sum(layer.n_params for layer in layers if isinstance(layer, Dense))
+        model = Sequential(
+            [layer_from_config(layer) for layer in config["layers"]], dtype=config.get("dtype"), backend=backend
+        )
     except (TypeError, ValueError) as exc:
         raise _io.FileFormatError(f"{path} describes an invalid model: {exc}") from exc
-    if parameters is None or parameters.ndim != 1 or parameters.size != n_params:
-        stored = None if parameters is None else parameters.shape
-        raise _io.FileFormatError(f"{path}: its parameters {stored} do not fit the {n_params} of the architecture")
-    try:
-        model = Sequential(layers, dtype=config.get("dtype"), backend=backend)
-    except (TypeError, ValueError) as exc:
-        raise _io.FileFormatError(f"{path} describes an invalid model: {exc}") from exc
-    if parameters.dtype != model.dtype:
-        raise _io.FileFormatError(f"{path}: its parameters are {parameters.dtype}, its model {model.dtype}")
     model.seed = config.get("seed")
-    model.parameters[...] = parameters
+    model.parameters[...] = arrays["parameters"]
     return model

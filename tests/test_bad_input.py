@@ -49,7 +49,7 @@ FIT_CASES = [
     pytest.param({"X": np.zeros((6, 5))}, ValueError, "5 features but the model expects 4", id="wrong-feature-count"),
     pytest.param({"X": np.zeros(4)}, ValueError, "must be 2-D.*1-D", id="X-1d"),
     pytest.param({"X": np.zeros((6, 4, 1))}, ValueError, "must be 2-D.*3-D", id="X-3d"),
-    pytest.param({"X": np.zeros((6, 4), dtype=object)}, TypeError, "real numbers.*object", id="X-object-dtype"),
+    pytest.param({"X": np.full((6, 4), object())}, TypeError, "real numbers.*object", id="X-object-dtype"),
     pytest.param({"X": np.full((6, 4), "a")}, TypeError, "real numbers.*<U1", id="X-strings"),
     pytest.param({"X": np.ones((6, 4), dtype=np.complex128)}, TypeError, "real numbers.*complex", id="X-complex"),
     pytest.param({"X": _X(set={(1, 2): np.nan})}, ValueError, "NaN or Inf", id="X-nan"),
