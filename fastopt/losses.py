@@ -30,6 +30,17 @@ class Targets:
     def __len__(self) -> int:
         return len(self.values)
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The arrays that define the targets (a checkpoint's fingerprint hashes them)."""
+        return (self.values,)
+
+    def subset(self, rows: np.ndarray) -> Targets:
+        """The targets of ``rows`` (a validation split)."""
+        labels = None if self.labels is None else self.labels[rows]
+        if self.labels is self.values:
+            return Targets(labels, labels)  # type: ignore[arg-type]
+        return Targets(np.ascontiguousarray(self.values[rows]), labels)
+
 
 class Loss:
     """Base class of losses. ``kernel`` names the backend method that computes the loss and its gradient."""
@@ -63,8 +74,13 @@ class Loss:
             raise ValueError(f"y_pred and y_true have different lengths: {len(pred)} and {len(target)}")
         return getattr(resolve_backend(backend), self.kernel)(pred, target.values)
 
+    def config(self) -> dict[str, object]:
+        """The constructor arguments (a checkpoint's run must have the same loss)."""
+        return {}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        options = ", ".join(f"{key}={value!r}" for key, value in self.config().items())
+        return f"{type(self).__name__}({options})"
 
 
 class CrossEntropy(Loss):

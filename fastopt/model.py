@@ -18,22 +18,21 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from fastopt import _io
-from fastopt import checkpoint as _checkpoint
+from fastopt import _io, training
 from fastopt._checks import as_features, check_positive_int, check_same_length, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
+from fastopt.callbacks import Callback
+from fastopt.history import History
 from fastopt.layers import Activation, Dense, Layer, Softmax, as_parameter_values, layer_from_config
 from fastopt.losses import CrossEntropy, Loss, Targets
-from fastopt.optim import Adam, Optimizer
+from fastopt.optim import Optimizer
 
 MODEL_FILE_KIND = "fastopt-model"
 MODEL_FILE_VERSION = 1
@@ -59,19 +58,6 @@ class _Workspace:
     output_grads: list[np.ndarray]
     targets: np.ndarray | None = None
     labels: np.ndarray | None = None
-
-
-@dataclass
-class History:
-    """Per-epoch metrics of ``fit``: ``history["loss"]``, ``["accuracy"]``, ``["val_loss"]``, ``["val_accuracy"]``."""
-
-    history: dict[str, list[float]] = field(default_factory=dict)
-    epochs: list[int] = field(default_factory=list)
-
-    def append(self, epoch: int, logs: dict[str, float]) -> None:
-        self.epochs.append(epoch)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
 
 
 class Sequential:
@@ -119,6 +105,9 @@ class Sequential:
         self._workspaces: dict[int, _Workspace] = {}
         self.loss: Loss | None = None
         self.optimizer: Optimizer | None = None
+        self.stop_training = False  # Keras's flag: a callback sets it to end the fit in progress
+        self.stop_reason = ""
+        self.history: History | None = None  # of the last fit
 
     @staticmethod
     def _plan(layers: list[Layer]) -> list[_Stage]:
@@ -372,190 +361,63 @@ class Sequential:
         shuffle: bool = True,
         seed: int | None = None,
         validation_data: tuple[object, object] | None = None,
+        validation_split: float = 0.0,
+        callbacks: Sequence[Callback] | None = None,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
+        verbose: int = 0,
         progress: bool = False,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int | str | None = None,
         resume: bool = False,
-        on_nonfinite: str = "raise",
+        on_nonfinite: str | None = None,
         overwrite: bool = False,
     ) -> History:
-        """Train on (X, y) with mini-batches; returns the per-epoch ``History``.
+        """Train on (X, y) with mini-batches; returns the per-epoch ``History`` (its ``stop_reason`` says how the
+        run ended). The loop lives in ``fastopt.training``.
 
-        ``loss`` defaults to ``CrossEntropy()``; ``optimizer`` (default ``Adam()``) made without
-        parameters is bound to this model, and keeps its state across calls of ``fit``. ``seed`` seeds
-        the shuffling. ``on_epoch_end(epoch, logs)`` is called after each epoch this call trains.
+        ``loss`` defaults to ``CrossEntropy()``; ``optimizer`` (default ``Adam()``) made without parameters is
+        bound to this model, and keeps its state across calls of ``fit``. ``seed`` seeds the shuffling and the
+        validation split. ``validation_data=(X_val, y_val)`` or ``validation_split=f`` (a seeded fraction of the
+        rows held out before training, stratified by class for class labels) add ``val_*`` entries to the history.
+
+        ``callbacks``: ``fastopt.callbacks`` objects (Keras's protocol; ``EarlyStopping``, ``ModelCheckpoint``,
+        ``ReduceLROnPlateau``, ``LearningRateScheduler``, ``CSVLogger``, ``TerminateOnNaN``) and learning-rate
+        schedulers of ``fastopt.optim.lr_scheduler``; a callback can stop the run. ``on_epoch_end(epoch, logs)``
+        (epoch numbered from 1) is called after each epoch. ``verbose=1`` prints a line per epoch (Keras's),
+        ``progress=True`` shows a progress bar over each epoch's batches.
+
+        ``clip_norm`` scales the gradients so that their global L2 norm is at most that value (PyTorch's
+        ``clip_grad_norm_``); ``clip_value`` clamps each into [-value, value] (``clip_grad_value_``), first.
 
         ``checkpoint="run.ckpt"`` saves the whole state of the run to that file, atomically, every
         ``checkpoint_every`` batches (an int) or at the end of each epoch (``"epoch"``, the default), and
         when the run ends; ``fastopt.checkpoint`` lists what a file holds. ``resume=True`` continues from
         the file (or starts fresh if there is none): on the same backend the run then ends with parameters,
-        optimizer state and history bit-identical to an uninterrupted run's, the ``seconds`` entries
-        excepted (they count only time spent training); resuming a finished run returns its history at
-        once. A checkpoint of another run (architecture, dtype, optimizer class or hyperparameters, loss,
-        epochs, batch_size, shuffle, seed, training or validation data) is refused with ``ValueError``
-        naming what differs, a corrupt or foreign file with ``FileFormatError``; the model and optimizer
-        are then unchanged. A fresh run refuses a ``checkpoint`` path holding a file that is not a fastopt
-        checkpoint unless ``overwrite=True``.
+        optimizer and callback state and history bit-identical to an uninterrupted run's, the ``seconds``
+        entries excepted; resuming a finished run returns its history at once, and resuming with a larger
+        ``epochs`` continues it. A checkpoint of another run (architecture, dtype, optimizer, loss, batch_size,
+        shuffle, seed, data, callbacks, clipping) is refused with ``ValueError`` naming what differs, a corrupt
+        or foreign file with ``FileFormatError``; the model and optimizer are then unchanged. A fresh run refuses
+        a ``checkpoint`` path holding a file that is not a fastopt checkpoint unless ``overwrite=True``.
 
-        ``on_nonfinite``: if a batch's loss is NaN or Inf, ``"raise"`` (default) raises
-        ``FloatingPointError`` naming the step, before that step's update (the last checkpoint written
-        stays as it was); ``"skip"`` leaves that batch's update unapplied and continues. The epoch's loss
-        and accuracy are then means over the batches not skipped, and from the first epoch that skipped a
-        batch on, the history has a ``"skipped_batches"`` entry per epoch (earlier epochs count 0).
+        ``on_nonfinite``: if a batch's loss or gradient is NaN or Inf, ``"raise"`` raises ``FloatingPointError``
+        naming the step, before that step's update (the last checkpoint written stays as it was); ``"skip"``
+        leaves that batch's update unapplied and continues (the history then counts ``skipped_batches``);
+        ``"stop"`` ends the run there. The default is ``"stop"`` with a ``TerminateOnNaN`` callback, else
+        ``"raise"``.
         """
-        loss = self._choose_loss(loss)
-        optimizer = optimizer if optimizer is not None else self.optimizer or Adam()
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a fastopt optimizer such as optim.Adam(), got {optimizer!r}")
-        epochs = check_positive_int(epochs, "epochs")
-        batch_size = check_positive_int(batch_size, "batch_size")
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
-        every = _checkpoint.check_options(checkpoint, checkpoint_every, resume, overwrite)
-        backend = resolve_backend(self._backend_name)
-        inputs = as_features(X, self.in_features, self.dtype, backend)
-        targets = loss.targets(y, self.out_features, self.dtype)
-        check_same_length(inputs, targets.values)
-        validation = self._prepare_validation(validation_data, loss, backend)
-        saved = None
-        if checkpoint is not None:
-            fingerprint = _checkpoint.run_fingerprint(
-                self, loss, optimizer, epochs, batch_size, shuffle, seed, inputs, targets.values,
-                None if validation is None else (validation[0], validation[1].values),
-            )  # fmt: skip
-            environment = _checkpoint.environment(backend.name)
-            if resume:  # read and check the file before anything changes
-                saved = _checkpoint.load_for_resume(checkpoint, fingerprint, self.parameters, optimizer, environment)
-        if not optimizer.is_bound_to([self.parameters]):
-            optimizer.bind([self.parameters], backend)
-        optimizer.backend = backend
-        self.loss, self.optimizer = loss, optimizer
+        arguments = dict(locals())
+        del arguments["self"], arguments["X"], arguments["y"]
+        return training.fit(self, X, y, arguments)
 
-        rng = np.random.default_rng(seed)
-        position, history = _checkpoint.Progress(), History()
-        if saved is not None:
-            saved.restore(self.parameters, optimizer, rng)  # rng: as at the start of the saved epoch
-            position, history = saved.progress, History(history=saved.history, epochs=saved.epochs_done)
-        saver = None
-        if checkpoint is not None:
-            saver = _checkpoint.Checkpointer(
-                checkpoint, every, fingerprint, self.parameters, optimizer, rng, position, history, environment,
-                overwrite=overwrite,
-            )  # fmt: skip
-        order = np.arange(len(inputs), dtype=np.int64)  # the row indices the gather kernels take
-        with backend.training():
-            while position.epoch <= epochs:
-                epoch = position.epoch
-                started = time.perf_counter() - position.seconds
-                if saver is not None:
-                    saver.start_epoch()
-                if shuffle:  # a resumed epoch draws the same permutation again from the saved generator state
-                    order[...] = np.arange(len(inputs), dtype=np.int64)
-                    rng.shuffle(order)
-                self._train_epoch(
-                    backend, loss, optimizer, inputs, targets, order, batch_size, (epoch, epochs), progress,
-                    position, on_nonfinite, saver,
-                )  # fmt: skip
-                logs = self._epoch_logs(position, targets, validation, loss, batch_size)
-                logs["seconds"] = time.perf_counter() - started
-                if position.skipped and history.epochs and "skipped_batches" not in history.history:
-                    history.history["skipped_batches"] = [0] * len(history.epochs)
-                if position.skipped or "skipped_batches" in history.history:
-                    logs["skipped_batches"] = position.skipped
-                history.append(epoch, logs)
-                position.start_next_epoch()
-                if saver is not None:
-                    saver.epoch_done()
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, logs)
-        if saver is not None:
-            saver.finish()
-        return history
-
-    def _epoch_logs(
-        self,
-        position: _checkpoint.Progress,
-        targets: Targets,
-        validation: tuple[np.ndarray, Targets] | None,
-        loss: Loss,
-        batch_size: int,
-    ) -> dict[str, float]:
-        """Mean loss (and accuracy) over the samples of the epoch's batches not skipped, and validation."""
-        counted = position.samples
-        logs = {"loss": position.loss_sum / counted if counted else math.nan}
-        if targets.labels is not None:
-            logs["accuracy"] = position.correct / counted if counted else math.nan
-        if validation is not None:
-            evaluation = self._evaluate_prepared(validation[0], validation[1], loss, max(batch_size, 1024))
-            logs.update({f"val_{key}": value for key, value in evaluation.items()})
-        return logs
-
-    def _train_epoch(
-        self,
-        backend: Backend,
-        loss: Loss,
-        optimizer: Optimizer,
-        inputs: np.ndarray,
-        targets: Targets,
-        order: np.ndarray,
-        batch_size: int,
-        epoch_of: tuple[int, int],
-        progress: bool,
-        position: _checkpoint.Progress,
-        on_nonfinite: str = "raise",
-        saver: _checkpoint.Checkpointer | None = None,
-    ) -> None:
-        """The batches of one epoch from ``position.batch`` on, in the given row order. Adds each batch's
-        summed loss, correct predictions and samples (or a skipped batch) to ``position``, advances it,
-        and lets ``saver`` checkpoint after each batch."""
-        n_batches = math.ceil(len(order) / batch_size)
-        with tqdm(
-            total=n_batches,
-            initial=position.batch,
-            desc="epoch {}/{}".format(*epoch_of),
-            disable=not progress,
-            leave=False,
-            unit="batch",
-        ) as bar:
-            for batch_index in range(position.batch, n_batches):
-                rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
-                batch_loss, batch_correct = self._train_step(backend, loss, optimizer, inputs, targets, rows)
-                if math.isfinite(batch_loss):
-                    position.loss_sum += batch_loss * len(rows)
-                    position.correct += batch_correct
-                    position.samples += len(rows)
-                elif on_nonfinite == "skip":
-                    position.skipped += 1
-                else:
-                    raise FloatingPointError(
-                        f"the loss became {batch_loss} at epoch {epoch_of[0]}, batch {batch_index + 1} "
-                        f"(optimizer step {optimizer.step_count + 1}); parameters are those before this step"
-                    )
-                position.batch = batch_index + 1
-                position.steps += 1
-                if saver is not None:
-                    saver.batch_done()
-                bar.update()
-                if progress and batch_index % 50 == 0:
-                    bar.set_postfix(loss=f"{position.loss_sum / max(position.samples, 1):.4f}", refresh=False)
-
-    def _prepare_validation(
-        self, validation_data: object, loss: Loss, backend: Backend
-    ) -> tuple[np.ndarray, Targets] | None:
-        if validation_data is None:
-            return None
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
-        inputs = as_features(validation_data[0], self.in_features, self.dtype, backend, name="X_val")
-        targets = loss.targets(validation_data[1], self.out_features, self.dtype)
-        check_same_length(inputs, targets.values, "X_val", "y_val")
-        return inputs, targets
-
-    def _train_step(
-        self, backend: Backend, loss: Loss, optimizer: Optimizer, inputs: np.ndarray, targets: Targets, rows: np.ndarray
-    ) -> tuple[float, int]:
-        """One mini-batch: gather rows, forward, loss, backward, optimizer step. Returns (mean loss, correct)."""
+    def _batch_gradients(
+        self, backend: Backend, loss: Loss, inputs: np.ndarray, targets: Targets, rows: np.ndarray
+    ) -> tuple[float, int, float]:
+        """The trusted core of a training step: gather ``rows``, forward, loss, and (when the loss is finite)
+        backward into ``self.gradients``. Returns the batch's mean loss, its correct predictions and its weight
+        (the number of rows)."""
         workspace = self._workspace(len(rows))
         target_shape = (len(rows), *targets.values.shape[1:])
         if (
@@ -570,7 +432,7 @@ class Sequential:
         output = self._forward(backend, workspace)
         batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1])
         if not math.isfinite(batch_loss):
-            return batch_loss, 0
+            return batch_loss, 0, float(len(rows))
         correct = 0
         if targets.labels is targets.values:  # CrossEntropy: the batch's labels were gathered above
             correct = backend._count_correct(output, workspace.targets)
@@ -578,8 +440,19 @@ class Sequential:
             targets.labels.take(rows, out=workspace.labels, mode="clip")
             correct = backend._count_correct(output, workspace.labels)
         self._backward(backend, workspace)
-        optimizer.apply([self.gradients])
-        return batch_loss, correct
+        return batch_loss, correct, float(len(rows))
+
+    def _prepare_validation(
+        self, validation_data: object, loss: Loss, backend: Backend
+    ) -> tuple[np.ndarray, Targets] | None:
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        inputs = as_features(validation_data[0], self.in_features, self.dtype, backend, name="X_val")
+        targets = loss.targets(validation_data[1], self.out_features, self.dtype)
+        check_same_length(inputs, targets.values, "X_val", "y_val")
+        return inputs, targets
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastopt
-from fastopt import _io, checkpoint, datasets, layers, losses, optim
+from fastopt import _io, callbacks, checkpoint, datasets, layers, losses, optim
 from fastopt._io import FileFormatError
 from fastopt.checkpoint import CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION, TrainingState
 from fastopt.cli import main as cli_main
@@ -89,15 +89,15 @@ def crash_after_saves(monkeypatch, count: int) -> None:
 
 def crash_at_step(monkeypatch, step: int) -> None:
     """The process 'dies' during its ``step``-th training step (before that step's update)."""
-    original, done = fastopt.Sequential._train_step, [0]
+    original, done = fastopt.Sequential._batch_gradients, [0]
 
-    def train_step(self, *args):
+    def batch_gradients(self, *args):
         done[0] += 1
         if done[0] == step:
             raise Crash
         return original(self, *args)
 
-    monkeypatch.setattr(fastopt.Sequential, "_train_step", train_step)
+    monkeypatch.setattr(fastopt.Sequential, "_batch_gradients", batch_gradients)
 
 
 # ------------------------------------------------------------------------------------ bit-exact resume
@@ -201,7 +201,7 @@ def test_resuming_a_finished_run_returns_at_once(data, tmp_path, monkeypatch):
     path = tmp_path / "run.ckpt"
     expected = train(data, checkpoint=path)
     written = path.read_bytes()
-    monkeypatch.setattr(fastopt.Sequential, "_train_step", lambda *args: pytest.fail("trained again"))
+    monkeypatch.setattr(fastopt.Sequential, "_batch_gradients", lambda *args: pytest.fail("trained again"))
     calls = []
     resumed = train(data, checkpoint=path, resume=True, on_epoch_end=lambda *args: calls.append(args))
     assert_same_run(expected, resumed)
@@ -209,7 +209,9 @@ def test_resuming_a_finished_run_returns_at_once(data, tmp_path, monkeypatch):
     assert calls == [] and path.read_bytes() == written
 
 
-def test_a_crash_inside_the_epoch_end_callback_resumes_after_that_epoch(data, tmp_path):
+def test_a_crash_inside_the_epoch_end_callback_redoes_that_epoch(data, tmp_path):
+    """An epoch is checkpointed after its callbacks ran (they may change the run: schedules, early stopping), so
+    a crash inside one leaves the epoch unrecorded; the resumed run trains it again and ends bit-identical."""
     path = tmp_path / "run.ckpt"
     expected = train(data)
 
@@ -221,7 +223,7 @@ def test_a_crash_inside_the_epoch_end_callback_resumes_after_that_epoch(data, tm
         train(data, checkpoint=path, on_epoch_end=stop)
     epochs_seen = []
     resumed = train(data, checkpoint=path, resume=True, on_epoch_end=lambda epoch, logs: epochs_seen.append(epoch))
-    assert epochs_seen == [3]  # callbacks run only for the epochs this call trains
+    assert epochs_seen == [2, 3]  # callbacks run only for the epochs this call trains
     assert_same_run(expected, resumed)
 
 
@@ -254,23 +256,23 @@ def test_checkpoint_steps_keep_no_memory(data, tmp_path):
     """Between writes, a checkpointed step does one integer test: an epoch that writes nothing keeps no memory."""
     import tracemalloc
 
+    from fastopt import training
+
     X, y, _, _ = data
-    model, optimizer = make_model(BACKENDS[0]), optim.Adam()
-    loss = losses.CrossEntropy()
-    targets = loss.targets(y, 10, model.dtype)
-    compute = fastopt.backend.resolve_backend(BACKENDS[0])
-    optimizer.bind([model.parameters], compute)
-    rng = np.random.default_rng(0)
+    model = make_model(BACKENDS[0])
+    arguments = dict(
+        loss=None, optimizer=optim.Adam(), epochs=1, batch_size=8, shuffle=True, seed=0, validation_data=None,
+        validation_split=0.0, callbacks=None, clip_norm=None, clip_value=None, verbose=0, progress=False,
+        on_epoch_end=None, checkpoint=tmp_path / "run.ckpt", checkpoint_every=10**9, resume=False, on_nonfinite=None,
+        overwrite=False,
+    )  # fmt: skip
+    options = training.check_fit_options(model, arguments)
+    run = training.Run(model, options, training.prepare_data(model, X, y, options, arguments))
     order = np.arange(len(X))
-    position = checkpoint.Progress()
-    history = fastopt.History()
-    saver = checkpoint.Checkpointer(
-        tmp_path / "run.ckpt", 10**9, {}, model.parameters, optimizer, rng, position, history, {}
-    )
 
     def epoch():
-        position.batch = 0
-        model._train_epoch(compute, loss, optimizer, X, targets, order, 8, (1, 1), False, position, "raise", saver)
+        run.position.batch = 0
+        run._batches(order)
 
     epoch()
     epoch()
@@ -347,8 +349,9 @@ def test_a_fresh_optimizer_stays_unbound_when_the_checkpoint_is_refused(data, sa
         (lambda d, m, o: (d, fastopt.Sequential([layers.Dense(784, 10)], seed=0), o, {}), "architecture"),
         (lambda d, m, o: (d, m, optim.AdamW(lr=1e-3), {}), "optimizer class"),
         (lambda d, m, o: (d, m, optim.Adam(lr=1e-3, amsgrad=True), {}), "optimizer hyperparameters"),
-        (lambda d, m, o: (d, m, o, {"loss": losses.MSE()}), "loss class"),
-        (lambda d, m, o: (d, m, o, {"epochs": 4}), "epochs"),
+        (lambda d, m, o: (d, m, o, {"loss": losses.MSE()}), "loss"),
+        (lambda d, m, o: (d, m, o, {"clip_norm": 1.0}), "gradient clipping"),
+        (lambda d, m, o: (d, m, o, {"callbacks": [callbacks.EarlyStopping(patience=2)]}), "callbacks and schedules"),
         (lambda d, m, o: (d, m, o, {"batch_size": 25}), "batch_size"),
         (lambda d, m, o: (d, m, o, {"shuffle": False}), "shuffle"),
         (lambda d, m, o: (d, m, o, {"seed": 6}), "shuffling seed"),
@@ -370,6 +373,19 @@ def test_a_checkpoint_of_another_run_is_refused_naming_the_difference(data, save
     if other_before is not None:
         assert_unchanged(other_model, other_optimizer, other_before)
     assert path.read_bytes() == written
+
+
+def test_resuming_with_more_epochs_continues_and_fewer_is_refused(data, tmp_path):
+    """``epochs`` is not part of a run's identity: a finished run resumed with a larger ``epochs`` continues to
+    the same end as a run asked for that many from the start; fewer epochs than already done is refused."""
+    path = tmp_path / "run.ckpt"
+    train(data, checkpoint=path)
+    resumed = train(data, checkpoint=path, resume=True, epochs=EPOCHS + 2)
+    assert_same_run(train(data, epochs=EPOCHS + 2), resumed)
+    model, optimizer, before = trained_pair(data)
+    with pytest.raises(ValueError, match=f"{EPOCHS + 2} epochs done, more than this fit's epochs=2"):
+        resume_into(data, model, optimizer, path, epochs=2)
+    assert_unchanged(model, optimizer, before)
 
 
 def test_a_float64_model_refuses_a_float32_checkpoint(data, saved):
@@ -444,7 +460,7 @@ def test_wrong_version_and_wrong_kind_are_refused(data, saved, tmp_path):
     for key in ("kind", "version", "checksum"):
         header.pop(key)
     _io.write_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION + 1, header, arrays)
-    check_refused(data, path, "format version 2")
+    check_refused(data, path, f"format version {CHECKPOINT_FILE_VERSION + 1}")
     model_file = tmp_path / "model.npz"
     make_model().save(model_file)
     check_refused(data, model_file, "not a fastopt fastopt-checkpoint file")
@@ -482,12 +498,12 @@ def rewrite_state(path, edit) -> None:
         (lambda t, a: t["rng_state"].pop("state"), "shuffling-generator state"),
         (lambda t, a: t["history"]["metrics"]["loss"].append(1.0), "history 'loss'"),
         (lambda t, a: t["history"].update(epochs=[2]), "history must list epochs"),
-        (lambda t, a: t["optimizer"].update(step_count=-1), "step count"),
+        (lambda t, a: t["optimizer"].update(step_count=-1), "step_count must be a non-negative integer"),
         (lambda t, a: t["optimizer"]["hyperparameters"].update(lr=0.5), "disagrees with the fingerprint"),
         (lambda t, a: a.update(parameters=a["parameters"][:-1]), "parameters must be float32"),
         (lambda t, a: a.update(parameters=a["parameters"].astype(np.float64)), "parameters must be float32"),
         (lambda t, a: a.pop("optimizer.0.exp_avg"), "missing arrays ['optimizer.0.exp_avg']"),
-        (lambda t, a: a["optimizer.0.exp_avg_sq"].__setitem__(3, np.nan), "holds NaN or Inf"),
+        (lambda t, a: a["optimizer.0.exp_avg_sq"].__setitem__(3, np.nan), "contains NaN or Inf"),
         (lambda t, a: a.update(extra=np.zeros(3)), "unexpected arrays"),
     ],
 )
@@ -617,9 +633,14 @@ def test_cli_checkpoint_and_resume(tmp_path, capsys):
     assert np.array_equal(fastopt.load(plain).parameters, fastopt.load(resumed).parameters)
     assert cli_main([*CLI_RUN, "--checkpoint", str(checkpoint_path), "--checkpoint-every", "epoch"]) == 0
     capsys.readouterr()
-    assert cli_main([*CLI_RUN, "--epochs", "3", "--checkpoint", str(checkpoint_path), "--resume"]) == 2
+    assert cli_main([*CLI_RUN, "--seed", "4", "--checkpoint", str(checkpoint_path), "--resume"]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "epochs: checkpoint has 2, this fit has 3" in error
+    assert error.count("\n") == 1 and "shuffling seed: checkpoint has 3, this fit has 4" in error
+    longer = tmp_path / "longer.npz"
+    assert cli_main([*CLI_RUN, "--epochs", "3", "--checkpoint", str(checkpoint_path), "--resume", "--save",
+                     str(longer)]) == 0  # fmt: skip
+    assert cli_main([*CLI_RUN, "--epochs", "3", "--save", str(plain), "--overwrite"]) == 0
+    assert np.array_equal(fastopt.load(plain).parameters, fastopt.load(longer).parameters)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@
   split), BLAS 1 vs 2, in-process (``cython_backend.set_openmp_threads`` + threadpoolctl, and the public
   ``fastopt.set_num_threads``) and in subprocesses started with ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``.
   Training runs both through ``fit`` (which adjusts the threading inside ``backend.training()``) and through a
-  manual ``_train_step`` loop (where nothing is adjusted).
+  manual ``_batch_gradients`` + ``apply`` loop (where nothing is adjusted).
 - Kernel level: every optimizer kernel on 10**6 elements, threshold 1, 1 vs 2 OpenMP threads; the dense
   forward and backward (bias gradient, pre-activation gradient, GEMMs) with 1 vs 2 OpenMP and BLAS threads.
 
@@ -84,7 +84,7 @@ def make_model(backend: str, dtype: str) -> fastopt.Sequential:
 
 
 def train(backend: str, dtype: str, optimizer: str, mode: str = "fit") -> np.ndarray:
-    """Train a fresh model; ``mode`` "fit" (as users do) or "manual" (``_train_step`` outside
+    """Train a fresh model; ``mode`` "fit" (as users do) or "manual" (``_batch_gradients`` outside
     ``backend.training()``, so the OpenMP kernels keep their thread count while BLAS is threaded too)."""
     X, y = data()
     model = make_model(backend, dtype)
@@ -102,7 +102,8 @@ def train(backend: str, dtype: str, optimizer: str, mode: str = "fit") -> np.nda
         order = np.arange(len(inputs))
         rng.shuffle(order)
         for start in range(0, len(order), BATCH):
-            model._train_step(resolved, loss, opt, inputs, targets, order[start : start + BATCH])
+            model._batch_gradients(resolved, loss, inputs, targets, order[start : start + BATCH])
+            opt.apply([model.gradients])
     return model.parameters.copy()
 
 

@@ -503,7 +503,9 @@ def test_the_checkpoint_writer_honours_overwrite(tmp_path):
     X, y = np.eye(4, 3), np.array([0, 1, 1, 0])
     path = tmp_path / "run.ckpt"
     small_model().fit(X, y, loss=losses.CrossEntropy(), checkpoint=path)
-    state = TrainingState.load(path, _io.read_archive(path, CHECKPOINT_FILE_KIND, 1)[0]["training"]["fingerprint"])
+    state = TrainingState.load(
+        path, _io.read_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION)[0]["training"]["fingerprint"]
+    )
     with pytest.raises(_io.OverwriteRefusedError):
         state.save(text)
     assert text.read_text() == "keep me"

@@ -268,7 +268,8 @@ def test_training_steps_reuse_their_buffers(mini, backend):
 
     def steps(count: int) -> None:
         for step in range(count):
-            model._train_step(compute, loss, optimizer, inputs, targets, batches[step % len(batches)])
+            model._batch_gradients(compute, loss, inputs, targets, batches[step % len(batches)])
+            optimizer.apply([model.gradients])
 
     steps(50)  # the first batch allocates the workspace; NumPy's small-object caches fill up
     workspace = model._workspace(32)

@@ -137,16 +137,18 @@ class Optimizer:
     @property
     def lr(self) -> float:
         """The learning rate of the next step (of the first group): ``lr / (1 + decay * step_count)``. Setting it
-        sets ``lr`` of every group (and of the defaults); per group: ``opt.param_groups[i]["lr"] = x``."""
+        sets ``lr`` of every group (of the defaults before the optimizer has parameters); per group:
+        ``opt.param_groups[i]["lr"] = x``. ``hyperparameters`` keeps the constructor's values."""
         group = self.param_groups[0] if self.param_groups else self.defaults
         return group["lr"] / (1.0 + group["decay"] * self.step_count)
 
     @lr.setter
     def lr(self, value: float) -> None:
         lr = check_scalar(value, "lr")
-        if self.params:
-            _check_fits({"lr": lr}, self.params)
-        self.defaults["lr"] = lr
+        if not self.param_groups:
+            self.defaults["lr"] = lr
+            return
+        _check_fits({"lr": lr}, self.params)  # type: ignore[arg-type]
         for group in self.param_groups:
             group["lr"] = lr
 
@@ -273,10 +275,10 @@ class Optimizer:
                 index += 1
 
     # -------------------------------------------------------------- saving and loading
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, copy: bool = True) -> dict[str, Any]:
         """A copy of everything the optimizer needs to continue bit-identically: its class, step count,
         defaults (``hyperparameters``), the groups' hyperparameters with the indices of their parameters, and
-        each parameter's state buffers."""
+        each parameter's state buffers (``copy=False``: the live buffers, for writing them out without a copy)."""
         groups, start = [], 0
         for group in self.param_groups:
             count = len(group["params"])
@@ -289,7 +291,9 @@ class Optimizer:
             "step_count": self.step_count,
             "hyperparameters": dict(self.defaults),
             "param_groups": groups,
-            "state": [{name: buffer.copy() for name, buffer in state.items()} for state in self.state],
+            "state": [
+                {name: buffer.copy() if copy else buffer for name, buffer in state.items()} for state in self.state
+            ],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

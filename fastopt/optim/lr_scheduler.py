@@ -1,0 +1,477 @@
+"""Learning-rate schedules with PyTorch's names, constructor signatures, ``step()`` semantics and formulas
+(``torch.optim.lr_scheduler``: the same recursive "chainable" updates, so that rates agree to rounding), plus
+scikit-learn's ``invscaling``.
+
+In a hand-written loop: ``sched = CosineAnnealingLR(opt, T_max=10)``, then ``sched.step()`` after each epoch's
+optimizer steps; ``get_last_lr()``, ``state_dict()``, ``load_state_dict()``. In ``fit``, pass the scheduler among
+the callbacks: it steps after each epoch (``interval="epoch"``, the default) or after each batch
+(``interval="batch"``, the default of ``OneCycleLR``); ``ReduceLROnPlateau`` steps on the metric it ``monitor``s.
+A scheduler made for an optimizer without parameters yet (``Adam()`` given to ``fit``) sets the rate its
+parameter groups will start from. Its state goes into ``fit``'s checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from fastopt._checks import check_positive_int, check_scalar
+from fastopt.callbacks import Callback
+from fastopt.optim.optimizer import Optimizer
+
+
+def _groups(optimizer: Optimizer) -> list[dict[str, Any]]:
+    """The dicts holding the learning rates: the parameter groups, or the defaults of an optimizer not bound yet."""
+    return optimizer.param_groups or [optimizer.defaults]
+
+
+class LRScheduler(Callback):
+    """Base class (PyTorch's ``LRScheduler``): ``last_epoch`` counts the steps; ``step()`` sets every group's rate to
+    ``get_lr()``. Subclasses give ``get_lr`` (the chainable form) and, where PyTorch has one, ``_closed_form_lr``."""
+
+    default_interval = "epoch"
+
+    def __init__(self, optimizer: Optimizer, last_epoch: int = -1, interval: str | None = None) -> None:
+        super().__init__()
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not a fastopt optimizer")
+        if last_epoch != -1:
+            raise ValueError("last_epoch must be -1; to resume a schedule, use load_state_dict")
+        self.interval = interval or self.default_interval
+        if self.interval not in ("epoch", "batch"):
+            raise ValueError(f"interval must be 'epoch' or 'batch', got {self.interval!r}")
+        self.optimizer = optimizer
+        self.base_lrs = [float(group["lr"]) for group in _groups(optimizer)]
+        self.last_epoch = last_epoch
+        self._initial_step()
+
+    def _initial_step(self) -> None:
+        self._step_count = 0
+        self._is_initial = True
+        try:
+            self.step()
+        finally:
+            self._is_initial = False
+
+    def get_lr(self) -> list[float]:
+        raise NotImplementedError
+
+    def get_last_lr(self) -> list[float]:
+        """The rates the last ``step`` set, one per parameter group."""
+        return list(self._last_lr)
+
+    def step(self) -> None:
+        """Advance the schedule by one epoch (or batch) and set every group's learning rate."""
+        self._step_count += 1
+        self._update_lr()
+
+    def _update_lr(self, epoch: int | None = None) -> None:
+        if epoch is None:
+            self.last_epoch += 1
+            values = self.get_lr()
+        else:
+            self.last_epoch = epoch
+            values = self._closed_form_lr() if hasattr(self, "_closed_form_lr") else self.get_lr()
+        groups = _groups(self.optimizer)
+        for group, lr in zip(groups, values):
+            group["lr"] = check_scalar(lr, "the scheduled learning rate")
+        self._last_lr = [float(group["lr"]) for group in groups]
+
+    def _current(self) -> list[float]:
+        return [float(group["lr"]) for group in _groups(self.optimizer)]
+
+    # ------------------------------------------------------------------ the callback side (fit)
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = self._current()[0]
+        if self.interval == "epoch":
+            self.step()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.interval == "batch":
+            self.step()
+
+    _STATE = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = set(self._STATE) - set(state)
+        if missing:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state lacks {sorted(missing)}")
+        for name in self._STATE:
+            setattr(self, name, state[name])
+
+    def config(self) -> dict[str, Any]:
+        return {"interval": self.interval, "base_lrs": self.base_lrs}
+
+
+class StepLR(LRScheduler):
+    """Multiply the rate by ``gamma`` every ``step_size`` epochs."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1, **options: Any):
+        self.step_size = check_positive_int(step_size, "step_size")
+        self.gamma = check_scalar(gamma, "gamma")
+        super().__init__(optimizer, last_epoch, **options)
+
+    def get_lr(self) -> list[float]:
+        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
+            return self._current()
+        return [lr * self.gamma for lr in self._current()]
+
+    def _closed_form_lr(self) -> list[float]:
+        return [base * self.gamma ** (self.last_epoch // self.step_size) for base in self.base_lrs]
+
+
+class MultiStepLR(LRScheduler):
+    """Multiply the rate by ``gamma`` at each epoch of ``milestones``."""
+
+    def __init__(
+        self, optimizer: Optimizer, milestones: Sequence[int], gamma: float = 0.1, last_epoch: int = -1, **options: Any
+    ):
+        self.milestones = Counter(check_positive_int(m, "milestones") for m in milestones)
+        self.gamma = check_scalar(gamma, "gamma")
+        super().__init__(optimizer, last_epoch, **options)
+
+    def get_lr(self) -> list[float]:
+        if self.last_epoch not in self.milestones:
+            return self._current()
+        return [lr * self.gamma ** self.milestones[self.last_epoch] for lr in self._current()]
+
+    def _closed_form_lr(self) -> list[float]:
+        milestones = sorted(self.milestones.elements())
+        return [base * self.gamma ** bisect_right(milestones, self.last_epoch) for base in self.base_lrs]
+
+
+class ExponentialLR(LRScheduler):
+    """Multiply the rate by ``gamma`` every epoch."""
+
+    def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1, **options: Any):
+        self.gamma = check_scalar(gamma, "gamma")
+        super().__init__(optimizer, last_epoch, **options)
+
+    def get_lr(self) -> list[float]:
+        if self._is_initial:
+            return self._current()
+        return [lr * self.gamma for lr in self._current()]
+
+    def _closed_form_lr(self) -> list[float]:
+        return [base * self.gamma**self.last_epoch for base in self.base_lrs]
+
+
+class CosineAnnealingLR(LRScheduler):
+    """``eta_min + (base - eta_min) (1 + cos(pi t / T_max)) / 2``, computed as PyTorch does, recursively."""
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1, **options: Any):
+        self.T_max = check_positive_int(T_max, "T_max")
+        self.eta_min = check_scalar(eta_min, "eta_min")
+        super().__init__(optimizer, last_epoch, **options)
+
+    def get_lr(self) -> list[float]:
+        t, period = self.last_epoch, self.T_max
+        if self._is_initial:
+            return self._current()
+        if self._step_count == 1 and t > 0:
+            return [self.eta_min + (base - self.eta_min) * (1 + math.cos(t * math.pi / period)) / 2
+                    for base in self.base_lrs]  # fmt: skip
+        if (t - 1 - period) % (2 * period) == 0:
+            return [lr + (base - self.eta_min) * (1 - math.cos(math.pi / period)) / 2
+                    for base, lr in zip(self.base_lrs, self._current())]  # fmt: skip
+        ratio = (1 + math.cos(math.pi * t / period)) / (1 + math.cos(math.pi * (t - 1) / period))
+        return [ratio * (lr - self.eta_min) + self.eta_min for lr in self._current()]
+
+    def _closed_form_lr(self) -> list[float]:
+        cosine = 1 + math.cos(math.pi * self.last_epoch / self.T_max)
+        return [self.eta_min + (base - self.eta_min) * cosine / 2 for base in self.base_lrs]
+
+
+class LinearLR(LRScheduler):
+    """Scale the rate by a factor going linearly from ``start_factor`` to ``end_factor`` over ``total_iters``
+    epochs (a warm-up), then keep it."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        start_factor: float = 1.0 / 3,
+        end_factor: float = 1.0,
+        total_iters: int = 5,
+        last_epoch: int = -1,
+        **options: Any,
+    ):
+        self.start_factor = check_scalar(start_factor, "start_factor", high=1.0, low_open=True)
+        self.end_factor = check_scalar(end_factor, "end_factor", high=1.0)
+        self.total_iters = check_positive_int(total_iters, "total_iters")
+        super().__init__(optimizer, last_epoch, **options)
+
+    def get_lr(self) -> list[float]:
+        if self.last_epoch == 0:
+            return [lr * self.start_factor for lr in self._current()]
+        if self._is_initial or self.last_epoch > self.total_iters:
+            return self._current()
+        slope = self.end_factor - self.start_factor
+        factor = 1.0 + slope / (self.total_iters * self.start_factor + (self.last_epoch - 1) * slope)
+        return [lr * factor for lr in self._current()]
+
+    def _closed_form_lr(self) -> list[float]:
+        progress = min(self.total_iters, self.last_epoch) / self.total_iters
+        return [base * (self.start_factor + (self.end_factor - self.start_factor) * progress) for base in self.base_lrs]
+
+
+class InvScalingLR(LRScheduler):
+    """scikit-learn's ``learning_rate="invscaling"``: ``lr = base / (t + 1) ** power_t`` where ``t`` counts the
+    samples trained on: ``samples_per_step`` per step (scikit-learn steps once per epoch with the epoch's size)."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        power_t: float = 0.5,
+        samples_per_step: int = 1,
+        last_epoch: int = -1,
+        **options: Any,
+    ):
+        self.power_t = check_scalar(power_t, "power_t")
+        self.samples_per_step = check_positive_int(samples_per_step, "samples_per_step")
+        super().__init__(optimizer, last_epoch, **options)
+
+    def get_lr(self) -> list[float]:
+        if self._is_initial:
+            return self._current()
+        return self._closed_form_lr()
+
+    def _closed_form_lr(self) -> list[float]:
+        samples = self.last_epoch * self.samples_per_step
+        return [base / (samples + 1) ** self.power_t for base in self.base_lrs]
+
+
+class OneCycleLR(LRScheduler):
+    """The 1cycle policy (PyTorch's ``OneCycleLR``): from ``max_lr / div_factor`` up to ``max_lr`` over ``pct_start``
+    of ``total_steps`` (or ``epochs * steps_per_epoch``), then down to ``initial / final_div_factor``, cosine or
+    linear; momentum (or beta1) cycles the other way between ``max_momentum`` and ``base_momentum``. Steps once per
+    batch in ``fit``."""
+
+    default_interval = "batch"
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        max_lr: float,
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        last_epoch: int = -1,
+        **options: Any,
+    ):
+        if total_steps is None and (epochs is None or steps_per_epoch is None):
+            raise ValueError("OneCycleLR needs total_steps, or epochs and steps_per_epoch")
+        self.total_steps = check_positive_int(total_steps if total_steps is not None else epochs * steps_per_epoch,  # type: ignore[operator]
+                                              "total_steps")  # fmt: skip
+        pct_start = check_scalar(pct_start, "pct_start", high=1.0)
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        self.anneal_strategy = anneal_strategy
+        self.initial_lr = check_scalar(max_lr, "max_lr") / check_scalar(div_factor, "div_factor", low_open=True)
+        self.max_lr = float(max_lr)
+        self.min_lr = self.initial_lr / check_scalar(final_div_factor, "final_div_factor", low_open=True)
+        self.phases = self._phases(pct_start, three_phase)
+        self.cycle_momentum = bool(cycle_momentum)
+        self.max_momentum, self.base_momentum = float(max_momentum), float(base_momentum)
+        if self.cycle_momentum:
+            self._momentum_key(optimizer)
+            for group in _groups(optimizer):
+                self._set_momentum(group, self.max_momentum)
+        for group in _groups(optimizer):
+            group["lr"] = self.initial_lr
+        super().__init__(optimizer, last_epoch, **options)
+
+    def _phases(self, pct_start: float, three_phase: bool) -> list[tuple[float, str, str]]:
+        """(end step, start, end) of each phase; "initial", "max", "min" name the rates, and the momenta go the other
+        way (max_momentum where the rate is low)."""
+        total = self.total_steps
+        if three_phase:
+            return [(float(pct_start * total) - 1, "initial", "max"),
+                    (float(2 * pct_start * total) - 2, "max", "initial"),
+                    (total - 1, "initial", "min")]  # fmt: skip
+        return [(float(pct_start * total) - 1, "initial", "max"), (total - 1, "max", "min")]
+
+    @staticmethod
+    def _momentum_key(optimizer: Optimizer) -> str:
+        if "betas" in optimizer.defaults:
+            return "betas"
+        if "momentum" in optimizer.defaults:
+            return "momentum"
+        raise ValueError("optimizer must support momentum or beta1 with `cycle_momentum` option enabled")
+
+    def _set_momentum(self, group: dict[str, Any], value: float) -> None:
+        if "betas" in group:
+            group["betas"] = (value, group["betas"][1])
+        else:
+            group["momentum"] = value
+
+    def _anneal(self, start: float, end: float, pct: float) -> float:
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def get_lr(self) -> list[float]:
+        step = self.last_epoch
+        if step > self.total_steps:
+            raise ValueError(f"Tried to step {step} times. The specified number of total steps is {self.total_steps}")
+        rates = {"initial": self.initial_lr, "max": self.max_lr, "min": self.min_lr}
+        momenta = {"initial": self.max_momentum, "max": self.base_momentum, "min": self.max_momentum}
+        start_step = 0.0
+        for index, (end_step, start, end) in enumerate(self.phases):
+            if step <= end_step or index == len(self.phases) - 1:
+                pct = (step - start_step) / (end_step - start_step)
+                lr = self._anneal(rates[start], rates[end], pct)
+                momentum = self._anneal(momenta[start], momenta[end], pct)
+                break
+            start_step = end_step
+        groups = _groups(self.optimizer)
+        if self.cycle_momentum:
+            for group in groups:
+                self._set_momentum(group, momentum)
+        return [lr] * len(groups)
+
+
+class SequentialLR(LRScheduler):
+    """Run ``schedulers`` one after the other, switching at the epochs of ``milestones`` (a warm-up, then a decay)."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        schedulers: Sequence[LRScheduler],
+        milestones: Sequence[int],
+        last_epoch: int = -1,
+        **options: Any,
+    ):
+        if not schedulers:
+            raise ValueError("SequentialLR expects at least one scheduler")
+        for index, scheduler in enumerate(schedulers):
+            if isinstance(scheduler, ReduceLROnPlateau) or not isinstance(scheduler, LRScheduler):
+                raise ValueError(f"SequentialLR cannot chain schedulers[{index}] ({type(scheduler).__name__})")
+            if scheduler.optimizer is not optimizer:
+                raise ValueError(f"schedulers[{index}] belongs to another optimizer")
+        if len(milestones) != len(schedulers) - 1:
+            raise ValueError(
+                f"SequentialLR expects one milestone fewer than schedulers: {len(schedulers)} schedulers, "
+                f"{len(milestones)} milestones"
+            )
+        Callback.__init__(self)
+        self.interval = options.get("interval") or self.default_interval
+        self.optimizer, self._schedulers, self._milestones = optimizer, list(schedulers), list(milestones)
+        self.last_epoch = last_epoch + 1
+        self.base_lrs = list(schedulers[0].base_lrs)
+        for group, base in zip(_groups(optimizer), schedulers[0].base_lrs):
+            group["lr"] = base
+        for scheduler in self._schedulers:  # undo the step each made when it was built
+            scheduler.last_epoch -= 1
+        first = self._schedulers[bisect_right(self._milestones, 0)]
+        first._initial_step()
+        self._last_lr = first.get_last_lr()
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        index = bisect_right(self._milestones, self.last_epoch)
+        scheduler = self._schedulers[index]
+        if index > 0 and self._milestones[index - 1] == self.last_epoch:
+            scheduler._update_lr(0)
+        else:
+            scheduler.step()
+        self._last_lr = scheduler.get_last_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_epoch": self.last_epoch, "_last_lr": self._last_lr,
+                "_schedulers": [scheduler.state_dict() for scheduler in self._schedulers]}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_epoch, self._last_lr = state["last_epoch"], state["_last_lr"]
+        for scheduler, scheduler_state in zip(self._schedulers, state["_schedulers"]):
+            scheduler.load_state_dict(scheduler_state)
+
+    def config(self) -> dict[str, Any]:
+        return {"interval": self.interval, "milestones": self._milestones,
+                "schedulers": [type(s).__name__ for s in self._schedulers]}  # fmt: skip
+
+
+class ReduceLROnPlateau(LRScheduler):
+    """Multiply the rate by ``factor`` once ``step(metric)`` has not improved for more than ``patience`` epochs
+    (PyTorch's rule: ``threshold`` relative or absolute, ``cooldown``, ``min_lr``, ``eps``). In ``fit`` it steps
+    after each epoch on ``logs[monitor]`` (default ``"val_loss"``)."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        mode: str = "min",
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        eps: float = 1e-8,
+        monitor: str = "val_loss",
+    ):
+        Callback.__init__(self)
+        if mode not in ("min", "max") or threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"mode must be 'min' or 'max' and threshold_mode 'rel' or 'abs', got {mode!r}, "
+                             f"{threshold_mode!r}")  # fmt: skip
+        self.factor = check_scalar(factor, "factor", high=1.0, high_open=True)
+        self.optimizer, self.mode, self.threshold, self.threshold_mode = optimizer, mode, threshold, threshold_mode
+        self.patience, self.cooldown = int(patience), int(cooldown)
+        self.min_lrs = [check_scalar(min_lr, "min_lr")] * len(_groups(optimizer))
+        self.eps, self.monitor, self.interval = eps, monitor, "epoch"
+        self.last_epoch = 0
+        self.base_lrs = self._current()
+        self._last_lr = self._current()
+        self.best, self.cooldown_counter, self.num_bad_epochs = math.inf if mode == "min" else -math.inf, 0, 0
+
+    def _is_better(self, value: float, best: float) -> bool:
+        if self.mode == "min":
+            return (
+                value < best * (1.0 - self.threshold) if self.threshold_mode == "rel" else value < best - self.threshold
+            )
+        return value > best * (self.threshold + 1.0) if self.threshold_mode == "rel" else value > best + self.threshold
+
+    def step(self, metrics: float) -> None:  # type: ignore[override]
+        current = float(metrics)
+        self.last_epoch += 1
+        if self._is_better(current, self.best):
+            self.best, self.num_bad_epochs = current, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            for group, min_lr in zip(_groups(self.optimizer), self.min_lrs):
+                old = float(group["lr"])
+                new = max(old * self.factor, min_lr)
+                if old - new > self.eps:
+                    group["lr"] = new
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+        self._last_lr = self._current()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = self._current()[0]
+        if self.monitor not in logs:
+            raise ValueError(f"ReduceLROnPlateau monitors {self.monitor!r}, which the logs lack: {sorted(logs)}")
+        self.step(logs[self.monitor])
+
+    _STATE = ("last_epoch", "best", "cooldown_counter", "num_bad_epochs", "_last_lr")
+
+    def config(self) -> dict[str, Any]:
+        return {"mode": self.mode, "factor": self.factor, "patience": self.patience, "threshold": self.threshold,
+                "threshold_mode": self.threshold_mode, "cooldown": self.cooldown, "monitor": self.monitor}  # fmt: skip
