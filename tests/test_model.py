@@ -555,24 +555,35 @@ def test_unknown_backend_is_refused_naming_the_available_ones(call, restore_back
 
 
 # ------------------------------------------------------------------------------------------ NaN detection
+# A divergence certain by arithmetic on any CPU: one Dense(1, 1) unit, inputs 1, targets 0, weight and bias 1/2,
+# MSE and SGD(lr=1.25). Both parameters get the same gradient 2r (r = w + b, the residual), so they stay equal and
+# each step makes r -> r - 1.25 * 4r = -4r: r = (-4)**k after k steps, w = b = r/2, every value a power of two,
+# hence exact whatever the summation order or the kernels. float32: the output w + b reaches 2**128 (inf) after
+# 64 steps, while w = b = 2**127 and the step's gradient (-2**127) are finite; float64: the loss r**2 (summed in
+# double) reaches 2**1024 (inf) after 256 steps. So the loss is first infinite at step 65 or 257.
+DIVERGING_STEP = {"float32": 65, "float64": 257}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_divergence_raises_before_the_bad_update(mini_subset, backend):
-    X, y, _, _ = mini_subset
-    model = small_mlp(seed=0, backend=backend)
-    optimizer = optim.SGD(lr=1e30)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_divergence_raises_before_the_bad_update(backend, dtype):
+    def diverging_unit():
+        model = fastopt.Sequential([layers.Dense(1, 1)], dtype=dtype, backend=backend)
+        model.parameters[:] = 0.5
+        return model
+
+    X, y = np.ones((4 * 300, 1)), np.zeros((4 * 300, 1))
+    model = diverging_unit()
+    optimizer = optim.SGD(lr=1.25)
     with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=r"epoch \d+, batch \d+.*step \d+") as info:
-        model.fit(X, y, optimizer=optimizer, epochs=3, batch_size=32, shuffle=False)
-    assert np.isfinite(model.parameters).all()
+        model.fit(X, y, loss=losses.MSE(), optimizer=optimizer, epochs=3, batch_size=4, shuffle=False)
     epoch, batch, step = map(int, re.search(r"epoch (\d+), batch (\d+).*step (\d+)", str(info.value)).groups())
+    assert (epoch, batch, step) == (1, DIVERGING_STEP[dtype], DIVERGING_STEP[dtype])
     assert optimizer.step_count == step - 1
-    assert epoch == 1 and step == batch
-    # The parameters are exactly those after the steps before the failing one.
-    replay = small_mlp(seed=0, backend=backend)
-    with np.errstate(all="ignore"):
-        replay.fit(
-            X[: 32 * (step - 1)], y[: 32 * (step - 1)], optimizer=optim.SGD(lr=1e30), batch_size=32, shuffle=False
-        )
+    # The parameters are exactly those after the steps before the failing one: finite, (-4)**(step - 1) / 2 each.
+    assert np.array_equal(model.parameters, np.full(2, (-4.0) ** (step - 1) / 2, dtype=dtype))
+    replay = diverging_unit()
+    replay.fit(X[: 4 * (step - 1)], y[: 4 * (step - 1)], loss=losses.MSE(), optimizer=optim.SGD(lr=1.25), batch_size=4)
     assert np.array_equal(model.parameters, replay.parameters)
 
 

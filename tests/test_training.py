@@ -40,9 +40,12 @@ def _mlp(dtype: str, backend: str) -> fastopt.Sequential:
     )
 
 
-def _train(mini, dtype: str, backend: str, make_optimizer) -> tuple[fastopt.Sequential, dict]:
+def _train(mini, dtype: str, backend: str, make_optimizer, nudge: bool = False) -> tuple[fastopt.Sequential, dict]:
+    """Train ``_mlp`` for 3 epochs; ``nudge`` moves every initial parameter up by one ulp (``np.nextafter``)."""
     X, y, X_test, y_test = mini
     model = _mlp(dtype, backend)
+    if nudge:
+        model.parameters[:] = np.nextafter(model.parameters, np.inf)
     history = model.fit(
         X, y, loss=losses.CrossEntropy(), optimizer=make_optimizer(), epochs=3, batch_size=32, seed=7,
         validation_data=(X_test, y_test),
@@ -61,16 +64,40 @@ def test_float64_training_ends_with_equal_parameters(mini, name):
     assert compiled_history["accuracy"] == reference_history["accuracy"]
 
 
+# The float32 backends round differently (the compiled exp is within 1 ulp of NumPy's, GEMMs sum in another
+# order), so their loss curves agree only as far as the run itself is insensitive to rounding, which depends on
+# the optimizer and on the BLAS kernels: the centred RMSProp run below ends 0.45% away from itself when its start
+# moves by one ulp, the others 1e-8 to 2e-7 away. So the tolerance is measured on the run, not tuned on one machine:
+# the reference trained again from a start one ulp up gives the spread of the loss and val_loss curves (the
+# largest relative difference up to each epoch: sensitivity only grows with training); the compiled backend may
+# differ by SPREAD_FACTOR times that, because it differs by about an ulp at every step, not only at the start (the
+# ratio measured up to 5 on a 2-core AMD EPYC Zen 4 with OpenBLAS's SkylakeX, Haswell and Prescott kernels), plus
+# LOSS_FLOOR, about 8 float32 ulps of a mean loss (the differences measured stay below 4e-7 where the run is not
+# sensitive), which a one-ulp nudge need not show. Bugs still fail it: lr 0.1% off, a weight decay dropped, Adam's
+# eps x10 or inside the square root, its first bias correction dropped, RMSProp uncentred or with v + a^2, SGD's
+# Nesterov ignored, each failed the optimizers it concerns (the cross-entropy gradient 0.1% off all but the Adams,
+# which are invariant to the gradient's scale).
+SPREAD_FACTOR, LOSS_FLOOR = 10.0, 1e-6
+
+
 @needs_cython
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_float32_loss_curves_agree(mini, name):
-    """Compiled exp (softmax, cross-entropy) differs from NumPy's SIMD exp by about one float32 ulp, so
-    the trajectories agree only while training is stable. At SGD lr 0.05 with momentum 0.9 it is not:
-    the NumPy reference itself, fed a cross-entropy gradient from a float64 exp, ends 0.75% away."""
-    _, reference = _train(mini, "float32", "numpy", OPTIMIZERS[name])
-    _, compiled = _train(mini, "float32", "cython", OPTIMIZERS[name])
-    np.testing.assert_allclose(compiled["loss"], reference["loss"], rtol=1e-4)
-    np.testing.assert_allclose(compiled["val_loss"], reference["val_loss"], rtol=1e-4)
+    curves = {}
+    for run, backend, nudge in (
+        ("reference", "numpy", False),
+        ("nudged", "numpy", True),
+        ("compiled", "cython", False),
+    ):
+        history = _train(mini, "float32", backend, OPTIMIZERS[name], nudge)[1]
+        curves[run] = np.array([history["loss"], history["val_loss"]])  # (2, epochs)
+    reference = curves["reference"]
+    spread = np.maximum.accumulate((np.abs(curves["nudged"] - reference) / reference).max(axis=0))
+    tolerance = SPREAD_FACTOR * spread + LOSS_FLOOR
+    difference = np.abs(curves["compiled"] - reference) / reference
+    assert (difference <= tolerance).all(), (
+        f"relative differences {difference} beyond {tolerance} (self-spread of the reference {spread})"
+    )
 
 
 @needs_cython
