@@ -526,6 +526,10 @@ def check_options(
         raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
     if not resume:
         _io.check_replaceable(path, CHECKPOINT_FILE_KIND, bool(overwrite))
+    return _check_cadence(checkpoint_every)
+
+
+def _check_cadence(checkpoint_every: object) -> int | str:
     if checkpoint_every is None or checkpoint_every == "epoch":
         return "epoch"
     if isinstance(checkpoint_every, (bool, np.bool_)) or not isinstance(checkpoint_every, (int, np.integer)):

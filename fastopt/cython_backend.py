@@ -132,26 +132,37 @@ def _inside_numpy(path: Path, numpy_dir: Path) -> bool:
     return numpy_dir in path.parents or path.parent.name.startswith(numpy_dir.name)
 
 
-def _numpy_openblas() -> tuple[ctypes.CDLL, str, str, bool]:
-    """NumPy's OpenBLAS, opened with ctypes: (library, symbol prefix, suffix, 64-bit integers).
-    Raises LookupError saying why when NumPy's BLAS is not an OpenBLAS with CBLAS functions found here."""
+def _numpy_openblas_path() -> str:
+    """The file of the OpenBLAS NumPy loaded; LookupError when it cannot be told."""
     pools = [pool for pool in threadpool_info() if pool.get("internal_api") == "openblas"]
     numpy_dir = Path(np.__file__).resolve().parent
     own = [pool for pool in pools if _inside_numpy(Path(pool["filepath"]).resolve(), numpy_dir)]
     if len(own) != 1 and len(pools) != 1:
         found = ", ".join(pool["filepath"] for pool in pools) or "none"
         raise LookupError(f"cannot tell which OpenBLAS NumPy uses (OpenBLAS libraries loaded: {found})")
-    library = ctypes.CDLL((own or pools)[0]["filepath"])
+    return (own or pools)[0]["filepath"]
+
+
+def _numpy_openblas() -> tuple[ctypes.CDLL, str, str, bool]:
+    """NumPy's OpenBLAS, opened with ctypes: (library, symbol prefix, suffix, 64-bit integers).
+    Raises LookupError saying why when NumPy's BLAS is not an OpenBLAS with CBLAS functions found here."""
+    path = _numpy_openblas_path()
+    library = ctypes.CDLL(path)
     for prefix, suffix, ilp64 in _OPENBLAS_NAMINGS:
         names = [f"{prefix}cblas_{kind}gemm{suffix}" for kind in "sd"]
         names += [f"{prefix}openblas_{verb}_num_threads{suffix}" for verb in ("get", "set")]
         if all(hasattr(library, name) for name in names):
-            if ilp64 is None:
-                get_config = getattr(library, f"{prefix}openblas_get_config{suffix}")
-                get_config.restype = ctypes.c_char_p
-                ilp64 = b"USE64BITINT" in (get_config() or b"")
-            return library, prefix, suffix, ilp64
-    raise LookupError(f"no CBLAS gemm and thread functions found in {(own or pools)[0]['filepath']}")
+            return library, prefix, suffix, _uses_64_bit_integers(library, prefix, suffix, ilp64)
+    raise LookupError(f"no CBLAS gemm and thread functions found in {path}")
+
+
+def _uses_64_bit_integers(library: ctypes.CDLL, prefix: str, suffix: str, known: bool | None) -> bool:
+    """Whether the OpenBLAS takes 64-bit integers: known from its symbol names, else from its configuration."""
+    if known is not None:
+        return known
+    get_config = getattr(library, f"{prefix}openblas_get_config{suffix}")
+    get_config.restype = ctypes.c_char_p
+    return b"USE64BITINT" in (get_config() or b"")
 
 
 def _install_numpy_openblas() -> str:
