@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike
+from fastopt.optim.optimizer import Optimizer, ParamsLike, constructor_options
 
 
 class AdaGrad(Optimizer):
@@ -29,10 +29,7 @@ class AdaGrad(Optimizer):
         initial_accumulator_value: float = 0.0,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(
-            params, lr=lr, decay=decay, eps=eps, weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value,
-        )  # fmt: skip
+        super().__init__(params, **constructor_options(locals()))
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -6,8 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike, bias_correction, check_betas, check_option
+from fastopt.optim.optimizer import (
+    Optimizer,
+    ParamsLike,
+    bias_correction,
+    check_adam_family,
+    constructor_options,
+    moment_scalars,
+)
 
 
 class Adam(Optimizer):
@@ -35,31 +41,20 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, lr=lr, decay=decay, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        super().__init__(params, **constructor_options(locals()))
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "betas": check_betas(hyper["betas"]),
-            "eps": check_scalar(hyper["eps"], "eps"),
-            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
-            "amsgrad": check_option(hyper["amsgrad"], "amsgrad"),
-        }
+        return check_adam_family(hyper, "amsgrad")
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "decoupled_weight_decay": self.decoupled_weight_decay,
-            "bias_correction1": bias_correction(beta1, self.step_count),
-            "bias_correction2": bias_correction(beta2, self.step_count),
-        }
+        scalars = moment_scalars(group, lr)
+        scalars["decoupled_weight_decay"] = self.decoupled_weight_decay
+        scalars["bias_correction1"] = bias_correction(scalars["beta1"], self.step_count)
+        scalars["bias_correction2"] = bias_correction(scalars["beta2"], self.step_count)
+        return scalars
 
 
 class AdamW(Adam):
@@ -78,4 +73,4 @@ class AdamW(Adam):
         amsgrad: bool = False,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, decay=decay)
+        super().__init__(params, **constructor_options(locals()))

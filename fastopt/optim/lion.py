@@ -6,8 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike, check_betas
+from fastopt.optim.optimizer import (
+    Optimizer,
+    ParamsLike,
+    check_adam_family,
+    constructor_options,
+    moment_scalars,
+)
 
 
 class Lion(Optimizer):
@@ -30,17 +35,13 @@ class Lion(Optimizer):
         weight_decay: float = 0.0,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, lr=lr, decay=decay, betas=betas, weight_decay=weight_decay)
+        super().__init__(params, **constructor_options(locals()))
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "betas": check_betas(hyper["betas"]),
-            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
-        }
+        return check_adam_family(hyper)
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg",)
 
     def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return {"lr": lr, "beta1": beta1, "beta2": beta2, "weight_decay": group["weight_decay"]}
+        return moment_scalars(group, lr)

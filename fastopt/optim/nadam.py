@@ -7,7 +7,14 @@ from typing import Any
 import numpy as np
 
 from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike, bias_correction, check_betas, check_option
+from fastopt.optim.optimizer import (
+    Optimizer,
+    ParamsLike,
+    bias_correction,
+    check_adam_family,
+    constructor_options,
+    moment_scalars,
+)
 
 
 class NAdam(Optimizer):
@@ -37,39 +44,26 @@ class NAdam(Optimizer):
         decoupled_weight_decay: bool = False,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(
-            params, lr=lr, decay=decay, betas=betas, eps=eps, weight_decay=weight_decay,
-            momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
-        )  # fmt: skip
+        super().__init__(params, **constructor_options(locals()))
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "betas": check_betas(hyper["betas"]),
-            "eps": check_scalar(hyper["eps"], "eps"),
-            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
-            "momentum_decay": check_scalar(hyper["momentum_decay"], "momentum_decay"),
-            "decoupled_weight_decay": check_option(hyper["decoupled_weight_decay"], "decoupled_weight_decay"),
-        }
+        checked = check_adam_family(hyper, "decoupled_weight_decay")
+        checked["momentum_decay"] = check_scalar(hyper["momentum_decay"], "momentum_decay")
+        return checked
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
     def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
         """Advances this parameter's ``mu_product`` to step t, then gives the step's scalars."""
-        beta1, beta2 = group["betas"]
-        t = self.step_count
+        scalars = moment_scalars(group, lr)
+        t, beta1 = self.step_count, scalars["beta1"]
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * group["momentum_decay"]))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * group["momentum_decay"]))
         mu_product = float(state["mu_product"]) * mu
         state["mu_product"][...] = mu_product
-        return {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "decoupled_weight_decay": group["decoupled_weight_decay"],
-            "bias_correction2": bias_correction(beta2, t),
-            "grad_step": lr * (1.0 - mu) / (1.0 - mu_product),
-            "momentum_step": lr * mu_next / (1.0 - mu_product * mu_next),
-        }
+        scalars["decoupled_weight_decay"] = group["decoupled_weight_decay"]
+        scalars["bias_correction2"] = bias_correction(scalars["beta2"], t)
+        scalars["grad_step"] = lr * (1.0 - mu) / (1.0 - mu_product)
+        scalars["momentum_step"] = lr * mu_next / (1.0 - mu_product * mu_next)
+        return scalars

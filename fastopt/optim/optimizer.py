@@ -70,6 +70,33 @@ def check_betas(betas: object) -> tuple[float, float]:
     )
 
 
+def constructor_options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer constructor's keyword arguments (its ``locals()``) without ``self`` and ``params``: the
+    hyperparameters it passes on to ``Optimizer.__init__``."""
+    return {name: value for name, value in arguments.items() if name not in ("self", "params", "__class__")}
+
+
+def check_adam_family(hyper: dict[str, Any], *options: str) -> dict[str, Any]:
+    """The hyperparameters the Adam family shares (betas, eps when present, weight_decay), checked, and the
+    boolean ``options`` it names (amsgrad, decoupled_weight_decay, ...)."""
+    checked: dict[str, Any] = {"betas": check_betas(hyper["betas"])}
+    if "eps" in hyper:
+        checked["eps"] = check_scalar(hyper["eps"], "eps")
+    checked["weight_decay"] = check_scalar(hyper["weight_decay"], "weight_decay")
+    checked.update({name: check_option(hyper[name], name) for name in options})
+    return checked
+
+
+def moment_scalars(group: dict[str, Any], lr: float) -> dict[str, Any]:
+    """The kernel scalars the Adam family shares: the step's lr, beta1, beta2, eps (when the group has it) and
+    weight_decay."""
+    beta1, beta2 = group["betas"]
+    scalars = {"lr": lr, "beta1": beta1, "beta2": beta2, "weight_decay": group["weight_decay"]}
+    if "eps" in group:
+        scalars["eps"] = group["eps"]
+    return scalars
+
+
 def check_option(value: object, name: str) -> bool:
     """A boolean option (``amsgrad``, ``nesterov``, ...): True or False."""
     if not isinstance(value, (bool, np.bool_)):

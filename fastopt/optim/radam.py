@@ -6,8 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike, bias_correction, check_betas, check_option
+from fastopt.optim.optimizer import (
+    Optimizer,
+    ParamsLike,
+    bias_correction,
+    check_adam_family,
+    constructor_options,
+    moment_scalars,
+)
 
 
 class RAdam(Optimizer):
@@ -34,41 +40,26 @@ class RAdam(Optimizer):
         decoupled_weight_decay: bool = False,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(
-            params, lr=lr, decay=decay, betas=betas, eps=eps, weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )  # fmt: skip
+        super().__init__(params, **constructor_options(locals()))
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "betas": check_betas(hyper["betas"]),
-            "eps": check_scalar(hyper["eps"], "eps"),
-            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
-            "decoupled_weight_decay": check_option(hyper["decoupled_weight_decay"], "decoupled_weight_decay"),
-        }
+        return check_adam_family(hyper, "decoupled_weight_decay")
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
     def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        t = self.step_count
+        scalars = moment_scalars(group, lr)
+        t, beta2 = self.step_count, scalars["beta2"]
         correction2 = bias_correction(beta2, t)
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 * t * (beta2**t) / correction2
         rectified = rho_t > 5.0
-        rectification = (
+        scalars["rectification"] = (
             ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
         )
-        return {
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "decoupled_weight_decay": group["decoupled_weight_decay"],
-            "bias_correction1": bias_correction(beta1, t),
-            "bias_correction2": correction2,
-            "rectified": rectified,
-            "rectification": rectification,
-        }
+        scalars["rectified"] = rectified
+        scalars["decoupled_weight_decay"] = group["decoupled_weight_decay"]
+        scalars["bias_correction1"] = bias_correction(scalars["beta1"], t)
+        scalars["bias_correction2"] = correction2
+        return scalars

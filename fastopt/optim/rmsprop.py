@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike, check_option
+from fastopt.optim.optimizer import Optimizer, ParamsLike, check_option, constructor_options
 
 
 class RMSProp(Optimizer):
@@ -34,10 +34,7 @@ class RMSProp(Optimizer):
         weight_decay: float = 0.0,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(
-            params, lr=lr, decay=decay, alpha=alpha, eps=eps, momentum=momentum, centered=centered,
-            weight_decay=weight_decay,
-        )  # fmt: skip
+        super().__init__(params, **constructor_options(locals()))
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
         return {

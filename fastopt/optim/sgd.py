@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike, check_option
+from fastopt.optim.optimizer import Optimizer, ParamsLike, check_option, constructor_options
 
 
 class SGD(Optimizer):
@@ -33,10 +33,7 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(
-            params, lr=lr, decay=decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
-            weight_decay=weight_decay,
-        )  # fmt: skip
+        super().__init__(params, **constructor_options(locals()))
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
         momentum = check_scalar(hyper["momentum"], "momentum")
