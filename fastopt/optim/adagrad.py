@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike, constructor_options
+from fastopt.optim import optimizer as base
+from fastopt.optim.optimizer import Optimizer, ParamsLike
 
 
 class AdaGrad(Optimizer):
@@ -19,6 +17,9 @@ class AdaGrad(Optimizer):
     """
 
     kernel = "adagrad_step"
+    options = {"eps": base.nonnegative, "weight_decay": base.nonnegative, "initial_accumulator_value": base.nonnegative}
+    state_buffers = ("sum_squares",)
+    kernel_options = ("eps", "weight_decay")
 
     def __init__(
         self,
@@ -29,20 +30,7 @@ class AdaGrad(Optimizer):
         initial_accumulator_value: float = 0.0,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, **constructor_options(locals()))
-
-    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "eps": check_scalar(hyper["eps"], "eps"),
-            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
-            "initial_accumulator_value": check_scalar(hyper["initial_accumulator_value"], "initial_accumulator_value"),
-        }
-
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("sum_squares",)
+        super().__init__(params, **base.constructor_options(locals()))
 
     def _initial_state(self, name: str, group: dict[str, Any]) -> float:
         return group["initial_accumulator_value"]
-
-    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {"lr": lr, "eps": group["eps"], "weight_decay": group["weight_decay"]}

@@ -6,14 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from fastopt.optim.optimizer import (
-    Optimizer,
-    ParamsLike,
-    bias_correction,
-    check_adam_family,
-    constructor_options,
-    moment_scalars,
-)
+from fastopt.optim import optimizer as base
+from fastopt.optim.optimizer import Optimizer, ParamsLike
 
 
 class Adam(Optimizer):
@@ -29,6 +23,8 @@ class Adam(Optimizer):
     """
 
     kernel = "adam_step"
+    options = {**base.ADAM_FAMILY, "amsgrad": base.check_option}
+    kernel_options = ("betas", "eps", "weight_decay")
     decoupled_weight_decay = False
 
     def __init__(
@@ -41,20 +37,19 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, **constructor_options(locals()))
-
-    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return check_adam_family(hyper, "amsgrad")
+        super().__init__(params, **base.constructor_options(locals()))
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        scalars = moment_scalars(group, lr)
-        scalars["decoupled_weight_decay"] = self.decoupled_weight_decay
-        scalars["bias_correction1"] = bias_correction(scalars["beta1"], self.step_count)
-        scalars["bias_correction2"] = bias_correction(scalars["beta2"], self.step_count)
-        return scalars
+    def _step_scalars(
+        self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        return {
+            "decoupled_weight_decay": self.decoupled_weight_decay,
+            "bias_correction1": base.bias_correction(scalars["beta1"], self.step_count),
+            "bias_correction2": base.bias_correction(scalars["beta2"], self.step_count),
+        }
 
 
 class AdamW(Adam):
@@ -73,4 +68,4 @@ class AdamW(Adam):
         amsgrad: bool = False,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, **constructor_options(locals()))
+        super().__init__(params, **base.constructor_options(locals()))

@@ -6,14 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from fastopt.optim.optimizer import (
-    Optimizer,
-    ParamsLike,
-    bias_correction,
-    check_adam_family,
-    constructor_options,
-    moment_scalars,
-)
+from fastopt.optim import optimizer as base
+from fastopt.optim.optimizer import Optimizer, ParamsLike
 
 
 class Adamax(Optimizer):
@@ -26,6 +20,9 @@ class Adamax(Optimizer):
     """
 
     kernel = "adamax_step"
+    options = base.ADAM_FAMILY
+    state_buffers = ("exp_avg", "exp_inf")
+    kernel_options = ("betas", "eps", "weight_decay")
 
     def __init__(
         self,
@@ -36,15 +33,9 @@ class Adamax(Optimizer):
         weight_decay: float = 0.0,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, **constructor_options(locals()))
+        super().__init__(params, **base.constructor_options(locals()))
 
-    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return check_adam_family(hyper)
-
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_inf")
-
-    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        scalars = moment_scalars(group, lr)
-        scalars["bias_correction1"] = bias_correction(scalars["beta1"], self.step_count)
-        return scalars
+    def _step_scalars(
+        self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        return {"bias_correction1": base.bias_correction(scalars["beta1"], self.step_count)}

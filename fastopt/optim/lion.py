@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
-from fastopt.optim.optimizer import (
-    Optimizer,
-    ParamsLike,
-    check_adam_family,
-    constructor_options,
-    moment_scalars,
-)
+from fastopt.optim import optimizer as base
+from fastopt.optim.optimizer import Optimizer, ParamsLike
 
 
 class Lion(Optimizer):
@@ -26,6 +17,9 @@ class Lion(Optimizer):
     """
 
     kernel = "lion_step"
+    options = {"betas": base.check_betas, "weight_decay": base.nonnegative}
+    state_buffers = ("exp_avg",)
+    kernel_options = ("betas", "weight_decay")
 
     def __init__(
         self,
@@ -35,13 +29,4 @@ class Lion(Optimizer):
         weight_decay: float = 0.0,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, **constructor_options(locals()))
-
-    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return check_adam_family(hyper)
-
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg",)
-
-    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        return moment_scalars(group, lr)
+        super().__init__(params, **base.constructor_options(locals()))

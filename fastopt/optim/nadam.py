@@ -6,15 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import (
-    Optimizer,
-    ParamsLike,
-    bias_correction,
-    check_adam_family,
-    constructor_options,
-    moment_scalars,
-)
+from fastopt.optim import optimizer as base
+from fastopt.optim.optimizer import Optimizer, ParamsLike
 
 
 class NAdam(Optimizer):
@@ -31,6 +24,9 @@ class NAdam(Optimizer):
     """
 
     kernel = "nadam_step"
+    options = {**base.ADAM_FAMILY, "momentum_decay": base.nonnegative, "decoupled_weight_decay": base.check_option}
+    state_buffers = ("exp_avg", "exp_avg_sq")
+    kernel_options = ("betas", "eps", "weight_decay", "decoupled_weight_decay")
     scalar_state = {"mu_product": 1.0}
 
     def __init__(
@@ -44,26 +40,19 @@ class NAdam(Optimizer):
         decoupled_weight_decay: bool = False,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, **constructor_options(locals()))
+        super().__init__(params, **base.constructor_options(locals()))
 
-    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        checked = check_adam_family(hyper, "decoupled_weight_decay")
-        checked["momentum_decay"] = check_scalar(hyper["momentum_decay"], "momentum_decay")
-        return checked
-
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq")
-
-    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _step_scalars(
+        self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
         """Advances this parameter's ``mu_product`` to step t, then gives the step's scalars."""
-        scalars = moment_scalars(group, lr)
         t, beta1 = self.step_count, scalars["beta1"]
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * group["momentum_decay"]))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * group["momentum_decay"]))
         mu_product = float(state["mu_product"]) * mu
         state["mu_product"][...] = mu_product
-        scalars["decoupled_weight_decay"] = group["decoupled_weight_decay"]
-        scalars["bias_correction2"] = bias_correction(scalars["beta2"], t)
-        scalars["grad_step"] = lr * (1.0 - mu) / (1.0 - mu_product)
-        scalars["momentum_step"] = lr * mu_next / (1.0 - mu_product * mu_next)
-        return scalars
+        return {
+            "bias_correction2": base.bias_correction(scalars["beta2"], t),
+            "grad_step": lr * (1.0 - mu) / (1.0 - mu_product),
+            "momentum_step": lr * mu_next / (1.0 - mu_product * mu_next),
+        }

@@ -11,7 +11,8 @@ group with its own hyperparameters (the constructor's are the defaults). An opti
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -60,10 +61,10 @@ def bias_correction(beta: float, step: int) -> float:
     return 1.0 - math.pow(beta, step)
 
 
-def check_betas(betas: object) -> tuple[float, float]:
+def check_betas(betas: object, name: str = "betas") -> tuple[float, float]:
     """``betas`` as a pair of floats in [0, 1)."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        raise TypeError(f"{name} must be a pair (beta1, beta2), got {betas!r}")
     return (
         check_scalar(betas[0], "beta1", high=1.0, high_open=True),
         check_scalar(betas[1], "beta2", high=1.0, high_open=True),
@@ -76,32 +77,17 @@ def constructor_options(arguments: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in arguments.items() if name not in ("self", "params", "__class__")}
 
 
-def check_adam_family(hyper: dict[str, Any], *options: str) -> dict[str, Any]:
-    """The hyperparameters the Adam family shares (betas, eps when present, weight_decay), checked, and the
-    boolean ``options`` it names (amsgrad, decoupled_weight_decay, ...)."""
-    checked: dict[str, Any] = {"betas": check_betas(hyper["betas"])}
-    if "eps" in hyper:
-        checked["eps"] = check_scalar(hyper["eps"], "eps")
-    checked["weight_decay"] = check_scalar(hyper["weight_decay"], "weight_decay")
-    checked.update({name: check_option(hyper[name], name) for name in options})
-    return checked
-
-
-def moment_scalars(group: dict[str, Any], lr: float) -> dict[str, Any]:
-    """The kernel scalars the Adam family shares: the step's lr, beta1, beta2, eps (when the group has it) and
-    weight_decay."""
-    beta1, beta2 = group["betas"]
-    scalars = {"lr": lr, "beta1": beta1, "beta2": beta2, "weight_decay": group["weight_decay"]}
-    if "eps" in group:
-        scalars["eps"] = group["eps"]
-    return scalars
-
-
 def check_option(value: object, name: str) -> bool:
     """A boolean option (``amsgrad``, ``nesterov``, ...): True or False."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return check_flag(value, name)
+
+
+# The checks of the hyperparameters optimizers declare in ``Optimizer.options``: each takes (value, name).
+nonnegative: Callable[[object, str], float] = check_scalar
+fraction: Callable[[object, str], float] = partial(check_scalar, high=1.0)
+ADAM_FAMILY = {"betas": check_betas, "eps": nonnegative, "weight_decay": nonnegative}
 
 
 class Optimizer:
@@ -110,8 +96,13 @@ class Optimizer:
     ``Sequential.fit`` then binds the model's parameters. ``param_groups``, ``state`` (one dict of buffers per
     parameter, in group order) and ``step_count`` are PyTorch's names."""
 
-    kernel: ClassVar[str] = ""
-    # Per-parameter scalars of the state (0-d float64 arrays, PyTorch's per-parameter tensors) and their start.
+    kernel: ClassVar[str] = ""  # its kernel in fastopt.kernel_table
+    # Each hyperparameter beyond lr and decay, with its check; its state buffers (kernel-table names; ``_state_names``
+    # may use only some, by the group's options); the options the kernel takes as they are ("betas" as beta1,
+    # beta2); per-parameter scalars of the state (0-d float64 arrays, PyTorch's per-parameter tensors) and their start.
+    options: ClassVar[dict[str, Callable[[object, str], Any]]] = {}
+    state_buffers: ClassVar[tuple[str, ...]] = ()
+    kernel_options: ClassVar[tuple[str, ...]] = ()
     scalar_state: ClassVar[dict[str, float]] = {}
 
     def __init__(self, params: ParamsLike | None, *, lr: float, decay: float, **hyper: Any) -> None:
@@ -125,21 +116,35 @@ class Optimizer:
         if params is not None:
             self.bind(params)
 
-    # -------------------------------------------------------------- subclasses provide these
+    # -------------------------------------------------------------- subclasses may refine these
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        """Validate the options beyond lr and decay; return them normalized."""
-        raise NotImplementedError
+        """Validate the options beyond lr and decay (``options``); return them normalized."""
+        return {name: check(hyper[name], name) for name, check in self.options.items()}
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         """Names of the per-parameter state buffers a group's options need (kernel-table names)."""
-        raise NotImplementedError
+        return self.state_buffers
 
     def _initial_state(self, name: str, group: dict[str, Any]) -> float:
         return 0.0
 
     def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        """The kernel's named scalars for step ``self.step_count`` (already advanced) of one parameter."""
-        raise NotImplementedError
+        """The kernel's named scalars for step ``self.step_count`` (already advanced) of one parameter: the step's
+        learning rate, the ``kernel_options`` of its group, and the ``_step_scalars``."""
+        scalars: dict[str, Any] = {"lr": lr}
+        for name in self.kernel_options:
+            if name == "betas":
+                scalars["beta1"], scalars["beta2"] = group["betas"]
+            else:
+                scalars[name] = group[name]
+        scalars.update(self._step_scalars(group, lr, scalars, state))
+        return scalars
+
+    def _step_scalars(
+        self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """The kernel scalars that depend on the step (bias corrections, ...), given the others."""
+        return {}
 
     # -------------------------------------------------------------- hyperparameters
     @property

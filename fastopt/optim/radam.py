@@ -6,14 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from fastopt.optim.optimizer import (
-    Optimizer,
-    ParamsLike,
-    bias_correction,
-    check_adam_family,
-    constructor_options,
-    moment_scalars,
-)
+from fastopt.optim import optimizer as base
+from fastopt.optim.optimizer import Optimizer, ParamsLike
 
 
 class RAdam(Optimizer):
@@ -29,6 +23,9 @@ class RAdam(Optimizer):
     """
 
     kernel = "radam_step"
+    options = {**base.ADAM_FAMILY, "decoupled_weight_decay": base.check_option}
+    state_buffers = ("exp_avg", "exp_avg_sq")
+    kernel_options = ("betas", "eps", "weight_decay", "decoupled_weight_decay")
 
     def __init__(
         self,
@@ -40,26 +37,20 @@ class RAdam(Optimizer):
         decoupled_weight_decay: bool = False,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, **constructor_options(locals()))
+        super().__init__(params, **base.constructor_options(locals()))
 
-    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return check_adam_family(hyper, "decoupled_weight_decay")
-
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq")
-
-    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        scalars = moment_scalars(group, lr)
+    def _step_scalars(
+        self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
         t, beta2 = self.step_count, scalars["beta2"]
-        correction2 = bias_correction(beta2, t)
+        correction2 = base.bias_correction(beta2, t)
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 * t * (beta2**t) / correction2
         rectified = rho_t > 5.0
-        scalars["rectification"] = (
-            ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 0.0
-        )
-        scalars["rectified"] = rectified
-        scalars["decoupled_weight_decay"] = group["decoupled_weight_decay"]
-        scalars["bias_correction1"] = bias_correction(scalars["beta1"], t)
-        scalars["bias_correction2"] = correction2
-        return scalars
+        variance_ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        return {
+            "bias_correction1": base.bias_correction(scalars["beta1"], t),
+            "bias_correction2": correction2,
+            "rectified": rectified,
+            "rectification": variance_ratio**0.5 if rectified else 0.0,
+        }

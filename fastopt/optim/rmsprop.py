@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike, check_option, constructor_options
+from fastopt.optim import optimizer as base
+from fastopt.optim.optimizer import Optimizer, ParamsLike
 
 
 class RMSProp(Optimizer):
@@ -22,6 +20,9 @@ class RMSProp(Optimizer):
     """
 
     kernel = "rmsprop_step"
+    options = {"alpha": base.fraction, "eps": base.nonnegative, "momentum": base.nonnegative,
+               "centered": base.check_option, "weight_decay": base.nonnegative}  # fmt: skip
+    kernel_options = ("alpha", "eps", "momentum", "weight_decay")
 
     def __init__(
         self,
@@ -34,30 +35,8 @@ class RMSProp(Optimizer):
         weight_decay: float = 0.0,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, **constructor_options(locals()))
-
-    def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "alpha": check_scalar(hyper["alpha"], "alpha", high=1.0),
-            "eps": check_scalar(hyper["eps"], "eps"),
-            "momentum": check_scalar(hyper["momentum"], "momentum"),
-            "centered": check_option(hyper["centered"], "centered"),
-            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
-        }
+        super().__init__(params, **base.constructor_options(locals()))
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        names = ["square_avg"]
-        if group["centered"]:
-            names.append("grad_avg")
-        if group["momentum"] != 0:
-            names.append("momentum_buffer")
-        return tuple(names)
-
-    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {
-            "lr": lr,
-            "alpha": group["alpha"],
-            "eps": group["eps"],
-            "momentum": group["momentum"],
-            "weight_decay": group["weight_decay"],
-        }
+        centered = ("grad_avg",) if group["centered"] else ()
+        return ("square_avg", *centered, *(("momentum_buffer",) if group["momentum"] != 0 else ()))

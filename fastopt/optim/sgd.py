@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from fastopt._checks import check_scalar
-from fastopt.optim.optimizer import Optimizer, ParamsLike, check_option, constructor_options
+from fastopt.optim import optimizer as base
+from fastopt.optim.optimizer import Optimizer, ParamsLike
 
 
 class SGD(Optimizer):
@@ -22,6 +22,9 @@ class SGD(Optimizer):
     """
 
     kernel = "sgd_step"
+    options = {"momentum": base.nonnegative, "dampening": base.fraction, "nesterov": base.check_option,
+               "weight_decay": base.nonnegative}  # fmt: skip
+    kernel_options = ("momentum", "dampening", "nesterov", "weight_decay")
 
     def __init__(
         self,
@@ -33,30 +36,18 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
         decay: float = 0.0,
     ) -> None:
-        super().__init__(params, **constructor_options(locals()))
+        super().__init__(params, **base.constructor_options(locals()))
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
-        momentum = check_scalar(hyper["momentum"], "momentum")
-        dampening = check_scalar(hyper["dampening"], "dampening", high=1.0)
-        nesterov = check_option(hyper["nesterov"], "nesterov")
-        if nesterov and (momentum == 0 or dampening != 0):
+        checked = super()._check_hyperparameters(hyper)
+        if checked["nesterov"] and (checked["momentum"] == 0 or checked["dampening"] != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0")
-        return {
-            "momentum": momentum,
-            "dampening": dampening,
-            "nesterov": nesterov,
-            "weight_decay": check_scalar(hyper["weight_decay"], "weight_decay"),
-        }
+        return checked
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _kernel_hyper(self, group: dict[str, Any], lr: float, state: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {
-            "lr": lr,
-            "momentum": group["momentum"],
-            "dampening": group["dampening"],
-            "nesterov": group["nesterov"],
-            "weight_decay": group["weight_decay"],
-            "first_step": self.step_count == 1,
-        }
+    def _step_scalars(
+        self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        return {"first_step": self.step_count == 1}
