@@ -21,16 +21,11 @@ class AdaGrad(Optimizer):
     state_buffers = ("sum_squares",)
     kernel_options = ("eps", "weight_decay")
 
-    def __init__(
-        self,
-        params: ParamsLike | None = None,
-        lr: float = 1e-2,
-        eps: float = 1e-10,
-        weight_decay: float = 0.0,
-        initial_accumulator_value: float = 0.0,
-        decay: float = 0.0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, params: ParamsLike | None = None, lr: float = 1e-2, eps: float = 1e-10,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0, decay: float = 0.0) -> None:
         super().__init__(params, **base.constructor_options(locals()))
+    # fmt: on
 
     def _initial_state(self, name: str, group: dict[str, Any]) -> float:
         return group["initial_accumulator_value"]

@@ -27,17 +27,11 @@ class Adam(Optimizer):
     kernel_options = ("betas", "eps", "weight_decay")
     decoupled_weight_decay = False
 
-    def __init__(
-        self,
-        params: ParamsLike | None = None,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-        decay: float = 0.0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, params: ParamsLike | None = None, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, decay: float = 0.0) -> None:
         super().__init__(params, **base.constructor_options(locals()))
+    # fmt: on
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
@@ -58,14 +52,8 @@ class AdamW(Adam):
 
     decoupled_weight_decay = True
 
-    def __init__(
-        self,
-        params: ParamsLike | None = None,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        decay: float = 0.0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, params: ParamsLike | None = None, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, decay: float = 0.0) -> None:
         super().__init__(params, **base.constructor_options(locals()))
+    # fmt: on

@@ -24,16 +24,11 @@ class Adamax(Optimizer):
     state_buffers = ("exp_avg", "exp_inf")
     kernel_options = ("betas", "eps", "weight_decay")
 
-    def __init__(
-        self,
-        params: ParamsLike | None = None,
-        lr: float = 2e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        decay: float = 0.0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, params: ParamsLike | None = None, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, decay: float = 0.0) -> None:
         super().__init__(params, **base.constructor_options(locals()))
+    # fmt: on
 
     def _step_scalars(
         self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]

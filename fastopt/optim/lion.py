@@ -21,12 +21,8 @@ class Lion(Optimizer):
     state_buffers = ("exp_avg",)
     kernel_options = ("betas", "weight_decay")
 
-    def __init__(
-        self,
-        params: ParamsLike | None = None,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        decay: float = 0.0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, params: ParamsLike | None = None, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, decay: float = 0.0) -> None:
         super().__init__(params, **base.constructor_options(locals()))
+    # fmt: on

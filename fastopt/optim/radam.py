@@ -27,17 +27,12 @@ class RAdam(Optimizer):
     state_buffers = ("exp_avg", "exp_avg_sq")
     kernel_options = ("betas", "eps", "weight_decay", "decoupled_weight_decay")
 
-    def __init__(
-        self,
-        params: ParamsLike | None = None,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        decoupled_weight_decay: bool = False,
-        decay: float = 0.0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, params: ParamsLike | None = None, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                 decay: float = 0.0) -> None:
         super().__init__(params, **base.constructor_options(locals()))
+    # fmt: on
 
     def _step_scalars(
         self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]

@@ -24,18 +24,11 @@ class RMSProp(Optimizer):
                "centered": base.check_option, "weight_decay": base.nonnegative}  # fmt: skip
     kernel_options = ("alpha", "eps", "momentum", "weight_decay")
 
-    def __init__(
-        self,
-        params: ParamsLike | None = None,
-        lr: float = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        momentum: float = 0.0,
-        centered: bool = False,
-        weight_decay: float = 0.0,
-        decay: float = 0.0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, params: ParamsLike | None = None, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 momentum: float = 0.0, centered: bool = False, weight_decay: float = 0.0, decay: float = 0.0) -> None:
         super().__init__(params, **base.constructor_options(locals()))
+    # fmt: on
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         centered = ("grad_avg",) if group["centered"] else ()

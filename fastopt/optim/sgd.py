@@ -26,17 +26,11 @@ class SGD(Optimizer):
                "weight_decay": base.nonnegative}  # fmt: skip
     kernel_options = ("momentum", "dampening", "nesterov", "weight_decay")
 
-    def __init__(
-        self,
-        params: ParamsLike | None = None,
-        lr: float = 1e-2,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        decay: float = 0.0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, params: ParamsLike | None = None, lr: float = 1e-2, momentum: float = 0.0,
+                 dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, decay: float = 0.0) -> None:
         super().__init__(params, **base.constructor_options(locals()))
+    # fmt: on
 
     def _check_hyperparameters(self, hyper: dict[str, Any]) -> dict[str, Any]:
         checked = super()._check_hyperparameters(hyper)
