@@ -174,17 +174,11 @@ class EarlyStopping(Callback):
     counting from epoch ``start_from_epoch`` on; with ``baseline``, until it is beaten). ``restore_best_weights``:
     at the end, the model gets the weights of its best epoch back (of the last epoch watched if none improved)."""
 
-    def __init__(
-        self,
-        monitor: str = "val_loss",
-        min_delta: float = 0.0,
-        patience: int = 0,
-        verbose: int = 0,
-        mode: str = "auto",
-        baseline: float | None = None,
-        restore_best_weights: bool = False,
-        start_from_epoch: int = 0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, verbose: int = 0,
+                 mode: str = "auto", baseline: float | None = None, restore_best_weights: bool = False,
+                 start_from_epoch: int = 0) -> None:
+        # fmt: on
         super().__init__()
         self.monitor, self.verbose = monitor, verbose
         self.mode = _check_mode(mode, monitor)
@@ -259,17 +253,10 @@ class ReduceLROnPlateau(Callback):
     ``patience`` epochs, then wait ``cooldown`` epochs; never below ``min_lr`` (Keras's callback). The learning rate
     of each epoch is logged as ``learning_rate``."""
 
-    def __init__(
-        self,
-        monitor: str = "val_loss",
-        factor: float = 0.1,
-        patience: int = 10,
-        verbose: int = 0,
-        mode: str = "auto",
-        min_delta: float = 1e-4,
-        cooldown: int = 0,
-        min_lr: float = 0.0,
-    ) -> None:
+    # fmt: off
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 0,
+                 mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0) -> None:
+        # fmt: on
         super().__init__()
         self.factor = check_scalar(factor, "factor", high=1.0, high_open=True)
         self.monitor, self.verbose = monitor, verbose

@@ -106,19 +106,13 @@ def _by_itemsize(fused: object) -> dict[int, object]:
     return {4: fused["float"], 8: fused["double"]}  # type: ignore[index]
 
 
-_dense_epilogue = _by_itemsize(_nn.dense_epilogue)
-_dense_backward_prologue = _by_itemsize(_nn.dense_backward_prologue)
-_act_forward = _by_itemsize(_nn.activation_forward)
-_act_backward = _by_itemsize(_nn.activation_backward)
-_softmax_fwd = _by_itemsize(_nn.softmax_forward)
-_softmax_bwd = _by_itemsize(_nn.softmax_backward)
-_softmax_xent = _by_itemsize(_nn.softmax_cross_entropy)
-_mse_kernel = _by_itemsize(_nn.mse)
-_count = _by_itemsize(_nn.count_correct)
-_all_finite = _by_itemsize(_nn.all_finite)
-_gather = _by_itemsize(_nn.gather_rows)
-_dense_fwd = _by_itemsize(_nn.dense_forward)
-_dense_bwd = _by_itemsize(_nn.dense_backward)
+(_dense_epilogue, _dense_backward_prologue, _act_forward, _act_backward, _softmax_fwd, _softmax_bwd, _softmax_xent,
+ _mse_kernel, _count, _all_finite, _gather, _dense_fwd, _dense_bwd) = (
+    _by_itemsize(getattr(_nn, name))
+    for name in ("dense_epilogue", "dense_backward_prologue", "activation_forward", "activation_backward",
+                 "softmax_forward", "softmax_backward", "softmax_cross_entropy", "mse", "count_correct", "all_finite",
+                 "gather_rows", "dense_forward", "dense_backward")
+)  # fmt: skip
 _matmul = np.matmul
 
 # (symbol prefix, suffix, 64-bit integers): scipy-openblas64 (NumPy's wheels), an OpenBLAS built with

@@ -150,6 +150,8 @@ BETA2 = _named(_BETA, "beta2", "decay of the second moment")
 DECOUPLED = _flag("decoupled_weight_decay", "p *= 1 - lr wd instead of adding wd p to the gradient")
 BIAS_CORRECTION1 = _named(_CORRECTION, "bias_correction1", "1 - beta1**t")
 BIAS_CORRECTION2 = _named(_CORRECTION, "bias_correction2", "1 - beta2**t")
+# the scalars every Adam-family kernel takes first: the step's rate, the moments' decays, eps, the weight decay
+MOMENTS = (LR, BETA1, BETA2, EPS, WEIGHT_DECAY)
 
 
 # ------------------------------------------------------------------------------------- the table
@@ -301,7 +303,7 @@ _TABLE = (
             _state("exp_avg_sq", doc="v"),
             _state("max_exp_avg_sq", optional=True, doc="vmax; None unless amsgrad"),
         ),
-        hyper=(LR, BETA1, BETA2, EPS, WEIGHT_DECAY, DECOUPLED, BIAS_CORRECTION1, BIAS_CORRECTION2),
+        hyper=(*MOMENTS, DECOUPLED, BIAS_CORRECTION1, BIAS_CORRECTION2),
         notes="Both backends multiply by 1 / sqrt(bc2), made once in double, where PyTorch divides by sqrt(bc2): "
         "the same math, one division less per element.",
     ),
@@ -312,11 +314,7 @@ _TABLE = (
         "v = b2 v + (1 - b2) g**2; d = sqrt(v / bc2) + eps; p -= grad_step g / d; p -= momentum_step m / d",
         (*_param_grad(), _state("exp_avg", doc="m"), _state("exp_avg_sq", doc="v")),
         hyper=(
-            LR,
-            BETA1,
-            BETA2,
-            EPS,
-            WEIGHT_DECAY,
+            *MOMENTS,
             DECOUPLED,
             BIAS_CORRECTION2,
             _named(_REAL, "grad_step", "lr (1 - mu_t) / (1 - prod_{i<=t} mu_i)"),
@@ -328,7 +326,7 @@ _TABLE = (
         "optimizer",
         "g = grad + wd p; m = b1 m + (1 - b1) g; u = max(b2 u, |g| + eps); p -= (lr / bc1) m / u",
         (*_param_grad(), _state("exp_avg", doc="m"), _state("exp_inf", doc="u, the infinity norm")),
-        hyper=(LR, BETA1, BETA2, EPS, WEIGHT_DECAY, BIAS_CORRECTION1),
+        hyper=(*MOMENTS, BIAS_CORRECTION1),
     ),
     Kernel(
         "radam_step",
@@ -338,11 +336,7 @@ _TABLE = (
         "else p -= (m / bc1) lr",
         (*_param_grad(), _state("exp_avg", doc="m"), _state("exp_avg_sq", doc="v")),
         hyper=(
-            LR,
-            BETA1,
-            BETA2,
-            EPS,
-            WEIGHT_DECAY,
+            *MOMENTS,
             DECOUPLED,
             BIAS_CORRECTION1,
             BIAS_CORRECTION2,

@@ -251,36 +251,54 @@ def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] sq
         _run(&u, &param[0], &grad[0], param.shape[0], UPDATE)
 
 
+# ----------------------------------------------------------------------------------------- the Adam family
+cdef enum:
+    # The coefficients of the part Adam, NAdam and RAdam share, in a small array of the parameters' type
+    SHRINK, DECAY, BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, N_MOMENT_COEFFICIENTS
+
+
+cdef inline void _moment_coefficients(floating* c, double lr, double weight_decay, bint decoupled, double beta1,
+                                      double beta2) noexcept nogil:
+    # Decoupled weight decay (AdamW's): shrink = 1 - lr wd and no wd on the gradient; else shrink = 1 (a
+    # multiplication by 1 is exact) and g + wd p, so that one loop serves both variants.
+    c[SHRINK] = <floating>(1 - lr * weight_decay) if decoupled else 1
+    c[DECAY] = 0 if decoupled else <floating>weight_decay
+    c[BETA1], c[ONE_MINUS_BETA1] = <floating>beta1, <floating>(1 - beta1)
+    c[BETA2], c[ONE_MINUS_BETA2] = <floating>beta2, <floating>(1 - beta2)
+
+
+cdef inline floating _moments(Py_ssize_t i, floating* p, const floating* g, floating* m, floating* v,
+                              const floating* c, floating* gi) noexcept nogil:
+    # The shared part for element i: the decayed parameter (returned), the gradient the update uses (gi), and the
+    # moments m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g**2, written back.
+    cdef floating pi = p[i] * c[SHRINK]
+    gi[0] = with_weight_decay(g[i], c[DECAY], pi)
+    m[i] = c[BETA1] * m[i] + c[ONE_MINUS_BETA1] * gi[0]
+    v[i] = c[BETA2] * v[i] + c[ONE_MINUS_BETA2] * gi[0] * gi[0]
+    return pi
+
+
 # ----------------------------------------------------------------------------------------- Adam
 cdef void _adam(floating* p, const floating* g, floating* m, floating* v, floating* vmax, Py_ssize_t n,
                 const AdamHyper* h) noexcept nogil:
-    # shrink = 1 - lr wd with decoupled weight decay (AdamW) and no wd on the gradient; shrink = 1 otherwise (a
-    # multiplication by 1 is exact), so one loop serves both variants. inv_sqrt_bc2 = 1 / sqrt(bc2), made once in
-    # double: a multiplication where PyTorch divides (the same math, rounded once differently, as in the
-    # reference). The loop is bound by the divider, which also takes the square roots: one division less per
-    # element made a 109k-element step 23 instead of 29.5 us (2-core AMD EPYC, AVX2).
-    cdef bint decoupled = h.decoupled_weight_decay
-    cdef floating shrink = <floating>(1 - h.lr * h.weight_decay) if decoupled else 1
-    cdef floating wd = 0 if decoupled else <floating>h.weight_decay
-    cdef floating beta1 = <floating>h.beta1, one_minus_beta1 = <floating>(1 - h.beta1)
-    cdef floating beta2 = <floating>h.beta2, one_minus_beta2 = <floating>(1 - h.beta2)
+    # inv_sqrt_bc2 = 1 / sqrt(bc2), made once in double: a multiplication where PyTorch divides (the same math,
+    # rounded once differently, as in the reference). The loop is bound by the divider, which also takes the square
+    # roots: one division less per element made a 109k-element step 23 instead of 29.5 us (2-core AMD EPYC, AVX2).
+    cdef floating c[N_MOMENT_COEFFICIENTS]
     cdef floating inv_sqrt_bc2 = <floating>(1 / sqrt(h.bias_correction2)), eps = <floating>h.eps
     cdef floating step_size = <floating>(h.lr / h.bias_correction1)
     cdef Py_ssize_t i
-    cdef floating pi, gi, mi, vi
+    cdef floating pi, gi, vi
     cdef bint amsgrad = vmax != NULL  # loop-invariant: gcc unswitches the loop on it
+    _moment_coefficients(c, h.lr, h.weight_decay, h.decoupled_weight_decay, h.beta1, h.beta2)
     for i in range(n):
-        pi = p[i] * shrink
-        gi = with_weight_decay(g[i], wd, pi)
-        mi = beta1 * m[i] + one_minus_beta1 * gi
-        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
-        m[i] = mi
-        v[i] = vi
+        pi = _moments(i, p, g, m, v, c, &gi)
+        vi = v[i]
         if amsgrad:
             if not (vi > vmax[i] or vi != vi):  # the running maximum; a NaN v propagates, as NumPy's does
                 vi = vmax[i]
             vmax[i] = vi
-        p[i] = pi - step_size * mi / (fsqrt(vi) * inv_sqrt_bc2 + eps)
+        p[i] = pi - step_size * m[i] / (fsqrt(vi) * inv_sqrt_bc2 + eps)
 
 
 def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
@@ -295,26 +313,18 @@ def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_a
 # ----------------------------------------------------------------------------------------- NAdam
 cdef void _nadam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
                  const NAdamHyper* h) noexcept nogil:
-    # Decoupled weight decay as in _adam (shrink); the two parts of the step follow PyTorch's two addcdiv calls.
-    cdef bint decoupled = h.decoupled_weight_decay
-    cdef floating shrink = <floating>(1 - h.lr * h.weight_decay) if decoupled else 1
-    cdef floating wd = 0 if decoupled else <floating>h.weight_decay
-    cdef floating beta1 = <floating>h.beta1, one_minus_beta1 = <floating>(1 - h.beta1)
-    cdef floating beta2 = <floating>h.beta2, one_minus_beta2 = <floating>(1 - h.beta2)
+    # The two parts of the step follow PyTorch's two addcdiv calls.
+    cdef floating c[N_MOMENT_COEFFICIENTS]
     cdef floating bc2 = <floating>h.bias_correction2, eps = <floating>h.eps
     cdef floating grad_step = <floating>h.grad_step, momentum_step = <floating>h.momentum_step
     cdef Py_ssize_t i
-    cdef floating pi, gi, mi, vi, d
+    cdef floating pi, gi, d
+    _moment_coefficients(c, h.lr, h.weight_decay, h.decoupled_weight_decay, h.beta1, h.beta2)
     for i in range(n):
-        pi = p[i] * shrink
-        gi = with_weight_decay(g[i], wd, pi)
-        mi = beta1 * m[i] + one_minus_beta1 * gi
-        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
-        m[i] = mi
-        v[i] = vi
-        d = fsqrt(vi / bc2) + eps
+        pi = _moments(i, p, g, m, v, c, &gi)
+        d = fsqrt(v[i] / bc2) + eps
         pi = pi - grad_step * (gi / d)
-        p[i] = pi - momentum_step * (mi / d)
+        p[i] = pi - momentum_step * (m[i] / d)
 
 
 def nadam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
@@ -356,32 +366,20 @@ def adamax_step(floating[::1] param, const floating[::1] grad, floating[::1] exp
 cdef void _radam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
                  const RAdamHyper* h) noexcept nogil:
     # Rectified steps scale Adam's by r_t; the first steps (rho_t <= 5) are plain momentum steps.
-    cdef bint decoupled = h.decoupled_weight_decay
-    cdef floating shrink = <floating>(1 - h.lr * h.weight_decay) if decoupled else 1
-    cdef floating wd = 0 if decoupled else <floating>h.weight_decay
-    cdef floating beta1 = <floating>h.beta1, one_minus_beta1 = <floating>(1 - h.beta1)
-    cdef floating beta2 = <floating>h.beta2, one_minus_beta2 = <floating>(1 - h.beta2)
+    cdef floating c[N_MOMENT_COEFFICIENTS]
     cdef floating lr = <floating>h.lr, eps = <floating>h.eps, bc1 = <floating>h.bias_correction1
     cdef floating sqrt_bc2 = <floating>sqrt(h.bias_correction2), rect = <floating>h.rectification
     cdef Py_ssize_t i
-    cdef floating pi, gi, mi, vi
+    cdef floating pi, gi
+    _moment_coefficients(c, h.lr, h.weight_decay, h.decoupled_weight_decay, h.beta1, h.beta2)
     if h.rectified:
         for i in range(n):
-            pi = p[i] * shrink
-            gi = with_weight_decay(g[i], wd, pi)
-            mi = beta1 * m[i] + one_minus_beta1 * gi
-            vi = beta2 * v[i] + one_minus_beta2 * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] = pi - mi / bc1 * lr * (sqrt_bc2 / (fsqrt(vi) + eps)) * rect
+            pi = _moments(i, p, g, m, v, c, &gi)
+            p[i] = pi - m[i] / bc1 * lr * (sqrt_bc2 / (fsqrt(v[i]) + eps)) * rect
     else:
         for i in range(n):
-            pi = p[i] * shrink
-            gi = with_weight_decay(g[i], wd, pi)
-            mi = beta1 * m[i] + one_minus_beta1 * gi
-            m[i] = mi
-            v[i] = beta2 * v[i] + one_minus_beta2 * gi * gi
-            p[i] = pi - mi / bc1 * lr
+            pi = _moments(i, p, g, m, v, c, &gi)
+            p[i] = pi - m[i] / bc1 * lr
 
 
 def radam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
