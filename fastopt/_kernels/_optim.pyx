@@ -140,6 +140,16 @@ cdef inline void* _optional(floating[::1] buffer) noexcept:
     return NULL if buffer is None else <void*>&buffer[0]
 
 
+cdef inline void _launch(Kind kind, const void* hyper, floating[::1] param, const floating[::1] grad, void* state0,
+                         void* state1, void* state2, Work work) noexcept:
+    # An entry point's update: its kind, its hyperparameter struct and state buffers (NULL: none), on the threads
+    # the policy gives a ``work``-kind update of this size.
+    cdef Step u
+    u.kind, u.hyper, u.state[0], u.state[1], u.state[2] = kind, hyper, state0, state1, state2
+    with nogil:
+        _run(&u, &param[0], &grad[0], param.shape[0], work)
+
+
 # ----------------------------------------------------------------------------------------- SGD
 cdef void _sgd(floating* p, const floating* g, floating* b, Py_ssize_t n, const SGDHyper* h) noexcept nogil:
     cdef floating lr = <floating>h.lr, mu = <floating>h.momentum, wd = <floating>h.weight_decay
@@ -175,10 +185,7 @@ cdef void _sgd(floating* p, const floating* g, floating* b, Py_ssize_t n, const 
 
 
 def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] momentum_buffer, SGDHyper hyper):
-    cdef Step u
-    u.kind, u.hyper, u.state[0] = SGD, &hyper, _optional(momentum_buffer)
-    with nogil:
-        _run(&u, &param[0], &grad[0], param.shape[0], LIGHT_UPDATE)
+    _launch(SGD, &hyper, param, grad, _optional(momentum_buffer), NULL, NULL, LIGHT_UPDATE)
 
 
 # ----------------------------------------------------------------------------------------- AdaGrad
@@ -194,10 +201,7 @@ cdef void _adagrad(floating* p, const floating* g, floating* s, Py_ssize_t n, co
 
 
 def adagrad_step(floating[::1] param, const floating[::1] grad, floating[::1] sum_squares, AdaGradHyper hyper):
-    cdef Step u
-    u.kind, u.hyper, u.state[0] = ADAGRAD, &hyper, &sum_squares[0]
-    with nogil:
-        _run(&u, &param[0], &grad[0], param.shape[0], UPDATE)
+    _launch(ADAGRAD, &hyper, param, grad, &sum_squares[0], NULL, NULL, UPDATE)
 
 
 # ----------------------------------------------------------------------------------------- RMSProp
@@ -244,11 +248,7 @@ cdef void _rmsprop(floating* p, const floating* g, floating* v, floating* a, flo
 
 def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] square_avg, floating[::1] grad_avg,
                  floating[::1] momentum_buffer, RMSPropHyper hyper):
-    cdef Step u
-    u.kind, u.hyper, u.state[0] = RMSPROP, &hyper, &square_avg[0]
-    u.state[1], u.state[2] = _optional(grad_avg), _optional(momentum_buffer)
-    with nogil:
-        _run(&u, &param[0], &grad[0], param.shape[0], UPDATE)
+    _launch(RMSPROP, &hyper, param, grad, &square_avg[0], _optional(grad_avg), _optional(momentum_buffer), UPDATE)
 
 
 # ----------------------------------------------------------------------------------------- the Adam family
@@ -303,11 +303,7 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, floati
 
 def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
               floating[::1] max_exp_avg_sq, AdamHyper hyper):
-    cdef Step u
-    u.kind, u.hyper, u.state[0], u.state[1] = ADAM, &hyper, &exp_avg[0], &exp_avg_sq[0]
-    u.state[2] = _optional(max_exp_avg_sq)
-    with nogil:
-        _run(&u, &param[0], &grad[0], param.shape[0], UPDATE)
+    _launch(ADAM, &hyper, param, grad, &exp_avg[0], &exp_avg_sq[0], _optional(max_exp_avg_sq), UPDATE)
 
 
 # ----------------------------------------------------------------------------------------- NAdam
@@ -329,10 +325,7 @@ cdef void _nadam(floating* p, const floating* g, floating* m, floating* v, Py_ss
 
 def nadam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
                NAdamHyper hyper):
-    cdef Step u
-    u.kind, u.hyper, u.state[0], u.state[1] = NADAM, &hyper, &exp_avg[0], &exp_avg_sq[0]
-    with nogil:
-        _run(&u, &param[0], &grad[0], param.shape[0], UPDATE)
+    _launch(NADAM, &hyper, param, grad, &exp_avg[0], &exp_avg_sq[0], NULL, UPDATE)
 
 
 # ----------------------------------------------------------------------------------------- Adamax
@@ -356,10 +349,7 @@ cdef void _adamax(floating* p, const floating* g, floating* m, floating* u, Py_s
 
 def adamax_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_inf,
                 AdamaxHyper hyper):
-    cdef Step u
-    u.kind, u.hyper, u.state[0], u.state[1] = ADAMAX, &hyper, &exp_avg[0], &exp_inf[0]
-    with nogil:
-        _run(&u, &param[0], &grad[0], param.shape[0], UPDATE)
+    _launch(ADAMAX, &hyper, param, grad, &exp_avg[0], &exp_inf[0], NULL, UPDATE)
 
 
 # ----------------------------------------------------------------------------------------- RAdam
@@ -384,10 +374,7 @@ cdef void _radam(floating* p, const floating* g, floating* m, floating* v, Py_ss
 
 def radam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
                RAdamHyper hyper):
-    cdef Step u
-    u.kind, u.hyper, u.state[0], u.state[1] = RADAM, &hyper, &exp_avg[0], &exp_avg_sq[0]
-    with nogil:
-        _run(&u, &param[0], &grad[0], param.shape[0], UPDATE)
+    _launch(RADAM, &hyper, param, grad, &exp_avg[0], &exp_avg_sq[0], NULL, UPDATE)
 
 
 # ----------------------------------------------------------------------------------------- Lion
@@ -413,7 +400,4 @@ cdef void _lion(floating* p, const floating* g, floating* m, Py_ssize_t n, const
 
 
 def lion_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, LionHyper hyper):
-    cdef Step u
-    u.kind, u.hyper, u.state[0] = LION, &hyper, &exp_avg[0]
-    with nogil:
-        _run(&u, &param[0], &grad[0], param.shape[0], LIGHT_UPDATE)
+    _launch(LION, &hyper, param, grad, &exp_avg[0], NULL, NULL, LIGHT_UPDATE)
