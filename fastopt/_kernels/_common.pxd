@@ -25,17 +25,11 @@ cdef extern from "fastopt_kernels.h":
 
 
 cdef inline floating fsqrt(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
+    return sqrtf(x) if floating is float else sqrt(x)
 
 
 cdef inline floating fabs_typed(floating x) noexcept nogil:
-    if floating is float:
-        return fabsf(x)
-    else:
-        return fabs(x)
+    return fabsf(x) if floating is float else fabs(x)
 
 
 cdef inline floating with_weight_decay(floating g, floating wd, floating p) noexcept nogil:
@@ -45,18 +39,12 @@ cdef inline floating with_weight_decay(floating g, floating wd, floating p) noex
 
 
 cdef inline floating fexp(floating x) noexcept nogil:
-    if floating is float:
-        return expf(x)
-    else:
-        return exp(x)
+    return expf(x) if floating is float else exp(x)
 
 
 cdef inline floating fexp_nonpositive(floating x) noexcept nogil:
     # exp(x) for x <= 0 or NaN: float32 by the vectorizable fo_expf_nonpositive above, float64 by libm's exp.
-    if floating is float:
-        return fo_expf_nonpositive(x)
-    else:
-        return exp(x)
+    return fo_expf_nonpositive(x) if floating is float else exp(x)
 
 
 cdef inline floating ftanh(floating x) noexcept nogil:
