@@ -268,15 +268,10 @@ def bench_dense(batch_size: int, rounds: int, machine: dict[str, float]) -> Repo
     cases: dict[str, Callable[[], object]] = {}
     for backend_name in available_backends():
         model, loss = fastopt_mlp(backend_name), losses.CrossEntropy()
-        backend = resolve_backend(backend_name)
-        workspace = model._workspace(batch_size)
-        np.copyto(workspace.inputs, X)
 
-        def passes(m: Sequential = model, b: Any = backend, w: Any = workspace, lo: losses.Loss = loss) -> None:
+        def passes(m: Sequential = model, lo: losses.Loss = loss) -> None:
             for _ in range(100):
-                out = m._forward(b, w)
-                lo.compute(b, out, y, w.output_grads[-1])
-                m._backward(b, w)
+                m.compute_gradients(X, y, lo)
 
         cases[f"fastopt {backend_name}"] = passes
     cases.update(_peer_cases([lambda: _torch_dense_cases(X, y)], report.notes))

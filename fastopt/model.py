@@ -412,6 +412,19 @@ class Sequential:
         del arguments["self"], arguments["X"], arguments["y"]
         return training.fit(self, X, y, arguments)
 
+    def compute_gradients(self, X: object, y: object, loss: Loss | None = None) -> float:
+        """One forward and backward pass over (X, y) as one batch: writes d loss / d parameters into ``gradients``
+        (laid out as ``parameters``; ``layer.weight_grad``/``bias_grad`` view it) and returns the mean loss. For
+        training loops of one's own (``optimizer.step([model.gradients])``) and full-batch methods (L-BFGS). When
+        the loss is NaN or Inf it is returned and the gradients are left as they were."""
+        loss = self._choose_loss(loss)
+        backend = resolve_backend(self._backend_name)
+        inputs = as_features(X, self.in_features, self.dtype, backend)
+        targets = loss.targets(y, self.out_features, self.dtype)
+        check_same_length(inputs, targets.values)
+        value, _, _ = self._batch_gradients(backend, loss, inputs, targets, np.arange(len(inputs), dtype=np.int64))
+        return value
+
     def _batch_gradients(
         self, backend: Backend, loss: Loss, inputs: np.ndarray, targets: Targets, rows: np.ndarray
     ) -> tuple[float, int, float]:
