@@ -179,10 +179,11 @@ def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:
 def read_archive(
     path: str | os.PathLike[str],
     kind: str,
-    version: int,
+    version: int | tuple[int, ...],
     layout: Callable[[dict[str, Any]], Layout] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read an archive written by ``write_archive``, never unpickling; checks kind, version, checksum.
+    """Read an archive written by ``write_archive``, never unpickling; checks kind, version (or one of the
+    versions given, the header then says which), checksum.
 
     ``layout(header)`` returns the arrays the (kind- and version-checked) header declares, by name, with
     their dtype (either byte order is accepted; arrays are returned in native order) and shape; it raises
@@ -293,13 +294,14 @@ def _nesting_depth(value: Any) -> int:
     return deepest
 
 
-def _check_kind_and_version(path: Path, header: dict[str, Any], kind: str, version: int) -> None:
+def _check_kind_and_version(path: Path, header: dict[str, Any], kind: str, version: int | tuple[int, ...]) -> None:
     if header.get("kind") != kind:
         raise FileFormatError(f"{path} is not a fastopt {kind} file (it says {header.get('kind')!r})")
-    if header.get("version") != version:
-        raise FileFormatError(
-            f"{path} has {kind} format version {header.get('version')!r}; this fastopt reads version {version}"
-        )
+    versions = version if isinstance(version, tuple) else (version,)
+    found = header.get("version")
+    if isinstance(found, bool) or found not in versions:
+        readable = " or ".join(str(v) for v in versions)
+        raise FileFormatError(f"{path} has {kind} format version {found!r}; this fastopt reads version {readable}")
 
 
 def _declared_arrays(

@@ -101,18 +101,20 @@ class Dense(Layer):
     weight_grad = _BoundView()
     bias_grad = _BoundView()
 
-    def _bind(self, parameters: np.ndarray, gradients: np.ndarray, offset: int, label: str) -> int:
-        """View this layer's segment of a model's flat buffers from ``offset`` on: the weight (in_features,
-        out_features) row-major, then the bias (out_features,). Returns the offset after the segment."""
+    def _bind(
+        self, parameters: np.ndarray, gradients: np.ndarray, weight_offset: int, bias_offset: int, label: str
+    ) -> tuple[int, int]:
+        """View this layer's segments of a model's flat buffers: the weight (in_features, out_features) row-major
+        from ``weight_offset``, the bias (out_features,) from ``bias_offset``. Returns the offsets after them."""
         shape = (self.in_features, self.out_features)
-        weight_end = offset + self.in_features * self.out_features
-        end = weight_end + self.out_features
+        weight_end = weight_offset + self.in_features * self.out_features
+        bias_end = bias_offset + self.out_features
         self._weight, self._weight_grad = (
-            buffer[offset:weight_end].reshape(shape) for buffer in (parameters, gradients)
+            buffer[weight_offset:weight_end].reshape(shape) for buffer in (parameters, gradients)
         )
-        self._bias, self._bias_grad = parameters[weight_end:end], gradients[weight_end:end]
+        self._bias, self._bias_grad = parameters[bias_offset:bias_end], gradients[bias_offset:bias_end]
         self._label = label
-        return end
+        return weight_end, bias_end
 
     def __getstate__(self) -> dict[str, Any]:
         """A copied or pickled layer leaves its views behind (they would become arrays of their own, detached from

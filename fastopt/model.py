@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from fastopt.losses import CrossEntropy, Loss, Targets
 from fastopt.optim import Optimizer
 
 MODEL_FILE_KIND = "fastopt-model"
-MODEL_FILE_VERSION = 1
+MODEL_FILE_VERSION = 2  # 2: the flat buffer holds every weight, then every bias (1: each layer's weight then bias)
 MAX_WORKSPACES = 4
 
 
@@ -47,6 +48,22 @@ class _Stage:
     out_features: int
     dense: Dense | None = None
     activation: str = "identity"
+
+
+class _ThreadState:
+    """A model's state per Python thread (its workspaces), and the lock that makes training calls on one model
+    (``fit``, ``compute_gradients``: they write its ``gradients``) take turns; not copied with the model."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.training = threading.RLock()
+
+    def workspaces(self) -> dict[int, _Workspace]:
+        try:
+            return self.local.workspaces
+        except AttributeError:
+            self.local.workspaces = {}
+            return self.local.workspaces
 
 
 @dataclass
@@ -102,7 +119,7 @@ class Sequential:
         for layer in self.layers:
             if isinstance(layer, Dense):
                 layer.initialize(rng)
-        self._workspaces: dict[int, _Workspace] = {}
+        self._threads = _ThreadState()
         self.loss: Loss | None = None
         self.optimizer: Optimizer | None = None
         self.stop_training = False  # Keras's flag: a callback sets it to end the fit in progress
@@ -149,10 +166,34 @@ class Sequential:
     # ------------------------------------------------------------------ buffers, weights and copies
     @property
     def parameters(self) -> np.ndarray:
-        """All weights and biases, one flat C-contiguous array: per Dense layer in order, its weight (in_features,
-        out_features) row-major, then its bias. The layers and the optimizer view it: write into it
-        (``model.parameters[...] = values``, or ``set_weights``); rebinding it is an ``AttributeError``."""
+        """All weights and biases, one flat C-contiguous array: each Dense layer's weight (in_features, out_features)
+        row-major, in layer order, then each layer's bias (``weight_parameters``, then ``bias_parameters``). The
+        layers and the optimizer view it: write into it (``model.parameters[...] = values``, or ``set_weights``);
+        rebinding it is an ``AttributeError``."""
         return self._parameters
+
+    @property
+    def weight_parameters(self) -> np.ndarray:
+        """The weights of every Dense layer: the first, contiguous part of ``parameters`` (a view). With
+        ``bias_parameters`` it makes PyTorch-style parameter groups, one fused update each: weight decay on the
+        weights but not the biases is ``AdamW([{"params": [model.weight_parameters]}, {"params":
+        [model.bias_parameters], "weight_decay": 0.0}])``, which ``fit`` accepts."""
+        return self._groups[0]
+
+    @property
+    def bias_parameters(self) -> np.ndarray:
+        """The biases of every Dense layer: the last, contiguous part of ``parameters`` (a view)."""
+        return self._groups[1]
+
+    @property
+    def weight_gradients(self) -> np.ndarray:
+        """The part of ``gradients`` matching ``weight_parameters``."""
+        return self._groups[2]
+
+    @property
+    def bias_gradients(self) -> np.ndarray:
+        """The part of ``gradients`` matching ``bias_parameters``."""
+        return self._groups[3]
 
     @parameters.setter
     def parameters(self, value: object) -> None:
@@ -171,11 +212,18 @@ class Sequential:
         return sum(layer.n_params for layer in self.layers if isinstance(layer, Dense))
 
     def _bind_views(self) -> None:
-        """Point each Dense layer's weight, bias and their gradients at its segment of the flat buffers."""
-        offset = 0
+        """Point each Dense layer's weight, bias and their gradients at its segments of the flat buffers (every
+        weight first, then every bias), and make the views of the two groups."""
+        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
+        weight_offset, bias_offset = 0, sum(layer.in_features * layer.out_features for layer in dense)
+        n_weights = bias_offset
         for index, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
-                offset = layer._bind(self._parameters, self._gradients, offset, f"layers[{index}]")
+                weight_offset, bias_offset = layer._bind(
+                    self._parameters, self._gradients, weight_offset, bias_offset, f"layers[{index}]"
+                )
+        self._groups = (self._parameters[:n_weights], self._parameters[n_weights:],
+                        self._gradients[:n_weights], self._gradients[n_weights:])  # fmt: skip
 
     def _weight_views(self) -> list[tuple[str, np.ndarray]]:
         """``("layers[i].weight", W), ("layers[i].bias", b)`` of each Dense layer in order: the buffer's layout."""
@@ -210,9 +258,17 @@ class Sequential:
             as_parameter_values(value, f"weights[{position}] ({name})", view.shape, self.dtype)
             for position, (value, (name, view)) in enumerate(zip(weights, views))
         ]
-        # One new array in the buffer's layout, copied at once: values that view this model's own buffer are all
-        # read before anything is written.
-        self._parameters[...] = np.concatenate([array.reshape(-1) for array in checked])
+        # Staged in a new array, copied at once: values that view this model's own buffer are all read before
+        # anything is written.
+        staged = np.empty_like(self._parameters)
+        for array, (_, view) in zip(checked, views):
+            staged[self._offset_of(view) : self._offset_of(view) + view.size] = array.reshape(-1)
+        self._parameters[...] = staged
+
+    def _offset_of(self, view: np.ndarray) -> int:
+        """Where a view of ``parameters`` starts in it, in elements."""
+        start = view.__array_interface__["data"][0] - self._parameters.__array_interface__["data"][0]
+        return start // self._parameters.itemsize
 
     def copy(self) -> Sequential:
         """An independent deep copy: its own buffers (its layers view them), its loss, and a copy of its optimizer
@@ -227,7 +283,7 @@ class Sequential:
         """What pickle and copy keep: the configuration, dtype, seed, backend name, flat buffers, loss and
         optimizer. The derived state is left out and rebuilt by ``__setstate__``: the layers' views (``Dense``
         drops them itself), the plan of fused stages and the per-batch-size workspaces (remade on first use)."""
-        state = {key: value for key, value in self.__dict__.items() if key not in ("_stages", "_workspaces")}
+        state = {key: value for key, value in self.__dict__.items() if key not in ("_stages", "_threads", "_groups")}
         state["_optimizer_bound"] = self.optimizer is not None and self.optimizer.is_bound_to([self._parameters])
         return state
 
@@ -243,14 +299,16 @@ class Sequential:
         self._gradients = _checked_buffer(self._gradients, "gradients", size, self.dtype)
         self._stages = self._plan(self.layers)
         self._bind_views()
-        self._workspaces = {}
+        self._threads = _ThreadState()
 
     # ------------------------------------------------------------------ the passes
     def _workspace(self, batch: int) -> _Workspace:
-        """The buffers for ``batch`` rows, made on first use. At most ``MAX_WORKSPACES`` sizes are kept, the least
-        recently used dropped first: training needs two (full and last batch), evaluation two more, and a
-        serving loop of ever-changing sizes would otherwise keep one set per size forever."""
-        workspace = self._workspaces.pop(batch, None)
+        """The calling thread's buffers for ``batch`` rows, made on first use (each thread has its own, so that a
+        ``predict`` in one thread never shares a buffer with a ``fit`` in another). At most ``MAX_WORKSPACES`` sizes
+        are kept per thread, the least recently used dropped first: training needs two (full and last batch),
+        evaluation two more, and a serving loop of ever-changing sizes would otherwise keep one set per size."""
+        workspaces = self._threads.workspaces()
+        workspace = workspaces.pop(batch, None)
         if workspace is None:
             widths = [stage.out_features for stage in self._stages]
             workspace = _Workspace(
@@ -258,9 +316,9 @@ class Sequential:
                 outputs=[np.empty((batch, width), dtype=self.dtype) for width in widths],
                 output_grads=[np.empty((batch, width), dtype=self.dtype) for width in widths],
             )
-            while len(self._workspaces) >= MAX_WORKSPACES:
-                del self._workspaces[next(iter(self._workspaces))]
-        self._workspaces[batch] = workspace  # (re)inserted last: dict order is the recency order
+            while len(workspaces) >= MAX_WORKSPACES:
+                del workspaces[next(iter(workspaces))]
+        workspaces[batch] = workspace  # (re)inserted last: dict order is the recency order
         return workspace
 
     def _forward(self, backend: Backend, workspace: _Workspace) -> np.ndarray:
@@ -422,7 +480,9 @@ class Sequential:
         inputs = as_features(X, self.in_features, self.dtype, backend)
         targets = loss.targets(y, self.out_features, self.dtype)
         check_same_length(inputs, targets.values)
-        value, _, _ = self._batch_gradients(backend, loss, inputs, targets, np.arange(len(inputs), dtype=np.int64))
+        with self._threads.training:
+            rows = np.arange(len(inputs), dtype=np.int64)
+            value, _, _ = self._batch_gradients(backend, loss, inputs, targets, rows)
         return value
 
     def _batch_gradients(
@@ -508,7 +568,7 @@ def _checked_buffer(buffer: object, name: str, size: int, dtype: np.dtype) -> np
 
 def load(path: str | os.PathLike[str], backend: str | None = None) -> Sequential:
     """Read a model written by ``Sequential.save``; refuses corrupt, foreign or pickled files."""
-    header, arrays = _io.read_archive(path, MODEL_FILE_KIND, MODEL_FILE_VERSION, layout=_file_layout)
+    header, arrays = _io.read_archive(path, MODEL_FILE_KIND, (1, MODEL_FILE_VERSION), layout=_file_layout)
     config = header["model"]
     try:
         model = Sequential(
@@ -517,5 +577,10 @@ def load(path: str | os.PathLike[str], backend: str | None = None) -> Sequential
     except (TypeError, ValueError) as exc:
         raise _io.FileFormatError(f"{path} describes an invalid model: {exc}") from exc
     model.seed = config.get("seed")
-    model.parameters[...] = arrays["parameters"]
+    if header["version"] == 1:  # each layer's weight then bias: the layers' views take their segments in order
+        views = [view for _, view in model._weight_views()]
+        segments = np.split(arrays["parameters"], np.cumsum([view.size for view in views])[:-1])
+        model.set_weights([segment.reshape(view.shape) for segment, view in zip(segments, views)])
+    else:
+        model.parameters[...] = arrays["parameters"]
     return model

@@ -26,6 +26,7 @@ import fastopt
 from fastopt import _io, datasets, layers, losses, optim
 from fastopt._io import FileFormatError
 from fastopt.checkpoint import CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION, TrainingState
+from fastopt.model import MODEL_FILE_VERSION
 
 POSIX = os.name == "posix"  # symlinks without privileges, permission bits, '*' and '?' in file names
 posix_only = pytest.mark.skipif(not POSIX, reason="POSIX file system semantics")
@@ -61,7 +62,7 @@ def model_header(model: fastopt.Sequential, parameters: np.ndarray | None = None
     return {
         "model": model.config(),
         "kind": "fastopt-model",
-        "version": 1,
+        "version": MODEL_FILE_VERSION,
         "checksum": _io._digest({"parameters": parameters}),
     }
 
@@ -318,6 +319,18 @@ def test_a_big_endian_model_file_loads_in_native_order(tmp_path):
 
 
 _VALID = {}
+
+
+def test_a_version_1_model_file_loads_into_the_new_layout(tmp_path):
+    """Format 1 kept each layer's weight then bias; format 2 every weight, then every bias. A version-1 file's
+    parameters go to the right layers."""
+    model = small_model()
+    interleaved = np.concatenate([array.ravel() for array in model.get_weights()])
+    header = dict(model_header(model, interleaved), version=1)
+    path = write_zip(tmp_path / "v1.npz", {"header": header_member(header), "parameters": npy(interleaved)})
+    loaded = fastopt.load(path)
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), model.get_weights()))
+    assert np.array_equal(loaded.parameters, model.parameters)
 
 
 def _valid_model_bytes(tmp_path_factory) -> bytes:

@@ -1848,4 +1848,6 @@ def test_regression_predict_keeps_a_bounded_number_of_workspaces(backend_name: s
     data = np.random.default_rng(0).random((64, 8))
     for rows in range(1, 65):
         model.predict(data[:rows])
-    assert len(model._workspaces) <= 4, f"{len(model._workspaces)} workspaces kept after 64 request sizes"
+    assert len(model._threads.workspaces()) <= 4, (
+        f"{len(model._threads.workspaces())} workspaces kept after 64 request sizes"
+    )

@@ -251,8 +251,8 @@ def test_assigning_a_layer_writes_its_values_into_the_model(backend, dtype, data
     model.layers[0].weight = weight
     model.layers[0].bias = bias
     assert model.layers[0].weight is view  # the view stays; its values changed
-    reference.parameters[: 20 * 16] = weight.reshape(-1)
-    reference.parameters[20 * 16 : 20 * 16 + 16] = 0.25
+    reference.weight_parameters[: 20 * 16] = weight.reshape(-1)  # every weight first, then every bias
+    reference.bias_parameters[:16] = 0.25
     assert model.parameters.tobytes() == reference.parameters.tobytes()
     np.testing.assert_array_equal(model.predict(data[0]), reference.predict(data[0]))
 
@@ -274,7 +274,7 @@ def test_augmented_and_overlapping_assignments():
     layer.weight = layer.weight[::-1]  # a view of the buffer it is copied into
     np.testing.assert_array_equal(layer.weight, before[::-1])
     layer.weight_grad = np.ones((16, 3))
-    np.testing.assert_array_equal(model.gradients[20 * 16 + 16 : 20 * 16 + 16 + 48], np.ones(48))
+    np.testing.assert_array_equal(model.weight_gradients[20 * 16 : 20 * 16 + 48], np.ones(48))
 
 
 BAD_VALUES = {

@@ -304,7 +304,7 @@ def test_training_steps_reuse_their_buffers(mini, backend):
     retained, peak = _traced_bytes_during(lambda: steps(300))
     assert retained < 1024, f"300 steps kept {retained} bytes allocated"
     assert [id(buffer) for buffer in (workspace.inputs, *workspace.outputs, *workspace.output_grads)] == buffer_ids
-    assert model._workspaces.keys() == {32}
+    assert model._threads.workspaces().keys() == {32}
     if backend == "cython":
         assert peak < 32 * 32 * 4, f"a compiled training step allocated {peak} bytes at its peak"
 
@@ -313,4 +313,4 @@ def test_last_partial_batch_gets_its_own_workspace_once(mini):
     X, y, _, _ = mini
     model = _mlp("float32", "numpy")
     model.fit(X[:100], y[:100], loss=losses.CrossEntropy(), optimizer=optim.SGD(lr=0.01), epochs=2, batch_size=32)
-    assert sorted(model._workspaces) == [4, 32]
+    assert sorted(model._threads.workspaces()) == [4, 32]
