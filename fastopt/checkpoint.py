@@ -46,7 +46,7 @@ from fastopt import _io
 from fastopt._checks import resolve_dtype
 from fastopt._io import FileFormatError
 from fastopt._version import __version__
-from fastopt.optim import Optimizer
+from fastopt.optim import OPTIMIZERS, Optimizer
 
 if TYPE_CHECKING:
     from fastopt.losses import Loss
@@ -286,9 +286,10 @@ class TrainingState:
         state: dict[str, np.ndarray] = {}
         for name in buffers[0]:
             buffer = arrays.get(f"optimizer.0.{name}") if isinstance(name, str) else None
+            dtype, shape = _buffer_layout(opt["class"], name, parameters.dtype, parameters.size)
             require(
-                buffer is not None and buffer.dtype == parameters.dtype and buffer.shape == parameters.shape,
-                f"optimizer buffer {name!r} must match the parameters",
+                buffer is not None and buffer.dtype == dtype and buffer.shape == shape,
+                f"optimizer buffer {name!r} must be {dtype} of shape {shape}",
             )
             require(bool(np.isfinite(buffer).all()), f"optimizer buffer {name!r} holds NaN or Inf")
             state[name] = buffer
@@ -346,7 +347,21 @@ def _file_layout(header: dict[str, Any]) -> _io.Layout:
     if not isinstance(buffers, list) or len(buffers) != 1 or not all(isinstance(name, str) for name in buffers[0]):
         raise ValueError("its header has a bad optimizer buffer list")
     dtype = resolve_dtype(fingerprint.get("dtype"))
-    return {"parameters": (dtype, (size,)), **{f"optimizer.0.{name}": (dtype, (size,)) for name in buffers[0]}}
+    layout = {f"optimizer.0.{name}": _buffer_layout(optimizer.get("class"), name, dtype, size) for name in buffers[0]}
+    return {"parameters": (dtype, (size,)), **layout}
+
+
+_OPTIMIZER_CLASSES = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+
+
+def _buffer_layout(optimizer_class: object, name: str, dtype: np.dtype, size: int) -> tuple[np.dtype, tuple[int, ...]]:
+    """The dtype and shape of the optimizer state buffer ``name`` of a model of ``size`` parameters: the
+    parameters' for a per-element buffer, float64 of shape () for a per-parameter scalar of the optimizer's
+    class (``Optimizer.scalar_state``: NAdam's ``mu_product``)."""
+    cls = _OPTIMIZER_CLASSES.get(optimizer_class) if isinstance(optimizer_class, str) else None
+    if cls is not None and name in cls.scalar_state:
+        return np.dtype(np.float64), ()
+    return dtype, (size,)
 
 
 def _is_int(value: object) -> bool:
