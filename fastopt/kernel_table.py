@@ -427,4 +427,3 @@ def render_markdown() -> str:
             if kernel.group == group:
                 lines += _kernel_markdown(kernel)
     return "\n".join(lines).rstrip() + "\n"
-
