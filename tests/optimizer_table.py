@@ -284,6 +284,19 @@ def _torch_keywords(*names: str, **renamed: str) -> Callable[[Hyper], Hyper]:
     return keywords
 
 
+def _adam_family_defaults(lr: float, **options: Any) -> Hyper:
+    """The documented defaults the Adam family shares (betas (0.9, 0.999), eps 1e-8, no weight decay, no decay),
+    with its ``lr`` and its own ``options``."""
+    return {"lr": lr, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, **options, "decay": 0.0}
+
+
+def _weight_decay_variants(decoupled_option: bool = False) -> tuple[Variant, ...]:
+    """plain (lr 0.01 only), weight decay, and decoupled weight decay where the optimizer has that option."""
+    variants = (Variant("plain", {"lr": 0.01}), Variant("weight_decay", {"lr": 0.01, "weight_decay": 0.2}))
+    decoupled = {"lr": 0.01, "weight_decay": 0.2, "decoupled_weight_decay": True}
+    return (*variants, Variant("decoupled_weight_decay", decoupled)) if decoupled_option else variants
+
+
 ADAM_STATE = ("exp_avg", "exp_avg_sq")
 
 
@@ -296,17 +309,9 @@ def _adam_info(cls: type[optim.Optimizer], weight_decay: float, torch_class: str
     decoupled = weight_decay != 0.0
     return OptimizerInfo(
         cls=cls,
-        defaults={
-            "lr": 1e-3,
-            "betas": (0.9, 0.999),
-            "eps": 1e-8,
-            "weight_decay": weight_decay,
-            "amsgrad": False,
-            "decay": 0.0,
-        },
+        defaults=_adam_family_defaults(1e-3, weight_decay=weight_decay, amsgrad=False),
         variants=(
-            Variant("plain", {"lr": 0.01}),
-            Variant("weight_decay", {"lr": 0.01, "weight_decay": 0.2}),
+            *_weight_decay_variants(),
             Variant("amsgrad", {"lr": 0.01, "betas": (0.9, 0.9), "amsgrad": True}),
             Variant("amsgrad_weight_decay", {"lr": 0.01, "betas": (0.9, 0.9), "weight_decay": 0.1, "amsgrad": True}),
             Variant("betas_eps", {"lr": 0.01, "betas": (0.8, 0.95), "eps": 0.05}),
@@ -428,19 +433,9 @@ ADAMW = _adam_info(optim.AdamW, 1e-2, "AdamW")
 
 NADAM = OptimizerInfo(
     cls=optim.NAdam,
-    defaults={
-        "lr": 2e-3,
-        "betas": (0.9, 0.999),
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "momentum_decay": 4e-3,
-        "decoupled_weight_decay": False,
-        "decay": 0.0,
-    },
+    defaults=_adam_family_defaults(2e-3, momentum_decay=4e-3, decoupled_weight_decay=False),
     variants=(
-        Variant("plain", {"lr": 0.01}),
-        Variant("weight_decay", {"lr": 0.01, "weight_decay": 0.2}),
-        Variant("decoupled_weight_decay", {"lr": 0.01, "weight_decay": 0.2, "decoupled_weight_decay": True}),
+        *_weight_decay_variants(decoupled_option=True),
         Variant("momentum_decay", {"lr": 0.01, "momentum_decay": 0.5}),
         Variant("betas_eps", {"lr": 0.01, "betas": (0.8, 0.95), "eps": 0.05}),
         Variant("decay", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "decay": 0.1}),
@@ -472,10 +467,9 @@ NADAM = OptimizerInfo(
 
 ADAMAX = OptimizerInfo(
     cls=optim.Adamax,
-    defaults={"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "decay": 0.0},
+    defaults=_adam_family_defaults(2e-3),
     variants=(
-        Variant("plain", {"lr": 0.01}),
-        Variant("weight_decay", {"lr": 0.01, "weight_decay": 0.2}),
+        *_weight_decay_variants(),
         Variant("betas", {"lr": 0.01, "betas": (0.8, 0.9)}),
         Variant("eps", {"lr": 0.01, "eps": 0.5}),
         Variant("decay", {"lr": 0.01, "decay": 0.1}),
@@ -491,18 +485,9 @@ ADAMAX = OptimizerInfo(
 
 RADAM = OptimizerInfo(
     cls=optim.RAdam,
-    defaults={
-        "lr": 1e-3,
-        "betas": (0.9, 0.999),
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "decoupled_weight_decay": False,
-        "decay": 0.0,
-    },
+    defaults=_adam_family_defaults(1e-3, decoupled_weight_decay=False),
     variants=(
-        Variant("plain", {"lr": 0.01}),
-        Variant("weight_decay", {"lr": 0.01, "weight_decay": 0.2}),
-        Variant("decoupled_weight_decay", {"lr": 0.01, "weight_decay": 0.2, "decoupled_weight_decay": True}),
+        *_weight_decay_variants(decoupled_option=True),
         Variant("betas", {"lr": 0.01, "betas": (0.8, 0.9)}),  # rectified from step 6, as with beta2 = 0.999
         Variant("eps", {"lr": 0.01, "eps": 0.05}),
         Variant("decay", {"lr": 0.01, "decay": 0.1}),
