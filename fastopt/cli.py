@@ -105,7 +105,11 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--decay", type=_non_negative_float, default=0.0, help="lr_t = lr / (1 + decay (t - 1)) (default 0)"
     )
-    train.add_argument("--weight-decay", type=_non_negative_float, help="L2 penalty (decoupled for adamw)")
+    train.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        help="weight decay (added to the gradient; decoupled for adamw and lion)",
+    )
     train.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set (default 10)")
     train.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default 32)")
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], help="hidden layer sizes, e.g. 128,64")

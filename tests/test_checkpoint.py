@@ -29,6 +29,10 @@ OPTIMIZERS = {
     "rmsprop": lambda: optim.RMSProp(lr=1e-3, momentum=0.5, centered=True),
     "adam": lambda: optim.Adam(lr=2e-3, amsgrad=True, weight_decay=1e-4, decay=1e-3),
     "adamw": lambda: optim.AdamW(lr=2e-3),
+    "nadam": lambda: optim.NAdam(lr=2e-3, weight_decay=1e-4, momentum_decay=1e-2, decay=1e-3),  # + mu_product
+    "adamax": lambda: optim.Adamax(lr=2e-3, weight_decay=1e-4),
+    "radam": lambda: optim.RAdam(lr=2e-3, weight_decay=1e-4, decoupled_weight_decay=True),
+    "lion": lambda: optim.Lion(lr=2e-4, weight_decay=1e-2, decay=1e-3),
 }
 
 

@@ -102,12 +102,21 @@ def test_train_save_writes_a_loadable_model(tmp_path, dtype):
     assert evaluated == pytest.approx(reported_accuracy(result.stdout), abs=1e-4)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rmsprop", "adam", "adamw"])
+CLI_OPTIMIZERS = {
+    "sgd": "SGD", "adagrad": "AdaGrad", "rmsprop": "RMSProp", "adam": "Adam", "adamw": "AdamW", "nadam": "NAdam",
+    "adamax": "Adamax", "radam": "RAdam", "lion": "Lion",
+}  # fmt: skip
+
+
+def test_the_cli_offers_every_optimizer():
+    assert {name: cls.__name__ for name, cls in fastopt.optim.OPTIMIZERS.items()} == CLI_OPTIMIZERS
+
+
+@pytest.mark.parametrize("optimizer", CLI_OPTIMIZERS)
 def test_train_each_optimizer(optimizer):
     result = run("train", "--optimizer", optimizer, "--epochs", "1", "--hidden", "16", "--no-progress")
     assert_ok(result)
-    class_name = {"sgd": "SGD", "adagrad": "AdaGrad", "rmsprop": "RMSProp", "adam": "Adam", "adamw": "AdamW"}
-    assert f"{class_name[optimizer]}(" in result.stdout
+    assert f"{CLI_OPTIMIZERS[optimizer]}(" in result.stdout
     assert "epoch 1/1" in result.stdout
     assert reported_accuracy(result.stdout) > 0.3
 
@@ -218,8 +227,9 @@ def test_train_help_documents_every_option():
     assert result.stderr == ""
     for option in OPTIONS:
         assert re.search(rf"^\s+{re.escape(option)}\b", result.stdout, re.MULTILINE), option
-    for name in ("sgd", "adagrad", "rmsprop", "adam", "adamw", "mini", "fashion-mnist", "mnist", "xor"):
+    for name in (*CLI_OPTIMIZERS, "mini", "fashion-mnist", "mnist", "xor"):
         assert name in result.stdout
+    assert "--optimizer {" + ",".join(sorted(CLI_OPTIMIZERS)) + "}" in result.stdout
 
 
 def test_top_level_help_lists_train():

@@ -166,6 +166,10 @@ OPTIMIZERS = {
     "adagrad": lambda: optim.AdaGrad(lr=0.05, initial_accumulator_value=0.1),
     "rmsprop-centered": lambda: optim.RMSProp(lr=1e-3, momentum=0.5, centered=True),
     "adamw": lambda: optim.AdamW(lr=1e-2, decay=1e-2),
+    "nadam-decoupled": lambda: optim.NAdam(lr=1e-2, weight_decay=1e-3, decoupled_weight_decay=True),
+    "adamax": lambda: optim.Adamax(lr=1e-2, weight_decay=1e-4),
+    "radam": lambda: optim.RAdam(lr=1e-2, decay=1e-2),
+    "lion": lambda: optim.Lion(lr=1e-3, weight_decay=1e-2),
 }
 
 

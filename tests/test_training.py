@@ -23,6 +23,10 @@ OPTIMIZERS = {
     "rmsprop": lambda: optim.RMSProp(lr=1e-3, momentum=0.5, centered=True),
     "adam": lambda: optim.Adam(lr=1e-3, amsgrad=True, weight_decay=1e-4),
     "adamw": lambda: optim.AdamW(lr=1e-3, decay=1e-3),
+    "nadam": lambda: optim.NAdam(lr=1e-3, weight_decay=1e-4, decoupled_weight_decay=True),
+    "adamax": lambda: optim.Adamax(lr=1e-3, weight_decay=1e-4),
+    "radam": lambda: optim.RAdam(lr=1e-3, weight_decay=1e-4, decay=1e-3),
+    "lion": lambda: optim.Lion(lr=1e-4, weight_decay=1e-2),
 }
 
 

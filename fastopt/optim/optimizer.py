@@ -56,6 +56,11 @@ def _check_fits(hyper: dict[str, Any], params: list[np.ndarray]) -> None:
                 raise ValueError(f"{name}={number!r} is beyond the range of {narrowest} (the parameters' dtype)")
 
 
+def _options(group: dict[str, Any]) -> dict[str, Any]:
+    """A parameter group's hyperparameters (without its arrays, which ``==`` would compare element-wise)."""
+    return {key: value for key, value in group.items() if key != "params"}
+
+
 def bias_correction(beta: float, step: int) -> float:
     """``1 - beta**step`` in double precision."""
     return 1.0 - math.pow(beta, step)
@@ -259,10 +264,20 @@ class Optimizer:
 
     def _recheck_groups(self) -> None:
         """Validate the groups' hyperparameters again when they were changed since the last step (a user or a
-        schedule writing ``param_groups[i]["lr"]``): a kernel never runs with an unchecked value."""
+        schedule writing ``param_groups[i]["lr"]``): a kernel never runs with an unchecked value. A change that
+        needs other state buffers (``amsgrad``, ``centered``, momentum turned on or off) is refused: the kernels
+        would silently run without the missing buffer."""
         for index, group in enumerate(self.param_groups):
-            if group != self._checked_groups[index]:
+            before = self._checked_groups[index]
+            if _options(group) != _options(before):
                 checked = self._validated_group(group, group["params"])
+                if self._state_names(checked) != self._state_names(before):
+                    changed = sorted(key for key, value in checked.items() if value != before[key])
+                    raise ValueError(
+                        f"param_groups[{index}]: changing {changed} after the optimizer made its state would need "
+                        f"the state buffers {list(self._state_names(checked))} instead of "
+                        f"{list(self._state_names(before))}; make a new optimizer"
+                    )
                 group.update(checked)
                 self._checked_groups[index] = dict(group)
 
@@ -270,7 +285,13 @@ class Optimizer:
         """Every parameter still has the shape, dtype and layout its state was made for (a parameter resized in
         place would make a kernel run past its state), and every buffer a step writes is writeable: checked
         before the first update, so that a refused step changes nothing."""
-        for index, (param, state, layout) in enumerate(zip(self.params, self.state, self._layouts)):
+        params = self.params
+        if len(params) != len(self._layouts):
+            raise ValueError(
+                f"param_groups hold {len(params)} parameters, the optimizer took {len(self._layouts)}; "
+                "make a new optimizer for other parameters"
+            )
+        for index, (param, state, layout) in enumerate(zip(params, self.state, self._layouts)):
             if (param.shape, param.dtype) != layout or not param.flags.c_contiguous:
                 raise ValueError(
                     f"params[{index}] changed since the optimizer took it (now {param.dtype} {param.shape}, was "
