@@ -835,3 +835,19 @@ def test_optimizer_kernels_flush_subnormals_only_while_they_run(dtype):
         assert np.abs(reference - compiled).max() < tiny
     subnormal = np.array([tiny], dtype=dtype) / dtype(4)
     assert subnormal[0] != 0  # NumPy's own arithmetic still produces subnormals after the kernel ran
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lion_keeps_subnormal_momentum(dtype) -> None:
+    """Lion steps by sign(beta1 m + (1 - beta1) g): a subnormal momentum (a dead unit's, decayed for thousands of
+    steps) must give the reference's whole-lr step, not the zero step a flush to zero would give."""
+    tiny = np.finfo(dtype).smallest_subnormal * 3
+    results = []
+    for backend in (NumpyBackend(), CB):
+        param, grad = np.zeros(64, dtype), np.zeros(64, dtype)
+        exp_avg = np.full(64, tiny, dtype) * np.where(np.arange(64) % 2, 1, -1).astype(dtype)
+        backend.lion_step(param, grad, exp_avg, lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0.0)
+        results.append((param, exp_avg))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert np.all(np.abs(results[1][0]) == dtype(1e-3))

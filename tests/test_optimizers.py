@@ -847,12 +847,14 @@ LR_REFUSALS = [
 
 @pytest.mark.parametrize("info", GROUPED)
 def test_setting_lr_sets_every_group(backend, info):
-    """``opt.lr = x`` sets lr of the defaults and of every group: the steps are then those of an optimizer
-    made with lr x in every group."""
+    """``opt.lr = x`` sets lr of every group (the defaults keep the constructor's value, as PyTorch's schedulers
+    leave them: a checkpoint recognises its run by them): the steps are then those of an optimizer made with lr x
+    in every group."""
     params, grad_seq = make_problem(seed=14, dtype=np.float32, n_steps=4)
     opt = grouped(info, params)
+    constructed = opt.defaults["lr"]
     opt.lr = 0.003
-    assert opt.defaults["lr"] == 0.003 and [group["lr"] for group in opt.param_groups] == [0.003, 0.003]
+    assert opt.defaults["lr"] == constructed and [group["lr"] for group in opt.param_groups] == [0.003, 0.003]
     assert opt.lr == 0.003
     twin_params = [p.copy() for p in params]
     groups = [{"params": twin_params[:2], **info.param_groups[0]}, {"params": twin_params[2:], **info.param_groups[1]}]

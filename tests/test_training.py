@@ -81,11 +81,16 @@ def test_float64_training_ends_with_equal_parameters(mini, name):
 # eps x10 or inside the square root, its first bias correction dropped, RMSProp uncentred or with v + a^2, SGD's
 # Nesterov ignored, each failed the optimizers it concerns (the cross-entropy gradient 0.1% off all but the Adams,
 # which are invariant to the gradient's scale).
+# Lion is compared in float64 only: it steps by the sign of its momentum, so a gradient component that rounds to
+# +tiny on one backend and -tiny on the other (a sum of terms that cancel) moves its parameter by a whole lr, and
+# neither a nudged start nor ulp-sized noise on the gradients models that (measured: 3e-6 and 0 spread, 1.1e-4
+# across backends, where float64 agrees to 1e-9 and the kernels themselves are bit-identical).
 SPREAD_FACTOR, LOSS_FLOOR = 10.0, 1e-6
+SIGN_BASED = {"lion"}
 
 
 @needs_cython
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - SIGN_BASED))
 def test_float32_loss_curves_agree(mini, name):
     curves = {}
     for run, backend, nudge in (

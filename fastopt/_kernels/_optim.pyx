@@ -95,7 +95,10 @@ cdef void _update(const Step* u, floating* p, const floating* g, Py_ssize_t star
     cdef floating* s0 = <floating*>_at(u.state[0], start, p)
     cdef floating* s1 = <floating*>_at(u.state[1], start, p)
     cdef floating* s2 = <floating*>_at(u.state[2], start, p)
-    cdef unsigned int saved_csr = fo_flush_subnormals_begin()
+    # Lion keeps subnormal numbers: it takes the sign of its momentum, and a subnormal momentum flushed to zero
+    # would step by 0 where the reference steps by a whole lr; it has no division or square root to slow down.
+    cdef bint flushes = u.kind != LION
+    cdef unsigned int saved_csr = fo_flush_subnormals_begin() if flushes else 0
     p, g = p + start, g + start
     if u.kind == SGD:
         _sgd(p, g, s0, n, <const SGDHyper*>u.hyper)
@@ -113,7 +116,8 @@ cdef void _update(const Step* u, floating* p, const floating* g, Py_ssize_t star
         _radam(p, g, s0, s1, n, <const RAdamHyper*>u.hyper)
     else:
         _lion(p, g, s0, n, <const LionHyper*>u.hyper)
-    fo_flush_subnormals_end(saved_csr)
+    if flushes:
+        fo_flush_subnormals_end(saved_csr)
 
 
 cdef void _run(const Step* u, floating* p, const floating* g, Py_ssize_t n, Work work) noexcept nogil:
