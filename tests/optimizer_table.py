@@ -424,7 +424,12 @@ RMSPROP = OptimizerInfo(
         _bad({"momentum": BELOW_ZERO}, ValueError, "^momentum must be >= 0"),
         *_flag_bad("centered"),
     ),
-    edge_hyperparameters=(*_common_edges(), {"alpha": 1.0}, {"eps": 5e-324}, {"alpha": 0.0, "centered": np.bool_(True)}),
+    edge_hyperparameters=(
+        *_common_edges(),
+        {"alpha": 1.0},
+        {"eps": 5e-324},
+        {"alpha": 0.0, "centered": np.bool_(True)},
+    ),
     torch_class="RMSprop",
     torch_options=_torch_keywords("lr", "alpha", "eps", "momentum", "centered", "weight_decay"),
     param_groups=({"lr": 0.005, "weight_decay": 0.1, "centered": True}, {"momentum": 0.9, "alpha": 0.9}),
