@@ -219,8 +219,8 @@ def test_states_no_run_can_produce_are_refused(name: str, options: dict, edit, m
         opt.load_state_dict(bad)
     after = opt.state_dict()
     assert after["step_count"] == before["step_count"]
-    assert all(np.array_equal(x, y) for s, t in zip(before["state"], after["state"]) for x, y in zip(s.values(),
-                                                                                                      t.values()))  # fmt: skip
+    pairs = zip(before["state"], after["state"])
+    assert all(np.array_equal(x, y) for s, t in pairs for x, y in zip(s.values(), t.values()))
 
 
 def test_a_state_of_a_real_run_loads_back() -> None:
