@@ -93,9 +93,14 @@ def test_validation_split_is_validation_data_of_the_held_rows(mini):
         ({"validation_split": True}, TypeError, "validation_split must be a real number"),
         ({"validation_split": "0.2"}, TypeError, "validation_split must be a real number"),
         ({"validation_split": 0.2, "validation_data": "given"}, ValueError, "give validation_data or validation_split"),
+        ({"clip_norm": 0.0}, ValueError, "clip_norm must be > 0"),
+        ({"clip_norm": -1.0}, ValueError, "clip_norm must be > 0"),
+        ({"clip_norm": float("inf")}, ValueError, "clip_norm must be finite"),
+        ({"clip_value": True}, TypeError, "clip_value must be a real number"),
+        ({"clip_value": 0}, ValueError, "clip_value must be > 0"),
     ],
 )
-def test_bad_validation_splits_are_refused_before_training(mini, options, error, match):
+def test_bad_splits_and_clipping_are_refused_before_training(mini, options, error, match):
     X, y, X_val, y_val = mini
     if options.get("validation_data") == "given":
         options = dict(options, validation_data=(X_val, y_val))
@@ -184,22 +189,6 @@ def test_fit_applies_clipping_before_the_optimizer_step(mini, options):
     unclipped = make_model("float64")
     unclipped.fit(X[:64], y[:64], optimizer=optim.SGD(lr=0.5), epochs=1, batch_size=64, shuffle=False)
     assert not np.array_equal(unclipped.parameters, manual.parameters)
-
-
-@pytest.mark.parametrize(
-    ("options", "error", "match"),
-    [
-        ({"clip_norm": 0.0}, ValueError, "clip_norm must be > 0"),
-        ({"clip_norm": -1.0}, ValueError, "clip_norm must be > 0"),
-        ({"clip_norm": float("inf")}, ValueError, "clip_norm must be finite"),
-        ({"clip_value": True}, TypeError, "clip_value must be a real number"),
-        ({"clip_value": 0}, ValueError, "clip_value must be > 0"),
-    ],
-)
-def test_bad_clipping_is_refused(mini, options, error, match):
-    X, y, _, _ = mini
-    with pytest.raises(error, match=match):
-        make_model().fit(X[:64], y[:64], **options)
 
 
 # ------------------------------------------------------------------------------------ verbose
