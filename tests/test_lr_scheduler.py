@@ -287,6 +287,17 @@ def test_one_cycle_shorter_than_the_fit_is_refused_before_training(small):
     assert np.array_equal(model.parameters, before) and optimizer.step_count == 0
 
 
+def test_a_schedule_of_another_optimizer_is_refused_before_training(small):
+    """fit(optimizer=None) trains with a fresh Adam: a schedule made for another optimizer would do nothing."""
+    X, y = small
+    model = _model()
+    schedule = lr_scheduler.StepLR(optim.Adam(lr=0.1), step_size=1)
+    before = model.parameters.copy()
+    with pytest.raises(ValueError, match="StepLR schedules another optimizer than this fit's Adam"):
+        model.fit(X, y, epochs=2, callbacks=[schedule])
+    assert np.array_equal(model.parameters, before)
+
+
 def test_a_schedule_made_for_fewer_groups_than_the_optimizer_gets_is_refused():
     optimizer = optim.SGD(lr=0.1)
     schedule = lr_scheduler.ExponentialLR(optimizer, gamma=0.5)

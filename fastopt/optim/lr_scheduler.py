@@ -121,6 +121,15 @@ class LRScheduler(Callback):
         return [float(group["lr"]) for group in _groups(self.optimizer)]
 
     # ------------------------------------------------------------------ the callback side (fit)
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """A schedule of another optimizer than the fit's would change rates nothing uses: refused."""
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and optimizer is not self.optimizer:
+            raise ValueError(
+                f"{type(self).__name__} schedules another optimizer than this fit's {type(optimizer).__name__}: "
+                "make it with the optimizer given to fit"
+            )
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is not None:
             logs["learning_rate"] = self._current()[0]
@@ -416,6 +425,7 @@ class OneCycleLR(LRScheduler):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         """In ``fit``, a fresh cycle stepped per batch must last the whole fit (PyTorch raises past its end)."""
+        super().on_train_begin(logs)
         steps, epochs = self.params.get("steps", 0), self.params.get("epochs", 0)
         if self.interval == "batch" and self.last_epoch == 0 and epochs * steps > self.total_steps:
             raise ValueError(
