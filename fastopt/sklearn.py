@@ -227,7 +227,9 @@ class _BaseMLP(BaseEstimator):
         units = [X.shape[1], *_hidden_sizes(self.hidden_layer_sizes), Y.shape[1]]
         if first_pass:
             self._initialize(Y, units)
-        elif [self._model.in_features, *self._units()[1:]] != units:
+        else:
+            self._training_model()
+        if self._units() != units:
             raise ValueError(
                 f"the network has layer sizes {self._units()}, but these data and hidden_layer_sizes need {units}: "
                 "warm_start and partial_fit continue the same network (fit with warm_start=False for a new one)"
@@ -256,7 +258,7 @@ class _BaseMLP(BaseEstimator):
         if not np.isfinite(weights).all() or (weights < 0).any():
             raise ValueError("sample_weight must be finite and non-negative")
         if not weights.sum() > 0:
-            raise ValueError("the sample weights sum to 0: no sample would count (give some a weight > 0)")
+            raise ValueError("the sample weights are all zero (they sum to 0): no sample would count")
         return weights
 
     def _initialize(self, Y: np.ndarray, units: list[int]) -> None:
@@ -281,6 +283,7 @@ class _BaseMLP(BaseEstimator):
         self._model.set_weights(values)
         self._loss = _OutputLoss(self.out_activation_)
         self._optimizer: optim.Optimizer | None = None
+        self._solver = self.solver  # the solver the optimizer was made for
         self._best_parameters = self._model.parameters.copy()
         if self.solver != "lbfgs":
             self.loss_curve_: list[float] = []
@@ -385,8 +388,8 @@ class _BaseMLP(BaseEstimator):
     def _fit_stochastic(self, X: np.ndarray, Y: np.ndarray, weights: np.ndarray | None, incremental: bool) -> None:
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
-        if self._optimizer is None or not (incremental or self.warm_start):
-            self._optimizer = self._new_optimizer()
+        if self._optimizer is None or not (incremental or self.warm_start) or self._solver != self.solver:
+            self._optimizer, self._solver = self._new_optimizer(), self.solver
         train, validation = self._split(X, Y, weights)
         data = self._training_set(*train)
         backend = resolve_backend(self.backend)
@@ -562,19 +565,23 @@ class _BaseMLP(BaseEstimator):
             raise
 
     def __getstate__(self) -> dict[str, Any]:
-        """The optimizer is kept as its ``state_dict`` (it views the network's buffers, which a pickle would copy
-        apart) and bound again to the restored network by ``__setstate__``."""
+        """The optimizer is kept as its class and ``state_dict`` (it views the network's buffers, which a pickle would
+        copy apart), bound again to the network when a fit continues it (``_training_model``)."""
         state = super().__getstate__()
         optimizer = state.get("_optimizer")
-        if optimizer is not None:
+        if isinstance(optimizer, optim.Optimizer):
             state["_optimizer"] = (type(optimizer), optimizer.state_dict())
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        saved = state.get("_optimizer")
-        super().__setstate__(state)
-        if saved is not None:
-            kind, state_dict = saved
+    def _training_model(self) -> None:
+        """Make the network trainable before a fit continues it: a copy of one that is read-only (unpickled with
+        ``joblib.load(..., mmap_mode="r")``), and its optimizer bound again from the state an unpickled estimator
+        keeps (``__getstate__``)."""
+        if not self._model.parameters.flags.writeable:
+            self._model = self._model.copy()
+            self._model.parameters.setflags(write=True)
+        if isinstance(self._optimizer, tuple):
+            kind, state_dict = self._optimizer
             model = self._model
             params = ([model.weight_parameters], [model.bias_parameters])
             groups = [dict(saved_group, params=group) for saved_group, group in zip(state_dict["param_groups"], params)]
@@ -758,11 +765,13 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._fit(X, y, sample_weight, incremental=True)
 
     def _predictions(self, outputs: np.ndarray) -> np.ndarray:
-        predictions = np.exp(outputs) if self.out_activation_ == "exp" else outputs
+        predictions = outputs.astype(np.float64)  # scikit-learn's regressors predict float64
+        if self.out_activation_ == "exp":
+            np.exp(predictions, out=predictions)
         return predictions.ravel() if predictions.shape[1] == 1 else predictions
 
     def predict(self, X: object) -> np.ndarray:
-        """The predicted values (n_samples,) or (n_samples, n_outputs), in ``dtype``."""
+        """The predicted values (n_samples,) or (n_samples, n_outputs), float64 (computed in ``dtype``)."""
         return self._predictions(self._outputs(X))
 
     def __sklearn_tags__(self) -> Any:
