@@ -151,9 +151,10 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--workload",
-        choices=("epoch", "optim", "dense"),
+        choices=("epoch", "optim", "dense", "sklearn"),
         default="epoch",
-        help="epoch: one training epoch (60k samples); optim: Adam step at n=1e5 and 1e7; dense: forward+backward",
+        help="epoch: one training epoch (60k samples); optim: Adam step at n=1e5 and 1e7; dense: forward+backward; "
+        "sklearn: scikit-learn's MLPs against fastopt.sklearn's (fit times and scores over seeds; --rounds seeds)",
     )
     bench.add_argument(
         "--batch-size", type=_positive_int, help="batch size (epoch default 32; dense default 32,128,512)"
@@ -274,6 +275,11 @@ def train(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
+    if args.workload == "sklearn":
+        from fastopt import bench_sklearn
+
+        bench_sklearn.run(seeds=args.rounds)
+        return 0
     from fastopt.benchmark import run
 
     run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples)

@@ -333,16 +333,26 @@ class _BaseMLP(BaseEstimator):
         if weight_sum == 0:  # a batch of zero weights has no loss and no gradient
             return 0.0
         value += self._l2_penalty(backend, weight_sum)
-        groups = self._optimizer.param_groups
-        if self.solver not in DECOUPLED_DECAY and groups[0]["weight_decay"] != self.alpha / weight_sum:
-            groups[0]["weight_decay"] = self.alpha / weight_sum  # the L2 term's gradient, on the weights only
+        if self.solver not in DECOUPLED_DECAY and weight_sum != self._nominal_weight:
+            # the L2 gradient is alpha / sum(w) W; the optimizer adds alpha / nominal W (its weight_decay, kept
+            # constant: changing a group's option makes every step check the groups again), this the rest
+            correction = self.alpha / weight_sum - self.alpha / self._nominal_weight
+            gradients = self._model.weight_gradients
+            gradients += correction * self._model.weight_parameters
         self._optimizer.apply([self._model.weight_gradients, self._model.bias_gradients])
         return value
+
+    def _set_nominal_batch(self, batch_size: int) -> None:
+        """The batch weight the weights group's ``weight_decay`` (``alpha / batch_size``) is set for: the L2 term's
+        gradient of every full unweighted batch, added inside the optimizer's kernel."""
+        self._nominal_weight = float(batch_size)
+        if self.solver not in DECOUPLED_DECAY:
+            self._optimizer.param_groups[0]["weight_decay"] = self.alpha / batch_size
 
     # -------------------------------------------------------------- stochastic solvers
     def _new_optimizer(self) -> optim.Optimizer:
         """The solver as a fastopt optimizer with two parameter groups: the weights (whose ``weight_decay`` carries
-        the L2 term, set at each step) and the intercepts (none)."""
+        the L2 term, ``_set_nominal_batch``) and the intercepts (none)."""
         model, solver = self._model, self.solver
         groups = [{"params": [model.weight_parameters]}, {"params": [model.bias_parameters], "weight_decay": 0.0}]
         lr = self.learning_rate_init
@@ -395,6 +405,7 @@ class _BaseMLP(BaseEstimator):
         backend = resolve_backend(self.backend)
         order = np.arange(len(data.inputs), dtype=np.int64)
         batch_size = self._batch_size(len(order))
+        self._set_nominal_batch(batch_size)
         self.n_iter_ = 0
         try:
             with backend.training():

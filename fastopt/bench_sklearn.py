@@ -1,0 +1,169 @@
+"""``fastopt bench --workload sklearn``: scikit-learn's ``MLPClassifier``/``MLPRegressor`` against fastopt's drop-in
+estimators (``fastopt.sklearn``), with identical parameters, in one process, interleaved, over several seeds.
+
+For each case and seed: the data are split (a quarter held out for testing, by the seed) and standardized, then
+both estimators are fitted with ``random_state=seed``, one after the other (which goes first alternates with the
+seed, so that neither always runs on a machine its peer has just warmed or left busy). scikit-learn runs twice:
+with its BLAS threads as they are, and limited to one (its matrix products are small, and on a 2-core machine that
+other processes keep busy its two OpenBLAS threads wait on each other: digits took 19 s instead of 0.56 s). The
+report gives, for each:
+the mean test score (accuracy, subset accuracy for multilabel targets, R^2 for regression) and its standard
+deviation over the seeds, whether the two means are within two standard deviations (of either), the median fit
+time, and the median of the seed-by-seed time ratios (scikit-learn's time over fastopt's).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ADAM_FASHION = {"hidden_layer_sizes": (128, 64), "batch_size": 32, "solver": "adam", "max_iter": 10}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One line of the report: a dataset, the estimator kind and its parameters (beyond ``random_state``)."""
+
+    name: str
+    dataset: str
+    regression: bool
+    parameters: dict[str, Any]
+
+
+CASES = (
+    Case("digits, adam", "digits", False, {}),
+    Case("digits, sgd", "digits", False, {"solver": "sgd", "learning_rate_init": 0.01}),
+    Case("digits, lbfgs", "digits", False, {"solver": "lbfgs"}),
+    Case("breast_cancer, adam", "breast_cancer", False, {}),
+    Case("multilabel 20k, adam", "multilabel", False, {"max_iter": 20}),
+    Case("friedman1 10k, adam", "friedman1", True, {"max_iter": 50}),
+    Case("fashion-mnist mini, adam b32", "fashion", False, ADAM_FASHION),
+)
+
+
+@dataclass
+class Measurement:
+    scores: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's rows and targets: scikit-learn's ``load_digits`` and ``load_breast_cancer``, a 20,000-sample
+    ``make_multilabel_classification`` task (20 features, 5 labels), ``make_friedman1`` with 10,000 samples, or
+    the Fashion-MNIST subset shipped in fastopt (its 6,000 images, split again by the seed)."""
+    from sklearn import datasets
+
+    if name == "digits":
+        return datasets.load_digits(return_X_y=True)
+    if name == "breast_cancer":
+        return datasets.load_breast_cancer(return_X_y=True)
+    if name == "multilabel":
+        return datasets.make_multilabel_classification(20000, 20, n_classes=5, random_state=0)
+    if name == "friedman1":
+        return datasets.make_friedman1(10000, random_state=0)
+    from fastopt.datasets import mini
+
+    X, y, X_test, y_test = mini()
+    return np.concatenate([X, X_test]), np.concatenate([y, y_test])
+
+
+def _fit_and_score(estimator: Any, data: tuple[np.ndarray, ...], blas_threads: int | None) -> tuple[float, float]:
+    """The fit's wall time and the test score; ``blas_threads`` limits BLAS's threads during the fit (None: as
+    they are)."""
+    from threadpoolctl import threadpool_limits
+
+    X_train, X_test, y_train, y_test = data
+    with warnings.catch_warnings(), threadpool_limits(blas_threads, "blas"):
+        warnings.simplefilter("ignore")  # ConvergenceWarning: the cases cap max_iter on purpose
+        started = time.perf_counter()
+        estimator.fit(X_train, y_train)
+        seconds = time.perf_counter() - started
+    return seconds, float(estimator.score(X_test, y_test))
+
+
+def _split(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=seed)
+    scaler = StandardScaler().fit(X_train)
+    return scaler.transform(X_train), scaler.transform(X_test), y_train, y_test
+
+
+def measure_case(case: Case, seeds: int, settle_seconds: float = 0.25) -> dict[str, Measurement]:
+    """Both estimators on every seed, alternating which goes first; a pause before each fit lets the thread
+    pools of the previous one fall asleep."""
+    import sklearn.neural_network as reference
+
+    from fastopt import sklearn as fastopt_sklearn
+
+    kind = "MLPRegressor" if case.regression else "MLPClassifier"
+    theirs: Callable[[int], Any] = lambda seed: getattr(reference, kind)(random_state=seed, **case.parameters)  # noqa: E731
+    makers: dict[str, tuple[Callable[[int], Any], int | None]] = {
+        "scikit-learn": (theirs, None),
+        "scikit-learn 1 thread": (theirs, 1),
+        "fastopt": (lambda seed: getattr(fastopt_sklearn, kind)(random_state=seed, **case.parameters), None),
+    }
+    X, y = load_dataset(case.dataset)
+    results = {name: Measurement() for name in makers}
+    for seed in range(seeds):
+        data = _split(X, y, seed)
+        for name in list(makers)[:: 1 if seed % 2 == 0 else -1]:
+            time.sleep(settle_seconds)
+            make, blas_threads = makers[name]
+            seconds, score = _fit_and_score(make(seed), data, blas_threads)
+            results[name].seconds.append(seconds)
+            results[name].scores.append(score)
+    return results
+
+
+def format_case(case: Case, results: dict[str, Measurement]) -> str:
+    """One line: the scores (scikit-learn's with its default threads), then each scikit-learn setting's median fit
+    time against fastopt's, with the median and range of the seed-by-seed ratios."""
+    ours = results["fastopt"]
+    mean = {name: statistics.fmean(m.scores) for name, m in results.items()}
+    spread = {name: statistics.stdev(m.scores) if len(m.scores) > 1 else 0.0 for name, m in results.items()}
+    within = abs(mean["fastopt"] - mean["scikit-learn"]) <= 2 * max(spread["fastopt"], spread["scikit-learn"])
+    metric = "R2" if case.regression else "accuracy"
+    line = (
+        f"{case.name}: {metric} scikit-learn {mean['scikit-learn']:.4f} ± {spread['scikit-learn']:.4f}, "
+        f"fastopt {mean['fastopt']:.4f} ± {spread['fastopt']:.4f} ({'within' if within else 'OUTSIDE'} 2 sd); "
+        f"fastopt fit {statistics.median(ours.seconds):.3f} s"
+    )
+    for name in ("scikit-learn", "scikit-learn 1 thread"):
+        ratios = [a / b for a, b in zip(results[name].seconds, ours.seconds)]
+        line += (
+            f"; {name} {statistics.median(results[name].seconds):.3f} s, {statistics.median(ratios):.2f}x "
+            f"(seeds {min(ratios):.2f}-{max(ratios):.2f}x)"
+        )
+    return line
+
+
+def run(seeds: int = 5, names: list[str] | None = None) -> list[tuple[Case, dict[str, Measurement]]]:
+    """Measure and print every case (or those named); returns the measurements."""
+    try:
+        import sklearn
+    except ImportError:
+        print("scikit-learn is not installed: pip install 'fastopt[sklearn]' to run this workload")
+        return []
+    print(
+        f"scikit-learn {sklearn.__version__} (float64) vs fastopt.sklearn (float32), {seeds} seeds, interleaved; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
+        flush=True,
+    )
+    measured = []
+    for case in CASES:
+        if names and case.name not in names:
+            continue
+        results = measure_case(case, seeds)
+        print(format_case(case, results), flush=True)
+        measured.append((case, results))
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    return measured
