@@ -51,7 +51,8 @@ CASES = (
 @dataclass
 class Measurement:
     scores: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # wall time of each fit
+    cpu_seconds: list[float] = field(default_factory=list)  # the process's CPU time (all its threads) of each fit
 
 
 def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -74,18 +75,20 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([X, X_test]), np.concatenate([y, y_test])
 
 
-def _fit_and_score(estimator: Any, data: tuple[np.ndarray, ...], blas_threads: int | None) -> tuple[float, float]:
-    """The fit's wall time and the test score; ``blas_threads`` limits BLAS's threads during the fit (None: as
-    they are)."""
+def _fit_and_score(
+    estimator: Any, data: tuple[np.ndarray, ...], blas_threads: int | None
+) -> tuple[float, float, float]:
+    """The fit's wall time and CPU time, and the test score; ``blas_threads`` limits BLAS's threads during the fit
+    (None: as they are)."""
     from threadpoolctl import threadpool_limits
 
     X_train, X_test, y_train, y_test = data
     with warnings.catch_warnings(), threadpool_limits(blas_threads, "blas"):
         warnings.simplefilter("ignore")  # ConvergenceWarning: the cases cap max_iter on purpose
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         estimator.fit(X_train, y_train)
-        seconds = time.perf_counter() - started
-    return seconds, float(estimator.score(X_test, y_test))
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return seconds, cpu_seconds, float(estimator.score(X_test, y_test))
 
 
 def _split(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
@@ -118,15 +121,17 @@ def measure_case(case: Case, seeds: int, settle_seconds: float = 0.25) -> dict[s
         for name in list(makers)[:: 1 if seed % 2 == 0 else -1]:
             time.sleep(settle_seconds)
             make, blas_threads = makers[name]
-            seconds, score = _fit_and_score(make(seed), data, blas_threads)
+            seconds, cpu_seconds, score = _fit_and_score(make(seed), data, blas_threads)
             results[name].seconds.append(seconds)
+            results[name].cpu_seconds.append(cpu_seconds)
             results[name].scores.append(score)
     return results
 
 
 def format_case(case: Case, results: dict[str, Measurement]) -> str:
-    """One line: the scores (scikit-learn's with its default threads), then each scikit-learn setting's median fit
-    time against fastopt's, with the median and range of the seed-by-seed ratios."""
+    """The scores (scikit-learn's with its default threads), then each scikit-learn setting's median fit time against
+    fastopt's, with the median and range of the seed-by-seed ratios, in wall time and in CPU time (which a machine
+    that other processes keep busy disturbs less)."""
     ours = results["fastopt"]
     mean = {name: statistics.fmean(m.scores) for name, m in results.items()}
     spread = {name: statistics.stdev(m.scores) if len(m.scores) > 1 else 0.0 for name, m in results.items()}
@@ -135,14 +140,19 @@ def format_case(case: Case, results: dict[str, Measurement]) -> str:
     line = (
         f"{case.name}: {metric} scikit-learn {mean['scikit-learn']:.4f} ± {spread['scikit-learn']:.4f}, "
         f"fastopt {mean['fastopt']:.4f} ± {spread['fastopt']:.4f} ({'within' if within else 'OUTSIDE'} 2 sd); "
-        f"fastopt fit {statistics.median(ours.seconds):.3f} s"
+        f"\n  fastopt fit {statistics.median(ours.seconds):.3f} s (CPU {statistics.median(ours.cpu_seconds):.3f} s)"
     )
     for name in ("scikit-learn", "scikit-learn 1 thread"):
-        ratios = [a / b for a, b in zip(results[name].seconds, ours.seconds)]
+        theirs = results[name]
         line += (
-            f"; {name} {statistics.median(results[name].seconds):.3f} s, {statistics.median(ratios):.2f}x "
-            f"(seeds {min(ratios):.2f}-{max(ratios):.2f}x)"
+            f"\n  {name}: {statistics.median(theirs.seconds):.3f} s (CPU {statistics.median(theirs.cpu_seconds):.3f} s)"
         )
+        for label, mine, other in (
+            ("wall", ours.seconds, theirs.seconds),
+            ("CPU", ours.cpu_seconds, theirs.cpu_seconds),
+        ):
+            ratios = [a / b for a, b in zip(other, mine)]
+            line += f", {label} {statistics.median(ratios):.2f}x (seeds {min(ratios):.2f}-{max(ratios):.2f}x)"
     return line
 
 

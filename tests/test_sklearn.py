@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+pytest.importorskip("sklearn", minversion="1.7")  # 1.7: its MLPs take sample_weight (the agreement tests)
 
 import sklearn.neural_network as reference
 from sklearn.base import clone
