@@ -452,6 +452,8 @@ class _BaseMLP(BaseEstimator):
             print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
         self._update_no_improvement_count(validation)
         if self.solver == "sgd" and self.learning_rate == "invscaling":
+            # InvScalingLR's formula, on t_ itself: partial_fit's calls add epochs of different sizes to t_, where
+            # the schedule counts a fixed number of samples per step
             self._set_learning_rate(self.learning_rate_init / (self.t_ + 1) ** self.power_t)
 
     def _update_no_improvement_count(self, validation: tuple | None) -> None:
@@ -487,7 +489,7 @@ class _BaseMLP(BaseEstimator):
         message = (
             f"{watched} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
         )
-        if self.solver == "sgd" and self.learning_rate == "adaptive":
+        if self.solver == "sgd" and self.learning_rate == "adaptive":  # not ReduceLROnPlateau: its count is Keras's
             rate = self._optimizer.param_groups[0]["lr"]
             if rate > 1e-6:
                 self._set_learning_rate(rate / 5.0)

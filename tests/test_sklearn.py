@@ -329,3 +329,13 @@ def test_float32_scores_as_scikit_learn_on_digits(digits):
     assert mine.coefs_[0].dtype == np.float32
     assert abs(mine.score(X_test, y_test) - theirs.score(X_test, y_test)) <= 2 / len(y_test)
     np.testing.assert_allclose(mine.loss_curve_, theirs.loss_curve_, rtol=1e-4)
+
+
+def test_diverging_fit_raises_at_once_and_verbose_reports(blobs, capsys):
+    X, y = blobs
+    diverging = MLPRegressor(solver="sgd", learning_rate_init=1e6, max_iter=50, random_state=0)
+    with pytest.raises(ValueError, match="became .* at iteration [0-9]+: the input data may contain large values"):
+        diverging.fit(X, y * 1e3)
+    assert diverging.n_iter_ < 50
+    _quiet(MLPClassifier(max_iter=2, random_state=0, verbose=True), X, y)
+    assert capsys.readouterr().out.startswith("Iteration 1, loss = ")
