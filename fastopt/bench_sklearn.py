@@ -3,10 +3,10 @@ estimators (``fastopt.sklearn``), with identical parameters, in one process, int
 
 For each case and seed: the data are split (a quarter held out for testing, by the seed) and standardized, then
 both estimators are fitted with ``random_state=seed``, one after the other (which goes first alternates with the
-seed, so that neither always runs on a machine its peer has just warmed or left busy). scikit-learn runs twice:
-with its BLAS threads as they are, and limited to one (its matrix products are small, and on a 2-core machine that
-other processes keep busy its two OpenBLAS threads wait on each other: digits took 19 s instead of 0.56 s). The
-report gives, for each:
+seed, so that neither always runs on a machine its peer has just warmed or left busy). Each runs twice: with its
+threads as they are, and with one thread (BLAS's and fastopt's kernels'): on a 2-core machine that other processes
+keep busy, two threads wait on each other (scikit-learn's OpenBLAS threads took digits from 0.56 s to 19 s, and
+fastopt's threads doubled its times too). The report gives, for each:
 the mean test score (accuracy, subset accuracy for multilabel targets, R^2 for regression) and its standard
 deviation over the seeds, whether the two means are within two standard deviations (of either), the median fit
 time, and the median of the seed-by-seed time ratios (scikit-learn's time over fastopt's).
@@ -18,7 +18,8 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,15 +76,30 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([X, X_test]), np.concatenate([y, y_test])
 
 
-def _fit_and_score(
-    estimator: Any, data: tuple[np.ndarray, ...], blas_threads: int | None
-) -> tuple[float, float, float]:
-    """The fit's wall time and CPU time, and the test score; ``blas_threads`` limits BLAS's threads during the fit
-    (None: as they are)."""
+@contextmanager
+def _threads(one: bool) -> Iterator[None]:
+    """With ``one``: one thread for BLAS and for fastopt's kernels during the block (then as many as CPUs again)."""
+    if not one:
+        yield
+        return
     from threadpoolctl import threadpool_limits
 
+    from fastopt.backend import available_backends, resolve_backend
+
+    with threadpool_limits(1, "blas"):
+        for name in available_backends():
+            resolve_backend(name).set_num_threads(1)
+        try:
+            yield
+        finally:
+            for name in available_backends():
+                resolve_backend(name).set_num_threads(os.cpu_count() or 1)
+
+
+def _fit_and_score(estimator: Any, data: tuple[np.ndarray, ...], one_thread: bool) -> tuple[float, float, float]:
+    """The fit's wall time and CPU time, and the test score."""
     X_train, X_test, y_train, y_test = data
-    with warnings.catch_warnings(), threadpool_limits(blas_threads, "blas"):
+    with warnings.catch_warnings(), _threads(one_thread):
         warnings.simplefilter("ignore")  # ConvergenceWarning: the cases cap max_iter on purpose
         started, cpu_started = time.perf_counter(), time.process_time()
         estimator.fit(X_train, y_train)
@@ -109,51 +125,57 @@ def measure_case(case: Case, seeds: int, settle_seconds: float = 0.25) -> dict[s
 
     kind = "MLPRegressor" if case.regression else "MLPClassifier"
     theirs: Callable[[int], Any] = lambda seed: getattr(reference, kind)(random_state=seed, **case.parameters)  # noqa: E731
-    makers: dict[str, tuple[Callable[[int], Any], int | None]] = {
-        "scikit-learn": (theirs, None),
-        "scikit-learn 1 thread": (theirs, 1),
-        "fastopt": (lambda seed: getattr(fastopt_sklearn, kind)(random_state=seed, **case.parameters), None),
-    }
+    ours: Callable[[int], Any] = lambda seed: getattr(fastopt_sklearn, kind)(random_state=seed, **case.parameters)  # noqa: E731
+    makers = {"scikit-learn": (theirs, False), "scikit-learn 1 thread": (theirs, True), "fastopt": (ours, False),
+              "fastopt 1 thread": (ours, True)}  # fmt: skip
     X, y = load_dataset(case.dataset)
     results = {name: Measurement() for name in makers}
     for seed in range(seeds):
         data = _split(X, y, seed)
         for name in list(makers)[:: 1 if seed % 2 == 0 else -1]:
             time.sleep(settle_seconds)
-            make, blas_threads = makers[name]
-            seconds, cpu_seconds, score = _fit_and_score(make(seed), data, blas_threads)
+            make, one_thread = makers[name]
+            seconds, cpu_seconds, score = _fit_and_score(make(seed), data, one_thread)
             results[name].seconds.append(seconds)
             results[name].cpu_seconds.append(cpu_seconds)
             results[name].scores.append(score)
     return results
 
 
+def _ratio_text(label: str, theirs: Measurement, ours: Measurement) -> str:
+    """scikit-learn's over fastopt's time, seed by seed (median and range), in wall and in CPU time."""
+    parts = []
+    for kind, mine, other in (("wall", ours.seconds, theirs.seconds), ("CPU", ours.cpu_seconds, theirs.cpu_seconds)):
+        ratios = [a / b for a, b in zip(other, mine)]
+        parts.append(f"{kind} {statistics.median(ratios):.2f}x (seeds {min(ratios):.2f}-{max(ratios):.2f}x)")
+    return f"\n  {label}: " + ", ".join(parts)
+
+
 def format_case(case: Case, results: dict[str, Measurement]) -> str:
-    """The scores (scikit-learn's with its default threads), then each scikit-learn setting's median fit time against
-    fastopt's, with the median and range of the seed-by-seed ratios, in wall time and in CPU time (which a machine
-    that other processes keep busy disturbs less)."""
-    ours = results["fastopt"]
+    """The scores (each with its default threads), each setting's median fit time, wall and CPU (the process's, all
+    threads: a machine that other processes keep busy disturbs it less), and the ratios: default against default,
+    one thread against one thread, and each one's faster setting (by median wall time) against the other's."""
     mean = {name: statistics.fmean(m.scores) for name, m in results.items()}
     spread = {name: statistics.stdev(m.scores) if len(m.scores) > 1 else 0.0 for name, m in results.items()}
     within = abs(mean["fastopt"] - mean["scikit-learn"]) <= 2 * max(spread["fastopt"], spread["scikit-learn"])
     metric = "R2" if case.regression else "accuracy"
     line = (
         f"{case.name}: {metric} scikit-learn {mean['scikit-learn']:.4f} ± {spread['scikit-learn']:.4f}, "
-        f"fastopt {mean['fastopt']:.4f} ± {spread['fastopt']:.4f} ({'within' if within else 'OUTSIDE'} 2 sd); "
-        f"\n  fastopt fit {statistics.median(ours.seconds):.3f} s (CPU {statistics.median(ours.cpu_seconds):.3f} s)"
+        f"fastopt {mean['fastopt']:.4f} ± {spread['fastopt']:.4f} ({'within' if within else 'OUTSIDE'} 2 sd)"
     )
-    for name in ("scikit-learn", "scikit-learn 1 thread"):
-        theirs = results[name]
-        line += (
-            f"\n  {name}: {statistics.median(theirs.seconds):.3f} s (CPU {statistics.median(theirs.cpu_seconds):.3f} s)"
+    for name, measurement in results.items():
+        line += f"\n  {name}: {statistics.median(measurement.seconds):.3f} s "
+        line += f"(CPU {statistics.median(measurement.cpu_seconds):.3f} s)"
+    line += _ratio_text("default threads", results["scikit-learn"], results["fastopt"])
+    line += _ratio_text("one thread", results["scikit-learn 1 thread"], results["fastopt 1 thread"])
+    best = {
+        side: min(
+            (name for name in results if name.startswith(side)), key=lambda n: statistics.median(results[n].seconds)
         )
-        for label, mine, other in (
-            ("wall", ours.seconds, theirs.seconds),
-            ("CPU", ours.cpu_seconds, theirs.cpu_seconds),
-        ):
-            ratios = [a / b for a, b in zip(other, mine)]
-            line += f", {label} {statistics.median(ratios):.2f}x (seeds {min(ratios):.2f}-{max(ratios):.2f}x)"
-    return line
+        for side in ("scikit-learn", "fastopt")
+    }
+    return line + _ratio_text(f"{best['scikit-learn']} vs {best['fastopt']}", results[best["scikit-learn"]],
+                              results[best["fastopt"]])  # fmt: skip
 
 
 def run(seeds: int = 5, names: list[str] | None = None) -> list[tuple[Case, dict[str, Measurement]]]:
