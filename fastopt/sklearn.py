@@ -167,6 +167,14 @@ def _check_number(value: object, name: str, low: float, high: float, closed: str
         raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value!r}")
 
 
+def _dtype_name(dtype: object) -> str:
+    """The name of the dtype ``dtype`` means ("float32" for "float32", np.float32 or np.dtype("f4")), or its repr."""
+    try:
+        return np.dtype(dtype).name if dtype is not None else "None"  # type: ignore[arg-type]
+    except TypeError:
+        return repr(dtype)
+
+
 def _hidden_sizes(hidden_layer_sizes: object) -> list[int]:
     sizes = list(hidden_layer_sizes) if hasattr(hidden_layer_sizes, "__iter__") else [hidden_layer_sizes]
     for size in sizes:
@@ -187,8 +195,7 @@ class _BaseMLP(BaseEstimator):
         _check_choice(self.solver, "solver", SCIKIT_LEARN_SOLVERS + FASTOPT_SOLVERS)
         _check_choice(self.learning_rate, "learning_rate", ("constant", "invscaling", "adaptive"))
         _check_choice(self.loss, "loss", self._loss_choices)
-        _check_choice(self.dtype if isinstance(self.dtype, str) else getattr(self.dtype, "__name__", self.dtype),
-                      "dtype", ("float32", "float64"))  # fmt: skip
+        _check_choice(_dtype_name(self.dtype), "dtype", ("float32", "float64"))
         if self.backend is not None:
             resolve_backend(self.backend)
         if self.batch_size != "auto":
