@@ -334,8 +334,21 @@ def test_float32_scores_as_scikit_learn_on_digits(digits):
 def test_diverging_fit_raises_at_once_and_verbose_reports(blobs, capsys):
     X, y = blobs
     diverging = MLPRegressor(solver="sgd", learning_rate_init=1e6, max_iter=50, random_state=0)
-    with pytest.raises(ValueError, match="became .* at iteration [0-9]+: the input data may contain large values"):
+    with pytest.raises(ValueError, match=r"became .* at iteration [0-9]+: the input data may contain large values"):
         diverging.fit(X, y * 1e3)
     assert diverging.n_iter_ < 50
     _quiet(MLPClassifier(max_iter=2, random_state=0, verbose=True), X, y)
     assert capsys.readouterr().out.startswith("Iteration 1, loss = ")
+
+
+def test_bench_workload_measures_both_libraries_on_the_same_seeds():
+    from fastopt import bench_sklearn
+
+    case = bench_sklearn.Case("breast_cancer, adam, 3 iterations", "breast_cancer", False, {"max_iter": 3})
+    results = bench_sklearn.measure_case(case, seeds=2, settle_seconds=0.0)
+    assert set(results) == {"scikit-learn", "scikit-learn 1 thread", "fastopt", "fastopt 1 thread"}
+    assert all(len(m.scores) == 2 and len(m.seconds) == 2 and min(m.seconds) > 0 for m in results.values())
+    np.testing.assert_allclose(results["fastopt"].scores, results["scikit-learn"].scores, atol=0.02)
+    report = bench_sklearn.format_case(case, results)
+    assert report.startswith("breast_cancer, adam, 3 iterations: accuracy") and "within 2 sd" in report
+    assert "one thread: wall" in report
