@@ -192,13 +192,15 @@ class GroupPlan:
 
 
 class ViewCache(NamedTuple):
-    """NumPy views of one parameter's state (fastopt's names, "step" too), valid while the group's plan, the
-    parameter's dtype and shape and the state's tensors are the same objects."""
+    """NumPy views of one parameter's state (fastopt's names, "step" too; ``buffers``: the kernel's state arguments
+    in order), valid while the group's plan, the parameter's dtype and shape and the state's tensors are the same
+    objects."""
 
     plan: GroupPlan
     layout: tuple[np.dtype, tuple[int, ...]]
     tensors: tuple[tuple[str, torch.Tensor], ...]
     views: dict[str, np.ndarray]
+    buffers: tuple[np.ndarray | None, ...]
 
 
 class Update(NamedTuple):
@@ -209,7 +211,7 @@ class Update(NamedTuple):
     param_array: np.ndarray
     grad_array: np.ndarray
     plan: GroupPlan
-    views: dict[str, np.ndarray] | None
+    state: ViewCache | None
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -335,9 +337,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             if name not in state:
                 state[name] = torch.tensor(start, dtype=torch.float64)
 
-    def _state_views(self, param: torch.Tensor, array: np.ndarray, plan: GroupPlan, where: str) -> dict | None:
+    def _state_views(
+        self, param: torch.Tensor, array: np.ndarray, plan: GroupPlan, place: tuple[int, dict[str, Any], int]
+    ) -> ViewCache | None:
         """The NumPy views of a parameter's state, from the cache while it is valid, else after checking the state
-        (None when it is incomplete: the first step makes it)."""
+        (None when it is incomplete: the first step makes it). ``place``: the parameter's, for messages."""
         state = self.state.get(param)
         if not state:
             return None
@@ -348,16 +352,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             and cached.layout == layout
             and all(state.get(name) is tensor for name, tensor in cached.tensors)
         ):
-            return cached.views
-        if not self._check_state(state, param, plan, where, loading=False):
+            return cached
+        if not self._check_state(state, param, plan, self._where(*place), loading=False):
             return None
         return self._new_views(param, layout, state, plan)
 
-    def _new_views(self, param: torch.Tensor, layout: tuple, state: dict[str, Any], plan: GroupPlan) -> dict:
+    def _new_views(self, param: torch.Tensor, layout: tuple, state: dict[str, Any], plan: GroupPlan) -> ViewCache:
         tensors = tuple((torch_name, state[torch_name]) for torch_name in plan.torch_names.values())
         views = {name: state[torch_name].numpy() for name, torch_name in plan.torch_names.items()}
-        self._views[param] = ViewCache(plan, layout, tensors, views)
-        return views
+        buffers = tuple(views.get(name) for name in plan.kernel_buffers)
+        cached = self._views[param] = ViewCache(plan, layout, tensors, views, buffers)
+        return cached
 
     # ------------------------------------------------------------------ stepping
     @torch.no_grad()
@@ -380,39 +385,62 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _planned_updates(self) -> list[Update]:
         updates = []
         for group_index, group in enumerate(self.param_groups):
-            with_grads = [(index, param) for index, param in enumerate(group["params"]) if param.grad is not None]
-            if not with_grads:
+            checked = self._checked_arrays(group_index, group)
+            if not checked:
                 continue
             self._check_switches(group)
-            places = [self._where(group_index, group, index) for index, _ in with_grads]
-            params = [param for _, param in with_grads]
-            arrays = [_param_array(param, where) for param, where in zip(params, places)]
-            grads = [_grad_array(param.grad, array, where) for param, array, where in zip(params, arrays, places)]
-            plan = self._plan(group_index, group, arrays)
-            for param, array, grad, where in zip(params, arrays, grads, places):
-                updates.append(Update(param, array, grad, plan, self._state_views(param, array, plan, where)))
+            plan = self._plan(group_index, group, [array for _, _, array, _ in checked])
+            for index, param, array, grad in checked:
+                state = self._state_views(param, array, plan, (group_index, group, index))
+                updates.append(Update(param, array, grad, plan, state))
         return updates
+
+    def _checked_arrays(self, group_index: int, group: dict[str, Any]) -> list[tuple]:
+        """(index, parameter, its view, its gradient's view) of each parameter of a group that has a gradient.
+        One quick test of the usual case; otherwise the checks that name the problem (or copy a non-contiguous
+        gradient, detach one that requires grad)."""
+        checked = []
+        for index, param in enumerate(group["params"]):
+            grad = param.grad
+            if grad is None:
+                continue
+            if (
+                param.is_cpu
+                and param.dtype in FLOAT_DTYPES
+                and param.layout == torch.strided
+                and param.is_contiguous()
+                and grad.layout == torch.strided
+                and not grad.requires_grad
+                and grad.is_contiguous()
+            ):
+                array, grad_array = param.detach().numpy(), grad.numpy()
+                if not np.may_share_memory(array, grad_array):
+                    checked.append((index, param, array, grad_array))
+                    continue
+            where = self._where(group_index, group, index)
+            array = _param_array(param, where)
+            checked.append((index, param, array, _grad_array(grad, array, where)))
+        return checked
 
     def _apply(self, backend: Backend, update: Update, hypers: dict[tuple[GroupPlan, int], dict]) -> None:
         """The kernel call of one parameter: its step t is its own count + 1 (PyTorch's per-parameter steps), the
         learning rate and scalars those of ``fastopt_class`` at step t (``hypers``: the ones made this step)."""
-        plan, views = update.plan, update.views
-        first = views is None
-        if first:
-            state = self.state[update.param] if plan.torch_names else {}  # PyTorch's SGD without momentum keeps none
-            self._complete_state(state, update.param, plan)
-            views = self._new_views(update.param, (update.param_array.dtype, update.param_array.shape), state, plan)
-        t = int(views["step"]) + 1 if self.counts_steps else (1 if first else 2)
+        plan, state = update.plan, update.state
+        first = state is None
+        if state is None:
+            tensors = self.state[update.param] if plan.torch_names else {}  # PyTorch's SGD without momentum: none
+            self._complete_state(tensors, update.param, plan)
+            state = self._new_views(update.param, (update.param_array.dtype, update.param_array.shape), tensors, plan)
+        t = int(state.views["step"]) + 1 if self.counts_steps else (1 if first else 2)
         hyper = hypers.get((plan, t))
         if hyper is None:
             plan.calculator.step_count = t  # the scalars of this parameter's step
-            hyper = plan.calculator._kernel_hyper(plan.hyper, base.decayed_lr(plan.hyper, t - 1), views)
+            hyper = plan.calculator._kernel_hyper(plan.hyper, base.decayed_lr(plan.hyper, t - 1), state.views)
             if plan.shares_hyper:
                 hypers[plan, t] = hyper
-        buffers = [views.get(name) for name in plan.kernel_buffers]
-        getattr(backend, plan.kernel_method)(update.param_array, update.grad_array, *buffers, hyper)
+        getattr(backend, plan.kernel_method)(update.param_array, update.grad_array, *state.buffers, hyper)
         if self.counts_steps:
-            views["step"][...] = t
+            state.views["step"][...] = t
 
     # ------------------------------------------------------------------ loading
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

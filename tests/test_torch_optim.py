@@ -606,6 +606,33 @@ def assert_same_state_dicts(mine: dict, other: dict) -> None:
         assert all(torch.equal(value, other["state"][index][key]) for key, value in entry.items())
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")
+def test_non_contiguous_and_graph_gradients_give_the_same_result(backend):
+    """A gradient that is not contiguous (read through a contiguous copy) or requires grad (backward with
+    create_graph) updates as a plain one does, bit for bit."""
+    models = make_model(), make_model(), make_model()
+    optimizers = [fastopt_torch.Adam(model.parameters(), lr=0.01) for model in models]
+    inputs, labels = torch.tensor(DATA_X[:BATCH]), torch.tensor(DATA_Y[:BATCH])
+    for model, optimizer, how in zip(models, optimizers, ("plain", "transposed", "graph")):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward(create_graph=how == "graph")
+        if how == "transposed":
+            model[0].weight.grad = model[0].weight.grad.t().contiguous().t()
+            assert not model[0].weight.grad.is_contiguous()
+        optimizer.step()
+    for other in models[1:]:
+        assert all(torch.equal(mine, theirs) for mine, theirs in zip(models[0].parameters(), other.parameters()))
+
+
+def test_a_gradient_sharing_the_parameters_memory_is_refused():
+    param = torch.nn.Parameter(torch.ones(4))
+    optimizer = fastopt_torch.SGD([param], lr=0.1)
+    param.grad = param.detach()
+    with pytest.raises(ValueError, match="shares memory with the parameter"):
+        optimizer.step()
+    assert torch.equal(param, torch.ones(4))
+
+
 def test_messages_name_named_parameters():
     """Given named parameters (PyTorch 2.x), a message names the parameter."""
     model = make_model()
