@@ -18,10 +18,11 @@ an in-place PyTorch operation would).
 
 Parameters must be dense, contiguous float32 or float64 CPU tensors. PyTorch's switches keep their defaults
 (``maximize=False``, ``foreach=None``, ``fused=None``, ``capturable=False``, ``differentiable=False``); another value
-is refused, naming why. A state_dict saved with ``foreach``, ``fused`` or ``capturable`` set (they only choose
-PyTorch's code) loads with them set back to the defaults. Step counts are tensors of PyTorch's dtype for them
-(float64 when that is the default dtype, else float32); NAdam's ``mu_product`` is kept in float64, where PyTorch
-keeps it in the same dtype as the step count.
+is refused, naming why; so are ``eps=0`` (fastopt's kernels need ``eps > 0``) and a loaded state no run makes (as
+``fastopt.optim``'s ``load_state_dict`` refuses it). A state_dict saved with ``foreach``, ``fused`` or
+``capturable`` set (they only choose PyTorch's code) loads with them set back to the defaults. Step counts are
+tensors of PyTorch's dtype for them (float64 when that is the default dtype, else float32); NAdam's ``mu_product``
+is kept in float64, where PyTorch keeps it in the same dtype as the step count.
 
 PyTorch is optional: ``import fastopt`` never imports it; ``import fastopt.torch`` needs it.
 """
@@ -170,6 +171,21 @@ def _check_state_tensor(buffer: object, shape: tuple[int, ...], dtype: torch.dty
         raise ValueError(f"{what} must be {needs} of shape {tuple(shape)}")
 
 
+def _check_possible(state: dict[str, Any], param: torch.Tensor, plan: GroupPlan, where: str) -> None:
+    """A loaded state is one a run of the group's optimizer can make (``fastopt.optim``'s check: sums and averages
+    of squares not negative, a centered variance not negative, NAdam's ``mu_product`` in (0, 1]), judged in the
+    dtype it will be cast to."""
+    arrays = {}
+    for name, torch_name in plan.torch_names.items():
+        if name != "step":
+            dtype = torch.float64 if name in plan.scalar_names else param.dtype
+            arrays[name] = state[torch_name].detach().to("cpu", dtype).numpy()
+    calculator = plan.calculator
+    problem = calculator._state_problem(arrays, param.detach().numpy().dtype)
+    if problem:
+        raise ValueError(f"the optimizer state of {where}: {problem}; no run of {type(calculator).__name__} makes that")
+
+
 class GroupPlan:
     """What steps need of a group's options, made again only when they change: the *calculator*, an instance of
     the ``fastopt.optim`` class made from the options (validated by it, with its messages), whose ``_kernel_hyper``
@@ -187,16 +203,19 @@ class GroupPlan:
         if optimizer.counts_steps:
             self.torch_names["step"] = "step"
         self.scalar_names = set(calculator.scalar_state)
+        # What a parameter's state views depend on (not the hyperparameters' values: a schedule changing lr each
+        # step keeps them).
+        self.state_layout = (tuple(self.torch_names.items()), tuple(self.kernel_buffers))
         # The scalars depend on the step alone (NAdam's also on the parameter's mu_product): made once per step.
         self.shares_hyper = not calculator.scalar_state
 
 
 class ViewCache(NamedTuple):
     """NumPy views of one parameter's state (fastopt's names, "step" too; ``buffers``: the kernel's state arguments
-    in order), valid while the group's plan, the parameter's dtype and shape and the state's tensors are the same
-    objects."""
+    in order), valid while the group plan's ``state_layout``, the parameter's dtype and shape and the state's tensors
+    are the same."""
 
-    plan: GroupPlan
+    state_layout: tuple
     layout: tuple[np.dtype, tuple[int, ...]]
     tensors: tuple[tuple[str, torch.Tensor], ...]
     views: dict[str, np.ndarray]
@@ -321,6 +340,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 scalar = name in plan.scalar_names
                 shape, dtype = ((), torch.float64) if scalar else (param.shape, param.dtype)
                 _check_state_tensor(state[name], shape, dtype, f"the optimizer state {name!r} of {where}", loading)
+        if loading and not missing:
+            _check_possible(state, param, plan, where)
         return not missing
 
     def _complete_state(self, state: dict[str, Any], param: torch.Tensor, plan: GroupPlan) -> None:
@@ -348,7 +369,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         cached, layout = self._views.get(param), (array.dtype, array.shape)
         if (
             cached is not None
-            and cached.plan is plan
+            and cached.state_layout == plan.state_layout
             and cached.layout == layout
             and all(state.get(name) is tensor for name, tensor in cached.tensors)
         ):
@@ -361,7 +382,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         tensors = tuple((torch_name, state[torch_name]) for torch_name in plan.torch_names.values())
         views = {name: state[torch_name].numpy() for name, torch_name in plan.torch_names.items()}
         buffers = tuple(views.get(name) for name in plan.kernel_buffers)
-        cached = self._views[param] = ViewCache(plan, layout, tensors, views, buffers)
+        cached = self._views[param] = ViewCache(plan.state_layout, layout, tensors, views, buffers)
         return cached
 
     # ------------------------------------------------------------------ stepping
