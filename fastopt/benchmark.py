@@ -1,7 +1,7 @@
 """``fastopt bench``: the same workload on every available implementation, in one process, interleaved.
 
 Implementations: fastopt's numpy and cython backends, and PyTorch (default, foreach and fused Adam; and the
-same PyTorch loop with ``fastopt.torch.Adam``) and scikit-learn's ``MLPClassifier`` when they are installed
+same PyTorch loop or step with ``fastopt.torch.Adam``) and scikit-learn's ``MLPClassifier`` when they are installed
 (never required). Each round runs every implementation once, in turn, so that the machine's noise falls on all
 of them alike; the report gives medians, spreads (min-max), ratios, and each median as a multiple of the
 workload's physical floor: its bytes moved at the measured memory bandwidth plus its GEMM FLOPs at the measured
@@ -149,16 +149,19 @@ def _torch_epoch_cases(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[st
                 criterion(net(inputs[rows]), labels[rows]).backward()
                 optimizer.step()
 
-        name = (
-            f"pytorch {torch.__version__} + {FASTOPT_TORCH} Adam"
-            if variant == FASTOPT_TORCH
-            else f"pytorch {torch.__version__} ({variant} Adam)"
-        )
-        cases[name] = epoch
+        cases[_torch_adam_label(variant)] = epoch
     return cases
 
 
 FASTOPT_TORCH = "fastopt.torch"  # the PyTorch loop with fastopt.torch.Adam: fastopt's kernel on PyTorch's tensors
+
+
+def _torch_adam_label(variant: str) -> str:
+    import torch
+
+    if variant == FASTOPT_TORCH:
+        return f"pytorch {torch.__version__} + {FASTOPT_TORCH} Adam"
+    return f"pytorch {torch.__version__} ({variant} Adam)"
 
 
 def _torch_adam(variant: str, params: Any) -> Any:
@@ -196,12 +199,10 @@ def _torch_optim_cases(n: int) -> dict[str, Callable[[], object]]:
     import torch
 
     cases: dict[str, Callable[[], object]] = {}
-    for variant in ("default", "foreach", "fused"):
+    for variant in ("default", "foreach", "fused", FASTOPT_TORCH):
         param = torch.nn.Parameter(torch.zeros(n))
         param.grad = torch.full((n,), 1e-3)
-        options = {"foreach": False} if variant == "default" else {variant: True}
-        optimizer = torch.optim.Adam([param], lr=1e-3, **options)
-        cases[f"pytorch {torch.__version__} ({variant} Adam)"] = optimizer.step
+        cases[_torch_adam_label(variant)] = _torch_adam(variant, [param]).step
     return cases
 
 

@@ -171,6 +171,10 @@ def _check_state_tensor(buffer: object, shape: tuple[int, ...], dtype: torch.dty
         raise ValueError(f"{what} must be {needs} of shape {tuple(shape)}")
 
 
+def _memory_of(tensors: tuple[tuple[str, torch.Tensor], ...]) -> list[tuple[int, torch.Size]]:
+    return [(tensor.data_ptr(), tensor.shape) for _, tensor in tensors]
+
+
 def _check_possible(state: dict[str, Any], param: torch.Tensor, plan: GroupPlan, where: str) -> None:
     """A loaded state is one a run of the group's optimizer can make (``fastopt.optim``'s check: sums and averages
     of squares not negative, a centered variance not negative, NAdam's ``mu_product`` in (0, 1]), judged in the
@@ -212,12 +216,14 @@ class GroupPlan:
 
 class ViewCache(NamedTuple):
     """NumPy views of one parameter's state (fastopt's names, "step" too; ``buffers``: the kernel's state arguments
-    in order), valid while the group plan's ``state_layout``, the parameter's dtype and shape and the state's tensors
-    are the same."""
+    in order), valid while the group plan's ``state_layout``, the parameter's dtype and shape, the state's tensors
+    and their memory (``memory``: each one's address and shape; ``tensor.data = ...`` or ``resize_`` keep the tensor
+    object but may free the memory a view reads) are the same."""
 
     state_layout: tuple
     layout: tuple[np.dtype, tuple[int, ...]]
     tensors: tuple[tuple[str, torch.Tensor], ...]
+    memory: list[tuple[int, torch.Size]]
     views: dict[str, np.ndarray]
     buffers: tuple[np.ndarray | None, ...]
 
@@ -372,6 +378,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             and cached.state_layout == plan.state_layout
             and cached.layout == layout
             and all(state.get(name) is tensor for name, tensor in cached.tensors)
+            and _memory_of(cached.tensors) == cached.memory
         ):
             return cached
         if not self._check_state(state, param, plan, self._where(*place), loading=False):
@@ -382,7 +389,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         tensors = tuple((torch_name, state[torch_name]) for torch_name in plan.torch_names.values())
         views = {name: state[torch_name].numpy() for name, torch_name in plan.torch_names.items()}
         buffers = tuple(views.get(name) for name in plan.kernel_buffers)
-        cached = self._views[param] = ViewCache(plan.state_layout, layout, tensors, views, buffers)
+        cached = self._views[param] = ViewCache(plan.state_layout, layout, tensors, _memory_of(tensors), views, buffers)
         return cached
 
     # ------------------------------------------------------------------ stepping
@@ -430,6 +437,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 and param.dtype in FLOAT_DTYPES
                 and param.layout == torch.strided
                 and param.is_contiguous()
+                and grad.is_cpu
+                and grad.dtype == param.dtype
+                and grad.shape == param.shape  # grad.data = ... can change them
                 and grad.layout == torch.strided
                 and not grad.requires_grad
                 and grad.is_contiguous()

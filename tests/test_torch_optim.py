@@ -699,6 +699,44 @@ def test_a_gradient_sharing_the_parameters_memory_is_refused():
     assert torch.equal(param, torch.ones(4))
 
 
+@pytest.mark.parametrize(
+    ("swapped", "match"),
+    [
+        pytest.param(
+            lambda: torch.zeros(3, dtype=torch.float32), r"is float32 \(3,\), the parameter float32 \(10,\)", id="shape"
+        ),
+        pytest.param(lambda: torch.zeros(10, dtype=torch.float64), "is float64 .* the parameter float32", id="dtype"),
+    ],
+)
+def test_a_gradient_swapped_through_data_is_checked(swapped, match):
+    """``param.grad.data = ...`` can give a gradient another shape or dtype than its parameter (PyTorch checks
+    only on ``param.grad = ...``): refused (never read out of bounds), nothing changes."""
+    param = torch.nn.Parameter(torch.zeros(10, dtype=torch.float32))
+    optimizer = fastopt_torch.Adam([param], lr=0.1)
+    param.grad = torch.ones(10, dtype=torch.float32)
+    optimizer.step()
+    before = param.detach().clone()
+    param.grad.data = swapped()
+    with pytest.raises(ValueError, match=match):
+        optimizer.step()
+    assert torch.equal(param, before)
+
+
+def test_state_memory_swapped_through_data_is_followed():
+    """``state[p]["exp_avg"].data = ...`` keeps the tensor but not its memory: the next step updates the new
+    memory (the old may be freed), and one of another shape is refused."""
+    param = torch.nn.Parameter(torch.zeros(10))
+    optimizer = fastopt_torch.Adam([param], lr=0.1, betas=(0.5, 0.999))
+    param.grad = torch.ones(10)
+    optimizer.step()
+    optimizer.state[param]["exp_avg"].data = torch.full((10,), 3.0)
+    optimizer.step()
+    assert torch.equal(optimizer.state[param]["exp_avg"], torch.full((10,), 2.0))  # 0.5 * 3 + 0.5 * 1
+    optimizer.state[param]["exp_avg"].data = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"'exp_avg' .* of shape \(10,\)"):
+        optimizer.step()
+
+
 def test_messages_name_named_parameters():
     """Given named parameters (PyTorch 2.x), a message names the parameter."""
     model = make_model()
