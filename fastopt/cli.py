@@ -18,8 +18,6 @@ from fastopt._io import check_replaceable
 from fastopt.backend import available_backends, backend_problems, get_backend
 from fastopt.model import MODEL_FILE_KIND, Sequential
 
-DATASETS = ("mini", "fashion-mnist", "mnist", "xor")
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line and exits with status 2."""
@@ -166,19 +164,8 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     _add_debug_option(bench, argparse.SUPPRESS)
 
 
-def _load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if name == "mini":
-        return datasets.mini()
-    if name == "fashion-mnist":
-        return datasets.load_fashion_mnist()
-    if name == "mnist":
-        return datasets.load_mnist()
-    if name == "xor":
-        X, y = datasets.xor()
-        return X, y, X, y
-    if Path(name).is_dir():
-        return datasets.load_fashion_mnist(name)
-    raise ValueError(f"--dataset must be one of {', '.join(DATASETS)} or a folder of IDX files, got {name!r}")
+def _load_dataset(name: str) -> datasets.Dataset:
+    return datasets.load(name)
 
 
 def _make_optimizer(args: argparse.Namespace) -> optim.Optimizer:
