@@ -205,11 +205,21 @@ def dask_client(scheduler: object, workers: int | None) -> Iterator[Any]:
             yield client
 
 
-def _dask_records(runs: list[RunSpec], directory: Path, scheduler: object, workers: int | None) -> Iterator[dict]:
+def worker_configs(client: Any) -> list[dict[str, Any]]:
+    """``fastopt.show_config()`` of every worker: each distinct text once, with the workers that printed it."""
+    groups: dict[str, list[str]] = {}
+    for address, text in client.run(config_text).items():
+        groups.setdefault(text, []).append(address)
+    return [{"workers": sorted(addresses), "config": text} for text, addresses in groups.items()]
+
+
+def _dask_records(runs: list[RunSpec], writer: ResultsWriter, scheduler: object, workers: int | None) -> Iterator[dict]:
     """Submit one task per run (keyed by its run id) and yield the records as the tasks finish; the tasks left are
-    cancelled if the caller stops early."""
+    cancelled if the caller stops early. The workers' configurations go into ``study.json``."""
     distributed = _distributed()
+    directory = writer.directory
     with dask_client(scheduler, workers) as client:
+        writer.about["worker_config"] = worker_configs(client)
         futures = client.map(train_run, runs, directory=str(directory), version=__version__,
                              key=[f"fastopt-run-{run.run_id}" for run in runs])  # fmt: skip
         try:
@@ -255,7 +265,9 @@ def _check_scheduler(scheduler: object, workers: int | None) -> None:
     if workers is not None and scheduler is not None:
         raise ValueError("workers applies to the local cluster (no scheduler given) only")
     if scheduler is not None and not isinstance(scheduler, str) and not hasattr(scheduler, "submit"):
-        raise TypeError(f"scheduler must be None, 'serial', an address, a scheduler file or a Client, got {scheduler!r}")
+        raise TypeError(
+            f"scheduler must be None, 'serial', an address, a scheduler file or a Client, got {scheduler!r}"
+        )
 
 
 def run_study(study: Study, out: str | os.PathLike[str], scheduler: object = None, workers: int | None = None,
@@ -271,7 +283,7 @@ def run_study(study: Study, out: str | os.PathLike[str], scheduler: object = Non
     writer.write()
     if pending:
         source = (_serial_records(pending, directory) if scheduler == "serial"
-                  else _dask_records(pending, directory, scheduler, workers))  # fmt: skip
+                  else _dask_records(pending, writer, scheduler, workers))  # fmt: skip
         with tqdm(total=len(runs), initial=len(records), desc=study.name, unit="run", disable=not progress) as bar:
             for record in source:
                 writer.add(record)

@@ -325,6 +325,9 @@ class Study:
             raise TypeError(f"optimizers must be a non-empty list of tables, got {self.optimizers!r}")
         grids = tuple(entry if isinstance(entry, OptimizerGrid) else OptimizerGrid.parse(entry, f"optimizers[{i}]")
                       for i, entry in enumerate(self.optimizers))  # fmt: skip
+        labels = [grid.label for grid in grids]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"two optimizers share a label ({labels}): give each its own label")
         validation = _validation(self.validation)
         metric = _choice(self.metric, METRICS if validation is not None else METRICS[:2], "metric")
         checked = {
@@ -432,7 +435,9 @@ def _toml_module() -> Any:
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
-            raise ValueError("reading a TOML spec needs Python 3.11 or the tomli package; or write it as JSON") from None
+            raise ValueError(
+                "reading a TOML spec needs Python 3.11 or the tomli package; or write it as JSON"
+            ) from None
     return tomllib
 
 
