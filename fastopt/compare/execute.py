@@ -35,6 +35,7 @@ from fastopt._version import __version__
 from fastopt.backend import available_backends, resolve_backend
 from fastopt.compare.spec import RunSpec, Study
 from fastopt.compare.task import RUNS_FOLDER, read_record, train_run
+from fastopt.history import COMPLETED
 
 RESULTS_FILE, STUDY_FILE, REPORT_FILE = "results.csv", "study.json", "report.html"
 STUDY_FORMAT = 1  # study.json's "fastopt_study": marks a folder fastopt compare wrote
@@ -82,9 +83,12 @@ def prepare_folder(out: str | os.PathLike[str]) -> Path:
 
 
 def read_study_file(directory: Path) -> dict[str, Any]:
+    """A study folder's ``study.json``; a folder without one, or with another file by that name, is refused."""
     path = directory / STUDY_FILE
     try:
         study = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{directory} is not a study folder of fastopt compare: it has no study.json") from None
     except ValueError as exc:
         raise ValueError(f"{path} is not a study.json of fastopt compare: {exc}") from None
     if not isinstance(study, dict) or study.get("fastopt_study") != STUDY_FORMAT:
@@ -128,6 +132,13 @@ def results_csv(runs: Sequence[RunSpec], records: dict[str, dict[str, Any]]) -> 
     return text.getvalue()
 
 
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
 class ResultsWriter:
     """Keeps the records of the finished runs and rewrites ``results.csv`` then ``study.json`` atomically, at most
     every ``min_interval`` seconds while runs finish (a study of 10,000 runs would otherwise spend its time
@@ -145,8 +156,15 @@ class ResultsWriter:
             self.write()
 
     def write(self) -> None:
-        write_text_atomic(self.directory / RESULTS_FILE, results_csv(self.runs, self.records))
-        write_text_atomic(self.directory / STUDY_FILE, json.dumps(self.study_json(), indent=2) + "\n")
+        """Replace results.csv and study.json where their content changed (a rerun that trains nothing leaves
+        both as they were, unless it runs elsewhere: study.json names the scheduler)."""
+        results = results_csv(self.runs, self.records)
+        if _read_text(self.directory / RESULTS_FILE) != results:
+            write_text_atomic(self.directory / RESULTS_FILE, results)
+        study = self.study_json()
+        previous = _read_text(self.directory / STUDY_FILE)
+        if previous is None or dict(json.loads(previous), updated=study["updated"]) != study:
+            write_text_atomic(self.directory / STUDY_FILE, json.dumps(study, indent=2) + "\n")
         self.written = time.monotonic()
 
     def study_json(self) -> dict[str, Any]:
@@ -154,7 +172,7 @@ class ResultsWriter:
         return {
             "fastopt_study": STUDY_FORMAT, "name": self.study.name, "fastopt": __version__, **self.about,
             "spec": self.study.to_dict(), "runs": len(self.runs), "finished": len(finished),
-            "stopped_early": sum(record["stop_reason"] != "completed" for record in finished),
+            "stopped_early": sum(record["stop_reason"] != COMPLETED for record in finished),
             "columns": {"hyperparameters": hyperparameter_columns(self.runs), "metrics": metric_columns(finished)},
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }  # fmt: skip
@@ -289,5 +307,5 @@ def run_study(study: Study, out: str | os.PathLike[str], scheduler: object = Non
                 writer.add(record)
                 bar.update()
         writer.write()
-    stopped = sum(record["stop_reason"] != "completed" for record in writer.records.values())
+    stopped = sum(record["stop_reason"] != COMPLETED for record in writer.records.values())
     return StudyResult(directory, len(runs), len(records), len(pending), stopped)

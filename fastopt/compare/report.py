@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fastopt.compare.execute import REPORT_FILE, RESULTS_FILE, read_study_file
+from fastopt.history import COMPLETED
 
 REFERENCE_BACKEND = "numpy"
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
@@ -51,7 +52,9 @@ class RunCurves:
     def final(self, metric: str, epochs: int) -> float:
         """The metric after the last epoch; NaN for a run that ended early."""
         values = self.metrics.get(metric)
-        return float(values[-1]) if values is not None and len(values) == epochs else math.nan
+        if values is None or len(values) != epochs or self.stop_reason != COMPLETED:
+            return math.nan
+        return float(values[-1])
 
 
 def _number(text: str) -> float:
@@ -480,8 +483,6 @@ def write_report(directory: str | os.PathLike[str], images: str | os.PathLike[st
     from fastopt._io import write_text_atomic
 
     folder = Path(directory)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no study folder {folder}")
     study = read_study_file(folder)
     runs = read_runs(folder, study)
     image_folder = Path(images) if images is not None else None
