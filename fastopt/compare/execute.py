@@ -9,7 +9,8 @@ reschedules the task of a worker that died (the scheduler retries a task whose w
 
 Threads: a task sets fastopt's kernels and BLAS to the run's ``threads`` (1) before training, and the workers of the
 ``LocalCluster`` are started by Dask's nanny with ``OMP_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1`` and
-``MKL_NUM_THREADS=1`` (``distributed.nanny.pre-spawn-environ``): one worker process per core, one thread each.
+``MKL_NUM_THREADS=1`` (``distributed.nanny.pre-spawn-environ``): one worker process per core, one thread each. (The
+nanny starts each worker as a fresh process, never a fork, so fastopt's kernels keep OpenMP there.)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -140,24 +142,25 @@ def _read_text(path: Path) -> str | None:
 
 
 class ResultsWriter:
-    """Keeps the records of the finished runs and rewrites ``results.csv`` then ``study.json`` atomically, at most
-    every ``min_interval`` seconds while runs finish (a study of 10,000 runs would otherwise spend its time
-    rewriting them), and once more at the end (``write``)."""
+    """Keeps the records of the finished runs and rewrites ``results.csv`` then ``study.json`` atomically as runs
+    finish: at most every ``min_interval`` seconds, or every 20 times as long as the last rewrite took (a study of
+    10,000 runs would otherwise spend its time rewriting them), and once more at the end (``write``)."""
 
     def __init__(self, directory: Path, study: Study, records: dict[str, dict[str, Any]], about: dict[str, Any],
                  min_interval: float = 2.0) -> None:  # fmt: skip
         self.directory, self.study, self.records, self.about = directory, study, records, about
         self.runs = study.runs()
-        self.min_interval, self.written = min_interval, -float("inf")
+        self.min_interval, self.written, self.took = min_interval, -math.inf, 0.0
 
     def add(self, record: dict[str, Any]) -> None:
         self.records[record["run_id"]] = record
-        if time.monotonic() - self.written >= self.min_interval:
+        if time.monotonic() - self.written >= max(self.min_interval, 20 * self.took):
             self.write()
 
     def write(self) -> None:
         """Replace results.csv and study.json where their content changed (a rerun that trains nothing leaves
         both as they were, unless it runs elsewhere: study.json names the scheduler)."""
+        started = time.monotonic()
         results = results_csv(self.runs, self.records)
         if _read_text(self.directory / RESULTS_FILE) != results:
             write_text_atomic(self.directory / RESULTS_FILE, results)
@@ -166,6 +169,7 @@ class ResultsWriter:
         if previous is None or dict(json.loads(previous), updated=study["updated"]) != study:
             write_text_atomic(self.directory / STUDY_FILE, json.dumps(study, indent=2) + "\n")
         self.written = time.monotonic()
+        self.took = self.written - started
 
     def study_json(self) -> dict[str, Any]:
         finished = [self.records[run.run_id] for run in self.runs if run.run_id in self.records]
@@ -302,10 +306,12 @@ def run_study(study: Study, out: str | os.PathLike[str], scheduler: object = Non
     if pending:
         source = (_serial_records(pending, directory) if scheduler == "serial"
                   else _dask_records(pending, writer, scheduler, workers))  # fmt: skip
-        with tqdm(total=len(runs), initial=len(records), desc=study.name, unit="run", disable=not progress) as bar:
-            for record in source:
-                writer.add(record)
-                bar.update()
-        writer.write()
+        try:
+            with tqdm(total=len(runs), initial=len(records), desc=study.name, unit="run", disable=not progress) as bar:
+                for record in source:
+                    writer.add(record)
+                    bar.update()
+        finally:  # what finished is in results.csv even when a run fails or the study is interrupted
+            writer.write()
     stopped = sum(record["stop_reason"] != COMPLETED for record in writer.records.values())
     return StudyResult(directory, len(runs), len(records), len(pending), stopped)

@@ -293,7 +293,7 @@ def curves_figure(section: Section) -> Any:
         axis.set_xlabel("epoch", fontsize=9)
         axis.tick_params(labelsize=8)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[1 if val else 0].legend(fontsize=8)  # training loss: its upper right stays empty
     figure.suptitle(f"{section.title}: best setting per optimizer, mean ± 1 std over seeds", fontsize=10)
     figure.tight_layout()
     return figure
@@ -319,28 +319,60 @@ def _by_learning_rate(settings: Sequence[Setting], metric: str, epochs: int) -> 
     return dict(sorted(chosen.items()))
 
 
+def _focus_near_the_best(axis: Any, points: list[tuple[str, float, float, float]], higher: bool) -> list:
+    """Limit the y axis to the points near the best when some lie far off (a rate that nearly diverged would
+    squash the others into one line): far means beyond three times the distance from the best to the lower
+    quartile (the upper one for a loss). The points are (colour, rate, mean, std); returns the far ones."""
+    values = np.array([point[2] for point in points]) * (1.0 if higher else -1.0)
+    if values.size < 4:
+        return []
+    quartile = np.percentile(values, 25)
+    far = values < quartile - 3 * (values.max() - quartile)
+    if not far.any() or far.all():
+        return []
+    near = [(mean - std, mean + std) for (_, _, mean, std), is_far in zip(points, far) if not is_far]
+    low, high = min(low for low, _ in near), max(high for _, high in near)
+    margin = 0.05 * (high - low) or 0.01 * abs(high) or 1.0
+    axis.set_ylim(low - margin, high + margin)
+    return [point for point, is_far in zip(points, far) if is_far]
+
+
+def _mark_at_edge(axis: Any, points: list[tuple], top: bool, marker: str) -> None:
+    """Points (colour, rate, value or None, ...) drawn on the top or bottom edge of the axis (off its range, or with
+    no value), their value beside them."""
+    edge = axis.get_ylim()[1 if top else 0]
+    for color, lr, value, *_ in points:
+        axis.plot([lr], [edge], marker=marker, color=color, markersize=9, clip_on=False, linestyle="none")
+        if value is not None:
+            axis.annotate(f"{value:.3g}", (lr, edge), textcoords="offset points", xytext=(-34, -12 if top else 4),
+                          color=color, fontsize=8)  # fmt: skip
+
+
 def sensitivity_figure(section: Section) -> Any:
     """The final metric against the learning rate (log axis), one line per optimizer: mean over seeds with error
-    bars of one standard deviation; a rate where a run ended early (NaN or Inf) is marked x on the bottom axis."""
-    figure = _figure_class()(figsize=(6.4, 4.0))
+    bars of one standard deviation. A rate far worse than the others is drawn on the axis edge with its value (a
+    triangle), and one where a run ended early (NaN or Inf) as x on the edge of the worse values."""
+    figure = _figure_class()(figsize=(6.4, 4.2))
     axis = figure.subplots()
-    ended: list[tuple[str, float]] = []
+    points, ended = [], []
     for color, optimizer in zip(COLORS, section.optimizers()):
         own = [setting for setting in section.settings if setting.optimizer == optimizer]
         by_rate = _by_learning_rate(own, section.metric, section.epochs)
         finite = {lr: s for lr, s in by_rate.items() if math.isfinite(s.score(section.metric, section.epochs))}
-        ended += [(color, lr) for lr in by_rate if lr not in finite]
+        ended += [(color, lr, None) for lr in by_rate if lr not in finite]
         finals = [s.finals(section.metric, section.epochs) for s in finite.values()]
         axis.errorbar(list(finite), [f.mean() for f in finals], yerr=[f.std(ddof=1) if len(f) > 1 else 0.0
                       for f in finals], color=color, marker="o", capsize=3, label=optimizer)  # fmt: skip
-    bottom = axis.get_ylim()[0]
-    for color, lr in ended:
-        axis.plot([lr], [bottom], marker="x", color=color, markersize=9, clip_on=False, linestyle="none")
-    axis.set_ylim(bottom=bottom)
+        points += [(color, lr, float(f.mean()), float(f.std(ddof=1)) if len(f) > 1 else 0.0)
+                   for lr, f in zip(finite, finals)]  # fmt: skip
+    higher = higher_is_better(section.metric)
+    far = _focus_near_the_best(axis, points, higher)
+    _mark_at_edge(axis, far, top=not higher, marker="^" if not higher else "v")
+    _mark_at_edge(axis, ended, top=not higher, marker="x")
     axis.set_xscale("log")
     axis.set_xlabel("learning rate" + (" (x: a run ended early on NaN/Inf)" if ended else ""), fontsize=9)
     axis.set_ylabel(f"final {section.metric_name()}", fontsize=9)
-    axis.set_title(f"{section.title}: learning-rate sensitivity, mean ± 1 std over seeds", fontsize=10)
+    axis.set_title(f"{section.title}\nlearning-rate sensitivity: mean ± 1 std over seeds", fontsize=10)
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -400,8 +432,11 @@ def sections(study: dict[str, Any], runs: Sequence[RunCurves]) -> list[Section]:
     spec = study["spec"]
     val_name = {"test": "test", None: None}.get(spec["validation"], "validation")
     given = {
-        entry["label"]: [k for k in entry if k not in ("name", "label", "schedule")] for entry in spec["optimizers"]
-    }
+        entry["label"]: sorted(
+            (key for key in entry if key not in ("name", "label", "schedule")), key=lambda key: (key != "lr", key)
+        )
+        for entry in spec["optimizers"]
+    }  # lr first
     keys = list(dict.fromkeys((*run.section, run.backend) for run in runs))
     return [Section(", ".join(key), group_settings([run for run in runs if (*run.section, run.backend) == key]),
                     spec["metric"], spec["epochs"], val_name, given, spec["threshold"]) for key in keys]  # fmt: skip
@@ -411,7 +446,8 @@ def _section_html(section: Section, images: Path | None) -> str:
     parts = [f"<h2>{html.escape(section.title)}</h2>\n", _table_html(*section.best_table())]
     if section.best:
         parts.append(_image_html(curves_figure(section), f"{_slug(section.title)}-curves", images))
-    if any(math.isfinite(setting.lr()) for setting in section.settings):
+    rates = [{s.lr() for s in section.settings if s.optimizer == name} for name in section.optimizers()]
+    if any(len(found) > 1 for found in rates):  # a learning-rate grid to draw
         parts.append(_image_html(sensitivity_figure(section), f"{_slug(section.title)}-lr", images))
     return "".join(parts)
 
