@@ -322,12 +322,13 @@ def _by_learning_rate(settings: Sequence[Setting], metric: str, epochs: int) -> 
 def _focus_near_the_best(axis: Any, points: list[tuple[str, float, float, float]], higher: bool) -> list:
     """Limit the y axis to the points near the best when some lie far off (a rate that nearly diverged would
     squash the others into one line): far means beyond three times the distance from the best to the lower
-    quartile (the upper one for a loss). The points are (colour, rate, mean, std); returns the far ones."""
+    quartile (the upper one for a loss), or 5% of the best, whichever is larger. The points are (colour, rate, mean,
+    std); returns the far ones."""
     values = np.array([point[2] for point in points]) * (1.0 if higher else -1.0)
     if values.size < 4:
         return []
     quartile = np.percentile(values, 25)
-    far = values < quartile - 3 * (values.max() - quartile)
+    far = values < quartile - 3 * max(values.max() - quartile, 0.05 * abs(values.max()))
     if not far.any() or far.all():
         return []
     near = [(mean - std, mean + std) for (_, _, mean, std), is_far in zip(points, far) if not is_far]
@@ -344,8 +345,26 @@ def _mark_at_edge(axis: Any, points: list[tuple], top: bool, marker: str) -> Non
     for color, lr, value, *_ in points:
         axis.plot([lr], [edge], marker=marker, color=color, markersize=9, clip_on=False, linestyle="none")
         if value is not None:
-            axis.annotate(f"{value:.3g}", (lr, edge), textcoords="offset points", xytext=(-34, -12 if top else 4),
-                          color=color, fontsize=8)  # fmt: skip
+            axis.annotate(f"{value:.3g}", (lr, edge), textcoords="offset points", xytext=(0, -16 if top else 8),
+                          color=color, fontsize=8, ha="center")  # fmt: skip
+
+
+def _plot_rates(axis: Any, section: Section, optimizer: str, color: str) -> tuple[list[tuple], list[tuple]]:
+    """One optimizer's line of the sensitivity figure; returns its points (colour, rate, mean, std) and the rates
+    where a run ended early (colour, rate, None)."""
+    own = [setting for setting in section.settings if setting.optimizer == optimizer]
+    by_rate = _by_learning_rate(own, section.metric, section.epochs)
+    finite = {lr: s for lr, s in by_rate.items() if math.isfinite(s.score(section.metric, section.epochs))}
+    finals = [s.finals(section.metric, section.epochs) for s in finite.values()]
+    spreads = [float(f.std(ddof=1)) if len(f) > 1 else 0.0 for f in finals]
+    means = np.array([f.mean() for f in finals])
+    low, high = means - spreads, means + spreads
+    if "accuracy" in section.metric:  # the bars stay where accuracy can be
+        low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+    axis.errorbar(list(finite), means, yerr=[means - low, high - means], color=color, marker="o", capsize=3,
+                  label=optimizer)  # fmt: skip
+    points = [(color, lr, float(mean), spread) for lr, mean, spread in zip(finite, means, spreads)]
+    return points, [(color, lr, None) for lr in by_rate if lr not in finite]
 
 
 def sensitivity_figure(section: Section) -> Any:
@@ -356,15 +375,8 @@ def sensitivity_figure(section: Section) -> Any:
     axis = figure.subplots()
     points, ended = [], []
     for color, optimizer in zip(COLORS, section.optimizers()):
-        own = [setting for setting in section.settings if setting.optimizer == optimizer]
-        by_rate = _by_learning_rate(own, section.metric, section.epochs)
-        finite = {lr: s for lr, s in by_rate.items() if math.isfinite(s.score(section.metric, section.epochs))}
-        ended += [(color, lr, None) for lr in by_rate if lr not in finite]
-        finals = [s.finals(section.metric, section.epochs) for s in finite.values()]
-        axis.errorbar(list(finite), [f.mean() for f in finals], yerr=[f.std(ddof=1) if len(f) > 1 else 0.0
-                      for f in finals], color=color, marker="o", capsize=3, label=optimizer)  # fmt: skip
-        points += [(color, lr, float(f.mean()), float(f.std(ddof=1)) if len(f) > 1 else 0.0)
-                   for lr, f in zip(finite, finals)]  # fmt: skip
+        found, failed = _plot_rates(axis, section, optimizer, color)
+        points, ended = points + found, ended + failed
     higher = higher_is_better(section.metric)
     far = _focus_near_the_best(axis, points, higher)
     _mark_at_edge(axis, far, top=not higher, marker="^" if not higher else "v")
