@@ -190,7 +190,9 @@ def _add_compare_command(commands: argparse._SubParsersAction) -> None:
         "--scheduler", metavar="ADDRESS", help="a Dask scheduler's address (tcp://host:8786) or scheduler file "
         "(default: a local cluster of single-threaded worker processes)",
     )  # fmt: skip
-    compare.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: cores)")
+    compare.add_argument(
+        "--workers", type=_positive_int, help="worker processes of the local cluster (default: one per physical core)"
+    )
     compare.add_argument("--seeds", type=_positive_int, help="seeds 0..K-1 instead of the spec's")
     compare.add_argument("--epochs", type=_positive_int, help="epochs per run instead of the spec's")
     compare.add_argument("--dataset", help="mini, fashion-mnist, mnist, xor or a folder of IDX files, for every run")

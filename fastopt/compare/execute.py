@@ -209,6 +209,19 @@ def _connected(distributed: Any, scheduler: str) -> Iterator[Any]:
         yield client
 
 
+def default_workers() -> int:
+    """One worker per physical core this process may use (a second hardware thread of a core adds little to
+    GEMM-bound training and slows its sibling)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        import psutil  # a dependency of dask.distributed
+
+        physical = psutil.cpu_count(logical=False) or available
+    except ImportError:
+        physical = available
+    return max(1, min(available, physical))
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: object, workers: int | None) -> Iterator[Any]:
     """A ``distributed.Client``: the one given, one of a new ``LocalCluster`` (``workers`` processes of one thread,
@@ -217,7 +230,7 @@ def dask_client(scheduler: object, workers: int | None) -> Iterator[Any]:
     if isinstance(scheduler, distributed.Client):
         yield scheduler
     elif scheduler is None:
-        count = workers or os.cpu_count() or 1
+        count = workers or default_workers()
         with distributed.LocalCluster(n_workers=count, threads_per_worker=1, processes=True, host="127.0.0.1",
                                       dashboard_address=None, silence_logs=logging.ERROR) as cluster:  # fmt: skip
             with distributed.Client(cluster) as client:
@@ -274,7 +287,7 @@ def _serial_records(runs: list[RunSpec], directory: Path) -> Iterator[dict]:
 
 def describe_scheduler(scheduler: object, workers: int | None) -> str:
     if scheduler is None:
-        return f"a local Dask cluster of {workers or os.cpu_count() or 1} single-threaded worker processes"
+        return f"a local Dask cluster of {workers or default_workers()} single-threaded worker processes"
     if scheduler == "serial":
         return "this process, one run after another"
     address = getattr(getattr(scheduler, "scheduler", None), "address", None)
