@@ -5,6 +5,8 @@ process), resumable after any failure, with tidy results and a report.
 one task, ``fastopt.compare.task``), ``write_report`` draws ``report.html`` (``fastopt.compare.report``).
 """
 
+from fastopt.compare.execute import StudyResult
+from fastopt.compare.report import write_report
 from fastopt.compare.spec import PRESETS, RunSpec, Study
 
-__all__ = ["PRESETS", "RunSpec", "Study"]
+__all__ = ["PRESETS", "RunSpec", "Study", "StudyResult", "write_report"]

@@ -71,7 +71,7 @@ def prepare_folder(out: str | os.PathLike[str]) -> Path:
     ``report.html`` that no ``study.json`` of fastopt's vouches for is refused: those files are not replaced."""
     directory = Path(out).expanduser().resolve()
     if directory.exists() and not directory.is_dir():
-        raise ValueError(f"--out {out}: not a folder")
+        raise ValueError(f"{out} is not a folder")
     study_file = directory / STUDY_FILE
     if study_file.exists():
         read_study_file(directory)  # refuses a study.json fastopt did not write
