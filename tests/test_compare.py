@@ -192,14 +192,24 @@ def test_a_serial_study_writes_tidy_results_and_a_rerun_does_no_work(tmp_path):
 
 
 def test_serial_runs_restore_the_callers_thread_settings(tmp_path):
-    from threadpoolctl import threadpool_info
+    """The runs use 1 thread (their ``threads``); the caller's 2 threads are back afterwards."""
+    from threadpoolctl import threadpool_limits
 
     import fastopt
+    from fastopt.backend import resolve_backend
+    from fastopt.compare.task import thread_counts
 
-    fastopt.set_num_threads(2)
-    before = [pool["num_threads"] for pool in threadpool_info()]
-    tiny_study(seeds=1, epochs=2).run(tmp_path, scheduler="serial", progress=False)
-    assert [pool["num_threads"] for pool in threadpool_info()] == before
+    kernels = thread_counts("numpy").get("fastopt")
+    with threadpool_limits(limits=None):  # puts this process's BLAS threads back at the end
+        try:
+            fastopt.set_num_threads(2)
+            before = thread_counts("numpy")
+            tiny_study(seeds=1, epochs=2).run(tmp_path, scheduler="serial", progress=False)
+            assert thread_counts("numpy") == before
+        finally:
+            if kernels is not None:
+                resolve_backend("cython").set_num_threads(kernels)
+    assert all(record["threads"]["blas"] == 1 for record in records(tmp_path).values())
 
 
 def test_a_diverging_run_is_recorded_and_the_study_goes_on(tmp_path):
