@@ -446,7 +446,7 @@ class Sequential:
         ``callbacks``: ``fastopt.callbacks`` objects (Keras's protocol; ``EarlyStopping``, ``ModelCheckpoint``,
         ``ReduceLROnPlateau``, ``LearningRateScheduler``, ``CSVLogger``, ``TerminateOnNaN``) and learning-rate
         schedulers of ``fastopt.optim.lr_scheduler``; a callback can stop the run. ``on_epoch_end(epoch, logs)``
-        (epoch numbered from 1) is called after each epoch. ``verbose=1`` prints a line per epoch (Keras's),
+        (epoch numbered from 1) is called after each epoch. ``verbose=1`` (or 2) prints a line per epoch (Keras's),
         ``progress=True`` shows a progress bar over each epoch's batches.
 
         ``clip_norm`` scales the gradients so that their global L2 norm is at most that value (PyTorch's
@@ -457,11 +457,13 @@ class Sequential:
         when the run ends; ``fastopt.checkpoint`` lists what a file holds. ``resume=True`` continues from
         the file (or starts fresh if there is none): on the same backend the run then ends with parameters,
         optimizer and callback state and history bit-identical to an uninterrupted run's, the ``seconds``
-        entries excepted; resuming a finished run returns its history at once, and resuming with a larger
-        ``epochs`` continues it. A checkpoint of another run (architecture, dtype, optimizer, loss, batch_size,
-        shuffle, seed, data, callbacks, clipping) is refused with ``ValueError`` naming what differs, a corrupt
-        or foreign file with ``FileFormatError``; the model and optimizer are then unchanged. A fresh run refuses
-        a ``checkpoint`` path holding a file that is not a fastopt checkpoint unless ``overwrite=True``.
+        entries excepted; resuming a finished run returns its history at once (only the callbacks'
+        ``on_train_begin`` and ``on_train_end`` run: early stopping restores its best weights), and resuming a
+        completed run with a larger ``epochs`` continues it from its last epoch. A checkpoint of another run
+        (architecture, dtype, optimizer, loss, batch_size, shuffle, seed, data, callbacks, clipping) is refused
+        with ``ValueError`` naming what differs, a corrupt or foreign file with ``FileFormatError``; the model and
+        optimizer are then unchanged. A fresh run refuses a ``checkpoint`` path holding a file that is not a
+        fastopt checkpoint unless ``overwrite=True``.
 
         ``on_nonfinite``: if a batch's loss or gradient is NaN or Inf, ``"raise"`` raises ``FloatingPointError``
         naming the step, before that step's update (the last checkpoint written stays as it was); ``"skip"``

@@ -179,7 +179,7 @@ class Run:
         self.n_batches = math.ceil(len(data.inputs) / options.batch_size)
         self.history, self.position = History(), Progress()
         self.rng = np.random.default_rng(options.seed)
-        callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose == 1 else [])
+        callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose else [])
         params = {"epochs": options.epochs, "steps": self.n_batches, "batch_size": options.batch_size,
                   "verbose": options.verbose, "samples": len(data.inputs)}  # fmt: skip
         self.callbacks = CallbackList(callbacks, model, params)
@@ -233,21 +233,25 @@ class Run:
         return stopped or self.position.epoch > self.options.epochs
 
     def train(self) -> History:
+        """Run the epochs left, save the end of the run, then end the callbacks (``on_train_end``: early stopping
+        restores its best weights there). The checkpoint holds the run as training left it, so that a finished run
+        resumed with a larger ``epochs`` continues from its last epoch; a finished run resumed returns at once,
+        after its callbacks' ``on_train_end`` made the model what the run ended with."""
         model = self.model
         model.stop_training, model.stop_reason, model.history = False, "", self.history
-        if self._finished():
-            return self.history
-        self.history.stop_reason = ""
         with self.backend.training():
             self.callbacks.on_train_begin({})
             if self.saved is not None:
                 self.callbacks.load_state_dicts(self.saved.callbacks)
-            while not self._finished() and not model.stop_training:
-                self._epoch()
-            self.history.stop_reason = model.stop_reason or COMPLETED
+            if not self._finished():
+                self.history.stop_reason = ""
+                while not self._finished() and not model.stop_training:
+                    self._epoch()
+                self.history.stop_reason = model.stop_reason or COMPLETED
+                if self.saver is not None:
+                    self.saver.save()
+            self.history.stop_reason = self.history.stop_reason or COMPLETED  # a kill came before the last save
             self.callbacks.on_train_end({})
-        if self.saver is not None:
-            self.saver.save()
         return self.history
 
     # ------------------------------------------------------------------ epochs
@@ -272,6 +276,8 @@ class Run:
             logs["skipped_batches"] = position.skipped
         self.callbacks.on_epoch_end(epoch - 1, logs)
         self.history.append(epoch, logs)
+        if model.stop_training:  # in the epoch's checkpoint too: a resumed run must not train on
+            self.history.stop_reason = model.stop_reason
         position.start_next_epoch()
         if self.saver is not None:
             self.saver.epoch_done()
