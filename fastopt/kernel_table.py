@@ -23,7 +23,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, replace
 
-ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu", "gelu", "gelu_tanh")
+# The activations a dense layer applies itself: those whose derivative is a function of the output (leaky_relu's for
+# a slope >= 0: out > 0 exactly when the pre-activation is). GELU's derivative needs the pre-activation, which the
+# dense kernels do not keep: it runs as an activation stage of its own, whose backward reads its input x.
+DENSE_ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu")
 
 DIMENSIONS = {
     "B": "batch",
@@ -54,8 +58,9 @@ class Array:
 
 @dataclass(frozen=True)
 class Scalar:
-    """A scalar argument: a real number in [low, high] (an open end excludes the bound; None: unbounded), a flag
-    (``flag=True``: True or False) or one of ``choices``."""
+    """A scalar argument: a real number in [low, high] (an open end excludes the bound; None: unbounded), an integer
+    in [low, high] (``integer=True``: exact, any width Python's int holds), a flag (``flag=True``: True or False) or
+    one of ``choices``."""
 
     name: str
     low: float | None = 0.0
@@ -66,12 +71,15 @@ class Scalar:
     choices: tuple[str, ...] = ()
     default: object = None
     doc: str = ""
+    integer: bool = False
 
     def describe(self) -> str:
         if self.flag:
             return "True or False"
         if self.choices:
             return "one of " + ", ".join(repr(choice) for choice in self.choices)
+        if self.integer:
+            return f"integer in [{self.low}, {self.high}]"
         left = "-inf" if self.low is None else f"{self.low:g}"
         right = "inf" if self.high is None else f"{self.high:g}"
         opening = "(" if self.low_open or self.low is None else "["
@@ -114,8 +122,12 @@ class Kernel:
 
 
 # ------------------------------------------------------------------------------------- shared declarations
-def _activation(default: object = None) -> Scalar:
-    return Scalar("activation", choices=ACTIVATIONS, default=default, doc="the activation f")
+def _activation(default: object = None, choices: tuple[str, ...] = ACTIVATIONS) -> Scalar:
+    return Scalar("activation", choices=choices, default=default, doc="the activation f")
+
+
+def _negative_slope(low: float | None) -> Scalar:
+    return Scalar("negative_slope", low=low, default=0.0, doc="leaky_relu's slope below 0; the others ignore it")
 
 
 _REAL = Scalar("value")  # a template: [0, inf)
@@ -165,7 +177,8 @@ _TABLE = (
             Array("weight", "IO"),
             Array("bias", "O"),
             Array("out", "BO", "out"),
-            _activation("identity"),
+            _activation("identity", DENSE_ACTIVATIONS),
+            _negative_slope(0.0),
         ),
         returns="out",
     ),
@@ -181,23 +194,39 @@ _TABLE = (
             Array("grad_weight", "IO", "out"),
             Array("grad_bias", "O", "out"),
             Array("grad_x", "BI", "out", optional=True, doc="None for the first layer"),
-            _activation("identity"),
+            _activation("identity", DENSE_ACTIVATIONS),
+            _negative_slope(0.0),
         ),
-        notes="f' is written in terms of the forward output: relu out > 0, sigmoid out (1 - out), tanh 1 - out**2.",
+        notes="f' is written in terms of the forward output: relu out > 0, sigmoid out (1 - out), tanh 1 - out**2, "
+        "leaky_relu 1 if out > 0 else negative_slope (the same as from z, since the slope is >= 0).",
     ),
     Kernel(
         "activation_forward",
         "layer",
         "out = f(x) elementwise (identity copies)",
-        (_activation(), Array("x", "*"), Array("out", "*", "out")),
+        (_activation(), Array("x", "*"), Array("out", "*", "out"), _negative_slope(None)),
         returns="out",
+        notes="leaky_relu: x if x > 0 else negative_slope x; gelu: 0.5 x (1 + erf(x / sqrt(2))), computed as "
+        "0.5 x erfc(-x / sqrt(2)); gelu_tanh: 0.5 x (1 + tanh(u)), u = sqrt(2 / pi) (x + 0.044715 x**3), computed as "
+        "x sigmoid(2 u) (PyTorch's GELU, approximate='none' and 'tanh', without its cancellation for x << 0).",
     ),
     Kernel(
         "activation_backward",
         "layer",
-        "grad_x = grad_out * f'(out) elementwise",
-        (_activation(), Array("out", "*"), Array("grad_out", "*"), Array("grad_x", "*", "out")),
+        "grad_x = grad_out * f'(x) elementwise, f' from what it needs: the input x or the output out = f(x)",
+        (
+            _activation(),
+            Array("x", "*", doc="the forward input"),
+            Array("out", "*", doc="the forward output f(x)"),
+            Array("grad_out", "*"),
+            Array("grad_x", "*", "out"),
+            _negative_slope(None),
+        ),
         returns="grad_x",
+        notes="From out: relu out > 0, sigmoid out (1 - out), tanh 1 - out**2. From x: leaky_relu 1 if x > 0 else "
+        "negative_slope; gelu Phi(x) + x phi(x) (the standard normal cdf 0.5 erfc(-x / sqrt(2)) and density); "
+        "gelu_tanh s + x s (1 - s) 2 sqrt(2 / pi) (1 + 3 * 0.044715 x**2), s = sigmoid(2 u) (PyTorch's "
+        "0.5 (1 + t) + 0.5 x (1 - t**2) u', t = tanh(u)).",
     ),
     Kernel(
         "softmax_forward",
@@ -212,6 +241,23 @@ _TABLE = (
         "grad_x[i] = out[i] * (grad_out[i] - <grad_out[i], out[i]>)",
         (Array("out", "BC"), Array("grad_out", "BC"), Array("grad_x", "BC", "out")),
         returns="grad_x",
+    ),
+    Kernel(
+        "dropout",
+        "layer",
+        "out = x * (1 / (1 - p) if keep else 0) elementwise, keep[i] = u[i] >= p, u[i] the 32-bit word i of the "
+        "SplitMix64 stream of key, / 2**32",
+        (
+            Array("x", "*"),
+            Array("out", "*", "out"),
+            Scalar("p", high=1.0, high_open=True, doc="the probability of dropping an element"),
+            Scalar("key", low=0, high=2**64 - 1, integer=True, doc="the mask's key (layer and step)"),
+        ),
+        returns="out",
+        notes="Element i (row-major) takes half i % 2 (0: the low 32 bits) of word i // 2 of the stream, "
+        "splitmix64(key + (i // 2 + 1) * 0x9E3779B97F4A7C15 mod 2**64), and is kept when that half is at least "
+        "ceil(p 2**32); 1 / (1 - p) is rounded once to the dtype. The backward pass is the same call on the gradient, "
+        "with the same key. The mask depends on nothing else: it is the same on every backend and thread count.",
     ),
     Kernel(
         "softmax_cross_entropy",

@@ -10,8 +10,10 @@ Copies (``model.copy()``, ``copy.copy``, ``copy.deepcopy``, ``pickle``, ``joblib
 state is the configuration, dtype, seed, backend name, both flat buffers, the loss and the optimizer; the
 layers' views, the fused-stage plan and the workspaces are derived from it again (``__setstate__``).
 
-A ``Dense`` layer directly followed by ``ReLU``, ``Sigmoid`` or ``Tanh`` runs as one fused stage
-(matrix product, bias and activation written in one output buffer).
+A ``Dense`` layer directly followed by ``ReLU``, ``Sigmoid``, ``Tanh`` or ``LeakyReLU`` (a slope >= 0) runs as one
+fused stage (matrix product, bias and activation written in one output buffer). ``GELU`` runs as a stage of its own:
+its derivative needs its input, which the Dense stage's output buffer then keeps. ``Dropout`` stages run only in
+training passes (``fit``): elsewhere a stage reads its input from the stage before the dropout stages.
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from fastopt import _io, training
+from fastopt import _io, _random, training
 from fastopt._checks import as_features, check_positive_int, check_same_length, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
 from fastopt.callbacks import Callback
 from fastopt.history import History
-from fastopt.layers import Activation, Dense, Layer, Softmax, as_parameter_values, layer_from_config
+from fastopt.layers import Activation, Dense, Dropout, Layer, Softmax, as_parameter_values, layer_from_config
 from fastopt.losses import CrossEntropy, Loss, Targets
 from fastopt.optim import Optimizer
 
@@ -42,12 +44,18 @@ MAX_WORKSPACES = 4
 
 @dataclass(frozen=True)
 class _Stage:
-    """One step of the forward pass: a Dense layer with its fused activation, or a standalone activation."""
+    """One step of the forward pass: a Dense layer with its fused activation, a standalone activation, a softmax or
+    a dropout. ``source``: the stage whose output is this stage's input outside training, when dropout stages are
+    skipped (-1: the model's input)."""
 
-    kind: str  # "dense", "activation" or "softmax"
+    kind: str  # "dense", "activation", "softmax" or "dropout"
     out_features: int
     dense: Dense | None = None
     activation: str = "identity"
+    negative_slope: float = 0.0
+    rate: float = 0.0  # dropout's p
+    position: int = 0  # dropout: the layer's index in the model, which keys its masks
+    source: int = -1
 
 
 class _ThreadState:
@@ -75,6 +83,15 @@ class _Workspace:
     output_grads: list[np.ndarray]
     targets: np.ndarray | None = None
     labels: np.ndarray | None = None
+
+
+def _source_outside_training(stages: list[_Stage]) -> int:
+    """The index of the last of ``stages`` that is not a dropout stage (-1: none, the model's input): where the next
+    stage reads its input when dropout stages are skipped."""
+    index = len(stages) - 1
+    while index >= 0 and stages[index].kind == "dropout":
+        index -= 1
+    return index
 
 
 class Sequential:
@@ -130,24 +147,29 @@ class Sequential:
     def _plan(layers: list[Layer]) -> list[_Stage]:
         stages: list[_Stage] = []
         features = layers[0].in_features  # type: ignore[attr-defined]
-        for layer in layers:
+        for position, layer in enumerate(layers):
             features = layer.output_features(features)
             previous = stages[-1] if stages else None
             if isinstance(layer, Dense):
-                stages.append(_Stage("dense", features, dense=layer))
+                stage = _Stage("dense", features, dense=layer)
             elif (
                 isinstance(layer, Activation)
+                and layer.fuses_into_dense
                 and previous
                 and previous.kind == "dense"
                 and previous.activation == "identity"
             ):
-                stages[-1] = _Stage("dense", features, dense=previous.dense, activation=layer.kernel)
+                stages.pop()
+                stage = replace(previous, activation=layer.kernel, negative_slope=layer.negative_slope)
             elif isinstance(layer, Activation):
-                stages.append(_Stage("activation", features, activation=layer.kernel))
+                stage = _Stage("activation", features, activation=layer.kernel, negative_slope=layer.negative_slope)
             elif isinstance(layer, Softmax):
-                stages.append(_Stage("softmax", features))
+                stage = _Stage("softmax", features)
+            elif isinstance(layer, Dropout):
+                stage = _Stage("dropout", features, rate=layer.p, position=position)
             else:
                 raise TypeError(f"unsupported layer {layer!r}")
+            stages.append(replace(stage, source=_source_outside_training(stages)))
         return stages
 
     # ------------------------------------------------------------------ configuration
@@ -321,44 +343,62 @@ class Sequential:
         workspaces[batch] = workspace  # (re)inserted last: dict order is the recency order
         return workspace
 
-    def _forward(self, backend: Backend, workspace: _Workspace) -> np.ndarray:
+    @property
+    def _has_dropout(self) -> bool:
+        return any(stage.kind == "dropout" for stage in self._stages)
+
+    def _forward(self, backend: Backend, workspace: _Workspace, step_key: int | None = None) -> np.ndarray:
+        """The outputs for ``workspace.inputs``. ``step_key``: a training pass, whose dropout stage at layer index j
+        uses the mask of key ``_random.word(step_key, j)``; None (predict, evaluate) skips the dropout stages."""
         inputs = workspace.inputs
         for stage, out in zip(self._stages, workspace.outputs):
             if stage.kind == "dense":
                 layer = stage.dense
-                backend._dense_forward(inputs, layer.weight, layer.bias, out, stage.activation)  # type: ignore[union-attr]
+                backend._dense_forward(inputs, layer.weight, layer.bias, out, stage.activation, stage.negative_slope)  # type: ignore[union-attr]
             elif stage.kind == "activation":
-                backend._activation_forward(stage.activation, inputs, out)
-            else:
+                backend._activation_forward(stage.activation, inputs, out, stage.negative_slope)
+            elif stage.kind == "softmax":
                 backend._softmax_forward(inputs, out)
+            elif step_key is None:
+                continue  # dropout outside training: the identity, and the next stage reads this one's input
+            else:
+                backend._dropout(inputs, out, stage.rate, _random.word(step_key, stage.position))
             inputs = out
         return inputs
 
-    def _backward(self, backend: Backend, workspace: _Workspace) -> None:
-        """Gradients of the loss w.r.t. every parameter, from ``workspace.output_grads[-1]``."""
+    def _backward(self, backend: Backend, workspace: _Workspace, step_key: int | None = None) -> None:
+        """Gradients of the loss w.r.t. every parameter, from ``workspace.output_grads[-1]``, after a ``_forward``
+        with the same ``step_key``."""
+        training = step_key is not None
         for index in range(len(self._stages) - 1, -1, -1):
             stage = self._stages[index]
             out, grad_out = workspace.outputs[index], workspace.output_grads[index]
-            inputs = workspace.outputs[index - 1] if index else workspace.inputs
+            source = index - 1 if training else stage.source
+            inputs = workspace.outputs[source] if source >= 0 else workspace.inputs
             grad_inputs = workspace.output_grads[index - 1] if index else None
             if stage.kind == "dense":
                 layer = stage.dense
                 backend._dense_backward(
                     inputs,
-                    layer.weight,
+                    layer.weight,  # type: ignore[union-attr]
                     out,
                     grad_out,
-                    layer.weight_grad,
-                    layer.bias_grad,
+                    layer.weight_grad,  # type: ignore[union-attr]
+                    layer.bias_grad,  # type: ignore[union-attr]
                     grad_inputs,
-                    stage.activation,  # type: ignore[union-attr]
+                    stage.activation,
+                    stage.negative_slope,
                 )
             elif grad_inputs is None:
                 continue
             elif stage.kind == "activation":
-                backend._activation_backward(stage.activation, out, grad_out, grad_inputs)
-            else:
+                backend._activation_backward(stage.activation, inputs, out, grad_out, grad_inputs, stage.negative_slope)
+            elif stage.kind == "softmax":
                 backend._softmax_backward(out, grad_out, grad_inputs)
+            elif training:  # dropout: the same mask again
+                backend._dropout(grad_out, grad_inputs, stage.rate, _random.word(step_key, stage.position))  # type: ignore[arg-type]
+            else:
+                np.copyto(grad_inputs, grad_out)
 
     def predict(self, X: object, batch_size: int = 1024) -> np.ndarray:
         """The model's outputs (N, out_features) for inputs X (N, in_features), computed in batches."""
@@ -474,7 +514,8 @@ class Sequential:
         """One forward and backward pass over (X, y) as one batch: writes d loss / d parameters into ``gradients``
         (laid out as ``parameters``; ``layer.weight_grad``/``bias_grad`` view it) and returns the mean loss. For
         training loops of one's own (``optimizer.step([model.gradients])``) and full-batch methods (L-BFGS). When
-        the loss is NaN or Inf it is returned and the gradients are left as they were."""
+        the loss is NaN or Inf it is returned and the gradients are left as they were. ``Dropout`` layers are the
+        identity here, as in ``predict``: these are the gradients of the function the model computes."""
         loss = self._choose_loss(loss)
         backend = resolve_backend(self._backend_name)
         inputs = as_features(X, self.in_features, self.dtype, backend)
@@ -486,11 +527,17 @@ class Sequential:
         return value
 
     def _batch_gradients(
-        self, backend: Backend, loss: Loss, inputs: np.ndarray, targets: Targets, rows: np.ndarray
+        self,
+        backend: Backend,
+        loss: Loss,
+        inputs: np.ndarray,
+        targets: Targets,
+        rows: np.ndarray,
+        step_key: int | None = None,
     ) -> tuple[float, int, float]:
         """The trusted core of a training step: gather ``rows``, forward, loss, and (when the loss is finite)
-        backward into ``self.gradients``. Returns the batch's mean loss, its correct predictions and its weight
-        (the number of rows)."""
+        backward into ``self.gradients``; ``step_key`` keys the dropout masks of a training pass (None: no dropout).
+        Returns the batch's mean loss, its correct predictions and its weight (the number of rows)."""
         workspace = self._workspace(len(rows))
         target_shape = (len(rows), *targets.values.shape[1:])
         if (
@@ -502,7 +549,7 @@ class Sequential:
             workspace.labels = np.empty(len(rows), dtype=np.int64)
         backend._gather_rows(inputs, rows, workspace.inputs)
         targets.values.take(rows, axis=0, out=workspace.targets, mode="clip")  # the method: no dispatch wrapper
-        output = self._forward(backend, workspace)
+        output = self._forward(backend, workspace, step_key)
         batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1])
         if not math.isfinite(batch_loss):
             return batch_loss, 0, float(len(rows))
@@ -512,7 +559,7 @@ class Sequential:
         elif targets.labels is not None:
             targets.labels.take(rows, out=workspace.labels, mode="clip")
             correct = backend._count_correct(output, workspace.labels)
-        self._backward(backend, workspace)
+        self._backward(backend, workspace, step_key)
         return batch_loss, correct, float(len(rows))
 
     def _prepare_validation(

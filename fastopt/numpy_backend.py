@@ -10,7 +10,15 @@ import math
 
 import numpy as np
 
+from fastopt import _random
 from fastopt.backend import Backend
+
+# GELU's constants: 1 / sqrt(2), 1 / sqrt(2 pi); the tanh form's 2 sqrt(2 / pi) (twice PyTorch's beta) and kappa
+SQRT_HALF = math.sqrt(0.5)
+INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+TWO_BETA = 2 * math.sqrt(2 / math.pi)
+GELU_KAPPA = 0.044715
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])  # NumPy has no erfc; the C library's, as the compiled kernels
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray) -> None:
@@ -18,6 +26,46 @@ def sigmoid(x: np.ndarray, out: np.ndarray) -> None:
     positive = x >= 0
     exp_neg_abs = np.exp(-np.abs(x))
     np.copyto(out, np.where(positive, 1.0 / (1.0 + exp_neg_abs), exp_neg_abs / (1.0 + exp_neg_abs)))
+
+
+def gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
+    """PyTorch's GELU in float64. Exact: ``x Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))``, computed as
+    ``0.5 x erfc(-x / sqrt(2))``, the same function without the cancellation of ``1 + erf`` for x << 0 (where
+    PyTorch's formula loses every digit: GELU(-10) = -7.6e-23). ``approximate``: the tanh form
+    ``0.5 x (1 + tanh(u))``, u = sqrt(2 / pi) (x + 0.044715 x**3), computed as ``x sigmoid(2 u)`` for the same
+    reason, the sigmoid as ``sigmoid`` above (from exp(-|2 u|))."""
+    x = x.astype(np.float64)
+    if approximate:
+        v = TWO_BETA * (x + GELU_KAPPA * (x * x * x))
+        e = np.exp(-np.abs(v))
+        return x * (np.where(v >= 0, 1.0, e) / (1 + e))
+    return x * 0.5 * _erfc(-x * SQRT_HALF)
+
+
+def gelu_derivative(x: np.ndarray, approximate: bool) -> np.ndarray:
+    """d GELU / dx in float64, PyTorch's autograd's function: ``Phi(x) + x phi(x)`` with the normal cdf
+    ``Phi(x) = 0.5 erfc(-x / sqrt(2))`` and density ``phi(x) = exp(-x**2 / 2) / sqrt(2 pi)``; the tanh form's
+    ``0.5 (1 + t) + 0.5 x (1 - t**2) u'`` (t = tanh(u), u' = sqrt(2 / pi) (1 + 3 kappa x**2)) as
+    ``s + x s (1 - s) 2 u'`` with s = sigmoid(2 u) and 1 - s = sigmoid(-2 u); that second term is 0 where
+    exp(-|2 u|) is (it underflows with it; evaluated it would be 0 * inf for a huge x)."""
+    x = x.astype(np.float64)
+    if approximate:
+        v = TWO_BETA * (x + GELU_KAPPA * (x * x * x))
+        e = np.exp(-np.abs(v))
+        s, rest = np.where(v >= 0, 1.0, e) / (1 + e), np.where(v >= 0, e, 1.0) / (1 + e)
+        with np.errstate(invalid="ignore", over="ignore"):
+            slope = (x * (s * rest)) * (TWO_BETA * (1 + 3 * GELU_KAPPA * (x * x)))
+        return s + np.where(e > 0, slope, 0.0)
+    return 0.5 * _erfc(-x * SQRT_HALF) + x * (INV_SQRT_2PI * np.exp(x * x * -0.5))
+
+
+def dropout_multipliers(shape: tuple[int, ...], dtype: np.dtype, p: float, key: int) -> np.ndarray:
+    """The dropout kernel's multipliers: ``1 / (1 - p)`` (rounded once to ``dtype``) where the element is kept,
+    else 0; element i (row-major) is kept when its 32-bit number of the key's stream (``_random.uniform_halves``)
+    is at least ``ceil(p 2**32)``, that is when that number / 2**32 >= p."""
+    count = math.prod(shape)
+    keep = _random.uniform_halves(key, count) >= np.uint64(math.ceil(p * 2**32))
+    return np.where(keep, dtype.type(1 / (1 - p)), dtype.type(0)).reshape(shape)
 
 
 def with_weight_decay(grad: np.ndarray, weight_decay: float, param: np.ndarray) -> np.ndarray:
@@ -45,37 +93,48 @@ def update_moments(g: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, h
 class NumpyBackend(Backend):
     name = "numpy"
 
-    def _dense_forward(self, x, weight, bias, out, activation):  # type: ignore[no-untyped-def]
+    def _dense_forward(self, x, weight, bias, out, activation, negative_slope):  # type: ignore[no-untyped-def]
         np.matmul(x, weight, out=out)
         out += bias
         if activation != "identity":
-            self._activation_forward(activation, out.copy(), out)
+            self._activation_forward(activation, out.copy(), out, negative_slope)
 
-    def _dense_backward(self, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, activation):  # type: ignore[no-untyped-def]
-        if activation != "identity":
-            self._activation_backward(activation, out, grad_out.copy(), grad_out)
+    def _dense_backward(self, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, activation, negative_slope):  # type: ignore[no-untyped-def]
+        if activation == "leaky_relu":  # from the output: out > 0 exactly when z > 0, the slope being >= 0
+            np.copyto(grad_out, np.where(out > 0, grad_out, grad_out * negative_slope))
+        elif activation != "identity":
+            self._activation_backward(activation, None, out, grad_out.copy(), grad_out, negative_slope)
         np.matmul(x.T, grad_out, out=grad_weight)
         np.sum(grad_out, axis=0, out=grad_bias)
         if grad_x is not None:
             np.matmul(grad_out, weight.T, out=grad_x)
 
-    def _activation_forward(self, activation, x, out):  # type: ignore[no-untyped-def]
+    def _activation_forward(self, activation, x, out, negative_slope):  # type: ignore[no-untyped-def]
         if activation == "relu":
             np.maximum(x, 0, out=out)
         elif activation == "sigmoid":
             sigmoid(x, out)
         elif activation == "tanh":
             np.tanh(x, out=out)
+        elif activation == "leaky_relu":
+            np.copyto(out, np.where(x > 0, x, x * negative_slope))
+        elif activation in ("gelu", "gelu_tanh"):
+            np.copyto(out, gelu(x, approximate=activation == "gelu_tanh"), casting="same_kind")
         else:
             np.copyto(out, x)
 
-    def _activation_backward(self, activation, out, grad_out, grad_x):  # type: ignore[no-untyped-def]
+    def _activation_backward(self, activation, x, out, grad_out, grad_x, negative_slope):  # type: ignore[no-untyped-def]
         if activation == "relu":
             np.copyto(grad_x, np.where(out > 0, grad_out, 0))
         elif activation == "sigmoid":
             np.copyto(grad_x, grad_out * (out * (1 - out)))
         elif activation == "tanh":
             np.copyto(grad_x, grad_out * (1 - out * out))
+        elif activation == "leaky_relu":
+            np.copyto(grad_x, np.where(x > 0, grad_out, grad_out * negative_slope))
+        elif activation in ("gelu", "gelu_tanh"):
+            derivative = gelu_derivative(x, approximate=activation == "gelu_tanh")
+            np.copyto(grad_x, grad_out * derivative, casting="same_kind")
         else:
             np.copyto(grad_x, grad_out)
 
@@ -86,6 +145,9 @@ class NumpyBackend(Backend):
     def _softmax_backward(self, out, grad_out, grad_x):  # type: ignore[no-untyped-def]
         dot = (grad_out * out).sum(axis=1, keepdims=True)
         np.copyto(grad_x, out * (grad_out - dot))
+
+    def _dropout(self, x, out, p, key):  # type: ignore[no-untyped-def]
+        np.multiply(x, dropout_multipliers(x.shape, x.dtype, p, key), out=out)
 
     def _softmax_cross_entropy(self, logits, labels, grad_logits):  # type: ignore[no-untyped-def]
         batch = logits.shape[0]

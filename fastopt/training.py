@@ -5,6 +5,10 @@ A run: its arguments and data are checked and prepared (``_prepare``), a checkpo
 (before anything changes), the optimizer is bound to the model, and then epochs run until the last one, or until a
 callback stops the run. Each batch: gather its rows, forward, loss, backward (``Sequential._batch_gradients``), the
 non-finite guard, gradient clipping, then the optimizer step. ``History.stop_reason`` says how the run ended.
+
+Dropout masks: a model with ``Dropout`` layers draws one 64-bit key per epoch from the run's generator, after the
+epoch's permutation (so a model without dropout shuffles as before); batch b of the epoch uses the masks of key
+``_random.word(epoch_key, b)``. A resumed epoch restores the generator's state at its start and draws both again.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from fastopt import _random
 from fastopt import checkpoint as _checkpoint
 from fastopt._checks import as_features, check_positive_int, check_same_length, check_scalar
 from fastopt.backend import Backend, resolve_backend
@@ -179,6 +184,7 @@ class Run:
         self.n_batches = math.ceil(len(data.inputs) / options.batch_size)
         self.history, self.position = History(), Progress()
         self.rng = np.random.default_rng(options.seed)
+        self.dropout_key: int | None = None  # the epoch's key of the dropout masks (None: the model has no dropout)
         callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose == 1 else [])
         params = {"epochs": options.epochs, "steps": self.n_batches, "batch_size": options.batch_size,
                   "verbose": options.verbose, "samples": len(data.inputs)}  # fmt: skip
@@ -248,6 +254,8 @@ class Run:
         order = np.arange(len(self.data.inputs), dtype=np.int64)  # the row indices the gather kernels take
         if options.shuffle:  # a resumed epoch draws the same permutation again from the saved generator state
             self.rng.shuffle(order)
+        if model._has_dropout:
+            self.dropout_key = int(self.rng.integers(0, 2**64, dtype=np.uint64))
         self.callbacks.on_epoch_begin(epoch - 1, {})
         self._batches(order)
         if model.stop_training and position.batch < self.n_batches:
@@ -283,7 +291,7 @@ class Run:
                   disable=not options.progress, leave=False, unit="batch") as bar:  # fmt: skip
             for index in range(position.batch, self.n_batches):
                 self.callbacks.on_train_batch_begin(index, {})
-                batch = self._step(order[index * size : (index + 1) * size])
+                batch = self._step(order[index * size : (index + 1) * size], index)
                 self._count(batch, index)
                 self.callbacks.on_train_batch_end(index, {"loss": batch.loss})
                 if self.saver is not None:
@@ -320,11 +328,13 @@ class Run:
         return min(size, len(self.data.inputs) - index * size)
 
     # ------------------------------------------------------------------ one step
-    def _step(self, rows: np.ndarray) -> _Batch:
-        """One batch: gradients, the non-finite guard, clipping, the optimizer step (skipped when not finite)."""
+    def _step(self, rows: np.ndarray, index: int) -> _Batch:
+        """Batch ``index`` of the epoch: gradients, the non-finite guard, clipping, the optimizer step (skipped when not
+        finite)."""
         model, options = self.model, self.options
+        step_key = None if self.dropout_key is None else _random.word(self.dropout_key, index)
         loss, correct, weight = model._batch_gradients(self.backend, options.loss, self.data.inputs,
-                                                       self.data.targets, rows)  # fmt: skip
+                                                       self.data.targets, rows, step_key)  # fmt: skip
         if not math.isfinite(loss):
             return _Batch(loss, finite=False, problem=f"the loss became {loss}")
         gradients = model.gradients

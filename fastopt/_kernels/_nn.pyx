@@ -14,21 +14,28 @@ Dense layers, two ways (``fastopt/cython_backend.py`` chooses):
   ``out = f(out + bias)``; ``grad_out *= f'(out)`` with ``grad_bias = grad_out.sum(0)``.
 
 Bias gradients are column sums taken row after row: deterministic, and the order NumPy uses. Each
-kernel follows the NumPy reference operation for operation. Activation codes: 0 identity, 1 relu,
-2 sigmoid, 3 tanh. Inputs are ``const`` memoryviews (read-only arrays are accepted); the loops run
+kernel follows the NumPy reference operation for operation (float32 GELU excepted: ``_gelu``). Activation codes: 0 identity, 1 relu, 2 sigmoid, 3 tanh, 4 leaky_relu, 5 gelu, 6 gelu_tanh
+(dense layers take 0-4). Inputs are ``const`` memoryviews (read-only arrays are accepted); the loops run
 over raw pointers so gcc can vectorize them. Shapes are trusted: ``fastopt.backend`` checks them.
 """
 
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport NAN, log
-from libc.stdint cimport INT32_MAX, int32_t, int64_t
+from libc.math cimport NAN, ceil, erfc, exp, ldexp, log
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from fastopt._kernels._common cimport (
-    FO_COMPILE_ARGS, FO_ISA, fexp_nonpositive, fo_omp_num_procs, fsigmoid, ftanh,
+    FO_COMPILE_ARGS, FO_ISA, fabs_typed, fexp_nonpositive, fo_omp_num_procs, fsigmoid, ftanh,
 )
-from fastopt._kernels._threads cimport GATHER, GEMM, SCAN, clock, report_region, threads_for
+from fastopt._kernels._threads cimport GATHER, GEMM, SCAN, UPDATE, clock, report_region, threads_for
+
+cdef extern from "fastopt_layers.h":
+    float fo_selectf(int c, float a, float b) noexcept nogil
+    double fo_select(int c, double a, double b) noexcept nogil
+    float fo_exp_half_square(float a) noexcept nogil
+    float fo_normal_cdf(float x, float density) noexcept nogil
+    uint64_t fo_stream_word(uint64_t key, uint64_t j) noexcept nogil
 
 # CBLAS gemm, row-major, in its two integer widths (OpenBLAS built with 64-bit integers or not).
 ctypedef void (*sgemm64_t)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t,
@@ -88,62 +95,181 @@ def set_blas(size_t sgemm, size_t dgemm, bint ilp64, size_t get_threads, size_t 
 
 
 # ------------------------------------------------------------------------------- pointer loops
-cdef inline void _act_forward(int act, const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+cdef enum:
+    # Activation codes (fastopt/cython_backend.py's _ACTIVATION_CODES)
+    _IDENTITY = 0
+    _RELU = 1
+    _SIGMOID = 2
+    _TANH = 3
+    _LEAKY_RELU = 4
+    _GELU = 5
+    _GELU_TANH = 6
+
+# GELU's constants: 1 / sqrt(2), 1 / sqrt(2 pi), 2 sqrt(2 / pi) (twice the tanh form's beta), its kappa
+cdef double _SQRT_HALF = 0.70710678118654752440
+cdef double _INV_SQRT_2PI = 0.39894228040143267794
+cdef double _TWO_BETA = 1.59576912160573071176
+cdef double _KAPPA = 0.044715
+
+
+cdef inline floating _select(bint c, floating a, floating b) noexcept nogil:
+    # c ? a : b on the bits (see fastopt_layers.h: the selects that gcc would not vectorize otherwise)
+    return fo_selectf(c, a, b) if floating is float else fo_select(c, a, b)
+
+
+cdef inline floating _gelu(floating x) noexcept nogil:
+    # x Phi(x) = 0.5 x erfc(-x / sqrt(2)): float32 by fastopt_layers.h's vectorizable cdf, float64 by the C library's
+    # erfc, in the reference's order
+    cdef floating half = 0.5, sqrt_half = <floating>_SQRT_HALF
+    if floating is float:
+        return x * fo_normal_cdf(x, fo_exp_half_square(fabs_typed(x)))
+    else:
+        return x * half * erfc(-x * sqrt_half)
+
+
+cdef inline floating _gelu_derivative(floating x) noexcept nogil:
+    # Phi(x) + x phi(x), phi(x) = exp(-x**2 / 2) / sqrt(2 pi)
+    cdef floating half = 0.5, sqrt_half = <floating>_SQRT_HALF, inv_sqrt_2pi = <floating>_INV_SQRT_2PI, density
+    if floating is float:
+        density = fo_exp_half_square(fabs_typed(x))
+        return fo_normal_cdf(x, density) + x * (inv_sqrt_2pi * density)
+    else:
+        return half * erfc(-x * sqrt_half) + x * (inv_sqrt_2pi * exp(x * x * -half))
+
+
+cdef inline floating _gelu_tanh_inner(floating x) noexcept nogil:
+    # v = 2 u = 2 sqrt(2 / pi) (x + kappa x**3): the tanh form's 0.5 (1 + tanh(u)) is sigmoid(v), taken as
+    # fsigmoid does (exp(-|v|), a selected numerator) without the cancellation of 1 + tanh(u) for u << 0
+    cdef floating two_beta = <floating>_TWO_BETA, kappa = <floating>_KAPPA
+    return two_beta * (x + kappa * (x * x * x))
+
+
+cdef inline floating _gelu_tanh(floating x) noexcept nogil:
+    cdef floating one = 1, v = _gelu_tanh_inner(x)
+    cdef floating e = fexp_nonpositive(-fabs_typed(v))
+    return x * (_select(v >= 0, one, e) / (one + e))
+
+
+cdef inline floating _gelu_tanh_derivative(floating x) noexcept nogil:
+    # s + x s (1 - s) 2 sqrt(2 / pi) (1 + 3 kappa x**2), s = sigmoid(v): PyTorch's 0.5 (1 + t) + 0.5 x (1 - t**2) u'
+    # with 1 + t = 2 s and 1 - t**2 = 4 s (1 - s); 1 - s = sigmoid(-v) is taken with its own numerator. Where
+    # exp(-|v|) is 0 the second term is too (it would be 0 * inf for a huge x).
+    cdef floating one = 1, zero = 0, two_beta = <floating>_TWO_BETA, three_kappa = <floating>(3 * _KAPPA)
+    cdef floating v = _gelu_tanh_inner(x)
+    cdef floating e = fexp_nonpositive(-fabs_typed(v))
+    cdef floating d = one + e
+    cdef floating s = _select(v >= 0, one, e) / d, rest = _select(v >= 0, e, one) / d
+    return s + _select(e > 0, (x * (s * rest)) * (two_beta * (one + three_kappa * (x * x))), zero)
+
+
+
+cdef inline void _act_forward(int act, const floating* x, floating* out, Py_ssize_t n, floating slope) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating z, zero = 0
-    if act == 1:
+    if act == _RELU:
         for i in range(n):
             z = x[i]
             out[i] = zero if z < 0 else z
-    elif act == 2:
+    elif act == _SIGMOID:
         for i in range(n):
             out[i] = fsigmoid(x[i])
-    elif act == 3:
+    elif act == _TANH:
         for i in range(n):
             out[i] = ftanh(x[i])
+    elif act == _LEAKY_RELU:
+        for i in range(n):
+            z = x[i]
+            out[i] = _select(z > zero, z, z * slope)
     else:
         for i in range(n):
             out[i] = x[i]
 
 
-cdef inline void _bias_act(int act, floating* out, const floating* bias, Py_ssize_t n) noexcept nogil:
-    # out = f(out + bias) for one row
+cdef void _gelu_forward(int act, const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    # GELU's loops apart from _act_forward's: that one stays small enough for gcc to inline into the dense kernels
+    cdef Py_ssize_t i
+    if act == _GELU:
+        for i in range(n):
+            out[i] = _gelu(x[i])
+    else:
+        for i in range(n):
+            out[i] = _gelu_tanh(x[i])
+
+
+cdef inline void _bias_act(int act, floating* out, const floating* bias, Py_ssize_t n, floating slope) noexcept nogil:
+    # out = f(out + bias) for one row (the dense activations)
     cdef Py_ssize_t j
     cdef floating z, zero = 0
-    if act == 1:
+    if act == _RELU:
         for j in range(n):
             z = out[j] + bias[j]
             out[j] = zero if z < 0 else z
-    elif act == 2:
+    elif act == _SIGMOID:
         for j in range(n):
             out[j] = fsigmoid(out[j] + bias[j])
-    elif act == 3:
+    elif act == _TANH:
         for j in range(n):
             out[j] = ftanh(out[j] + bias[j])
+    elif act == _LEAKY_RELU:
+        for j in range(n):
+            z = out[j] + bias[j]
+            out[j] = _select(z > zero, z, z * slope)
     else:
         for j in range(n):
             out[j] = out[j] + bias[j]
 
 
-cdef inline void _act_backward(int act, const floating* out, const floating* grad_out, floating* grad_x,
-                               Py_ssize_t n) noexcept nogil:
-    # grad_x = grad_out * f'(out); grad_x may be grad_out itself (in-place use by the dense backward).
+cdef inline void _act_backward(int act, const floating* x, const floating* out, const floating* grad_out,
+                               floating* grad_x, Py_ssize_t n, floating slope) noexcept nogil:
+    # grad_x = grad_out * f' (GELU's: _gelu_backward); from out (relu, sigmoid, tanh) or from the input x (leaky_relu,
+    # unless x is NULL: the dense backward's, whose slope is >= 0, reads the sign from out). grad_x may be grad_out
+    # itself (in-place use by the dense backward).
     cdef Py_ssize_t i
-    cdef floating y, one = 1, zero = 0
-    if act == 1:
+    cdef floating y, g, one = 1, zero = 0
+    cdef const floating* sign_of = x if x != NULL else out
+    if act == _RELU:
         for i in range(n):
             grad_x[i] = grad_out[i] if out[i] > 0 else zero
-    elif act == 2:
+    elif act == _SIGMOID:
         for i in range(n):
             y = out[i]
             grad_x[i] = grad_out[i] * (y * (one - y))
-    elif act == 3:
+    elif act == _TANH:
         for i in range(n):
             y = out[i]
             grad_x[i] = grad_out[i] * (one - y * y)
+    elif act == _LEAKY_RELU:
+        for i in range(n):
+            g = grad_out[i]
+            grad_x[i] = _select(sign_of[i] > zero, g, g * slope)
     elif grad_x != grad_out:
         for i in range(n):
             grad_x[i] = grad_out[i]
+
+
+cdef void _gelu_backward(int act, const floating* x, const floating* grad_out, floating* grad_x,
+                         Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if act == _GELU:
+        for i in range(n):
+            grad_x[i] = grad_out[i] * _gelu_derivative(x[i])
+    else:
+        for i in range(n):
+            grad_x[i] = grad_out[i] * _gelu_tanh_derivative(x[i])
+
+
+cdef inline void _dropout_words(const floating* x, floating* out, Py_ssize_t first, Py_ssize_t last, uint64_t key,
+                                uint64_t threshold, floating scale) noexcept nogil:
+    # Words first:last of the key's stream, each deciding two elements: 2 j by its low 32 bits, 2 j + 1 by its high
+    # ones (the element is kept when they are >= threshold). A product, not a select, so that NaN and Inf stay
+    # visible in dropped elements as in PyTorch (x * 0).
+    cdef Py_ssize_t j
+    cdef uint64_t word
+    cdef floating zero = 0
+    for j in range(first, last):
+        word = fo_stream_word(key, j)
+        out[2 * j] = x[2 * j] * (scale if <uint32_t>word >= threshold else zero)
+        out[2 * j + 1] = x[2 * j + 1] * (scale if (word >> 32) >= threshold else zero)
 
 
 cdef inline void _add_row(floating* acc, const floating* row, Py_ssize_t n) noexcept nogil:
@@ -246,16 +372,16 @@ cdef inline void _check_blas(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out
 
 cdef inline void _forward_block(Py_ssize_t block, Py_ssize_t blocks, const floating* x, const floating* w,
                                 const floating* bias, floating* out, Py_ssize_t batch, Py_ssize_t n_in,
-                                Py_ssize_t n_out, int act) noexcept nogil:
+                                Py_ssize_t n_out, int act, floating slope) noexcept nogil:
     cdef Py_ssize_t bounds[4]
     cdef Py_ssize_t i
     _gemm_block(block, blocks, False, False, batch, n_out, n_in, x, n_in, w, n_out, out, n_out, bounds)
     for i in range(bounds[0], bounds[1]):
-        _bias_act(act, out + i * n_out + bounds[2], bias + bounds[2], bounds[3] - bounds[2])
+        _bias_act(act, out + i * n_out + bounds[2], bias + bounds[2], bounds[3] - bounds[2], slope)
 
 
 def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
-                  floating[:, ::1] out, int act):
+                  floating[:, ::1] out, int act, double negative_slope):
     """``out = f(x @ weight + bias)``: x (B, I), weight (I, O), bias (O,), out (B, O). Needs ``set_blas``."""
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = out.shape[1], block, blocks
     cdef int team
@@ -268,31 +394,32 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
     cdef const floating* wp = &weight[0, 0] if n_in else NULL
     cdef const floating* bp = &bias[0]
     cdef floating* op = &out[0, 0]
+    cdef floating slope = <floating>negative_slope
     blocks = _gemm_blocks(batch, n_out, n_in, _max_blocks)
     team = threads_for(GEMM, 2.0 * batch * n_in * n_out, blocks)
     _blas_serial_begin()
     with nogil:
         if team == 1:
             for block in range(blocks):
-                _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act)
+                _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act, slope)
         else:
             started = clock()
             for block in prange(blocks, num_threads=team, schedule="static", chunksize=1):
-                _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act)
+                _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act, slope)
                 if threadid() == 0:
                     own_done[0] = clock()
             report_region(started, own_done[0])
     _blas_serial_end()
 
 
-cdef inline void _prologue_columns(int act, floating* d, const floating* y, floating* gb, Py_ssize_t rows,
-                                   Py_ssize_t cols, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+cdef inline void _prologue_columns(int act, floating slope, floating* d, const floating* y, floating* gb,
+                                   Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     # Columns c0:c1 of: d *= f'(y) in place, gb = d.sum(0), rows in order.
     cdef Py_ssize_t i, width = c1 - c0
     if width <= 0:
         return
     for i in range(rows):
-        _act_backward(act, y + i * cols + c0, d + i * cols + c0, d + i * cols + c0, width)
+        _act_backward(act, NULL, y + i * cols + c0, d + i * cols + c0, d + i * cols + c0, width, slope)
         if i == 0:
             memcpy(gb + c0, d + c0, width * sizeof(floating))
         else:
@@ -313,7 +440,7 @@ cdef inline void _backward_block(Py_ssize_t block, Py_ssize_t blocks_w, Py_ssize
 
 def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[:, ::1] out,
                    floating[:, ::1] grad_out, floating[:, ::1] grad_weight, floating[::1] grad_bias,
-                   floating[:, ::1] grad_x, int act):
+                   floating[:, ::1] grad_x, int act, double negative_slope):
     """Backward of ``out = f(x @ weight + bias)``: ``grad_out *= f'(out)`` (now dz), ``grad_bias = dz.sum(0)``,
     ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Needs ``set_blas``."""
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
@@ -338,6 +465,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     cdef floating* dp = &grad_out[0, 0]
     cdef floating* gw = &grad_weight[0, 0] if n_in else NULL
     cdef floating* gx = NULL
+    cdef floating slope = <floating>negative_slope
     if grad_x is not None and n_in:
         gx = &grad_x[0, 0]
         blocks_x = _gemm_blocks(batch, n_in, n_out, _shared_blocks)
@@ -352,7 +480,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     _blas_serial_begin()
     with nogil:
         if team == 1:
-            _prologue_columns(act, dp, yp, gb, batch, n_out, 0, n_out)
+            _prologue_columns(act, slope, dp, yp, gb, batch, n_out, 0, n_out)
             for block in range(blocks_w + blocks_x):
                 _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
         else:
@@ -360,7 +488,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
             own_done[0] = started
             with parallel(num_threads=team):
                 for block in prange(column_blocks, schedule="static", chunksize=1):
-                    _prologue_columns(act, dp, yp, gb, batch, n_out, min(n_out, block * size),
+                    _prologue_columns(act, slope, dp, yp, gb, batch, n_out, min(n_out, block * size),
                                       min(n_out, (block + 1) * size))
                 for block in prange(blocks_w + blocks_x, schedule="static", chunksize=1):
                     _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
@@ -370,7 +498,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     _blas_serial_end()
 
 
-def dense_epilogue(floating[:, ::1] out, const floating[::1] bias, int act):
+def dense_epilogue(floating[:, ::1] out, const floating[::1] bias, int act, double negative_slope):
     """``out = f(out + bias)`` row by row, in place (out is the GEMM result ``x @ weight``)."""
     cdef Py_ssize_t rows = out.shape[0], cols = out.shape[1], i
     if rows == 0 or cols == 0:
@@ -379,10 +507,11 @@ def dense_epilogue(floating[:, ::1] out, const floating[::1] bias, int act):
     cdef const floating* b = &bias[0]
     with nogil:
         for i in range(rows):
-            _bias_act(act, o + i * cols, b, cols)
+            _bias_act(act, o + i * cols, b, cols, <floating>negative_slope)
 
 
-def dense_backward_prologue(floating[:, ::1] grad_out, const floating[:, ::1] out, floating[::1] grad_bias, int act):
+def dense_backward_prologue(floating[:, ::1] grad_out, const floating[:, ::1] out, floating[::1] grad_bias, int act,
+                            double negative_slope):
     """``grad_out *= f'(out)`` in place and ``grad_bias = grad_out.sum(axis=0)``, one pass, rows in order."""
     cdef Py_ssize_t rows = grad_out.shape[0], cols = grad_out.shape[1], i, j
     if cols == 0:
@@ -396,7 +525,7 @@ def dense_backward_prologue(floating[:, ::1] grad_out, const floating[:, ::1] ou
         return
     with nogil:
         for i in range(rows):
-            _act_backward(act, y + i * cols, d + i * cols, d + i * cols, cols)
+            _act_backward(act, NULL, y + i * cols, d + i * cols, d + i * cols, cols, <floating>negative_slope)
             if i == 0:
                 memcpy(gb, d, cols * sizeof(floating))
             else:
@@ -404,27 +533,35 @@ def dense_backward_prologue(floating[:, ::1] grad_out, const floating[:, ::1] ou
 
 
 # ------------------------------------------------------------------------------- activations
-def activation_forward(int act, const floating[::1] x, floating[::1] out):
-    """``out = f(x)`` elementwise over flat buffers."""
+def activation_forward(int act, const floating[::1] x, floating[::1] out, double negative_slope):
+    """``out = f(x)`` elementwise over flat buffers (``negative_slope``: leaky_relu's)."""
     cdef Py_ssize_t n = x.shape[0]
     if n == 0:
         return
     cdef const floating* xp = &x[0]
     cdef floating* op = &out[0]
     with nogil:
-        _act_forward(act, xp, op, n)
+        if act >= _GELU:
+            _gelu_forward(act, xp, op, n)
+        else:
+            _act_forward(act, xp, op, n, <floating>negative_slope)
 
 
-def activation_backward(int act, const floating[::1] out, const floating[::1] grad_out, floating[::1] grad_x):
-    """``grad_x = grad_out * f'(out)`` elementwise over flat buffers."""
+def activation_backward(int act, const floating[::1] x, const floating[::1] out, const floating[::1] grad_out,
+                        floating[::1] grad_x, double negative_slope):
+    """``grad_x = grad_out * f'`` elementwise over flat buffers, f' from the input x or the output out = f(x)."""
     cdef Py_ssize_t n = out.shape[0]
     if n == 0:
         return
+    cdef const floating* xp = &x[0]
     cdef const floating* yp = &out[0]
     cdef const floating* gp = &grad_out[0]
     cdef floating* dp = &grad_x[0]
     with nogil:
-        _act_backward(act, yp, gp, dp, n)
+        if act >= _GELU:
+            _gelu_backward(act, xp, gp, dp, n)
+        else:
+            _act_backward(act, xp, yp, gp, dp, n, <floating>negative_slope)
 
 
 # ------------------------------------------------------------------------------- softmax
@@ -511,6 +648,36 @@ def softmax_backward(const floating[:, ::1] out, const floating[:, ::1] grad_out
                 dot = dot + g[j] * y[j]
             for j in range(cols):
                 dp[i * cols + j] = y[j] * (g[j] - dot)
+
+
+def dropout(const floating[::1] x, floating[::1] out, double p, uint64_t key):
+    """``out = x * (1 / (1 - p) if kept else 0)`` over flat buffers: element i is kept when half i % 2 (the low 32
+    bits first) of word i // 2 of the key's SplitMix64 stream is at least ceil(p 2**32). Every element's fate depends
+    on the key and its index only, so the work is split over the threads from the optimizer updates' threshold (the
+    hash costs about what an Adam update does per element) in blocks of words, with the same bits for any split."""
+    cdef Py_ssize_t n = x.shape[0], words = x.shape[0] // 2, size, block, blocks
+    cdef uint64_t threshold = <uint64_t>ceil(ldexp(p, 32))
+    cdef floating scale = <floating>(1.0 / (1.0 - p)), zero = 0
+    cdef double started
+    cdef double[1] own_done
+    if n == 0:
+        return
+    cdef const floating* xp = &x[0]
+    cdef floating* op = &out[0]
+    blocks = threads_for(UPDATE, <double>n, words // 2048)
+    size = (words + blocks - 1) // blocks
+    with nogil:
+        if blocks == 1:
+            _dropout_words(xp, op, 0, words, key, threshold, scale)
+        else:
+            started = clock()
+            for block in prange(blocks, num_threads=blocks, schedule="static", chunksize=1):
+                _dropout_words(xp, op, block * size, min(words, (block + 1) * size), key, threshold, scale)
+                if threadid() == 0:
+                    own_done[0] = clock()
+            report_region(started, own_done[0])
+        if n % 2:  # the last element alone: the low half of word n // 2
+            op[n - 1] = xp[n - 1] * (scale if <uint32_t>fo_stream_word(key, words) >= threshold else zero)
 
 
 # ------------------------------------------------------------------------------- losses
