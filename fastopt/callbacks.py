@@ -239,7 +239,8 @@ class EarlyStopping(Callback):
         self.wait, self.stopped_epoch = int(state["wait"]), int(state["stopped_epoch"])
         self.best = None if state["best"] is None else float(state["best"])
         self.best_epoch = int(state["best_epoch"])
-        weights = sorted((int(key.split(".")[1]), value) for key, value in state.items() if key.startswith("best_"))
+        prefix = "best_weights."
+        weights = sorted((int(key[len(prefix) :]), value) for key, value in state.items() if key.startswith(prefix))
         self.best_weights = [np.array(array) for _, array in weights] or None
 
     def config(self) -> dict[str, Any]:

@@ -101,7 +101,8 @@ class NumpyBackend(Backend):
 
     def _dense_backward(self, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, activation, negative_slope):  # type: ignore[no-untyped-def]
         if activation == "leaky_relu":  # from the output: out > 0 exactly when z > 0, the slope being >= 0
-            np.copyto(grad_out, np.where(out > 0, grad_out, grad_out * negative_slope))
+            with np.errstate(invalid="ignore"):
+                np.copyto(grad_out, np.where(out > 0, grad_out, grad_out * negative_slope))
         elif activation != "identity":
             self._activation_backward(activation, None, out, grad_out.copy(), grad_out, negative_slope)
         np.matmul(x.T, grad_out, out=grad_weight)
@@ -117,7 +118,8 @@ class NumpyBackend(Backend):
         elif activation == "tanh":
             np.tanh(x, out=out)
         elif activation == "leaky_relu":
-            np.copyto(out, np.where(x > 0, x, x * negative_slope))
+            with np.errstate(invalid="ignore"):  # x * slope of an unused x > 0 may be inf * 0
+                np.copyto(out, np.where(x > 0, x, x * negative_slope))
         elif activation in ("gelu", "gelu_tanh"):
             np.copyto(out, gelu(x, approximate=activation == "gelu_tanh"), casting="same_kind")
         else:
@@ -131,7 +133,8 @@ class NumpyBackend(Backend):
         elif activation == "tanh":
             np.copyto(grad_x, grad_out * (1 - out * out))
         elif activation == "leaky_relu":
-            np.copyto(grad_x, np.where(x > 0, grad_out, grad_out * negative_slope))
+            with np.errstate(invalid="ignore"):
+                np.copyto(grad_x, np.where(x > 0, grad_out, grad_out * negative_slope))
         elif activation in ("gelu", "gelu_tanh"):
             derivative = gelu_derivative(x, approximate=activation == "gelu_tanh")
             np.copyto(grad_x, grad_out * derivative, casting="same_kind")

@@ -6,13 +6,15 @@ A run: its arguments and data are checked and prepared (``_prepare``), a checkpo
 callback stops the run. Each batch: gather its rows, forward, loss, backward (``Sequential._batch_gradients``), the
 non-finite guard, gradient clipping, then the optimizer step. ``History.stop_reason`` says how the run ended.
 
-Dropout masks: a model with ``Dropout`` layers draws one 64-bit key per epoch from the run's generator, after the
-epoch's permutation (so a model without dropout shuffles as before); batch b of the epoch uses the masks of key
-``_random.word(epoch_key, b)``. A resumed epoch restores the generator's state at its start and draws both again.
+Dropout masks: each epoch of a model with ``Dropout`` layers has a 64-bit key, a hash of the shuffling generator's
+state at the start of the epoch (a function of ``seed`` and the epochs before) and of the epoch's number; batch b of
+the epoch uses the masks of key ``_random.word(epoch_key, b)``. The generator does not advance for it, so dropout
+changes no permutation, and a resumed epoch, which restores the generator's state at its start, has the same key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -251,11 +253,11 @@ class Run:
         started = time.perf_counter() - position.seconds
         if self.saver is not None:
             self.saver.start_epoch()
+        if model._has_dropout:
+            self.dropout_key = dropout_epoch_key(self.rng, epoch)
         order = np.arange(len(self.data.inputs), dtype=np.int64)  # the row indices the gather kernels take
         if options.shuffle:  # a resumed epoch draws the same permutation again from the saved generator state
             self.rng.shuffle(order)
-        if model._has_dropout:
-            self.dropout_key = int(self.rng.integers(0, 2**64, dtype=np.uint64))
         self.callbacks.on_epoch_begin(epoch - 1, {})
         self._batches(order)
         if model.stop_training and position.batch < self.n_batches:
@@ -343,6 +345,13 @@ class Run:
             return _Batch(loss, finite=False, problem="a gradient became NaN or Inf under a finite loss")
         options.optimizer.apply([gradients])
         return _Batch(loss, correct, weight)
+
+
+def dropout_epoch_key(rng: np.random.Generator, epoch: int) -> int:
+    """The key of an epoch's dropout masks: the generator's state (hashed; the generator does not advance) and the
+    epoch's number (the state alone repeats when nothing is shuffled)."""
+    digest = hashlib.blake2b(repr(rng.bit_generator.state).encode(), digest_size=8).digest()
+    return _random.word(int.from_bytes(digest, "little"), epoch)
 
 
 def clip_gradients(
