@@ -2,7 +2,7 @@
 
 Word ``i`` (from 0) of the stream of a 64-bit ``key`` is ``mix64(key + (i + 1) * GAMMA mod 2**64)``: a function of
 the key and the position only, so a mask can be made in any order, split over any number of threads, on any
-backend, and made again for the backward pass, always with the same bits. The compiled kernels
+backend, and made again when a checkpointed run resumes, always with the same bits. The compiled kernels
 (``fastopt/_kernels/_nn.pyx``) compute the same words; ``fastopt.numpy_backend`` uses ``stream_words`` below.
 
 Keys are derived the same way: the key of a dropout layer's mask at one training step is

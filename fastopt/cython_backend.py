@@ -115,6 +115,8 @@ def _by_itemsize(fused: object) -> dict[int, object]:
 )  # fmt: skip
 _dropout_kernel = _by_itemsize(_nn.dropout)
 _matmul = np.matmul
+# dropout's backward pass is one product with the stored mask: NumPy's SIMD multiply, the reference's own
+_multiply = np.multiply
 
 # (symbol prefix, suffix, 64-bit integers): scipy-openblas64 (NumPy's wheels), an OpenBLAS built with
 # INTERFACE64 and symbol suffix, scipy-openblas32, a plain OpenBLAS (64-bit integers if its
@@ -344,10 +346,13 @@ class CythonBackend(Backend):
     def _softmax_backward(self, out, grad_out, grad_x):  # type: ignore[no-untyped-def]
         _softmax_bwd[out.itemsize](out, grad_out, grad_x)
 
-    def _dropout(self, x, out, p, key):  # type: ignore[no-untyped-def]
+    def _dropout(self, x, out, mask, p, key):  # type: ignore[no-untyped-def]
         if x.ndim != 1:
-            x, out = x.ravel(), out.ravel()
-        _dropout_kernel[x.itemsize](x, out, p, key)
+            x, out, mask = x.ravel(), out.ravel(), mask.ravel()
+        _dropout_kernel[x.itemsize](x, out, mask, p, key)
+
+    def _dropout_backward(self, grad_out, mask, grad_x):  # type: ignore[no-untyped-def]
+        _multiply(grad_out, mask, out=grad_x)
 
     def _softmax_cross_entropy(self, logits, labels, grad_logits):  # type: ignore[no-untyped-def]
         return _softmax_xent[logits.itemsize](logits, labels, grad_logits)

@@ -245,19 +245,27 @@ _TABLE = (
     Kernel(
         "dropout",
         "layer",
-        "out = x * (1 / (1 - p) if keep else 0) elementwise, keep[i] = u[i] >= p, u[i] the 32-bit word i of the "
-        "SplitMix64 stream of key, / 2**32",
+        "mask = 1 / (1 - p) if keep else 0, out = x * mask elementwise; keep[i] = u[i] >= p, u[i] the 32-bit number i "
+        "of the SplitMix64 stream of key, / 2**32",
         (
             Array("x", "*"),
             Array("out", "*", "out"),
+            Array("mask", "*", "out", doc="the multipliers, kept for the backward pass"),
             Scalar("p", high=1.0, high_open=True, doc="the probability of dropping an element"),
             Scalar("key", low=0, high=2**64 - 1, integer=True, doc="the mask's key (layer and step)"),
         ),
         returns="out",
         notes="Element i (row-major) takes half i % 2 (0: the low 32 bits) of word i // 2 of the stream, "
         "splitmix64(key + (i // 2 + 1) * 0x9E3779B97F4A7C15 mod 2**64), and is kept when that half is at least "
-        "ceil(p 2**32); 1 / (1 - p) is rounded once to the dtype. The backward pass is the same call on the gradient, "
-        "with the same key. The mask depends on nothing else: it is the same on every backend and thread count.",
+        "ceil(p 2**32); 1 / (1 - p) is rounded once to the dtype. The mask depends on nothing else: it is the same on "
+        "every backend and thread count.",
+    ),
+    Kernel(
+        "dropout_backward",
+        "layer",
+        "grad_x = grad_out * mask elementwise (mask: the dropout forward pass's)",
+        (Array("grad_out", "*"), Array("mask", "*"), Array("grad_x", "*", "out")),
+        returns="grad_x",
     ),
     Kernel(
         "softmax_cross_entropy",

@@ -249,10 +249,10 @@ class Dropout(Layer):
     (batch, features) input, row-major, is kept when the i-th 32-bit number of a SplitMix64 stream is at least
     ``p 2**32``; the stream's key is derived from the epoch's key (a hash of ``fit``'s shuffling generator, seeded by
     ``seed``, as it is at the start of the epoch, and of the epoch's number), the batch's index in the epoch and this
-    layer's index in the model. The backward pass remakes the same mask. So the masks are the same on every backend
-    and thread count, differ between batches, epochs and layers, change no permutation of the data (``Dropout(0)``
-    trains bit for bit as no layer), and a run resumed from a checkpoint (which keeps the generator's state at the
-    start of the epoch) makes them again."""
+    layer's index in the model; the backward pass multiplies by the mask kept. So the masks are the same on every
+    backend and thread count, differ between batches, epochs and layers, change no permutation of the data
+    (``Dropout(0)`` trains bit for bit as no layer), and a run resumed from a checkpoint (which keeps the generator's
+    state at the start of the epoch) makes them again."""
 
     def __init__(self, p: float = 0.5) -> None:
         self.p = check_scalar(p, "p", high=1.0, high_open=True)

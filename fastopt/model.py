@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from copy import deepcopy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -76,13 +76,15 @@ class _ThreadState:
 
 @dataclass
 class _Workspace:
-    """Buffers for one batch size: the input rows, each stage's output and the gradient w.r.t. it."""
+    """Buffers for one batch size: the input rows, each stage's output and the gradient w.r.t. it, and the masks of
+    the dropout stages (by stage index, made by the first training pass)."""
 
     inputs: np.ndarray
     outputs: list[np.ndarray]
     output_grads: list[np.ndarray]
     targets: np.ndarray | None = None
     labels: np.ndarray | None = None
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def _source_outside_training(stages: list[_Stage]) -> int:
@@ -351,7 +353,7 @@ class Sequential:
         """The outputs for ``workspace.inputs``. ``step_key``: a training pass, whose dropout stage at layer index j
         uses the mask of key ``_random.word(step_key, j)``; None (predict, evaluate) skips the dropout stages."""
         inputs = workspace.inputs
-        for stage, out in zip(self._stages, workspace.outputs):
+        for index, (stage, out) in enumerate(zip(self._stages, workspace.outputs)):
             if stage.kind == "dense":
                 layer = stage.dense
                 backend._dense_forward(inputs, layer.weight, layer.bias, out, stage.activation, stage.negative_slope)  # type: ignore[union-attr]
@@ -362,13 +364,16 @@ class Sequential:
             elif step_key is None:
                 continue  # dropout outside training: the identity, and the next stage reads this one's input
             else:
-                backend._dropout(inputs, out, stage.rate, _random.word(step_key, stage.position))
+                mask = workspace.masks.get(index)
+                if mask is None:
+                    mask = workspace.masks[index] = np.empty_like(out)
+                backend._dropout(inputs, out, mask, stage.rate, _random.word(step_key, stage.position))
             inputs = out
         return inputs
 
     def _backward(self, backend: Backend, workspace: _Workspace, step_key: int | None = None) -> None:
         """Gradients of the loss w.r.t. every parameter, from ``workspace.output_grads[-1]``, after a ``_forward``
-        with the same ``step_key``."""
+        with the same ``step_key`` (not None: a training pass, whose dropout masks are in ``workspace.masks``)."""
         training = step_key is not None
         for index in range(len(self._stages) - 1, -1, -1):
             stage = self._stages[index]
@@ -395,8 +400,8 @@ class Sequential:
                 backend._activation_backward(stage.activation, inputs, out, grad_out, grad_inputs, stage.negative_slope)
             elif stage.kind == "softmax":
                 backend._softmax_backward(out, grad_out, grad_inputs)
-            elif training:  # dropout: the same mask again
-                backend._dropout(grad_out, grad_inputs, stage.rate, _random.word(step_key, stage.position))  # type: ignore[arg-type]
+            elif training:  # dropout: the forward pass's mask
+                backend._dropout_backward(grad_out, workspace.masks[index], grad_inputs)
             else:
                 np.copyto(grad_inputs, grad_out)
 

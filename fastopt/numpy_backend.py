@@ -149,8 +149,12 @@ class NumpyBackend(Backend):
         dot = (grad_out * out).sum(axis=1, keepdims=True)
         np.copyto(grad_x, out * (grad_out - dot))
 
-    def _dropout(self, x, out, p, key):  # type: ignore[no-untyped-def]
-        np.multiply(x, dropout_multipliers(x.shape, x.dtype, p, key), out=out)
+    def _dropout(self, x, out, mask, p, key):  # type: ignore[no-untyped-def]
+        np.copyto(mask, dropout_multipliers(x.shape, x.dtype, p, key))
+        np.multiply(x, mask, out=out)
+
+    def _dropout_backward(self, grad_out, mask, grad_x):  # type: ignore[no-untyped-def]
+        np.multiply(grad_out, mask, out=grad_x)
 
     def _softmax_cross_entropy(self, logits, labels, grad_logits):  # type: ignore[no-untyped-def]
         batch = logits.shape[0]

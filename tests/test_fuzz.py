@@ -718,8 +718,8 @@ def dropout_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expect
     words = [splitmix64_word(s["key"], j) for j in range((x.size + 1) // 2)]
     halves = [(words[i // 2] >> (32 * (i % 2))) & 0xFFFFFFFF for i in range(x.size)]
     scale = float(dtype.type(1 / (1 - s["p"])))
-    multipliers = np.array([scale if half >= s["p"] * 2**32 else 0.0 for half in halves])
-    return {"out": ((x * multipliers).reshape(f["x"].shape), np.abs(f["x"]) * scale)}
+    multipliers = np.array([scale if half >= s["p"] * 2**32 else 0.0 for half in halves]).reshape(f["x"].shape)
+    return {"out": (f["x"] * multipliers, np.abs(f["x"]) * scale), "mask": (multipliers, 0.0)}
 
 
 # Each reference takes the arrays in float64 (index arrays as given; None for an absent optional one), the scalars
@@ -925,6 +925,7 @@ MATH_REFERENCES: dict[str, Callable[[dict[str, Any], dict[str, Any], np.dtype], 
         "grad_x": act_grad_ref(s["activation"], f["x"], f["out"], f["grad_out"], s["negative_slope"])
     },
     "dropout": dropout_ref,
+    "dropout_backward": lambda f, s, dtype: {"grad_x": (f["grad_out"] * f["mask"], np.abs(f["grad_out"] * f["mask"]))},
     "softmax_forward": softmax_forward_ref,
     "softmax_backward": softmax_backward_ref,
     "softmax_cross_entropy": softmax_cross_entropy_ref,

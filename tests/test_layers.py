@@ -195,17 +195,17 @@ def test_dense_leaky_relu_gradients_match_finite_differences(backend) -> None:  
 
 
 def test_dropout_gradient_matches_finite_differences(backend) -> None:  # type: ignore[no-untyped-def]
-    """A fixed mask makes dropout linear; its backward (the same kernel on the gradient) is its derivative."""
+    """A fixed mask makes dropout linear; its backward (the product with the mask kept) is its derivative."""
     rng = np.random.default_rng(3)
     x, projection = rng.standard_normal((6, 9)), rng.standard_normal((6, 9))
-    out = np.empty_like(x)
+    out, mask = np.empty_like(x), np.empty_like(x)
 
     def loss() -> float:
-        backend.dropout(x, out, 0.4, 12345)
+        backend.dropout(x, out, mask, 0.4, 12345)
         return float(np.sum(out * projection))
 
     expected = numerical_gradient(loss, x)
-    grad_x = backend.dropout(projection, np.empty_like(x), 0.4, 12345)
+    grad_x = backend.dropout_backward(projection, mask, np.empty_like(x))
     assert np.count_nonzero(grad_x) not in (0, grad_x.size)
     np.testing.assert_allclose(grad_x, expected, rtol=1e-6, atol=1e-8)
 
@@ -423,14 +423,16 @@ def test_the_mask_follows_the_table(backend) -> None:  # type: ignore[no-untyped
     for dtype in (np.float32, np.float64):
         x = np.arange(1, 12, dtype=dtype)
         x[4] = np.nan
-        out = backend.dropout(x, np.empty_like(x), p, key)
+        mask = np.empty_like(x)
+        out = backend.dropout(x, np.empty_like(x), mask, p, key)
         halves = [(_random.word(key, i // 2) >> (32 * (i % 2))) & 0xFFFFFFFF for i in range(x.size)]
         kept = np.array([half >= p * 2**32 for half in halves])
         scale = dtype(1 / (1 - p))
+        np.testing.assert_array_equal(mask, np.where(kept, scale, dtype(0)))
         np.testing.assert_array_equal(out[kept], x[kept] * scale)
         assert np.isnan(out[4]) and np.all(out[~kept & ~np.isnan(x)] == 0)
         assert 0 < kept.sum() < x.size
-        np.testing.assert_array_equal(backend.dropout(x, np.empty_like(x), 0.0, key), x)  # p = 0: the identity
+        np.testing.assert_array_equal(backend.dropout(x, np.empty_like(x), mask, 0.0, key), x)  # p = 0: the identity
 
 
 def test_the_keep_fraction_is_binomial() -> None:
@@ -439,7 +441,7 @@ def test_the_keep_fraction_is_binomial() -> None:
     n = 2**20
     x = np.ones(n, dtype=np.float32)
     for p in (0.1, 0.5, 0.9, 0.2):
-        kept = [NB.dropout(x, np.empty_like(x), p, key) != 0 for key in (1, 2)]
+        kept = [NB.dropout(x, np.empty_like(x), np.empty_like(x), p, key) != 0 for key in (1, 2)]
         sigma = math.sqrt(n * p * (1 - p))
         for mask in kept:
             assert abs(int(mask.sum()) - n * (1 - p)) < 5 * sigma, p
@@ -459,25 +461,27 @@ def test_dropout_is_the_same_on_both_backends_and_any_thread_count(size) -> None
         for dtype, threads in ((np.float32, 1), (np.float32, 2), (np.float64, 1), (np.float64, 2)):
             fastopt.set_num_threads(threads)
             x = rng.standard_normal(size).astype(dtype)
-            expected = NB.dropout(x, np.empty_like(x), 0.35, 77)
-            np.testing.assert_array_equal(CB.dropout(x, np.empty_like(x), 0.35, 77), expected)
-            rows = CB.dropout(x.reshape(1, -1), np.empty((1, size), dtype), 0.35, 77)  # 2-d: the same row-major mask
+            expected_mask, mask, rows_mask = np.empty_like(x), np.empty_like(x), np.empty((1, size), dtype)
+            expected = NB.dropout(x, np.empty_like(x), expected_mask, 0.35, 77)
+            np.testing.assert_array_equal(CB.dropout(x, np.empty_like(x), mask, 0.35, 77), expected)
+            rows = CB.dropout(x.reshape(1, -1), np.empty((1, size), dtype), rows_mask, 0.35, 77)  # 2-d: row-major
             np.testing.assert_array_equal(rows[0], expected)
+            np.testing.assert_array_equal(mask, expected_mask)
+            np.testing.assert_array_equal(rows_mask[0], expected_mask)
     finally:
         fastopt.set_num_threads(before)
 
 
 def test_the_key_is_an_exact_64_bit_integer(backend) -> None:  # type: ignore[no-untyped-def]
-    x = np.ones(4)
+    x, out, mask = np.ones(4), np.empty(4), np.empty(4)
     for key in (-1, 2**64, 1.0, True, "1", None):
         with pytest.raises((TypeError, ValueError), match="key"):
-            backend.dropout(x, np.empty(4), 0.5, key)
+            backend.dropout(x, out, mask, 0.5, key)
     for p in (1.0, -0.01, float("nan")):
         with pytest.raises(ValueError, match="p"):
-            backend.dropout(x, np.empty(4), p, 1)
-    assert not np.array_equal(
-        backend.dropout(x, np.empty(4), 0.5, 2**64 - 1), backend.dropout(x, np.empty(4), 0.5, 2**63 - 1)
-    )
+            backend.dropout(x, out, mask, p, 1)
+    highest, half = (backend.dropout(np.ones(64), np.empty(64), np.empty(64), 0.5, key) for key in (2**64 - 1, 2**63))
+    assert not np.array_equal(highest, half)
 
 
 # ------------------------------------------------------------------------------------ dropout in a model

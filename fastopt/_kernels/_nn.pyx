@@ -32,7 +32,6 @@ from fastopt._kernels._threads cimport GATHER, GEMM, SCAN, UPDATE, clock, report
 
 cdef extern from "fastopt_layers.h":
     float fo_selectf(int c, float a, float b) noexcept nogil
-    double fo_select(int c, double a, double b) noexcept nogil
     float fo_exp_half_square(float a) noexcept nogil
     float fo_normal_cdf(float x, float density) noexcept nogil
     uint64_t fo_stream_word(uint64_t key, uint64_t j) noexcept nogil
@@ -113,8 +112,11 @@ cdef double _KAPPA = 0.044715
 
 
 cdef inline floating _select(bint c, floating a, floating b) noexcept nogil:
-    # c ? a : b on the bits (see fastopt_layers.h: the selects that gcc would not vectorize otherwise)
-    return fo_selectf(c, a, b) if floating is float else fo_select(c, a, b)
+    # c ? a : b, for float32 on the bits (see fastopt_layers.h: the selects that gcc would not vectorize otherwise)
+    if floating is float:
+        return fo_selectf(c, a, b)
+    else:
+        return a if c else b
 
 
 cdef inline floating _gelu(floating x) noexcept nogil:
@@ -258,18 +260,20 @@ cdef void _gelu_backward(int act, const floating* x, const floating* grad_out, f
             grad_x[i] = grad_out[i] * _gelu_tanh_derivative(x[i])
 
 
-cdef inline void _dropout_words(const floating* x, floating* out, Py_ssize_t first, Py_ssize_t last, uint64_t key,
-                                uint64_t threshold, floating scale) noexcept nogil:
+cdef inline void _dropout_words(const floating* x, floating* out, floating* mask, Py_ssize_t first, Py_ssize_t last,
+                                uint64_t key, uint64_t threshold, floating scale) noexcept nogil:
     # Words first:last of the key's stream, each deciding two elements: 2 j by its low 32 bits, 2 j + 1 by its high
-    # ones (the element is kept when they are >= threshold). A product, not a select, so that NaN and Inf stay
-    # visible in dropped elements as in PyTorch (x * 0).
+    # ones (the element is kept when they are >= threshold). A product with the multiplier, not a select, so that
+    # NaN and Inf stay visible in dropped elements as in PyTorch (x * 0).
     cdef Py_ssize_t j
     cdef uint64_t word
     cdef floating zero = 0
     for j in range(first, last):
         word = fo_stream_word(key, j)
-        out[2 * j] = x[2 * j] * (scale if <uint32_t>word >= threshold else zero)
-        out[2 * j + 1] = x[2 * j + 1] * (scale if (word >> 32) >= threshold else zero)
+        mask[2 * j] = scale if <uint32_t>word >= threshold else zero
+        mask[2 * j + 1] = scale if (word >> 32) >= threshold else zero
+        out[2 * j] = x[2 * j] * mask[2 * j]
+        out[2 * j + 1] = x[2 * j + 1] * mask[2 * j + 1]
 
 
 cdef inline void _add_row(floating* acc, const floating* row, Py_ssize_t n) noexcept nogil:
@@ -650,11 +654,13 @@ def softmax_backward(const floating[:, ::1] out, const floating[:, ::1] grad_out
                 dp[i * cols + j] = y[j] * (g[j] - dot)
 
 
-def dropout(const floating[::1] x, floating[::1] out, double p, uint64_t key):
-    """``out = x * (1 / (1 - p) if kept else 0)`` over flat buffers: element i is kept when half i % 2 (the low 32
-    bits first) of word i // 2 of the key's SplitMix64 stream is at least ceil(p 2**32). Every element's fate depends
-    on the key and its index only, so the work is split over the threads from the optimizer updates' threshold (the
-    hash costs about what an Adam update does per element) in blocks of words, with the same bits for any split."""
+def dropout(const floating[::1] x, floating[::1] out, floating[::1] mask, double p, uint64_t key):
+    """``mask = 1 / (1 - p) if kept else 0``, ``out = x * mask`` over flat buffers: element i is kept when half i % 2
+    (the low 32 bits first) of word i // 2 of the key's SplitMix64 stream is at least ceil(p 2**32). Every element's
+    fate depends on the key and its index only, so the work is split over the threads from the optimizer updates'
+    threshold (the hash costs about what an Adam update does per element) in blocks of words, with the same bits for
+    any split. The backward pass multiplies by the stored mask: at the seed MLP's sizes that product cost a sixth of
+    remaking the mask (2-core AMD EPYC Zen 4 VM, float32, AVX2: 32 x 128, 0.9 against 5.8 us)."""
     cdef Py_ssize_t n = x.shape[0], words = x.shape[0] // 2, size, block, blocks
     cdef uint64_t threshold = <uint64_t>ceil(ldexp(p, 32))
     cdef floating scale = <floating>(1.0 / (1.0 - p)), zero = 0
@@ -664,20 +670,22 @@ def dropout(const floating[::1] x, floating[::1] out, double p, uint64_t key):
         return
     cdef const floating* xp = &x[0]
     cdef floating* op = &out[0]
+    cdef floating* mp = &mask[0]
     blocks = threads_for(UPDATE, <double>n, words // 2048)
     size = (words + blocks - 1) // blocks
     with nogil:
         if blocks == 1:
-            _dropout_words(xp, op, 0, words, key, threshold, scale)
+            _dropout_words(xp, op, mp, 0, words, key, threshold, scale)
         else:
             started = clock()
             for block in prange(blocks, num_threads=blocks, schedule="static", chunksize=1):
-                _dropout_words(xp, op, block * size, min(words, (block + 1) * size), key, threshold, scale)
+                _dropout_words(xp, op, mp, block * size, min(words, (block + 1) * size), key, threshold, scale)
                 if threadid() == 0:
                     own_done[0] = clock()
             report_region(started, own_done[0])
         if n % 2:  # the last element alone: the low half of word n // 2
-            op[n - 1] = xp[n - 1] * (scale if <uint32_t>fo_stream_word(key, words) >= threshold else zero)
+            mp[n - 1] = scale if <uint32_t>fo_stream_word(key, words) >= threshold else zero
+            op[n - 1] = xp[n - 1] * mp[n - 1]
 
 
 # ------------------------------------------------------------------------------- losses

@@ -27,18 +27,10 @@ static inline float fo_expf_nonpositive(float d) __attribute__((always_inline));
 /* ---------------------------------------------------------------------------------- selects */
 /* c ? a : b, chosen on the bits. Under gcc's default -ftrapping-math a loop whose select has a computed value on
    each side (leaky_relu's `z > 0 ? z : z * slope`) is not vectorized: gcc moves the product into the branch that
-   uses it, and then will not execute it unconditionally. A select of bits leaves nothing to move. */
+   uses it, and then will not execute it unconditionally. A select of bits leaves nothing to move. (float32 only:
+   the float64 kernels are not the fast path, and use a plain select.) */
 FO_FORCE_INLINE float fo_selectf(int c, float a, float b) {
     uint32_t bits_a, bits_b, mask = (uint32_t)0 - (uint32_t)(c != 0);
-    memcpy(&bits_a, &a, sizeof bits_a);
-    memcpy(&bits_b, &b, sizeof bits_b);
-    bits_a = (bits_a & mask) | (bits_b & ~mask);
-    memcpy(&a, &bits_a, sizeof a);
-    return a;
-}
-
-FO_FORCE_INLINE double fo_select(int c, double a, double b) {
-    uint64_t bits_a, bits_b, mask = (uint64_t)0 - (uint64_t)(c != 0);
     memcpy(&bits_a, &a, sizeof bits_a);
     memcpy(&bits_b, &b, sizeof bits_b);
     bits_a = (bits_a & mask) | (bits_b & ~mask);
