@@ -113,6 +113,9 @@ def _by_itemsize(fused: object) -> dict[int, object]:
                  "softmax_forward", "softmax_backward", "softmax_cross_entropy", "mse", "count_correct", "all_finite",
                  "gather_rows", "dense_forward", "dense_backward")
 )  # fmt: skip
+_huber_kernel, _mae_kernel, _bce_kernel, _count_binary = (
+    _by_itemsize(getattr(_nn, name)) for name in ("huber", "mae", "binary_cross_entropy", "count_binary_correct")
+)
 _matmul = np.matmul
 
 # (symbol prefix, suffix, 64-bit integers): scipy-openblas64 (NumPy's wheels), an OpenBLAS built with
@@ -343,15 +346,23 @@ class CythonBackend(Backend):
     def _softmax_backward(self, out, grad_out, grad_x):  # type: ignore[no-untyped-def]
         _softmax_bwd[out.itemsize](out, grad_out, grad_x)
 
-    def _softmax_cross_entropy(self, logits, labels, grad_logits):  # type: ignore[no-untyped-def]
-        return _softmax_xent[logits.itemsize](logits, labels, grad_logits)
+    def _softmax_cross_entropy(self, logits, labels, grad_logits, weights, label_smoothing):  # type: ignore[no-untyped-def]
+        return _softmax_xent[logits.itemsize](logits, labels, grad_logits, weights, label_smoothing)
 
-    def _mse(self, pred, target, grad_pred):  # type: ignore[no-untyped-def]
-        if pred.ndim != 1:
-            pred, target = pred.ravel(), target.ravel()
-            if grad_pred is not None:
-                grad_pred = grad_pred.ravel()
-        return _mse_kernel[pred.itemsize](pred, target, grad_pred)
+    def _mse(self, pred, target, grad_pred, weights):  # type: ignore[no-untyped-def]
+        return _mse_kernel[pred.itemsize](pred, target, grad_pred, weights)
+
+    def _huber(self, pred, target, grad_pred, weights, delta):  # type: ignore[no-untyped-def]
+        return _huber_kernel[pred.itemsize](pred, target, grad_pred, weights, delta)
+
+    def _mae(self, pred, target, grad_pred, weights):  # type: ignore[no-untyped-def]
+        return _mae_kernel[pred.itemsize](pred, target, grad_pred, weights)
+
+    def _binary_cross_entropy(self, logits, targets, grad_logits, weights, pos_weight):  # type: ignore[no-untyped-def]
+        return _bce_kernel[logits.itemsize](logits, targets, grad_logits, weights, pos_weight)
+
+    def _count_binary_correct(self, logits, targets):  # type: ignore[no-untyped-def]
+        return _count_binary[logits.itemsize](logits, targets)
 
     def _count_correct(self, scores, labels):  # type: ignore[no-untyped-def]
         return _count[scores.itemsize](scores, labels)

@@ -109,6 +109,7 @@ def _check_clipping(clip_norm: object, clip_value: object) -> tuple[float | None
 def check_fit_options(model: Sequential, arguments: dict[str, Any]) -> FitOptions:
     """Check ``fit``'s keyword arguments (every one but the data) before anything changes."""
     loss = model._choose_loss(arguments["loss"])
+    loss.check_last_layer(model.layers[-1], stacklevel=4)  # the user's fit call: Sequential.fit, training.fit, here
     optimizer = arguments["optimizer"] if arguments["optimizer"] is not None else model.optimizer or Adam()
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastopt optimizer such as optim.Adam(), got {optimizer!r}")
@@ -154,11 +155,14 @@ def _split(data: FitData, fraction: float, seed: int | None) -> FitData:
 
 
 def prepare_data(model: Sequential, X: object, y: object, options: FitOptions, arguments: dict[str, Any]) -> FitData:
-    """Convert and check the training data, sample and class weights and the validation data (or split)."""
+    """Convert and check the training data, sample and class weights and the validation data (or split). The
+    split takes each row's sample weight with it; class weights then apply to the training rows (Keras's
+    semantics: the validation loss is not class-weighted), "balanced" counting the classes of those rows."""
     backend = resolve_backend(model._backend_name)
     inputs = as_features(X, model.in_features, model.dtype, backend)
     targets = options.loss.targets(y, model.out_features, model.dtype)
     check_same_length(inputs, targets.values)
+    targets = targets.with_sample_weight(arguments["sample_weight"], model.dtype)
     data = FitData(inputs, targets, model._prepare_validation(arguments["validation_data"], options.loss, backend))
     fraction = arguments["validation_split"]
     fraction = check_scalar(fraction, "validation_split", high=1.0, high_open=True)
@@ -166,6 +170,9 @@ def prepare_data(model: Sequential, X: object, y: object, options: FitOptions, a
         if data.validation is not None:
             raise ValueError("give validation_data or validation_split, not both")
         data = _split(data, fraction, options.seed)
+        data.validation[1].check_weight_total("the validation rows")  # type: ignore[index]
+    data.targets = data.targets.with_class_weight(arguments["class_weight"], model.dtype)
+    data.targets.check_weight_total("the training rows")
     return data
 
 
@@ -268,8 +275,9 @@ class Run:
         """Mean loss (and accuracy) over the samples of the epoch's batches not skipped, and validation."""
         position, data = self.position, self.data
         logs = {"loss": position.loss_sum / position.weight_sum if position.weight_sum else math.nan}
-        if data.targets.labels is not None:
-            logs["accuracy"] = position.correct / position.samples if position.samples else math.nan
+        if data.targets.reports_accuracy:
+            predictions = position.samples * data.targets.predictions_per_row
+            logs["accuracy"] = position.correct / predictions if predictions else math.nan
         if data.validation is not None:
             batch_size = max(self.options.batch_size, 1024)
             evaluation = self.model._evaluate_prepared(*data.validation, self.options.loss, batch_size)
