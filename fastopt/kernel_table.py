@@ -146,6 +146,12 @@ def _sample_weights() -> Array:
     return Array("weights", "B", optional=True, doc="w, one per row; None: every w_i = 1")
 
 
+def _pointwise_arrays() -> tuple[Array, ...]:
+    """The arrays of a loss of outputs against float targets, element by element: outputs, targets, the gradient
+    (optional) and the weights (optional)."""
+    return Array("pred", "BO"), Array("target", "BO"), Array("grad_pred", "BO", "out", optional=True), _sample_weights()
+
+
 _WEIGHT_NOTES = (
     "A batch whose weights sum to 0 gives 0 and a zero gradient. The weights' sum is taken in double, and so are "
     "each row's factor w_i / sum_i w_i (rounded once to the arrays' dtype) and the value."
@@ -244,14 +250,9 @@ _TABLE = (
         "loss",
         "l_i = mean_j (pred[i, j] - target[i, j])**2; value = sum_i w_i l_i / sum_i w_i; "
         "grad_pred[i] = 2 (pred[i] - target[i]) w_i / (O sum_i w_i)",
-        (
-            Array("pred", "BO"),
-            Array("target", "BO"),
-            Array("grad_pred", "BO", "out", optional=True),
-            _sample_weights(),
-        ),
+        _pointwise_arrays(),
         returns="value",
-        min_size=("B", "O"),
+        nonempty=("pred",),
         notes=_WEIGHT_NOTES + " Without weights the gradient is 2 (pred - target) / pred.size.",
     ),
     Kernel(
@@ -260,14 +261,11 @@ _TABLE = (
         "d = pred - target; l = d**2 / 2 where |d| < delta, else delta (|d| - delta / 2); l_i = mean_j l[i, j]; "
         "value = sum_i w_i l_i / sum_i w_i; grad_pred[i] = clip(d[i], -delta, delta) w_i / (O sum_i w_i)",
         (
-            Array("pred", "BO"),
-            Array("target", "BO"),
-            Array("grad_pred", "BO", "out", optional=True),
-            _sample_weights(),
+            *_pointwise_arrays(),
             Scalar("delta", low_open=True, default=1.0, doc="where the loss turns from quadratic to linear"),
         ),
         returns="value",
-        min_size=("B", "O"),
+        nonempty=("pred",),
         notes=_WEIGHT_NOTES,
     ),
     Kernel(
@@ -275,14 +273,9 @@ _TABLE = (
         "loss",
         "l_i = mean_j |pred[i, j] - target[i, j]|; value = sum_i w_i l_i / sum_i w_i; "
         "grad_pred[i] = sign(pred[i] - target[i]) w_i / (O sum_i w_i)",
-        (
-            Array("pred", "BO"),
-            Array("target", "BO"),
-            Array("grad_pred", "BO", "out", optional=True),
-            _sample_weights(),
-        ),
+        _pointwise_arrays(),
         returns="value",
-        min_size=("B", "O"),
+        nonempty=("pred",),
         notes=_WEIGHT_NOTES + " sign(0) is 0 and sign(NaN) is NaN, as numpy.sign.",
     ),
     Kernel(
@@ -299,7 +292,7 @@ _TABLE = (
             Array("pos_weight", "C", optional=True, doc="p, the weight of the positive term of each column"),
         ),
         returns="value",
-        min_size=("B", "C"),
+        nonempty=("logits",),
         notes=_WEIGHT_NOTES
         + " Stable for any logit: -log s = max(-x, 0) + log1p(exp(-|x|)), -log(1 - s) = max(x, 0) + log1p(exp(-|x|)),"
         " and s and 1 - s are each taken from exp(-|x|).",

@@ -1015,8 +1015,11 @@ def math_array(draw: st.DrawFn, kernel: Kernel, array: Array, shape: tuple[int, 
 def math_calls(draw: st.DrawFn, kernel_name: str) -> Call:
     """Valid calls with moderate values (see the module docstring)."""
     kernel = KERNELS[kernel_name]
-    # rows and classes of at least 1 (NumPy's reductions refuse empty rows), and whatever the table needs
-    at_least_one = {"B", "C", *kernel.min_size, *(array.index_of for array in kernel.arrays if array.index_of)}
+    # rows and classes of at least 1 (NumPy's reductions refuse empty rows), and whatever the table needs (the
+    # dimensions of the arrays that must not be empty among them)
+    nonempty = {symbol for array in kernel.arrays if array.name in kernel.nonempty for symbol in array.shape}
+    at_least_one = {"B", "C", *kernel.min_size, *(array.index_of for array in kernel.arrays if array.index_of),
+                    *(nonempty - {"*"})}  # fmt: skip
     dims = {symbol: draw(st.integers(1 if symbol in at_least_one else 0, 9)) for symbol in DIMENSIONS}
     star = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
     dtype = draw(st.sampled_from(["float32", "float64"]))
