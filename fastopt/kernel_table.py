@@ -153,8 +153,8 @@ def _pointwise_arrays() -> tuple[Array, ...]:
 
 
 _WEIGHT_NOTES = (
-    "A batch whose weights sum to 0 gives 0 and a zero gradient. The weights' sum is taken in double, and so are "
-    "each row's factor w_i / sum_i w_i (rounded once to the arrays' dtype) and the value."
+    "A batch whose weights sum to 0 gives 0 and a zero gradient. The weights' sum is taken in double, in row order, "
+    "and so are each row's factor w_i / sum_i w_i (rounded once to the arrays' dtype) and the value."
 )
 
 

@@ -49,9 +49,10 @@ def weighted_mean(
 
     With weights w (None: all 1) and their sum W, in float64: value ``sum_i w_i row_sums_i / (W columns)``, factor
     ``numerator w_i / (W columns)`` rounded to ``dtype``, shaped (B, 1) to broadcast over a row. When W is 0 the
-    value is 0 and every factor 0 (a batch that weighs nothing)."""
+    value is 0 and every factor 0 (a batch that weighs nothing). W is summed in row order (a running sum), as the
+    compiled kernels sum it: weights of both signs that cancel then give the same W, hence the same branch."""
     w = np.ones(len(row_sums)) if weights is None else weights.astype(np.float64)
-    total = float(np.sum(w))
+    total = float(np.cumsum(w)[-1])
     if total == 0:
         return 0.0, np.zeros((len(w), 1), dtype=dtype)
     value = float(np.sum(w * row_sums)) / (total * columns)

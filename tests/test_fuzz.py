@@ -712,10 +712,11 @@ def softmax_backward_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) 
 def weighted_loss(f: dict[str, Any], elements: Any, scales: Any, grad: Any, grad_scales: Any, name: str) -> Expected:
     """A loss kernel's expected value and gradient from its elements' losses and gradients (B, columns) with their
     magnitude bounds, as the table's math lines weigh them: w_i (1 without weights), W = sum_i w_i, value
-    ``sum_i w_i mean_j elements[i, j] / W`` and gradient ``grad[i] w_i / (W columns)``; 0 for both when W is 0."""
+    ``sum_i w_i mean_j elements[i, j] / W`` and gradient ``grad[i] w_i / (W columns)``; 0 for both when W is 0. W is
+    summed in row order, as the table says (huge weights of both signs cancel differently in another order)."""
     rows, columns = elements.shape
     w = np.ones(rows) if f["weights"] is None else f["weights"]
-    total = float(np.sum(w))
+    total = float(np.cumsum(w)[-1])
     if total == 0:
         factor, value, scale = np.zeros((rows, 1)), 0.0, 0.0
     else:
