@@ -116,6 +116,7 @@ def _by_itemsize(fused: object) -> dict[int, object]:
 _huber_kernel, _mae_kernel, _bce_kernel, _count_binary = (
     _by_itemsize(getattr(_nn, name)) for name in ("huber", "mae", "binary_cross_entropy", "count_binary_correct")
 )
+_sum_of_squares = _by_itemsize(_nn.sum_of_squares)
 _matmul = np.matmul
 
 # (symbol prefix, suffix, 64-bit integers): scipy-openblas64 (NumPy's wheels), an OpenBLAS built with
@@ -320,12 +321,13 @@ class CythonBackend(Backend):
     def _dense_backward(self, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, activation):  # type: ignore[no-untyped-def]
         code = _ACTIVATION_CODES[activation]
         if _direct_gemm:
-            _dense_bwd[out.itemsize](x, weight, out, grad_out, grad_weight, grad_bias, grad_x, code)
-            return
+            return _dense_bwd[out.itemsize](x, weight, out, grad_out, grad_weight, grad_bias, grad_x, code)
         _dense_backward_prologue[out.itemsize](grad_out, out, grad_bias, code)
         _matmul(x.T, grad_out, out=grad_weight)
         if grad_x is not None:
             _matmul(grad_out, weight.T, out=grad_x)
+        finite = _all_finite[out.itemsize]
+        return finite(grad_weight.reshape(-1)) and finite(grad_bias)
 
     def _activation_forward(self, activation, x, out):  # type: ignore[no-untyped-def]
         if activation == "tanh":
@@ -369,6 +371,9 @@ class CythonBackend(Backend):
 
     def _all_finite(self, x):  # type: ignore[no-untyped-def]
         return _all_finite[x.itemsize](x if x.ndim == 1 else x.reshape(-1))
+
+    def _sum_of_squares(self, x):  # type: ignore[no-untyped-def]
+        return _sum_of_squares[x.itemsize](x if x.ndim == 1 else x.reshape(-1))
 
     def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
         _gather[source.itemsize](source, rows, out)

@@ -188,7 +188,8 @@ _TABLE = (
     Kernel(
         "dense_backward",
         "layer",
-        "grad_out *= f'(out) (now dz); grad_weight = x.T @ dz; grad_bias = dz.sum(0); grad_x = dz @ weight.T",
+        "grad_out *= f'(out) (now dz); grad_weight = x.T @ dz; grad_bias = dz.sum(0); grad_x = dz @ weight.T; "
+        "returns whether grad_weight and grad_bias are finite",
         (
             Array("x", "BI"),
             Array("weight", "IO"),
@@ -199,7 +200,10 @@ _TABLE = (
             Array("grad_x", "BI", "out", optional=True, doc="None for the first layer"),
             _activation("identity"),
         ),
-        notes="f' is written in terms of the forward output: relu out > 0, sigmoid out (1 - out), tanh 1 - out**2.",
+        returns="value",
+        notes="f' is written in terms of the forward output: relu out > 0, sigmoid out (1 - out), tanh 1 - out**2. "
+        "The finiteness of the weight and bias gradients is the training step's guard against non-finite gradients "
+        "under a finite loss: the compiled kernel checks each block while it is in cache.",
     ),
     Kernel(
         "activation_forward",
@@ -324,6 +328,15 @@ _TABLE = (
         "whether x holds no NaN or Inf",
         (Array("x", "*"),),
         returns="value",
+    ),
+    Kernel(
+        "sum_of_squares",
+        "helper",
+        "sum of x**2, accumulated in float64 (the squared L2 norm gradient clipping takes)",
+        (Array("x", "*"),),
+        returns="value",
+        notes="NaN or Inf when x holds one (and Inf when a float64 square overflows): the norm is also the "
+        "guard against non-finite gradients when clipping. The sum's order differs between backends.",
     ),
     Kernel(
         "sgd_step",

@@ -335,8 +335,10 @@ class Sequential:
             inputs = out
         return inputs
 
-    def _backward(self, backend: Backend, workspace: _Workspace) -> None:
-        """Gradients of the loss w.r.t. every parameter, from ``workspace.output_grads[-1]``."""
+    def _backward(self, backend: Backend, workspace: _Workspace) -> bool:
+        """Gradients of the loss w.r.t. every parameter, from ``workspace.output_grads[-1]``; returns whether they
+        are all finite (each dense layer's kernel checks its own, while they are in cache)."""
+        finite = True
         for index in range(len(self._stages) - 1, -1, -1):
             stage = self._stages[index]
             out, grad_out = workspace.outputs[index], workspace.output_grads[index]
@@ -344,7 +346,7 @@ class Sequential:
             grad_inputs = workspace.output_grads[index - 1] if index else None
             if stage.kind == "dense":
                 layer = stage.dense
-                backend._dense_backward(
+                finite &= backend._dense_backward(
                     inputs,
                     layer.weight,
                     out,
@@ -360,6 +362,7 @@ class Sequential:
                 backend._activation_backward(stage.activation, out, grad_out, grad_inputs)
             else:
                 backend._softmax_backward(out, grad_out, grad_inputs)
+        return finite
 
     def predict(self, X: object, batch_size: int = 1024) -> np.ndarray:
         """The model's outputs (N, out_features) for inputs X (N, in_features), computed in batches."""
@@ -497,7 +500,7 @@ class Sequential:
         ``callbacks``: ``fastopt.callbacks`` objects (Keras's protocol; ``EarlyStopping``, ``ModelCheckpoint``,
         ``ReduceLROnPlateau``, ``LearningRateScheduler``, ``CSVLogger``, ``TerminateOnNaN``) and learning-rate
         schedulers of ``fastopt.optim.lr_scheduler``; a callback can stop the run. ``on_epoch_end(epoch, logs)``
-        (epoch numbered from 1) is called after each epoch. ``verbose=1`` prints a line per epoch (Keras's),
+        (epoch numbered from 1) is called after each epoch. ``verbose=1`` (or 2) prints a line per epoch (Keras's),
         ``progress=True`` shows a progress bar over each epoch's batches.
 
         ``clip_norm`` scales the gradients so that their global L2 norm is at most that value (PyTorch's
@@ -508,11 +511,13 @@ class Sequential:
         when the run ends; ``fastopt.checkpoint`` lists what a file holds. ``resume=True`` continues from
         the file (or starts fresh if there is none): on the same backend the run then ends with parameters,
         optimizer and callback state and history bit-identical to an uninterrupted run's, the ``seconds``
-        entries excepted; resuming a finished run returns its history at once, and resuming with a larger
-        ``epochs`` continues it. A checkpoint of another run (architecture, dtype, optimizer, loss, batch_size,
-        shuffle, seed, data, callbacks, clipping) is refused with ``ValueError`` naming what differs, a corrupt
-        or foreign file with ``FileFormatError``; the model and optimizer are then unchanged. A fresh run refuses
-        a ``checkpoint`` path holding a file that is not a fastopt checkpoint unless ``overwrite=True``.
+        entries excepted; resuming a finished run returns its history at once (only the callbacks'
+        ``on_train_begin`` and ``on_train_end`` run: early stopping restores its best weights), and resuming a
+        completed run with a larger ``epochs`` continues it from its last epoch. A checkpoint of another run
+        (architecture, dtype, optimizer, loss, batch_size, shuffle, seed, data, callbacks, clipping) is refused
+        with ``ValueError`` naming what differs, a corrupt or foreign file with ``FileFormatError``; the model and
+        optimizer are then unchanged. A fresh run refuses a ``checkpoint`` path holding a file that is not a
+        fastopt checkpoint unless ``overwrite=True``.
 
         ``on_nonfinite``: if a batch's loss or gradient is NaN or Inf, ``"raise"`` raises ``FloatingPointError``
         naming the step, before that step's update (the last checkpoint written stays as it was); ``"skip"``
@@ -537,15 +542,16 @@ class Sequential:
         check_same_length(inputs, targets.values)
         with self._threads.training:
             rows = np.arange(len(inputs), dtype=np.int64)
-            value, _, _ = self._batch_gradients(backend, loss, inputs, targets, rows)
+            value, _, _, _ = self._batch_gradients(backend, loss, inputs, targets, rows)
         return value
 
     def _batch_gradients(
         self, backend: Backend, loss: Loss, inputs: np.ndarray, targets: Targets, rows: np.ndarray
-    ) -> tuple[float, int, float]:
+    ) -> tuple[float, int, float, bool]:
         """The trusted core of a training step: gather ``rows`` (inputs, targets, weights), forward, loss, and (when
         the loss is finite) backward into ``self.gradients``. Returns the batch's (weighted) mean loss, its correct
-        predictions and its weight (the sum of its samples' weights: the number of rows without weights)."""
+        predictions, its weight (the sum of its samples' weights: the number of rows without weights) and whether
+        every gradient is finite."""
         workspace = self._workspace(len(rows))
         target_shape = (len(rows), *targets.values.shape[1:])
         if (
@@ -565,7 +571,7 @@ class Sequential:
         output = self._forward(backend, workspace)
         batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1], weights)
         if not math.isfinite(batch_loss):
-            return batch_loss, 0, weight
+            return batch_loss, 0, weight, False
         correct = 0
         if targets.binary:  # BinaryCrossEntropy: each output's logit sign against its 0/1 target
             correct = backend._count_binary_correct(output, workspace.targets)
@@ -574,8 +580,8 @@ class Sequential:
         elif targets.labels is not None:
             targets.labels.take(rows, out=workspace.labels, mode="clip")
             correct = backend._count_correct(output, workspace.labels)
-        self._backward(backend, workspace)
-        return batch_loss, correct, weight
+        finite = self._backward(backend, workspace)
+        return batch_loss, correct, weight, finite
 
     def _prepare_validation(
         self, validation_data: object, loss: Loss, backend: Backend

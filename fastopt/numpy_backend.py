@@ -75,6 +75,7 @@ class NumpyBackend(Backend):
         np.sum(grad_out, axis=0, out=grad_bias)
         if grad_x is not None:
             np.matmul(grad_out, weight.T, out=grad_x)
+        return bool(np.isfinite(grad_weight).all() and np.isfinite(grad_bias).all())
 
     def _activation_forward(self, activation, x, out):  # type: ignore[no-untyped-def]
         if activation == "relu":
@@ -187,6 +188,11 @@ class NumpyBackend(Backend):
 
     def _all_finite(self, x):  # type: ignore[no-untyped-def]
         return bool(np.isfinite(x).all())
+
+    def _sum_of_squares(self, x):  # type: ignore[no-untyped-def]
+        values = x.reshape(-1).astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(np.dot(values, values))
 
     def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
         np.take(source, rows, axis=0, out=out)

@@ -186,16 +186,14 @@ class Run:
         self.n_batches = math.ceil(len(data.inputs) / options.batch_size)
         self.history, self.position = History(), Progress()
         self.rng = np.random.default_rng(options.seed)
-        callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose == 1 else [])
+        callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose else [])
         params = {"epochs": options.epochs, "steps": self.n_batches, "batch_size": options.batch_size,
                   "verbose": options.verbose, "samples": len(data.inputs)}  # fmt: skip
         self.callbacks = CallbackList(callbacks, model, params)
         self.saver: _checkpoint.Checkpointer | None = None
         saved = self._checkpoint_to_resume()  # read and checked before anything changes
         optimizer = options.optimizer
-        if not optimizer.is_bound_to([model.parameters]):
-            optimizer.bind([model.parameters], self.backend)
-        optimizer.backend = self.backend
+        self.gradients = self._bind(optimizer)
         model.loss, model.optimizer = options.loss, optimizer
         if saved is not None:
             saved.restore(model.parameters, optimizer, self.rng)  # rng: as at the start of the saved epoch
@@ -206,6 +204,20 @@ class Run:
                                                   model.parameters, optimizer, self.rng, self.position, self.history,
                                                   self.callbacks, self.environment, options.epochs,
                                                   overwrite=options.overwrite)  # fmt: skip
+
+    def _bind(self, optimizer: Optimizer) -> list[np.ndarray]:
+        """Bind the optimizer to the model (unless it is bound to its parameters, whole or as the two groups of
+        weights and biases); returns the gradient buffers matching its parameters."""
+        model = self.model
+        grouped = [model.weight_parameters, model.bias_parameters]
+        if optimizer.is_bound_to(grouped):
+            gradients = [model.weight_gradients, model.bias_gradients]
+        else:
+            if not optimizer.is_bound_to([model.parameters]):
+                optimizer.bind([model.parameters], self.backend)
+            gradients = [model.gradients]
+        optimizer.backend = self.backend
+        return gradients
 
     def _checkpoint_to_resume(self) -> _checkpoint.TrainingState | None:
         options, data = self.options, self.data
@@ -228,21 +240,25 @@ class Run:
         return stopped or self.position.epoch > self.options.epochs
 
     def train(self) -> History:
+        """Run the epochs left, save the end of the run, then end the callbacks (``on_train_end``: early stopping
+        restores its best weights there). The checkpoint holds the run as training left it, so that a finished run
+        resumed with a larger ``epochs`` continues from its last epoch; a finished run resumed returns at once,
+        after its callbacks' ``on_train_end`` made the model what the run ended with."""
         model = self.model
         model.stop_training, model.stop_reason, model.history = False, "", self.history
-        if self._finished():
-            return self.history
-        self.history.stop_reason = ""
         with self.backend.training():
             self.callbacks.on_train_begin({})
             if self.saved is not None:
                 self.callbacks.load_state_dicts(self.saved.callbacks)
-            while not self._finished() and not model.stop_training:
-                self._epoch()
-            self.history.stop_reason = model.stop_reason or COMPLETED
+            if not self._finished():
+                self.history.stop_reason = ""
+                while not self._finished() and not model.stop_training:
+                    self._epoch()
+                self.history.stop_reason = model.stop_reason or COMPLETED
+                if self.saver is not None:
+                    self.saver.save()
+            self.history.stop_reason = self.history.stop_reason or COMPLETED  # a kill came before the last save
             self.callbacks.on_train_end({})
-        if self.saver is not None:
-            self.saver.save()
         return self.history
 
     # ------------------------------------------------------------------ epochs
@@ -267,6 +283,8 @@ class Run:
             logs["skipped_batches"] = position.skipped
         self.callbacks.on_epoch_end(epoch - 1, logs)
         self.history.append(epoch, logs)
+        if model.stop_training:  # in the epoch's checkpoint too: a resumed run must not train on
+            self.history.stop_reason = model.stop_reason
         position.start_next_epoch()
         if self.saver is not None:
             self.saver.epoch_done()
@@ -331,34 +349,35 @@ class Run:
     def _step(self, rows: np.ndarray) -> _Batch:
         """One batch: gradients, the non-finite guard, clipping, the optimizer step (skipped when not finite)."""
         model, options = self.model, self.options
-        loss, correct, weight = model._batch_gradients(self.backend, options.loss, self.data.inputs,
-                                                       self.data.targets, rows)  # fmt: skip
+        loss, correct, weight, finite = model._batch_gradients(
+            self.backend, options.loss, self.data.inputs, self.data.targets, rows
+        )
         if not math.isfinite(loss):
             return _Batch(loss, finite=False, problem=f"the loss became {loss}")
-        gradients = model.gradients
-        norm = clip_gradients(self.backend, [gradients], options.clip_norm, options.clip_value)
-        if not math.isfinite(norm) or (norm < 0 and not self.backend.all_finite(gradients)):
+        if not finite:  # checked by the backward kernels while the gradients were in cache: no second pass
             return _Batch(loss, finite=False, problem="a gradient became NaN or Inf under a finite loss")
-        options.optimizer.apply([gradients])
+        clip_gradients(self.backend, self.gradients, options.clip_norm, options.clip_value)
+        options.optimizer.apply(self.gradients)
         return _Batch(loss, correct, weight)
 
 
 def clip_gradients(
     backend: Backend, grads: list[np.ndarray], clip_norm: float | None, clip_value: float | None
 ) -> float:
-    """Clip in place, as PyTorch's ``clip_grad_value_`` then ``clip_grad_norm_``; returns the total L2 norm (of the
-    gradients before norm clipping) when it was computed, else -1 (the caller then checks finiteness itself)."""
+    """Clip trusted gradient buffers in place, as PyTorch's ``clip_grad_value_`` then ``clip_grad_norm_``: each
+    value into [-clip_value, clip_value], then all scaled by ``clip_norm / (norm + 1e-6)`` when that is below 1,
+    ``norm`` their global L2 norm (summed in float64, one pass). Returns the norm before scaling (NaN when not
+    computed)."""
     if clip_value is not None:
         for grad in grads:
             np.clip(grad, -clip_value, clip_value, out=grad)
     if clip_norm is None:
-        return -1.0
-    norm = math.sqrt(sum(float(np.dot(grad.ravel().astype(np.float64), grad.ravel())) for grad in grads))
-    if math.isfinite(norm):
-        coefficient = clip_norm / (norm + 1e-6)
-        if coefficient < 1.0:
-            for grad in grads:
-                grad *= coefficient
+        return math.nan
+    norm = math.sqrt(sum(backend._sum_of_squares(grad) for grad in grads))
+    coefficient = clip_norm / (norm + 1e-6)
+    if coefficient < 1.0:
+        for grad in grads:
+            grad *= coefficient
     return norm
 
 

@@ -333,6 +333,7 @@ SUMMING_KERNELS = {
     "mae",
     "binary_cross_entropy",
     "count_correct",
+    "sum_of_squares",
 }
 # Loss kernels: their value is a (weighted) sum of many terms, compared with a tolerance made of those terms'
 # magnitudes (the math reference's scale), which also covers weights of both signs that cancel.
@@ -613,6 +614,11 @@ def test_kernel_chaos(kernel_name: str, data: st.DataObject) -> None:
     for arrays, result in others:
         if kernel_name in LOSS_VALUE_KERNELS:
             assert_same_loss(call, ref_arrays, result, ref_result, dtype)
+        elif kernel_name == "dense_backward":
+            # whether the backend's own weight and bias gradients are finite (they are compared below where the
+            # sums stay in range; beyond it their non-finite places, hence the flags, may differ)
+            own = bool(np.isfinite(arrays["grad_weight"]).all() and np.isfinite(arrays["grad_bias"]).all())
+            assert result is own, f"dense_backward returned {result}, its gradients' finiteness is {own}"
         elif ref_result is not None:
             assert_same_result(
                 result,
@@ -692,6 +698,10 @@ def dense_backward_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) ->
         "grad_weight": (f["x"].T @ dz, np.abs(f["x"]).T @ dzs),
         "grad_bias": (dz.sum(axis=0), dzs.sum(axis=0)),
     }
+    # the kernel says whether the weight and bias gradients are finite, as they are in the array's precision
+    gradients = (expected["grad_weight"][0], expected["grad_bias"][0])
+    in_range = all(np.all(np.abs(value) <= np.finfo(dtype).max) for value in gradients)
+    expected["result"] = (bool(in_range), 0)
     if f["grad_x"] is not None:
         expected["grad_x"] = (dz @ f["weight"].T, dzs @ np.abs(f["weight"]).T)
     return expected
@@ -934,6 +944,7 @@ MATH_REFERENCES: dict[str, Callable[[dict[str, Any], dict[str, Any], np.dtype], 
         "result": (int(np.count_nonzero(f["scores"].argmax(axis=1) == f["labels"])), 0)
     },
     "all_finite": lambda f, s, dtype: {"result": (bool(np.all(np.isfinite(f["x"]))), 0)},
+    "sum_of_squares": lambda f, s, dtype: {"result": (float(np.sum(f["x"] ** 2)), float(np.sum(f["x"] ** 2)))},
     "gather_rows": lambda f, s, dtype: {"out": (f["source"][f["rows"]], 0.0)},
     "sgd_step": sgd_ref,
     "adagrad_step": adagrad_ref,

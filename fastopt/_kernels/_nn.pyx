@@ -299,39 +299,47 @@ cdef inline void _prologue_columns(int act, floating* d, const floating* y, floa
             _add_row(gb + c0, d + i * cols + c0, width)
 
 
-cdef inline void _backward_block(Py_ssize_t block, Py_ssize_t blocks_w, Py_ssize_t blocks_x, const floating* x,
-                                 const floating* w, const floating* d, floating* gw, floating* gx,
-                                 Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+cdef inline int _backward_block(Py_ssize_t block, Py_ssize_t blocks_w, Py_ssize_t blocks_x, const floating* x,
+                                const floating* w, const floating* d, floating* gw, floating* gx,
+                                Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
     # Blocks 0..blocks_w-1: grad_weight = x.T @ dz (I x O, sum over the batch); the next blocks_x:
-    # grad_x = dz @ weight.T (B x I). The two products are independent and share one pool of blocks.
+    # grad_x = dz @ weight.T (B x I). The two products are independent and share one pool of blocks. Returns 1 when
+    # a grad_weight block holds NaN or Inf, checked by the thread that made it while it is in its cache: the
+    # training step's guard against non-finite gradients costs no second pass over memory.
     cdef Py_ssize_t bounds[4]
+    cdef Py_ssize_t i
+    cdef int bad = 0
     if block < blocks_w:
         _gemm_block(block, blocks_w, True, False, n_in, n_out, batch, x, n_in, d, n_out, gw, n_out, bounds)
+        for i in range(bounds[0], bounds[1]):
+            bad |= _any_nonfinite(gw + i * n_out + bounds[2], bounds[3] - bounds[2])
     else:
         _gemm_block(block - blocks_w, blocks_x, False, True, batch, n_in, n_out, d, n_out, w, n_out, gx, n_in, bounds)
+    return bad
 
 
 def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[:, ::1] out,
                    floating[:, ::1] grad_out, floating[:, ::1] grad_weight, floating[::1] grad_bias,
                    floating[:, ::1] grad_x, int act):
     """Backward of ``out = f(x @ weight + bias)``: ``grad_out *= f'(out)`` (now dz), ``grad_bias = dz.sum(0)``,
-    ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Needs ``set_blas``."""
+    ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Returns whether
+    grad_weight and grad_bias are finite. Needs ``set_blas``."""
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
     cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, column_pieces, size
-    cdef int team
+    cdef int team, bad = 0
     cdef double started, flops
     cdef double[1] own_done
     _check_blas(batch, n_in, n_out)
     if n_out == 0:  # no outputs: every gradient is an empty sum
         if grad_x is not None and batch and n_in:
             memset(&grad_x[0, 0], 0, batch * n_in * sizeof(floating))
-        return
+        return True
     cdef floating* gb = &grad_bias[0]
     if batch == 0:
         memset(gb, 0, n_out * sizeof(floating))
         if n_in:
             memset(&grad_weight[0, 0], 0, n_in * n_out * sizeof(floating))
-        return
+        return True
     cdef const floating* xp = &x[0, 0] if n_in else NULL
     cdef const floating* wp = &weight[0, 0] if n_in else NULL
     cdef const floating* yp = &out[0, 0]
@@ -354,7 +362,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
         if team == 1:
             _prologue_columns(act, dp, yp, gb, batch, n_out, 0, n_out)
             for block in range(blocks_w + blocks_x):
-                _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
+                bad |= _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
         else:
             started = clock()
             own_done[0] = started
@@ -363,11 +371,13 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
                     _prologue_columns(act, dp, yp, gb, batch, n_out, min(n_out, block * size),
                                       min(n_out, (block + 1) * size))
                 for block in prange(blocks_w + blocks_x, schedule="static", chunksize=1):
-                    _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
+                    bad |= _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
                     if threadid() == 0:
                         own_done[0] = clock()
             report_region(started, own_done[0])
+        bad |= _any_nonfinite(gb, n_out)
     _blas_serial_end()
+    return not bad
 
 
 def dense_epilogue(floating[:, ::1] out, const floating[::1] bias, int act):
@@ -841,6 +851,57 @@ def all_finite(const floating[::1] x):
                     own_done[0] = clock()
             report_region(started, own_done[0])
     return not bad
+
+
+cdef inline double _squares(const floating* x, Py_ssize_t n) noexcept nogil:
+    # Four sums in double, so that the additions overlap (one sum waits for each addition's latency).
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, v
+    cdef Py_ssize_t i, end = n - n % 4
+    for i in range(0, end, 4):
+        s0 += <double>x[i] * x[i]
+        s1 += <double>x[i + 1] * x[i + 1]
+        s2 += <double>x[i + 2] * x[i + 2]
+        s3 += <double>x[i + 3] * x[i + 3]
+    for i in range(end, n):
+        v = x[i]
+        s0 += v * v
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef enum:
+    _SQUARE_BLOCKS = 64  # at most this many partial sums (on the stack)
+    _SQUARE_BLOCK_SIZE = 131072  # and blocks of at least this many elements
+
+
+def sum_of_squares(const floating[::1] x):
+    """Sum of x**2 in double over a flat buffer (NaN or Inf propagate). The buffer is cut into blocks by its size
+    alone, each block summed on its own and the blocks' sums added in order: the same bits for any thread count."""
+    cdef Py_ssize_t n = x.shape[0], size, block, blocks
+    cdef int team
+    cdef double total = 0
+    cdef double partial[_SQUARE_BLOCKS]
+    cdef double started
+    cdef double[1] own_done
+    if n == 0:
+        return 0.0
+    cdef const floating* xp = &x[0]
+    blocks = max(1, min(<Py_ssize_t>_SQUARE_BLOCKS, (n + _SQUARE_BLOCK_SIZE - 1) // _SQUARE_BLOCK_SIZE))
+    size = (n + blocks - 1) // blocks
+    team = threads_for(SCAN, <double>n, blocks)
+    with nogil:
+        if team == 1:
+            for block in range(blocks):
+                partial[block] = _squares(xp + block * size, min(size, n - block * size))
+        else:
+            started = clock()
+            for block in prange(blocks, num_threads=team, schedule="static", chunksize=1):
+                partial[block] = _squares(xp + block * size, min(size, n - block * size))
+                if threadid() == 0:
+                    own_done[0] = clock()
+            report_region(started, own_done[0])
+        for block in range(blocks):
+            total += partial[block]
+    return total
 
 
 def count_correct(const floating[:, ::1] scores, const int64_t[::1] labels):
