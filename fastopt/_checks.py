@@ -134,10 +134,19 @@ def check_integer(value: object, name: str, low: int, high: int) -> int:
 
 def check_positive_int(value: object, name: str) -> int:
     """Return ``value`` as an int >= 1."""
+    return _check_int(value, name, 1)
+
+
+def check_nonnegative_int(value: object, name: str) -> int:
+    """Return ``value`` as an int >= 0 (a patience, a cooldown: a number of epochs that may be zero)."""
+    return _check_int(value, name, 0)
+
+
+def _check_int(value: object, name: str, low: int) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
     return int(value)
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastopt._checks import check_scalar
+from fastopt._checks import check_nonnegative_int, check_scalar
 
 if TYPE_CHECKING:
     from fastopt.model import Sequential
@@ -135,10 +135,11 @@ def _check_mode(mode: str, monitor: str) -> str:
 
 
 def _is_better(value: float, reference: float | None, mode: str, min_delta: float) -> bool:
-    """Whether ``value`` improves on ``reference`` by more than ``min_delta`` (Keras's rule)."""
+    """Whether ``value`` improves on ``reference`` by more than ``min_delta`` (Keras's rule: ``value + min_delta <
+    reference`` in mode "min", ``value - min_delta > reference`` in mode "max"; anything beats no reference)."""
     if reference is None:
         return True
-    return value - min_delta < reference if mode == "min" else value + min_delta > reference
+    return value + min_delta < reference if mode == "min" else value - min_delta > reference
 
 
 def _monitored(logs: dict[str, Any] | None, monitor: str, who: str) -> float | None:
@@ -149,10 +150,14 @@ def _monitored(logs: dict[str, Any] | None, monitor: str, who: str) -> float | N
     return float(value)
 
 
+def _lr_groups(optimizer: Any) -> list[dict[str, Any]]:
+    """The dicts holding an optimizer's learning rates: its parameter groups (its defaults before it has any)."""
+    return optimizer.param_groups or [optimizer.defaults]
+
+
 def current_lr(optimizer: Any) -> float:
     """The learning rate of an optimizer's first parameter group (its default when it has no parameters yet)."""
-    groups = optimizer.param_groups or [optimizer.defaults]
-    return float(groups[0]["lr"])
+    return float(_lr_groups(optimizer)[0]["lr"])
 
 
 # ------------------------------------------------------------------------------------------------ callbacks
@@ -183,10 +188,10 @@ class EarlyStopping(Callback):
         self.monitor, self.verbose = monitor, verbose
         self.mode = _check_mode(mode, monitor)
         self.min_delta = abs(check_scalar(min_delta, "min_delta", low=None))
-        self.patience = int(check_scalar(patience, "patience"))
+        self.patience = check_nonnegative_int(patience, "patience")
         self.baseline = None if baseline is None else check_scalar(baseline, "baseline", low=None)
         self.restore_best_weights = bool(restore_best_weights)
-        self.start_from_epoch = int(check_scalar(start_from_epoch, "start_from_epoch"))
+        self.start_from_epoch = check_nonnegative_int(start_from_epoch, "start_from_epoch")
         self._reset()
 
     def _reset(self) -> None:
@@ -211,7 +216,7 @@ class EarlyStopping(Callback):
                 self.best_weights = self.model.get_weights()
             if self.baseline is None or _is_better(current, self.baseline, self.mode, self.min_delta):
                 self.wait = 0
-                return
+            return  # an improvement never stops the run, even one short of the baseline (Keras's rule)
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.stop(
@@ -251,8 +256,9 @@ class EarlyStopping(Callback):
 
 class ReduceLROnPlateau(Callback):
     """Multiply the learning rate by ``factor`` when ``monitor`` has not improved by more than ``min_delta`` for
-    ``patience`` epochs, then wait ``cooldown`` epochs; never below ``min_lr`` (Keras's callback). The learning rate
-    of each epoch is logged as ``learning_rate``."""
+    ``patience`` epochs, then wait ``cooldown`` epochs; never below ``min_lr`` (Keras's callback). With parameter
+    groups, each group's rate is multiplied (and kept at least ``min_lr``). The learning rate of each epoch (of the
+    first group) is logged as ``learning_rate``."""
 
     # fmt: off
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 0,
@@ -262,14 +268,15 @@ class ReduceLROnPlateau(Callback):
         self.factor = check_scalar(factor, "factor", high=1.0, high_open=True)
         self.monitor, self.verbose = monitor, verbose
         self.mode = _check_mode(mode, monitor)
-        self.patience = int(check_scalar(patience, "patience"))
+        self.patience = check_nonnegative_int(patience, "patience")
         self.min_delta = check_scalar(min_delta, "min_delta")
-        self.cooldown = int(check_scalar(cooldown, "cooldown"))
+        self.cooldown = check_nonnegative_int(cooldown, "cooldown")
         self.min_lr = check_scalar(min_lr, "min_lr")
-        self.wait, self.cooldown_counter, self.best = 0, 0, math.inf if self.mode == "min" else -math.inf
+        self.on_train_begin()
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.wait, self.cooldown_counter, self.best = 0, 0, math.inf if self.mode == "min" else -math.inf
+        self.wait, self.cooldown_counter = 0, 0
+        self.best: float | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.model is not None and self.model.optimizer is not None
@@ -286,17 +293,24 @@ class ReduceLROnPlateau(Callback):
             self.best, self.wait = current, 0
         elif self.cooldown_counter <= 0:
             self.wait += 1
-            if self.wait >= self.patience and current_lr(optimizer) > self.min_lr:
-                optimizer.lr = max(current_lr(optimizer) * self.factor, self.min_lr)
+            if self.wait >= self.patience and self._reduce(optimizer):
                 if self.verbose:
-                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {optimizer.lr:.4g}.")
+                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {current_lr(optimizer)}.")
                 self.cooldown_counter, self.wait = self.cooldown, 0
+
+    def _reduce(self, optimizer: Any) -> bool:
+        """Reduce the rate of every group above ``min_lr``; whether any was."""
+        groups = [group for group in _lr_groups(optimizer) if float(group["lr"]) > self.min_lr]
+        for group in groups:
+            group["lr"] = max(float(group["lr"]) * self.factor, self.min_lr)
+        return bool(groups)
 
     def state_dict(self) -> dict[str, Any]:
         return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.wait, self.cooldown_counter, self.best = int(state["wait"]), int(state["cooldown_counter"]), state["best"]
+        self.wait, self.cooldown_counter = int(state["wait"]), int(state["cooldown_counter"])
+        self.best = None if state["best"] is None else float(state["best"])
 
     def config(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "factor": self.factor, "patience": self.patience, "mode": self.mode,
@@ -305,7 +319,8 @@ class ReduceLROnPlateau(Callback):
 
 class LearningRateScheduler(Callback):
     """At the start of each epoch, set the learning rate to ``schedule(epoch, lr)`` (Keras's callback: ``epoch`` is
-    0-based, ``lr`` the current rate); logged as ``learning_rate``."""
+    0-based, ``lr`` the current rate); with parameter groups, each group's to ``schedule(epoch, its lr)``. Logged
+    (the first group's) as ``learning_rate``."""
 
     def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
         super().__init__()
@@ -315,10 +330,13 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.model is not None and self.model.optimizer is not None
-        lr = self.schedule(epoch, current_lr(self.model.optimizer))
-        self.model.optimizer.lr = lr  # checked: a negative, NaN or non-number rate is refused
+        groups = _lr_groups(self.model.optimizer)
+        rates = [check_scalar(self.schedule(epoch, float(group["lr"])), "the learning rate schedule(epoch, lr) gave")
+                 for group in groups]  # fmt: skip
+        for group, lr in zip(groups, rates):  # all checked first: a refused rate changes nothing
+            group["lr"] = lr
         if self.verbose:
-            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {rates[0]}.")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.model is not None and self.model.optimizer is not None
@@ -340,7 +358,7 @@ class CSVLogger(Callback):
     """Write each epoch's metrics to a CSV file (Keras's columns: ``epoch`` (0-based), then the metrics in sorted
     order). The file is rewritten whole, atomically, after each epoch from the history, so that it always matches
     what the run (or its resumption from a checkpoint) recorded; ``append=True`` keeps the rows that were in the
-    file before the fit."""
+    file before the fit (a resumed run keeps those its first process found: they are in the checkpoint)."""
 
     def __init__(self, filename: str | os.PathLike[str], separator: str = ",", append: bool = False) -> None:
         super().__init__()
@@ -366,6 +384,15 @@ class CSVLogger(Callback):
         temporary = self.filename.with_name(f".{self.filename.name}.tmp")
         temporary.write_text(self._kept + stream.getvalue())
         os.replace(temporary, self.filename)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kept": self._kept}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._kept = str(state["kept"])
+
+    def config(self) -> dict[str, Any]:
+        return {"filename": str(self.filename), "separator": self.separator, "append": self.append}
 
 
 class ModelCheckpoint(Callback):
@@ -395,7 +422,13 @@ class ModelCheckpoint(Callback):
             if current is None or not _is_better(current, self.best, self.mode, 0.0):
                 return
             self.best = current
-        path = self.filepath.format(epoch=epoch + 1, **(logs or {}))
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **(logs or {}))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"ModelCheckpoint cannot format {self.filepath!r} with epoch and the logs {sorted(logs or {})}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         self.model.save(path)
         if self.verbose:
             print(f"Epoch {epoch + 1}: saved the model to {path}")
@@ -424,5 +457,13 @@ class ProgressLogger(Callback):
         parts = [f"Epoch {epoch + 1}/{self.params.get('epochs', '?')}"]
         if "seconds" in logs:
             parts.append(f"{logs['seconds']:.2f}s")
-        parts += [f"{key}: {value:.4f}" for key, value in logs.items() if key != "seconds"]
+        parts += [f"{key}: {_format_metric(value)}" for key, value in logs.items() if key != "seconds"]
         print(" - ".join(parts), file=self.stream or sys.stdout, flush=True)
+
+
+def _format_metric(value: float) -> str:
+    """As Keras prints a metric: 4 decimals, or 4 significant digits in exponent form below 1e-3 (a small
+    learning rate); counts as integers."""
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    return f"{value:.4f}" if abs(value) > 1e-3 or value == 0 or not math.isfinite(value) else f"{value:.4e}"

@@ -114,6 +114,10 @@ def _by_itemsize(fused: object) -> dict[int, object]:
                  "gather_rows", "dense_forward", "dense_backward")
 )  # fmt: skip
 _dropout_kernel = _by_itemsize(_nn.dropout)
+_huber_kernel, _mae_kernel, _bce_kernel, _count_binary = (
+    _by_itemsize(getattr(_nn, name)) for name in ("huber", "mae", "binary_cross_entropy", "count_binary_correct")
+)
+_sum_of_squares = _by_itemsize(_nn.sum_of_squares)
 _matmul = np.matmul
 # dropout's backward pass is one product with the stored mask: NumPy's SIMD multiply, the reference's own
 _multiply = np.multiply
@@ -320,12 +324,15 @@ class CythonBackend(Backend):
     def _dense_backward(self, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, activation, negative_slope):  # type: ignore[no-untyped-def]
         code = _ACTIVATION_CODES[activation]
         if _direct_gemm:
-            _dense_bwd[out.itemsize](x, weight, out, grad_out, grad_weight, grad_bias, grad_x, code, negative_slope)
-            return
+            return _dense_bwd[out.itemsize](
+                x, weight, out, grad_out, grad_weight, grad_bias, grad_x, code, negative_slope
+            )
         _dense_backward_prologue[out.itemsize](grad_out, out, grad_bias, code, negative_slope)
         _matmul(x.T, grad_out, out=grad_weight)
         if grad_x is not None:
             _matmul(grad_out, weight.T, out=grad_x)
+        finite = _all_finite[out.itemsize]
+        return finite(grad_weight.reshape(-1)) and finite(grad_bias)
 
     def _activation_forward(self, activation, x, out, negative_slope):  # type: ignore[no-untyped-def]
         if activation == "tanh":
@@ -354,21 +361,32 @@ class CythonBackend(Backend):
     def _dropout_backward(self, grad_out, mask, grad_x):  # type: ignore[no-untyped-def]
         _multiply(grad_out, mask, out=grad_x)
 
-    def _softmax_cross_entropy(self, logits, labels, grad_logits):  # type: ignore[no-untyped-def]
-        return _softmax_xent[logits.itemsize](logits, labels, grad_logits)
+    def _softmax_cross_entropy(self, logits, labels, grad_logits, weights, label_smoothing):  # type: ignore[no-untyped-def]
+        return _softmax_xent[logits.itemsize](logits, labels, grad_logits, weights, label_smoothing)
 
-    def _mse(self, pred, target, grad_pred):  # type: ignore[no-untyped-def]
-        if pred.ndim != 1:
-            pred, target = pred.ravel(), target.ravel()
-            if grad_pred is not None:
-                grad_pred = grad_pred.ravel()
-        return _mse_kernel[pred.itemsize](pred, target, grad_pred)
+    def _mse(self, pred, target, grad_pred, weights):  # type: ignore[no-untyped-def]
+        return _mse_kernel[pred.itemsize](pred, target, grad_pred, weights)
+
+    def _huber(self, pred, target, grad_pred, weights, delta):  # type: ignore[no-untyped-def]
+        return _huber_kernel[pred.itemsize](pred, target, grad_pred, weights, delta)
+
+    def _mae(self, pred, target, grad_pred, weights):  # type: ignore[no-untyped-def]
+        return _mae_kernel[pred.itemsize](pred, target, grad_pred, weights)
+
+    def _binary_cross_entropy(self, logits, targets, grad_logits, weights, pos_weight):  # type: ignore[no-untyped-def]
+        return _bce_kernel[logits.itemsize](logits, targets, grad_logits, weights, pos_weight)
+
+    def _count_binary_correct(self, logits, targets):  # type: ignore[no-untyped-def]
+        return _count_binary[logits.itemsize](logits, targets)
 
     def _count_correct(self, scores, labels):  # type: ignore[no-untyped-def]
         return _count[scores.itemsize](scores, labels)
 
     def _all_finite(self, x):  # type: ignore[no-untyped-def]
         return _all_finite[x.itemsize](x if x.ndim == 1 else x.reshape(-1))
+
+    def _sum_of_squares(self, x):  # type: ignore[no-untyped-def]
+        return _sum_of_squares[x.itemsize](x if x.ndim == 1 else x.reshape(-1))
 
     def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
         _gather[source.itemsize](source, rows, out)

@@ -3,6 +3,7 @@ it is inside an epoch). Both sit below the training loop and the checkpoints, wh
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,26 +31,28 @@ class History:
         for key, values in self.history.items():
             values.append(logs.get(key, float("nan")))
 
-    def plot(self, metrics: tuple[str, ...] | None = None, path: str | None = None, title: str = "") -> Any:
+    def plot(
+        self, metrics: str | tuple[str, ...] | None = None, path: str | os.PathLike[str] | None = None, title: str = ""
+    ) -> Any:
         """Draw the curves with matplotlib (the ``fastopt[plot]`` extra): one panel per metric, the training value
-        and its ``val_`` counterpart together, against the epoch. ``metrics`` chooses them (default: every key
-        but ``seconds``, ``learning_rate`` and ``skipped_batches``); ``path`` also saves the figure there.
-        Returns the matplotlib Figure."""
+        and its ``val_`` counterpart together, against the epoch (1-based). ``metrics`` chooses them (a name or a
+        tuple; default: every key but ``seconds``, ``learning_rate``, ``skipped_batches`` and the ``val_`` ones);
+        ``path`` also saves the figure there (the format from its suffix). Drawn with pyplot on its current backend
+        (never switched: figures already open stay); returns the matplotlib Figure."""
         try:
-            import matplotlib
-
-            if path is not None:
-                matplotlib.use("Agg", force=False)
             import matplotlib.pyplot as plt
         except ImportError as exc:
             raise ImportError("History.plot needs matplotlib: pip install 'fastopt[plot]'") from exc
-        names = metrics or tuple(
+        names = (metrics,) if isinstance(metrics, str) else metrics or tuple(
             key
             for key in self.history
             if not key.startswith("val_") and key not in ("seconds", "learning_rate", "skipped_batches")
-        )
+        )  # fmt: skip
         if not names:
             raise ValueError("the history holds no metric to plot")
+        for name in names:
+            if name not in self.history:
+                raise ValueError(f"the history has no {name!r}; it has {sorted(self.history)}")
         figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
         for axis, name in zip(axes[0], names):
             self._plot_metric(axis, name)
@@ -61,12 +64,11 @@ class History:
         return figure
 
     def _plot_metric(self, axis: Any, name: str) -> None:
-        if name not in self.history:
-            raise ValueError(f"the history has no {name!r}; it has {sorted(self.history)}")
         axis.plot(self.epochs, self.history[name], marker="o", label=name)
         if f"val_{name}" in self.history:
             axis.plot(self.epochs, self.history[f"val_{name}"], marker="s", label=f"val_{name}")
         axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
         axis.set_ylabel(name)
         axis.grid(alpha=0.3)
         axis.legend()

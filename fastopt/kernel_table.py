@@ -154,6 +154,22 @@ def _state(name: str, optional: bool = False, doc: str = "") -> Array:
     return Array(name, "*", "inout", optional=optional, doc=doc)
 
 
+def _sample_weights() -> Array:
+    return Array("weights", "B", optional=True, doc="w, one per row; None: every w_i = 1")
+
+
+def _pointwise_arrays() -> tuple[Array, ...]:
+    """The arrays of a loss of outputs against float targets, element by element: outputs, targets, the gradient
+    (optional) and the weights (optional)."""
+    return Array("pred", "BO"), Array("target", "BO"), Array("grad_pred", "BO", "out", optional=True), _sample_weights()
+
+
+_WEIGHT_NOTES = (
+    "A batch whose weights sum to 0 gives 0 and a zero gradient. The weights' sum is taken in double, in row order, "
+    "and so are each row's factor w_i / sum_i w_i (rounded once to the arrays' dtype) and the value."
+)
+
+
 LR = _named(_REAL, "lr", "learning rate of this step")
 WEIGHT_DECAY = _named(_REAL, "weight_decay", "L2 coefficient")
 EPS = _named(_REAL, "eps", "added to the denominator")
@@ -185,7 +201,8 @@ _TABLE = (
     Kernel(
         "dense_backward",
         "layer",
-        "grad_out *= f'(out) (now dz); grad_weight = x.T @ dz; grad_bias = dz.sum(0); grad_x = dz @ weight.T",
+        "grad_out *= f'(out) (now dz); grad_weight = x.T @ dz; grad_bias = dz.sum(0); grad_x = dz @ weight.T; "
+        "returns whether grad_weight and grad_bias are finite",
         (
             Array("x", "BI"),
             Array("weight", "IO"),
@@ -197,8 +214,11 @@ _TABLE = (
             _activation("identity", DENSE_ACTIVATIONS),
             _negative_slope(0.0),
         ),
+        returns="value",
         notes="f' is written in terms of the forward output: relu out > 0, sigmoid out (1 - out), tanh 1 - out**2, "
-        "leaky_relu 1 if out > 0 else negative_slope (the same as from z, since the slope is >= 0).",
+        "leaky_relu 1 if out > 0 else negative_slope (the same as from z, since the slope is >= 0). "
+        "The finiteness of the weight and bias gradients is the training step's guard against non-finite gradients "
+        "under a finite loss: the compiled kernel checks each block while it is in cache.",
     ),
     Kernel(
         "activation_forward",
@@ -270,22 +290,77 @@ _TABLE = (
     Kernel(
         "softmax_cross_entropy",
         "loss",
-        "mean_i logsumexp(logits[i]) - logits[i, labels[i]]; grad_logits = (softmax(logits) - onehot(labels)) / B",
+        "t[i] = (1 - eps) onehot(labels[i]) + eps / C; l_i = logsumexp(logits[i]) - <t[i], logits[i]>; "
+        "value = sum_i w_i l_i / sum_i w_i; grad_logits[i] = (softmax(logits[i]) - t[i]) w_i / sum_i w_i",
         (
             Array("logits", "BC"),
             Array("labels", "B", index_of="C"),
             Array("grad_logits", "BC", "out", optional=True),
+            _sample_weights(),
+            Scalar("label_smoothing", high=1.0, high_open=True, default=0.0, doc="eps"),
         ),
         returns="value",
         min_size=("B",),
+        notes=_WEIGHT_NOTES + " Without weights the gradient is divided by B (not multiplied by a row's w_i / B).",
     ),
     Kernel(
         "mse",
         "loss",
-        "mean((pred - target)**2); grad_pred = 2 (pred - target) / pred.size",
-        (Array("pred", "*"), Array("target", "*"), Array("grad_pred", "*", "out", optional=True)),
+        "l_i = mean_j (pred[i, j] - target[i, j])**2; value = sum_i w_i l_i / sum_i w_i; "
+        "grad_pred[i] = 2 (pred[i] - target[i]) w_i / (O sum_i w_i)",
+        _pointwise_arrays(),
         returns="value",
         nonempty=("pred",),
+        notes=_WEIGHT_NOTES + " Without weights the gradient is 2 (pred - target) / pred.size.",
+    ),
+    Kernel(
+        "huber",
+        "loss",
+        "d = pred - target; l = d**2 / 2 where |d| < delta, else delta (|d| - delta / 2); l_i = mean_j l[i, j]; "
+        "value = sum_i w_i l_i / sum_i w_i; grad_pred[i] = clip(d[i], -delta, delta) w_i / (O sum_i w_i)",
+        (
+            *_pointwise_arrays(),
+            Scalar("delta", low_open=True, default=1.0, doc="where the loss turns from quadratic to linear"),
+        ),
+        returns="value",
+        nonempty=("pred",),
+        notes=_WEIGHT_NOTES,
+    ),
+    Kernel(
+        "mae",
+        "loss",
+        "l_i = mean_j |pred[i, j] - target[i, j]|; value = sum_i w_i l_i / sum_i w_i; "
+        "grad_pred[i] = sign(pred[i] - target[i]) w_i / (O sum_i w_i)",
+        _pointwise_arrays(),
+        returns="value",
+        nonempty=("pred",),
+        notes=_WEIGHT_NOTES + " sign(0) is 0 and sign(NaN) is NaN, as numpy.sign.",
+    ),
+    Kernel(
+        "binary_cross_entropy",
+        "loss",
+        "s = sigmoid(logits), p = pos_weight[j] (1 without it); l = -(p y log s + (1 - y) log(1 - s)); "
+        "l_i = mean_j l[i, j]; value = sum_i w_i l_i / sum_i w_i; "
+        "grad_logits[i] = ((1 - y) s - p y (1 - s)) w_i / (C sum_i w_i)",
+        (
+            Array("logits", "BC"),
+            Array("targets", "BC", doc="y, in [0, 1]"),
+            Array("grad_logits", "BC", "out", optional=True),
+            _sample_weights(),
+            Array("pos_weight", "C", optional=True, doc="p, the weight of the positive term of each column"),
+        ),
+        returns="value",
+        nonempty=("logits",),
+        notes=_WEIGHT_NOTES
+        + " Stable for any logit: -log s = max(-x, 0) + log1p(exp(-|x|)), -log(1 - s) = max(x, 0) + log1p(exp(-|x|)),"
+        " and s and 1 - s are each taken from exp(-|x|).",
+    ),
+    Kernel(
+        "count_binary_correct",
+        "loss",
+        "number of elements whose prediction (logits > 0) is their target (targets > 0.5)",
+        (Array("logits", "BC"), Array("targets", "BC")),
+        returns="value",
     ),
     Kernel(
         "count_correct",
@@ -307,6 +382,15 @@ _TABLE = (
         "whether x holds no NaN or Inf",
         (Array("x", "*"),),
         returns="value",
+    ),
+    Kernel(
+        "sum_of_squares",
+        "helper",
+        "sum of x**2, accumulated in float64 (the squared L2 norm gradient clipping takes)",
+        (Array("x", "*"),),
+        returns="value",
+        notes="NaN or Inf when x holds one (and Inf when a float64 square overflows): the norm is also the "
+        "guard against non-finite gradients when clipping. The sum's order differs between backends.",
     ),
     Kernel(
         "sgd_step",

@@ -84,6 +84,7 @@ class _Workspace:
     output_grads: list[np.ndarray]
     targets: np.ndarray | None = None
     labels: np.ndarray | None = None
+    weights: np.ndarray | None = None
     masks: dict[int, np.ndarray] = field(default_factory=dict)
 
 
@@ -371,10 +372,12 @@ class Sequential:
             inputs = out
         return inputs
 
-    def _backward(self, backend: Backend, workspace: _Workspace, step_key: int | None = None) -> None:
+    def _backward(self, backend: Backend, workspace: _Workspace, step_key: int | None = None) -> bool:
         """Gradients of the loss w.r.t. every parameter, from ``workspace.output_grads[-1]``, after a ``_forward``
-        with the same ``step_key`` (not None: a training pass, whose dropout masks are in ``workspace.masks``)."""
+        with the same ``step_key`` (not None: a training pass, whose dropout masks are in ``workspace.masks``);
+        returns whether they are all finite (each dense layer's kernel checks its own, while they are in cache)."""
         training = step_key is not None
+        finite = True
         for index in range(len(self._stages) - 1, -1, -1):
             stage = self._stages[index]
             out, grad_out = workspace.outputs[index], workspace.output_grads[index]
@@ -383,7 +386,7 @@ class Sequential:
             grad_inputs = workspace.output_grads[index - 1] if index else None
             if stage.kind == "dense":
                 layer = stage.dense
-                backend._dense_backward(
+                finite &= backend._dense_backward(
                     inputs,
                     layer.weight,  # type: ignore[union-attr]
                     out,
@@ -404,6 +407,7 @@ class Sequential:
                 backend._dropout_backward(grad_out, workspace.masks[index], grad_inputs)
             else:
                 np.copyto(grad_inputs, grad_out)
+        return finite
 
     def predict(self, X: object, batch_size: int = 1024) -> np.ndarray:
         """The model's outputs (N, out_features) for inputs X (N, in_features), computed in batches."""
@@ -420,13 +424,48 @@ class Sequential:
 
     __call__ = predict
 
-    def evaluate(self, X: object, y: object, loss: Loss | None = None, batch_size: int = 1024) -> dict[str, float]:
+    def predict_proba(self, X: object, batch_size: int = 1024, loss: Loss | None = None) -> np.ndarray:
+        """Probabilities (N, out_features) for inputs X: ``softmax`` of each row of outputs for ``CrossEntropy``,
+        ``sigmoid`` of each output for ``BinaryCrossEntropy`` (a probability per label). ``loss`` defaults to the
+        one of the last ``fit``; a model trained with ``MSE``, ``Huber`` or ``MAE`` (or never trained here: a loaded
+        model, without ``loss=``) is refused with ``ValueError``."""
+        loss = self._loss_of_outputs(loss, "predict_proba")
+        return loss.probabilities(resolve_backend(self._backend_name), self.predict(X, batch_size))
+
+    def predict_classes(self, X: object, batch_size: int = 1024, loss: Loss | None = None) -> np.ndarray:
+        """Predicted classes, int64: the index of the largest output of each row (N,) (``CrossEntropy``, or class
+        targets under another loss), or, for ``BinaryCrossEntropy``, 1 where an output's logit is > 0 (probability
+        > 0.5): (N,) for one output, (N, k) for k labels. ``loss`` as in ``predict_proba``."""
+        loss = self._loss_of_outputs(loss, "predict_classes")
+        return loss.predicted_classes(self.predict(X, batch_size))
+
+    def _loss_of_outputs(self, loss: Loss | None, method: str) -> Loss:
+        """The loss whose logits the outputs are: ``loss``, else the last fit's."""
+        if loss is None and self.loss is None:
+            raise ValueError(
+                f"{method} needs to know the loss the model was trained with: fit it first, or pass "
+                "loss=losses.CrossEntropy() (softmax) or loss=losses.BinaryCrossEntropy() (sigmoid)"
+            )
+        return self._choose_loss(loss)
+
+    def evaluate(
+        self,
+        X: object,
+        y: object,
+        loss: Loss | None = None,
+        batch_size: int = 1024,
+        sample_weight: object = None,
+    ) -> dict[str, float]:
         """Mean loss (and accuracy, for class targets) over (X, y). ``loss`` defaults to the one of the
-        last ``fit``, else ``CrossEntropy``."""
+        last ``fit``, else ``CrossEntropy``. ``sample_weight`` (N,) weights the loss: ``sum_i w_i l_i / sum_i w_i``
+        (finite, >= 0, not all 0; see ``fastopt.losses``); accuracy stays unweighted. Warns when the last layer
+        applies what the loss applies to its logits (``Softmax`` before ``CrossEntropy``)."""
         loss = self._choose_loss(loss)
+        loss.check_last_layer(self.layers[-1], stacklevel=2)
         inputs = as_features(X, self.in_features, self.dtype, resolve_backend(self._backend_name))
-        targets = loss.targets(y, self.out_features, self.dtype)
+        targets = loss.targets(y, self.out_features, self.dtype).with_sample_weight(sample_weight, self.dtype)
         check_same_length(inputs, targets.values)
+        targets.check_weight_total("the samples")
         return self._evaluate_prepared(inputs, targets, loss, check_positive_int(batch_size, "batch_size"))
 
     def _choose_loss(self, loss: Loss | None) -> Loss:
@@ -436,20 +475,26 @@ class Sequential:
         return loss
 
     def _evaluate_prepared(self, inputs: np.ndarray, targets: Targets, loss: Loss, batch_size: int) -> dict[str, float]:
+        """Mean loss (weighted when the targets have weights) and accuracy over prepared inputs and targets."""
         backend = resolve_backend(self._backend_name)
-        total_loss = 0.0
+        total_loss = total_weight = 0.0
         correct = 0
         for start in range(0, len(inputs), batch_size):
             stop = min(start + batch_size, len(inputs))
             workspace = self._workspace(stop - start)
             np.copyto(workspace.inputs, inputs[start:stop])
             output = self._forward(backend, workspace)
-            total_loss += loss.compute(backend, output, targets.values[start:stop], None) * (stop - start)
-            if targets.labels is not None:
+            weights = None if targets.weights is None else targets.weights[start:stop]
+            weight = stop - start if weights is None else float(np.sum(weights, dtype=np.float64))
+            total_loss += loss.compute(backend, output, targets.values[start:stop], None, weights) * weight
+            total_weight += weight
+            if targets.binary:
+                correct += backend._count_binary_correct(output, targets.values[start:stop])
+            elif targets.labels is not None:
                 correct += backend._count_correct(output, targets.labels[start:stop])
-        result = {"loss": total_loss / len(inputs)}
-        if targets.labels is not None:
-            result["accuracy"] = correct / len(inputs)
+        result = {"loss": total_loss / total_weight}
+        if targets.reports_accuracy:
+            result["accuracy"] = correct / (len(inputs) * targets.predictions_per_row)
         return result
 
     # ------------------------------------------------------------------ training
@@ -466,6 +511,8 @@ class Sequential:
         validation_data: tuple[object, object] | None = None,
         validation_split: float = 0.0,
         callbacks: Sequence[Callback] | None = None,
+        sample_weight: object = None,
+        class_weight: dict[int, float] | str | None = None,
         clip_norm: float | None = None,
         clip_value: float | None = None,
         verbose: int = 0,
@@ -483,12 +530,22 @@ class Sequential:
         ``loss`` defaults to ``CrossEntropy()``; ``optimizer`` (default ``Adam()``) made without parameters is
         bound to this model, and keeps its state across calls of ``fit``. ``seed`` seeds the shuffling and the
         validation split. ``validation_data=(X_val, y_val)`` or ``validation_split=f`` (a seeded fraction of the
-        rows held out before training, stratified by class for class labels) add ``val_*`` entries to the history.
+        rows held out before training, stratified by class for class labels) add ``val_*`` entries to the history;
+        ``validation_data=(X_val, y_val, sample_weight_val)`` weights the validation loss.
+
+        ``sample_weight`` (N,) and ``class_weight`` (a dict {class: weight}, classes not in it weighing 1, or
+        ``"balanced"``: scikit-learn's ``n_samples / (n_classes * bincount(y))`` over the training rows) weigh each
+        sample by ``w_i = sample_weight[i] * class_weight[y_i]``; weights must be finite and >= 0. A batch's loss is
+        then the weighted mean ``sum_i w_i l_i / sum_i w_i`` (its gradient that of this mean; a batch whose weights
+        sum to 0 has loss 0 and a zero gradient), computed inside the loss kernel, and the epoch's ``loss`` is
+        ``sum_i w_i l_i / sum_i w_i`` over the epoch. As in Keras, ``class_weight`` applies to the training rows
+        only (a validation split keeps its rows' sample weights), and accuracy stays unweighted. A ``UserWarning``
+        says when the last layer applies what the loss applies to its logits (``Softmax`` before ``CrossEntropy``).
 
         ``callbacks``: ``fastopt.callbacks`` objects (Keras's protocol; ``EarlyStopping``, ``ModelCheckpoint``,
         ``ReduceLROnPlateau``, ``LearningRateScheduler``, ``CSVLogger``, ``TerminateOnNaN``) and learning-rate
         schedulers of ``fastopt.optim.lr_scheduler``; a callback can stop the run. ``on_epoch_end(epoch, logs)``
-        (epoch numbered from 1) is called after each epoch. ``verbose=1`` prints a line per epoch (Keras's),
+        (epoch numbered from 1) is called after each epoch. ``verbose=1`` (or 2) prints a line per epoch (Keras's),
         ``progress=True`` shows a progress bar over each epoch's batches.
 
         ``clip_norm`` scales the gradients so that their global L2 norm is at most that value (PyTorch's
@@ -499,11 +556,13 @@ class Sequential:
         when the run ends; ``fastopt.checkpoint`` lists what a file holds. ``resume=True`` continues from
         the file (or starts fresh if there is none): on the same backend the run then ends with parameters,
         optimizer and callback state and history bit-identical to an uninterrupted run's, the ``seconds``
-        entries excepted; resuming a finished run returns its history at once, and resuming with a larger
-        ``epochs`` continues it. A checkpoint of another run (architecture, dtype, optimizer, loss, batch_size,
-        shuffle, seed, data, callbacks, clipping) is refused with ``ValueError`` naming what differs, a corrupt
-        or foreign file with ``FileFormatError``; the model and optimizer are then unchanged. A fresh run refuses
-        a ``checkpoint`` path holding a file that is not a fastopt checkpoint unless ``overwrite=True``.
+        entries excepted; resuming a finished run returns its history at once (only the callbacks'
+        ``on_train_begin`` and ``on_train_end`` run: early stopping restores its best weights), and resuming a
+        completed run with a larger ``epochs`` continues it from its last epoch. A checkpoint of another run
+        (architecture, dtype, optimizer, loss, batch_size, shuffle, seed, data, callbacks, clipping) is refused
+        with ``ValueError`` naming what differs, a corrupt or foreign file with ``FileFormatError``; the model and
+        optimizer are then unchanged. A fresh run refuses a ``checkpoint`` path holding a file that is not a
+        fastopt checkpoint unless ``overwrite=True``.
 
         ``on_nonfinite``: if a batch's loss or gradient is NaN or Inf, ``"raise"`` raises ``FloatingPointError``
         naming the step, before that step's update (the last checkpoint written stays as it was); ``"skip"``
@@ -515,20 +574,21 @@ class Sequential:
         del arguments["self"], arguments["X"], arguments["y"]
         return training.fit(self, X, y, arguments)
 
-    def compute_gradients(self, X: object, y: object, loss: Loss | None = None) -> float:
+    def compute_gradients(self, X: object, y: object, loss: Loss | None = None, sample_weight: object = None) -> float:
         """One forward and backward pass over (X, y) as one batch: writes d loss / d parameters into ``gradients``
-        (laid out as ``parameters``; ``layer.weight_grad``/``bias_grad`` view it) and returns the mean loss. For
-        training loops of one's own (``optimizer.step([model.gradients])``) and full-batch methods (L-BFGS). When
-        the loss is NaN or Inf it is returned and the gradients are left as they were. ``Dropout`` layers are the
-        identity here, as in ``predict``: these are the gradients of the function the model computes."""
+        (laid out as ``parameters``; ``layer.weight_grad``/``bias_grad`` view it) and returns the mean loss
+        (weighted by ``sample_weight`` when given, as in ``fit``). For training loops of one's own
+        (``optimizer.step([model.gradients])``) and full-batch methods (L-BFGS). When the loss is NaN or Inf it is
+        returned and the gradients are left as they were. ``Dropout`` layers are the identity here, as in
+        ``predict``: these are the gradients of the function the model computes."""
         loss = self._choose_loss(loss)
         backend = resolve_backend(self._backend_name)
         inputs = as_features(X, self.in_features, self.dtype, backend)
-        targets = loss.targets(y, self.out_features, self.dtype)
+        targets = loss.targets(y, self.out_features, self.dtype).with_sample_weight(sample_weight, self.dtype)
         check_same_length(inputs, targets.values)
         with self._threads.training:
             rows = np.arange(len(inputs), dtype=np.int64)
-            value, _, _ = self._batch_gradients(backend, loss, inputs, targets, rows)
+            value, _, _, _ = self._batch_gradients(backend, loss, inputs, targets, rows)
         return value
 
     def _batch_gradients(
@@ -539,10 +599,11 @@ class Sequential:
         targets: Targets,
         rows: np.ndarray,
         step_key: int | None = None,
-    ) -> tuple[float, int, float]:
-        """The trusted core of a training step: gather ``rows``, forward, loss, and (when the loss is finite)
-        backward into ``self.gradients``; ``step_key`` keys the dropout masks of a training pass (None: no dropout).
-        Returns the batch's mean loss, its correct predictions and its weight (the number of rows)."""
+    ) -> tuple[float, int, float, bool]:
+        """The trusted core of a training step: gather ``rows`` (inputs, targets, weights), forward, loss, and (when
+        the loss is finite) backward into ``self.gradients``; ``step_key`` keys the dropout masks of a training pass
+        (None: no dropout). Returns the batch's (weighted) mean loss, its correct predictions, its weight (the sum of
+        its samples' weights: the number of rows without weights) and whether every gradient is finite."""
         workspace = self._workspace(len(rows))
         target_shape = (len(rows), *targets.values.shape[1:])
         if (
@@ -552,31 +613,41 @@ class Sequential:
         ):
             workspace.targets = np.empty(target_shape, dtype=targets.values.dtype)
             workspace.labels = np.empty(len(rows), dtype=np.int64)
+            workspace.weights = np.empty(len(rows), dtype=self.dtype)
         backend._gather_rows(inputs, rows, workspace.inputs)
         targets.values.take(rows, axis=0, out=workspace.targets, mode="clip")  # the method: no dispatch wrapper
+        weights, weight = None, float(len(rows))
+        if targets.weights is not None:
+            weights = targets.weights.take(rows, out=workspace.weights, mode="clip")
+            weight = float(weights.sum(dtype=np.float64))
         output = self._forward(backend, workspace, step_key)
-        batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1])
+        batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1], weights)
         if not math.isfinite(batch_loss):
-            return batch_loss, 0, float(len(rows))
+            return batch_loss, 0, weight, False
         correct = 0
-        if targets.labels is targets.values:  # CrossEntropy: the batch's labels were gathered above
+        if targets.binary:  # BinaryCrossEntropy: each output's logit sign against its 0/1 target
+            correct = backend._count_binary_correct(output, workspace.targets)
+        elif targets.labels is targets.values:  # CrossEntropy: the batch's labels were gathered above
             correct = backend._count_correct(output, workspace.targets)
         elif targets.labels is not None:
             targets.labels.take(rows, out=workspace.labels, mode="clip")
             correct = backend._count_correct(output, workspace.labels)
-        self._backward(backend, workspace, step_key)
-        return batch_loss, correct, float(len(rows))
+        finite = self._backward(backend, workspace, step_key)
+        return batch_loss, correct, weight, finite
 
     def _prepare_validation(
         self, validation_data: object, loss: Loss, backend: Backend
     ) -> tuple[np.ndarray, Targets] | None:
         if validation_data is None:
             return None
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight)")
         inputs = as_features(validation_data[0], self.in_features, self.dtype, backend, name="X_val")
         targets = loss.targets(validation_data[1], self.out_features, self.dtype)
         check_same_length(inputs, targets.values, "X_val", "y_val")
+        if len(validation_data) == 3:
+            targets = targets.with_sample_weight(validation_data[2], self.dtype, "the validation sample_weight")
+            targets.check_weight_total("the validation samples")
         return inputs, targets
 
     # ------------------------------------------------------------------ files

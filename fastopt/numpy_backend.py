@@ -90,6 +90,23 @@ def update_moments(g: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, h
     np.copyto(exp_avg_sq, beta2 * exp_avg_sq + (1 - beta2) * g * g)
 
 
+def weighted_mean(
+    row_sums: np.ndarray, weights: np.ndarray | None, columns: int, numerator: float, dtype: np.dtype
+) -> tuple[float, np.ndarray]:
+    """A loss's value from the sums of its rows' elements (float64 (B,)), and each row's gradient factor.
+
+    With weights w (None: all 1) and their sum W, in float64: value ``sum_i w_i row_sums_i / (W columns)``, factor
+    ``numerator w_i / (W columns)`` rounded to ``dtype``, shaped (B, 1) to broadcast over a row. When W is 0 the
+    value is 0 and every factor 0 (a batch that weighs nothing). W is summed in row order (a running sum), as the
+    compiled kernels sum it: weights of both signs that cancel then give the same W, hence the same branch."""
+    w = np.ones(len(row_sums)) if weights is None else weights.astype(np.float64)
+    total = float(np.cumsum(w)[-1])
+    if total == 0:
+        return 0.0, np.zeros((len(w), 1), dtype=dtype)
+    value = float(np.sum(w * row_sums)) / (total * columns)
+    return value, (numerator * w / (total * columns)).astype(dtype)[:, None]
+
+
 class NumpyBackend(Backend):
     name = "numpy"
 
@@ -109,6 +126,7 @@ class NumpyBackend(Backend):
         np.sum(grad_out, axis=0, out=grad_bias)
         if grad_x is not None:
             np.matmul(grad_out, weight.T, out=grad_x)
+        return bool(np.isfinite(grad_weight).all() and np.isfinite(grad_bias).all())
 
     def _activation_forward(self, activation, x, out, negative_slope):  # type: ignore[no-untyped-def]
         if activation == "relu":
@@ -156,32 +174,94 @@ class NumpyBackend(Backend):
     def _dropout_backward(self, grad_out, mask, grad_x):  # type: ignore[no-untyped-def]
         np.multiply(grad_out, mask, out=grad_x)
 
-    def _softmax_cross_entropy(self, logits, labels, grad_logits):  # type: ignore[no-untyped-def]
-        batch = logits.shape[0]
+    def _softmax_cross_entropy(self, logits, labels, grad_logits, weights, label_smoothing):  # type: ignore[no-untyped-def]
+        batch, classes = logits.shape
         row_max = logits.max(axis=1, keepdims=True)
         exp_shifted = np.exp(logits - row_max)
         sum_exp = exp_shifted.sum(axis=1, keepdims=True)
         log_sum_exp = row_max[:, 0] + np.log(sum_exp[:, 0])
         rows = np.arange(batch)
-        loss = float(np.mean(log_sum_exp - logits[rows, labels], dtype=np.float64))
+        if label_smoothing:  # <t, x> = (1 - eps) x[label] + (eps / C) sum(x)
+            picked = (1 - label_smoothing) * logits[rows, labels].astype(np.float64)
+            row_losses = log_sum_exp - picked - (label_smoothing / classes) * logits.sum(axis=1, dtype=np.float64)
+        else:
+            row_losses = log_sum_exp - logits[rows, labels]
+        if weights is None:
+            loss = float(np.mean(row_losses, dtype=np.float64))
+        else:
+            loss, scale = weighted_mean(row_losses.astype(np.float64), weights, 1, 1.0, logits.dtype)
         if grad_logits is not None:
             np.copyto(grad_logits, exp_shifted / sum_exp)
-            grad_logits[rows, labels] -= 1
-            grad_logits /= batch
+            if label_smoothing:
+                grad_logits -= logits.dtype.type(label_smoothing / classes)
+            grad_logits[rows, labels] -= logits.dtype.type(1 - label_smoothing)
+            if weights is None:
+                grad_logits /= batch
+            else:
+                grad_logits *= scale
         return loss
 
-    def _mse(self, pred, target, grad_pred):  # type: ignore[no-untyped-def]
+    def _mse(self, pred, target, grad_pred, weights):  # type: ignore[no-untyped-def]
         diff = pred - target
-        loss = float(np.mean(diff.astype(np.float64) ** 2))
+        squares = diff.astype(np.float64) ** 2
+        if weights is None:
+            if grad_pred is not None:
+                np.copyto(grad_pred, 2 * diff / diff.size)
+            return float(np.mean(squares))
+        loss, scale = weighted_mean(squares.sum(axis=1), weights, pred.shape[1], 2.0, pred.dtype)
         if grad_pred is not None:
-            np.copyto(grad_pred, 2 * diff / diff.size)
+            np.copyto(grad_pred, diff * scale)
         return loss
+
+    def _huber(self, pred, target, grad_pred, weights, delta):  # type: ignore[no-untyped-def]
+        diff = pred - target
+        d = diff.astype(np.float64)
+        quadratic = np.abs(d) < delta
+        losses = np.where(quadratic, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+        loss, scale = weighted_mean(losses.sum(axis=1), weights, pred.shape[1], 1.0, pred.dtype)
+        if grad_pred is not None:
+            bound = pred.dtype.type(delta)
+            np.copyto(grad_pred, np.clip(diff, -bound, bound) * scale)
+        return loss
+
+    def _mae(self, pred, target, grad_pred, weights):  # type: ignore[no-untyped-def]
+        diff = pred - target
+        loss, scale = weighted_mean(np.abs(diff.astype(np.float64)).sum(axis=1), weights, pred.shape[1], 1.0,
+                                    pred.dtype)  # fmt: skip
+        if grad_pred is not None:
+            np.copyto(grad_pred, np.sign(diff) * scale)
+        return loss
+
+    def _binary_cross_entropy(self, logits, targets, grad_logits, weights, pos_weight):  # type: ignore[no-untyped-def]
+        x, y = logits, targets
+        one = x.dtype.type(1)
+        positive = y if pos_weight is None else pos_weight * y  # p y
+        exp_neg_abs = np.exp(-np.abs(x))
+        log_term = np.log1p(exp_neg_abs)
+        # -log s(x) = max(-x, 0) + log1p(e^-|x|) and -log(1 - s(x)) = max(x, 0) + log1p(e^-|x|): no overflow, and no
+        # cancellation for targets in [0, 1]
+        losses = positive * (np.maximum(-x, 0) + log_term) + (one - y) * (np.maximum(x, 0) + log_term)
+        loss, scale = weighted_mean(losses.sum(axis=1, dtype=np.float64), weights, x.shape[1], 1.0, x.dtype)
+        if grad_logits is not None:
+            denominator = one + exp_neg_abs
+            sigmoid_x = np.where(x >= 0, one, exp_neg_abs) / denominator  # s(x)
+            sigmoid_neg_x = np.where(x >= 0, exp_neg_abs, one) / denominator  # 1 - s(x), without cancellation
+            np.copyto(grad_logits, ((one - y) * sigmoid_x - positive * sigmoid_neg_x) * scale)
+        return loss
+
+    def _count_binary_correct(self, logits, targets):  # type: ignore[no-untyped-def]
+        return int(np.count_nonzero((logits > 0) == (targets > 0.5)))
 
     def _count_correct(self, scores, labels):  # type: ignore[no-untyped-def]
         return int(np.count_nonzero(scores.argmax(axis=1) == labels))
 
     def _all_finite(self, x):  # type: ignore[no-untyped-def]
         return bool(np.isfinite(x).all())
+
+    def _sum_of_squares(self, x):  # type: ignore[no-untyped-def]
+        values = x.reshape(-1).astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(np.dot(values, values))
 
     def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
         np.take(source, rows, axis=0, out=out)

@@ -116,6 +116,7 @@ def _check_clipping(clip_norm: object, clip_value: object) -> tuple[float | None
 def check_fit_options(model: Sequential, arguments: dict[str, Any]) -> FitOptions:
     """Check ``fit``'s keyword arguments (every one but the data) before anything changes."""
     loss = model._choose_loss(arguments["loss"])
+    loss.check_last_layer(model.layers[-1], stacklevel=4)  # the user's fit call: Sequential.fit, training.fit, here
     optimizer = arguments["optimizer"] if arguments["optimizer"] is not None else model.optimizer or Adam()
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastopt optimizer such as optim.Adam(), got {optimizer!r}")
@@ -161,11 +162,14 @@ def _split(data: FitData, fraction: float, seed: int | None) -> FitData:
 
 
 def prepare_data(model: Sequential, X: object, y: object, options: FitOptions, arguments: dict[str, Any]) -> FitData:
-    """Convert and check the training data, sample and class weights and the validation data (or split)."""
+    """Convert and check the training data, sample and class weights and the validation data (or split). The
+    split takes each row's sample weight with it; class weights then apply to the training rows (Keras's
+    semantics: the validation loss is not class-weighted), "balanced" counting the classes of those rows."""
     backend = resolve_backend(model._backend_name)
     inputs = as_features(X, model.in_features, model.dtype, backend)
     targets = options.loss.targets(y, model.out_features, model.dtype)
     check_same_length(inputs, targets.values)
+    targets = targets.with_sample_weight(arguments["sample_weight"], model.dtype)
     data = FitData(inputs, targets, model._prepare_validation(arguments["validation_data"], options.loss, backend))
     fraction = arguments["validation_split"]
     fraction = check_scalar(fraction, "validation_split", high=1.0, high_open=True)
@@ -173,6 +177,9 @@ def prepare_data(model: Sequential, X: object, y: object, options: FitOptions, a
         if data.validation is not None:
             raise ValueError("give validation_data or validation_split, not both")
         data = _split(data, fraction, options.seed)
+        data.validation[1].check_weight_total("the validation rows")  # type: ignore[index]
+    data.targets = data.targets.with_class_weight(arguments["class_weight"], model.dtype)
+    data.targets.check_weight_total("the training rows")
     return data
 
 
@@ -187,16 +194,14 @@ class Run:
         self.history, self.position = History(), Progress()
         self.rng = np.random.default_rng(options.seed)
         self.dropout_key: int | None = None  # the epoch's key of the dropout masks (None: the model has no dropout)
-        callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose == 1 else [])
+        callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose else [])
         params = {"epochs": options.epochs, "steps": self.n_batches, "batch_size": options.batch_size,
                   "verbose": options.verbose, "samples": len(data.inputs)}  # fmt: skip
         self.callbacks = CallbackList(callbacks, model, params)
         self.saver: _checkpoint.Checkpointer | None = None
         saved = self._checkpoint_to_resume()  # read and checked before anything changes
         optimizer = options.optimizer
-        if not optimizer.is_bound_to([model.parameters]):
-            optimizer.bind([model.parameters], self.backend)
-        optimizer.backend = self.backend
+        self.gradients = self._bind(optimizer)
         model.loss, model.optimizer = options.loss, optimizer
         if saved is not None:
             saved.restore(model.parameters, optimizer, self.rng)  # rng: as at the start of the saved epoch
@@ -207,6 +212,20 @@ class Run:
                                                   model.parameters, optimizer, self.rng, self.position, self.history,
                                                   self.callbacks, self.environment, options.epochs,
                                                   overwrite=options.overwrite)  # fmt: skip
+
+    def _bind(self, optimizer: Optimizer) -> list[np.ndarray]:
+        """Bind the optimizer to the model (unless it is bound to its parameters, whole or as the two groups of
+        weights and biases); returns the gradient buffers matching its parameters."""
+        model = self.model
+        grouped = [model.weight_parameters, model.bias_parameters]
+        if optimizer.is_bound_to(grouped):
+            gradients = [model.weight_gradients, model.bias_gradients]
+        else:
+            if not optimizer.is_bound_to([model.parameters]):
+                optimizer.bind([model.parameters], self.backend)
+            gradients = [model.gradients]
+        optimizer.backend = self.backend
+        return gradients
 
     def _checkpoint_to_resume(self) -> _checkpoint.TrainingState | None:
         options, data = self.options, self.data
@@ -229,21 +248,25 @@ class Run:
         return stopped or self.position.epoch > self.options.epochs
 
     def train(self) -> History:
+        """Run the epochs left, save the end of the run, then end the callbacks (``on_train_end``: early stopping
+        restores its best weights there). The checkpoint holds the run as training left it, so that a finished run
+        resumed with a larger ``epochs`` continues from its last epoch; a finished run resumed returns at once,
+        after its callbacks' ``on_train_end`` made the model what the run ended with."""
         model = self.model
         model.stop_training, model.stop_reason, model.history = False, "", self.history
-        if self._finished():
-            return self.history
-        self.history.stop_reason = ""
         with self.backend.training():
             self.callbacks.on_train_begin({})
             if self.saved is not None:
                 self.callbacks.load_state_dicts(self.saved.callbacks)
-            while not self._finished() and not model.stop_training:
-                self._epoch()
-            self.history.stop_reason = model.stop_reason or COMPLETED
+            if not self._finished():
+                self.history.stop_reason = ""
+                while not self._finished() and not model.stop_training:
+                    self._epoch()
+                self.history.stop_reason = model.stop_reason or COMPLETED
+                if self.saver is not None:
+                    self.saver.save()
+            self.history.stop_reason = self.history.stop_reason or COMPLETED  # a kill came before the last save
             self.callbacks.on_train_end({})
-        if self.saver is not None:
-            self.saver.save()
         return self.history
 
     # ------------------------------------------------------------------ epochs
@@ -270,6 +293,8 @@ class Run:
             logs["skipped_batches"] = position.skipped
         self.callbacks.on_epoch_end(epoch - 1, logs)
         self.history.append(epoch, logs)
+        if model.stop_training:  # in the epoch's checkpoint too: a resumed run must not train on
+            self.history.stop_reason = model.stop_reason
         position.start_next_epoch()
         if self.saver is not None:
             self.saver.epoch_done()
@@ -278,8 +303,9 @@ class Run:
         """Mean loss (and accuracy) over the samples of the epoch's batches not skipped, and validation."""
         position, data = self.position, self.data
         logs = {"loss": position.loss_sum / position.weight_sum if position.weight_sum else math.nan}
-        if data.targets.labels is not None:
-            logs["accuracy"] = position.correct / position.samples if position.samples else math.nan
+        if data.targets.reports_accuracy:
+            predictions = position.samples * data.targets.predictions_per_row
+            logs["accuracy"] = position.correct / predictions if predictions else math.nan
         if data.validation is not None:
             batch_size = max(self.options.batch_size, 1024)
             evaluation = self.model._evaluate_prepared(*data.validation, self.options.loss, batch_size)
@@ -335,15 +361,15 @@ class Run:
         finite)."""
         model, options = self.model, self.options
         step_key = None if self.dropout_key is None else _random.word(self.dropout_key, index)
-        loss, correct, weight = model._batch_gradients(self.backend, options.loss, self.data.inputs,
-                                                       self.data.targets, rows, step_key)  # fmt: skip
+        loss, correct, weight, finite = model._batch_gradients(
+            self.backend, options.loss, self.data.inputs, self.data.targets, rows, step_key
+        )
         if not math.isfinite(loss):
             return _Batch(loss, finite=False, problem=f"the loss became {loss}")
-        gradients = model.gradients
-        norm = clip_gradients(self.backend, [gradients], options.clip_norm, options.clip_value)
-        if not math.isfinite(norm) or (norm < 0 and not self.backend.all_finite(gradients)):
+        if not finite:  # checked by the backward kernels while the gradients were in cache: no second pass
             return _Batch(loss, finite=False, problem="a gradient became NaN or Inf under a finite loss")
-        options.optimizer.apply([gradients])
+        clip_gradients(self.backend, self.gradients, options.clip_norm, options.clip_value)
+        options.optimizer.apply(self.gradients)
         return _Batch(loss, correct, weight)
 
 
@@ -357,19 +383,20 @@ def dropout_epoch_key(rng: np.random.Generator, epoch: int) -> int:
 def clip_gradients(
     backend: Backend, grads: list[np.ndarray], clip_norm: float | None, clip_value: float | None
 ) -> float:
-    """Clip in place, as PyTorch's ``clip_grad_value_`` then ``clip_grad_norm_``; returns the total L2 norm (of the
-    gradients before norm clipping) when it was computed, else -1 (the caller then checks finiteness itself)."""
+    """Clip trusted gradient buffers in place, as PyTorch's ``clip_grad_value_`` then ``clip_grad_norm_``: each
+    value into [-clip_value, clip_value], then all scaled by ``clip_norm / (norm + 1e-6)`` when that is below 1,
+    ``norm`` their global L2 norm (summed in float64, one pass). Returns the norm before scaling (NaN when not
+    computed)."""
     if clip_value is not None:
         for grad in grads:
             np.clip(grad, -clip_value, clip_value, out=grad)
     if clip_norm is None:
-        return -1.0
-    norm = math.sqrt(sum(float(np.dot(grad.ravel().astype(np.float64), grad.ravel())) for grad in grads))
-    if math.isfinite(norm):
-        coefficient = clip_norm / (norm + 1e-6)
-        if coefficient < 1.0:
-            for grad in grads:
-                grad *= coefficient
+        return math.nan
+    norm = math.sqrt(sum(backend._sum_of_squares(grad) for grad in grads))
+    coefficient = clip_norm / (norm + 1e-6)
+    if coefficient < 1.0:
+        for grad in grads:
+            grad *= coefficient
     return norm
 
 

@@ -59,7 +59,7 @@ run_asan() {
 import numpy as np
 from fastopt._kernels import _optim
 p = np.zeros(4096); g = np.ones(64)
-_optim.sgd_step(p, g, None, 0.1, 0.0, 0.0, False, 0.0, True)
+_optim.sgd_step(p, g, None, {'lr': 0.1, 'momentum': 0.0, 'dampening': 0.0, 'nesterov': False, 'weight_decay': 0.0, 'first_step': True})
 print('canary NOT detected')" >canary.log 2>&1)
     if grep -q "ERROR: AddressSanitizer: heap-buffer-overflow" "$work/canary.log"; then
         echo "canary detected: $(grep -m1 'ERROR: AddressSanitizer' "$work/canary.log" | cut -c1-100)"
@@ -67,7 +67,7 @@ print('canary NOT detected')" >canary.log 2>&1)
         echo "ASan did NOT detect the canary overflow: the sanitizer is not active"; cat "$work/canary.log"; STATUS=1
     fi
     for isa in auto baseline; do
-        log "ASan: tests/test_cython_kernels.py tests/test_fuzz.py (FASTOPT_ISA=$isa)"
+        log "ASan: tests/test_cython_kernels.py tests/test_fuzz.py tests/test_kernel_table.py tests/test_reliability.py (FASTOPT_ISA=$isa)"
         start=$SECONDS
         (cd "$work" && env LD_PRELOAD="$libasan" \
             ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1" \
@@ -78,7 +78,7 @@ print('canary NOT detected')" >canary.log 2>&1)
             ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1" \
             PYTHONPATH="$work" FASTOPT_QUIET_FALLBACK=1 FASTOPT_ISA="$isa" \
             ${FUZZ_EXAMPLES:+FASTOPT_FUZZ_EXAMPLES=$FUZZ_EXAMPLES} \
-            "$PYTHON" -m pytest tests/test_cython_kernels.py tests/test_fuzz.py -q -p no:cacheprovider \
+            "$PYTHON" -m pytest tests/test_cython_kernels.py tests/test_fuzz.py tests/test_kernel_table.py tests/test_reliability.py -q -p no:cacheprovider \
                 -k "not test_regression_missing_state_buffer" -W ignore 2>&1 | tee "asan-$isa.log" | tail -5)
         rc=$?
         if grep -q "ERROR: AddressSanitizer" "$work/asan-$isa.log"; then

@@ -230,8 +230,10 @@ def _common_bad() -> tuple[BadHyperparameter, ...]:
 
 
 def _eps_bad() -> tuple[BadHyperparameter, ...]:
+    """eps > 0: fastopt refuses eps = 0 (PyTorch accepts it), where a zero gradient and second moment give 0 / 0."""
     return (
-        _bad({"eps": BELOW_ZERO}, ValueError, "^eps must be >= 0"),
+        _bad({"eps": BELOW_ZERO}, ValueError, "^eps must be > 0"),
+        _bad({"eps": 0.0}, ValueError, "^eps must be > 0"),
         _bad({"eps": NAN}, ValueError, "^eps must be finite"),
     )
 
@@ -320,7 +322,7 @@ def _adam_info(cls: type[optim.Optimizer], weight_decay: float, torch_class: str
         reference=partial(adam_step, decoupled=decoupled),
         state_names=_adam_state,
         bad_hyperparameters=(*_common_bad(), *_eps_bad(), *_betas_bad(), *_flag_bad("amsgrad")),
-        edge_hyperparameters=(*_common_edges(), *_betas_edges(), {"eps": 0.0}, {"amsgrad": np.bool_(True)}),
+        edge_hyperparameters=(*_common_edges(), *_betas_edges(), {"eps": 5e-324}, {"amsgrad": np.bool_(True)}),
         torch_class=torch_class,
         torch_options=_torch_keywords("lr", "betas", "eps", "weight_decay", "amsgrad"),
         param_groups=(
@@ -381,7 +383,7 @@ ADAGRAD = OptimizerInfo(
         *_eps_bad(),
         _bad({"initial_accumulator_value": BELOW_ZERO}, ValueError, "^initial_accumulator_value must be >= 0"),
     ),
-    edge_hyperparameters=(*_common_edges(), {"eps": 0.0, "initial_accumulator_value": 0.0}),
+    edge_hyperparameters=(*_common_edges(), {"eps": 5e-324, "initial_accumulator_value": 0.0}),
     torch_class="Adagrad",
     torch_options=_torch_keywords("lr", "eps", "weight_decay", "initial_accumulator_value", lr_decay="decay"),
     torch_state_names=(("sum_squares", "sum"),),
@@ -422,7 +424,12 @@ RMSPROP = OptimizerInfo(
         _bad({"momentum": BELOW_ZERO}, ValueError, "^momentum must be >= 0"),
         *_flag_bad("centered"),
     ),
-    edge_hyperparameters=(*_common_edges(), {"alpha": 1.0}, {"eps": 0.0}, {"alpha": 0.0, "centered": np.bool_(True)}),
+    edge_hyperparameters=(
+        *_common_edges(),
+        {"alpha": 1.0},
+        {"eps": 5e-324},
+        {"alpha": 0.0, "centered": np.bool_(True)},
+    ),
     torch_class="RMSprop",
     torch_options=_torch_keywords("lr", "alpha", "eps", "momentum", "centered", "weight_decay"),
     param_groups=({"lr": 0.005, "weight_decay": 0.1, "centered": True}, {"momentum": 0.9, "alpha": 0.9}),
@@ -454,7 +461,7 @@ NADAM = OptimizerInfo(
     edge_hyperparameters=(
         *_common_edges(),
         *_betas_edges(),
-        {"eps": 0.0, "momentum_decay": 0.0},
+        {"eps": 5e-324, "momentum_decay": 0.0},
         {"decoupled_weight_decay": np.bool_(True)},
     ),
     torch_class="NAdam",
@@ -477,7 +484,7 @@ ADAMAX = OptimizerInfo(
     reference=adamax_step,
     state_names=lambda hp: ("exp_avg", "exp_inf"),
     bad_hyperparameters=(*_common_bad(), *_eps_bad(), *_betas_bad()),
-    edge_hyperparameters=(*_common_edges(), *_betas_edges(), {"eps": 0.0}),
+    edge_hyperparameters=(*_common_edges(), *_betas_edges(), {"eps": 5e-324}),
     torch_class="Adamax",
     torch_options=_torch_keywords("lr", "betas", "eps", "weight_decay"),
     param_groups=({"lr": 0.02, "weight_decay": 0.1}, {"betas": (0.8, 0.9), "eps": 0.01, "decay": 0.1}),
@@ -495,7 +502,7 @@ RADAM = OptimizerInfo(
     reference=radam_step,
     state_names=lambda hp: ADAM_STATE,
     bad_hyperparameters=(*_common_bad(), *_eps_bad(), *_betas_bad(), *_flag_bad("decoupled_weight_decay")),
-    edge_hyperparameters=(*_common_edges(), *_betas_edges(), {"eps": 0.0, "decoupled_weight_decay": np.bool_(True)}),
+    edge_hyperparameters=(*_common_edges(), *_betas_edges(), {"eps": 5e-324, "decoupled_weight_decay": np.bool_(True)}),
     torch_class="RAdam",
     torch_options=_torch_keywords("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay"),
     param_groups=(

@@ -233,10 +233,11 @@ def test_model_training_gradients_match_finite_differences(backend) -> None:  # 
     else:
         pytest.fail("no seed kept the LeakyReLU inputs away from 0")
     targets = loss.targets(y, 3, model.dtype)
-    value, _, _ = model._batch_gradients(backend, loss, X, targets, np.arange(8), step_key)
+    value, _, _, finite = model._batch_gradients(backend, loss, X, targets, np.arange(8), step_key)
     analytic = model.gradients.copy()
     numeric = numerical_gradient(lambda: training_loss(model, X, y, loss, step_key), model.parameters)
     assert value == pytest.approx(training_loss(model, X, y, loss, step_key), rel=1e-14)
+    assert finite  # the dense kernels' non-finite guard, through the dropout and GELU stages
     assert np.abs(analytic).max() > 1e-3
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
     # outside training (compute_gradients, predict) dropout is the identity

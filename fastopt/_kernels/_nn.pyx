@@ -21,7 +21,7 @@ over raw pointers so gcc can vectorize them. Shapes are trusted: ``fastopt.backe
 
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport NAN, ceil, erfc, exp, ldexp, log
+from libc.math cimport NAN, ceil, erfc, exp, ldexp, log, log1p, log1pf
 from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -430,39 +430,47 @@ cdef inline void _prologue_columns(int act, floating slope, floating* d, const f
             _add_row(gb + c0, d + i * cols + c0, width)
 
 
-cdef inline void _backward_block(Py_ssize_t block, Py_ssize_t blocks_w, Py_ssize_t blocks_x, const floating* x,
-                                 const floating* w, const floating* d, floating* gw, floating* gx,
-                                 Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+cdef inline int _backward_block(Py_ssize_t block, Py_ssize_t blocks_w, Py_ssize_t blocks_x, const floating* x,
+                                const floating* w, const floating* d, floating* gw, floating* gx,
+                                Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
     # Blocks 0..blocks_w-1: grad_weight = x.T @ dz (I x O, sum over the batch); the next blocks_x:
-    # grad_x = dz @ weight.T (B x I). The two products are independent and share one pool of blocks.
+    # grad_x = dz @ weight.T (B x I). The two products are independent and share one pool of blocks. Returns 1 when
+    # a grad_weight block holds NaN or Inf, checked by the thread that made it while it is in its cache: the
+    # training step's guard against non-finite gradients costs no second pass over memory.
     cdef Py_ssize_t bounds[4]
+    cdef Py_ssize_t i
+    cdef int bad = 0
     if block < blocks_w:
         _gemm_block(block, blocks_w, True, False, n_in, n_out, batch, x, n_in, d, n_out, gw, n_out, bounds)
+        for i in range(bounds[0], bounds[1]):
+            bad |= _any_nonfinite(gw + i * n_out + bounds[2], bounds[3] - bounds[2])
     else:
         _gemm_block(block - blocks_w, blocks_x, False, True, batch, n_in, n_out, d, n_out, w, n_out, gx, n_in, bounds)
+    return bad
 
 
 def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[:, ::1] out,
                    floating[:, ::1] grad_out, floating[:, ::1] grad_weight, floating[::1] grad_bias,
                    floating[:, ::1] grad_x, int act, double negative_slope):
     """Backward of ``out = f(x @ weight + bias)``: ``grad_out *= f'(out)`` (now dz), ``grad_bias = dz.sum(0)``,
-    ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Needs ``set_blas``."""
+    ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Returns whether
+    grad_weight and grad_bias are finite. Needs ``set_blas``."""
     cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
     cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, column_pieces, size
-    cdef int team
+    cdef int team, bad = 0
     cdef double started, flops
     cdef double[1] own_done
     _check_blas(batch, n_in, n_out)
     if n_out == 0:  # no outputs: every gradient is an empty sum
         if grad_x is not None and batch and n_in:
             memset(&grad_x[0, 0], 0, batch * n_in * sizeof(floating))
-        return
+        return True
     cdef floating* gb = &grad_bias[0]
     if batch == 0:
         memset(gb, 0, n_out * sizeof(floating))
         if n_in:
             memset(&grad_weight[0, 0], 0, n_in * n_out * sizeof(floating))
-        return
+        return True
     cdef const floating* xp = &x[0, 0] if n_in else NULL
     cdef const floating* wp = &weight[0, 0] if n_in else NULL
     cdef const floating* yp = &out[0, 0]
@@ -486,7 +494,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
         if team == 1:
             _prologue_columns(act, slope, dp, yp, gb, batch, n_out, 0, n_out)
             for block in range(blocks_w + blocks_x):
-                _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
+                bad |= _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
         else:
             started = clock()
             own_done[0] = started
@@ -495,11 +503,13 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
                     _prologue_columns(act, slope, dp, yp, gb, batch, n_out, min(n_out, block * size),
                                       min(n_out, (block + 1) * size))
                 for block in prange(blocks_w + blocks_x, schedule="static", chunksize=1):
-                    _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
+                    bad |= _backward_block(block, blocks_w, blocks_x, xp, wp, dp, gw, gx, batch, n_in, n_out)
                     if threadid() == 0:
                         own_done[0] = clock()
             report_region(started, own_done[0])
+        bad |= _any_nonfinite(gb, n_out)
     _blas_serial_end()
+    return not bad
 
 
 def dense_epilogue(floating[:, ::1] out, const floating[::1] bias, int act, double negative_slope):
@@ -693,9 +703,36 @@ cdef enum:
     _LOSS_BLOCK_ROWS = 64  # rows whose maxima softmax_cross_entropy keeps (on the stack) between its passes
 
 
-def softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels, floating[:, ::1] grad_logits):
-    """Mean of ``logsumexp(logits[i]) - logits[i, labels[i]]`` (stable: max-shifted, summed in double);
-    if ``grad_logits`` is not None it receives ``(softmax(logits) - onehot(labels)) / batch``, same call.
+cdef inline double _weight_sum(const floating* weights, Py_ssize_t rows) noexcept nogil:
+    # sum_i w_i in double, in row order; the number of rows without weights (every w_i is 1)
+    cdef Py_ssize_t i
+    cdef double total = 0
+    if weights == NULL:
+        return <double>rows
+    for i in range(rows):
+        total += weights[i]
+    return total
+
+
+cdef inline double _row_weight(const floating* weights, Py_ssize_t i) noexcept nogil:
+    return 1.0 if weights == NULL else <double>weights[i]
+
+
+cdef inline double _row_factor(double numerator, double weight, double total, Py_ssize_t cols) noexcept nogil:
+    # A row's gradient factor numerator w_i / (W cols), in double (the caller rounds it once); 0 when W is 0
+    return 0.0 if total == 0 else numerator * weight / (total * cols)
+
+
+cdef inline double _weighted_value(double weighted_sum, double total, Py_ssize_t cols) noexcept nogil:
+    # sum_i w_i l_i / (W cols), from sum_i w_i (sum_j l_ij); 0 when W is 0
+    return 0.0 if total == 0 else weighted_sum / (total * cols)
+
+
+def softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels, floating[:, ::1] grad_logits,
+                          const floating[::1] weights, double label_smoothing):
+    """Mean of ``logsumexp(logits[i]) - <t[i], logits[i]>`` with ``t[i] = (1 - eps) onehot(labels[i]) + eps / C``
+    (stable: max-shifted, summed in double), weighted by ``weights`` when given (``sum w_i l_i / sum w_i``); if
+    ``grad_logits`` is not None it receives ``(softmax(logits) - t) / batch`` (weighted: ``* w_i / sum w``), same call.
 
     With ``grad_logits`` the exponentials are taken in one loop over a block of rows, in grad_logits (a row
     is only ``classes`` long: too short a loop to vectorize well; at batch 512 and 10 classes, float32, the
@@ -704,12 +741,17 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labe
     cdef const floating* xp = &logits[0, 0]
     cdef const int64_t* lp = &labels[0]
     cdef floating* gp = NULL if grad_logits is None else &grad_logits[0, 0]
+    cdef const floating* wp = NULL
     cdef const floating* x
     cdef floating* gr
     cdef floating maxima[_LOSS_BLOCK_ROWS]
-    cdef floating m, s_f, n_f = <floating>rows
-    cdef double s, total = 0
+    cdef floating m, n_f = <floating>rows, scale
+    cdef floating off_target = <floating>(label_smoothing / cols), on_target = <floating>(1 - label_smoothing)
+    cdef double s, row_loss, total = 0, weight_total
+    if weights is not None:
+        wp = &weights[0]
     with nogil:
+        weight_total = _weight_sum(wp, rows)
         for block in range((rows + _LOSS_BLOCK_ROWS - 1) // _LOSS_BLOCK_ROWS):
             first = block * _LOSS_BLOCK_ROWS
             last = min(rows, first + _LOSS_BLOCK_ROWS)
@@ -732,23 +774,55 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labe
                     gr = gp + i * cols
                     for j in range(cols):
                         s += gr[j]
-                    s_f = <floating>s
-                    for j in range(cols):
-                        gr[j] = gr[j] / s_f
-                    gr[lp[i]] = gr[lp[i]] - <floating>1
-                total += (m + log(s)) - x[lp[i]]
-            if gp != NULL:
+                    _softmax_minus_target(gr, cols, <floating>s, lp[i], label_smoothing != 0, off_target, on_target)
+                row_loss = _smoothed_row_loss(x, cols, lp[i], m, s, label_smoothing)
+                total += row_loss if wp == NULL else wp[i] * row_loss
+            if gp != NULL and wp == NULL:
                 for j in range(first * cols, last * cols):
                     gp[j] = gp[j] / n_f
-    return total / rows
+            elif gp != NULL:
+                for i in range(first, last):
+                    scale = <floating>_row_factor(1.0, wp[i], weight_total, 1)
+                    for j in range(i * cols, (i + 1) * cols):
+                        gp[j] = gp[j] * scale
+    return total / rows if wp == NULL else _weighted_value(total, weight_total, 1)
 
 
-def mse(const floating[::1] pred, const floating[::1] target, floating[::1] grad_pred):
-    """Mean of ``(pred - target)**2`` over flat buffers, summed in double; ``grad_pred = 2 (pred - target) / n``."""
-    cdef Py_ssize_t n = pred.shape[0], i
-    cdef const floating* pp = &pred[0]
-    cdef const floating* tp = &target[0]
-    cdef floating* gp = NULL if grad_pred is None else &grad_pred[0]
+cdef inline void _softmax_minus_target(floating* gr, Py_ssize_t cols, floating s, int64_t label, bint smoothed,
+                                       floating off_target, floating on_target) noexcept nogil:
+    # a row of exponentials (summing to s) becomes softmax - t: t = eps / C off the label, (1 - eps) + eps / C on it
+    cdef Py_ssize_t j
+    for j in range(cols):
+        gr[j] = gr[j] / s
+    if smoothed:
+        for j in range(cols):
+            gr[j] = gr[j] - off_target
+    gr[label] = gr[label] - on_target
+
+
+cdef inline double _smoothed_row_loss(const floating* x, Py_ssize_t cols, int64_t label, floating m, double s,
+                                      double label_smoothing) noexcept nogil:
+    # logsumexp(x) - <t, x> = (m + log s) - (1 - eps) x[label] - (eps / C) sum(x); without smoothing no sum is taken
+    # (0 * -inf would be NaN)
+    cdef Py_ssize_t j
+    cdef double row_sum = 0
+    if label_smoothing == 0:
+        return (m + log(s)) - x[label]
+    for j in range(cols):
+        row_sum += x[j]
+    return (m + log(s)) - (1 - label_smoothing) * x[label] - (label_smoothing / cols) * row_sum
+
+
+def mse(const floating[:, ::1] pred, const floating[:, ::1] target, floating[:, ::1] grad_pred,
+        const floating[::1] weights):
+    """Mean of ``(pred - target)**2``, summed in double; ``grad_pred = 2 (pred - target) / pred.size``. With
+    ``weights``: each row's mean weighted, ``sum w_i l_i / sum w_i``, and ``grad_pred[i] = 2 d[i] w_i / (O sum w)``."""
+    cdef Py_ssize_t n = pred.shape[0] * pred.shape[1], i
+    if weights is not None:
+        return _pointwise_loss(_MSE, pred, target, grad_pred, weights, 0.0)
+    cdef const floating* pp = &pred[0, 0]
+    cdef const floating* tp = &target[0, 0]
+    cdef floating* gp = NULL if grad_pred is None else &grad_pred[0, 0]
     cdef floating d, n_f = <floating>n
     cdef double dd, total = 0
     with nogil:
@@ -760,6 +834,131 @@ def mse(const floating[::1] pred, const floating[::1] target, floating[::1] grad
             for i in range(n):
                 gp[i] = <floating>2 * (pp[i] - tp[i]) / n_f
     return total / n
+
+
+def huber(const floating[:, ::1] pred, const floating[:, ::1] target, floating[:, ::1] grad_pred,
+          const floating[::1] weights, double delta):
+    """Huber loss (PyTorch's HuberLoss): ``d**2 / 2`` where ``|d| < delta``, else ``delta (|d| - delta / 2)``, each
+    row's mean weighted by ``weights`` (None: all 1); ``grad_pred[i] = clip(d[i], -delta, delta) w_i / (O sum w)``."""
+    return _pointwise_loss(_HUBER, pred, target, grad_pred, weights, delta)
+
+
+def mae(const floating[:, ::1] pred, const floating[:, ::1] target, floating[:, ::1] grad_pred,
+        const floating[::1] weights):
+    """Mean absolute error (PyTorch's L1Loss), each row's mean weighted by ``weights`` (None: all 1);
+    ``grad_pred[i] = sign(d[i]) w_i / (O sum w)`` with sign(0) = 0."""
+    return _pointwise_loss(_MAE, pred, target, grad_pred, weights, 0.0)
+
+
+cdef enum:
+    _MSE = 0
+    _HUBER = 1
+    _MAE = 2
+
+
+cdef inline double _pointwise_element(int kind, double d, double delta) noexcept nogil:
+    # the loss of one element of d = pred - target (in double: the caller sums it there)
+    cdef double magnitude = d if d >= 0 else -d
+    if kind == _MSE:
+        return d * d
+    if kind == _MAE:
+        return magnitude
+    return 0.5 * d * d if magnitude < delta else delta * (magnitude - 0.5 * delta)
+
+
+cdef inline floating _pointwise_slope(int kind, floating d, floating delta) noexcept nogil:
+    # the derivative of an element's loss, before the row factor: d (MSE's 2 is in its factor), clip(d, -delta,
+    # delta), or sign(d) (0 at 0, NaN at NaN, as numpy.sign)
+    cdef floating one = 1, zero = 0
+    if kind == _MSE:
+        return d
+    if kind == _HUBER:
+        return -delta if d < -delta else (delta if d > delta else d)
+    return one if d > 0 else (-one if d < 0 else (zero if d == 0 else d))
+
+
+cdef double _pointwise_loss(int kind, const floating[:, ::1] pred, const floating[:, ::1] target,
+                            floating[:, ::1] grad_pred, const floating[::1] weights, double delta):
+    """``sum_i w_i mean_j l(d[i, j]) / sum_i w_i`` for an elementwise loss of ``d = pred - target`` (``kind``: MSE,
+    Huber, MAE); ``grad_pred[i, j] = l'(d[i, j]) w_i / (cols sum w)`` (MSE: times 2). The shapes are trusted."""
+    cdef Py_ssize_t rows = pred.shape[0], cols = pred.shape[1], i, j
+    cdef const floating* pp = &pred[0, 0]
+    cdef const floating* tp = &target[0, 0]
+    cdef floating* gp = NULL if grad_pred is None else &grad_pred[0, 0]
+    cdef const floating* wp = NULL
+    cdef floating d, scale, delta_f = <floating>delta
+    cdef double numerator = 2.0 if kind == _MSE else 1.0, row_sum, total = 0, weight_total
+    if weights is not None:
+        wp = &weights[0]
+    with nogil:
+        weight_total = _weight_sum(wp, rows)
+        for i in range(rows):
+            row_sum = 0
+            for j in range(i * cols, (i + 1) * cols):
+                row_sum += _pointwise_element(kind, pp[j] - tp[j], delta)
+            total += _row_weight(wp, i) * row_sum
+            if gp != NULL:
+                scale = <floating>_row_factor(numerator, _row_weight(wp, i), weight_total, cols)
+                for j in range(i * cols, (i + 1) * cols):
+                    d = pp[j] - tp[j]
+                    gp[j] = _pointwise_slope(kind, d, delta_f) * scale
+    return _weighted_value(total, weight_total, cols)
+
+
+cdef inline floating _log1p(floating x) noexcept nogil:
+    return log1pf(x) if floating is float else log1p(x)
+
+
+def binary_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] targets, floating[:, ::1] grad_logits,
+                         const floating[::1] weights, const floating[::1] pos_weight):
+    """Binary cross-entropy on logits (PyTorch's BCEWithLogitsLoss): with ``e = exp(-|x|)``, ``l = p y (max(-x, 0) +
+    log1p(e)) + (1 - y) (max(x, 0) + log1p(e))`` (p = pos_weight of the column, 1 without it); each row's mean
+    weighted by ``weights`` (None: all 1); ``grad_logits[i] = ((1 - y) s(x) - p y s(-x)) w_i / (C sum w)``, where
+    s(x) and s(-x) = 1 - s(x) each come from e without cancellation. Elements in the arrays' dtype, sums in double."""
+    cdef Py_ssize_t rows = logits.shape[0], cols = logits.shape[1], i, j, k
+    cdef const floating* xp = &logits[0, 0]
+    cdef const floating* tp = &targets[0, 0]
+    cdef floating* gp = NULL if grad_logits is None else &grad_logits[0, 0]
+    cdef const floating* wp = NULL
+    cdef const floating* pwp = NULL
+    cdef floating x, y, positive, e, log_term, denominator, scale, one = 1, zero = 0
+    cdef double row_sum, total = 0, weight_total
+    if weights is not None:
+        wp = &weights[0]
+    if pos_weight is not None:
+        pwp = &pos_weight[0]
+    with nogil:
+        weight_total = _weight_sum(wp, rows)
+        for i in range(rows):
+            row_sum = 0
+            scale = <floating>_row_factor(1.0, _row_weight(wp, i), weight_total, cols)
+            for j in range(cols):
+                k = i * cols + j
+                x, y = xp[k], tp[k]
+                positive = y if pwp == NULL else pwp[j] * y
+                e = fexp_nonpositive(-fabs_typed(x))
+                log_term = _log1p(e)
+                row_sum += positive * ((-x if -x > zero else zero) + log_term) + (one - y) * (
+                    (x if x > zero else zero) + log_term)
+                if gp != NULL:
+                    denominator = one + e
+                    gp[k] = ((one - y) * ((one if x >= 0 else e) / denominator)
+                             - positive * ((e if x >= 0 else one) / denominator)) * scale
+            total += _row_weight(wp, i) * row_sum
+    return _weighted_value(total, weight_total, cols)
+
+
+def count_binary_correct(const floating[:, ::1] logits, const floating[:, ::1] targets):
+    """Elements whose prediction ``logits > 0`` is their target ``targets > 0.5`` (a NaN logit predicts 0)."""
+    cdef Py_ssize_t n = logits.shape[0] * logits.shape[1], k, correct = 0
+    if n == 0:
+        return 0
+    cdef const floating* xp = &logits[0, 0]
+    cdef const floating* tp = &targets[0, 0]
+    with nogil:
+        for k in range(n):
+            correct += (xp[k] > 0) == (tp[k] > 0.5)
+    return correct
 
 
 cdef inline void _copy_rows(const floating* src, const int64_t* rows, floating* out, Py_ssize_t n_rows,
@@ -827,6 +1026,57 @@ def all_finite(const floating[::1] x):
                     own_done[0] = clock()
             report_region(started, own_done[0])
     return not bad
+
+
+cdef inline double _squares(const floating* x, Py_ssize_t n) noexcept nogil:
+    # Four sums in double, so that the additions overlap (one sum waits for each addition's latency).
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, v
+    cdef Py_ssize_t i, end = n - n % 4
+    for i in range(0, end, 4):
+        s0 += <double>x[i] * x[i]
+        s1 += <double>x[i + 1] * x[i + 1]
+        s2 += <double>x[i + 2] * x[i + 2]
+        s3 += <double>x[i + 3] * x[i + 3]
+    for i in range(end, n):
+        v = x[i]
+        s0 += v * v
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef enum:
+    _SQUARE_BLOCKS = 64  # at most this many partial sums (on the stack)
+    _SQUARE_BLOCK_SIZE = 131072  # and blocks of at least this many elements
+
+
+def sum_of_squares(const floating[::1] x):
+    """Sum of x**2 in double over a flat buffer (NaN or Inf propagate). The buffer is cut into blocks by its size
+    alone, each block summed on its own and the blocks' sums added in order: the same bits for any thread count."""
+    cdef Py_ssize_t n = x.shape[0], size, block, blocks
+    cdef int team
+    cdef double total = 0
+    cdef double partial[_SQUARE_BLOCKS]
+    cdef double started
+    cdef double[1] own_done
+    if n == 0:
+        return 0.0
+    cdef const floating* xp = &x[0]
+    blocks = max(1, min(<Py_ssize_t>_SQUARE_BLOCKS, (n + _SQUARE_BLOCK_SIZE - 1) // _SQUARE_BLOCK_SIZE))
+    size = (n + blocks - 1) // blocks
+    team = threads_for(SCAN, <double>n, blocks)
+    with nogil:
+        if team == 1:
+            for block in range(blocks):
+                partial[block] = _squares(xp + block * size, min(size, n - block * size))
+        else:
+            started = clock()
+            for block in prange(blocks, num_threads=team, schedule="static", chunksize=1):
+                partial[block] = _squares(xp + block * size, min(size, n - block * size))
+                if threadid() == 0:
+                    own_done[0] = clock()
+            report_region(started, own_done[0])
+        for block in range(blocks):
+            total += partial[block]
+    return total
 
 
 def count_correct(const floating[:, ::1] scores, const int64_t[::1] labels):

@@ -7,6 +7,7 @@ made without parameters, is bound by ``Sequential.fit`` to the model. The math i
 from fastopt.optim.adagrad import AdaGrad
 from fastopt.optim.adam import Adam, AdamW
 from fastopt.optim.adamax import Adamax
+from fastopt.optim.clip import clip_grad_norm_, clip_grad_value_
 from fastopt.optim.lion import Lion
 from fastopt.optim.nadam import NAdam
 from fastopt.optim.optimizer import Optimizer
@@ -38,4 +39,6 @@ __all__ = [
     "Optimizer",
     "RAdam",
     "RMSProp",
+    "clip_grad_norm_",
+    "clip_grad_value_",
 ]

@@ -17,7 +17,7 @@ class AdaGrad(Optimizer):
     """
 
     kernel = "adagrad_step"
-    options = {"eps": base.nonnegative, "weight_decay": base.nonnegative, "initial_accumulator_value": base.nonnegative}
+    options = {"eps": base.positive, "weight_decay": base.nonnegative, "initial_accumulator_value": base.nonnegative}
     state_buffers = ("sum_squares",)
     kernel_options = ("eps", "weight_decay")
 

@@ -7,7 +7,14 @@ optimizer steps; ``get_last_lr()``, ``state_dict()``, ``load_state_dict()``. In 
 the callbacks: it steps after each epoch (``interval="epoch"``, the default) or after each batch
 (``interval="batch"``, the default of ``OneCycleLR``); ``ReduceLROnPlateau`` steps on the metric it ``monitor``s.
 A scheduler made for an optimizer without parameters yet (``Adam()`` given to ``fit``) sets the rate its
-parameter groups will start from. Its state goes into ``fit``'s checkpoints.
+parameter groups will start from. Its state goes into ``fit``'s checkpoints, and its settings (``config``) into the
+run's fingerprint: a checkpoint resumes only with the same schedules.
+
+As in PyTorch, every scheduler attached to an optimizer starts from the rates its groups had when the first one was
+attached (PyTorch's ``group["initial_lr"]``; ``OneCycleLR`` replaces them by ``max_lr / div_factor``), so that
+schedulers built one after the other for ``SequentialLR`` each decay from the optimizer's rates. One deliberate
+difference: ``OneCycleLR`` stepped ``total_steps`` times (after the cycle's last optimizer step) holds the cycle's
+final rate, where PyTorch extrapolates one step beyond the cycle (a negative rate with ``anneal_strategy="linear"``).
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ import math
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from fastopt._checks import check_positive_int, check_scalar
+from fastopt._checks import check_nonnegative_int, check_positive_int, check_scalar
 from fastopt.callbacks import Callback
 from fastopt.optim.optimizer import Optimizer
 
@@ -28,23 +35,48 @@ def _groups(optimizer: Optimizer) -> list[dict[str, Any]]:
     return optimizer.param_groups or [optimizer.defaults]
 
 
+_INITIAL_LRS = "_scheduler_initial_lrs"  # kept on the optimizer: its groups accept only its own hyperparameters
+
+
+def _initial_lrs(optimizer: Optimizer, replace: list[float] | None = None) -> list[float]:
+    """PyTorch's ``group["initial_lr"]`` of each group: set by the first scheduler attached to ``optimizer`` (to the
+    groups' rates then, or to ``replace``), and the ``base_lrs`` of every scheduler attached after it."""
+    current = [float(group["lr"]) for group in _groups(optimizer)]
+    saved = getattr(optimizer, _INITIAL_LRS, None)
+    if replace is not None or saved is None or len(saved) != len(current):  # a new optimizer, or bound since
+        saved = list(current if replace is None else replace)
+        setattr(optimizer, _INITIAL_LRS, saved)
+    return list(saved)
+
+
+def _per_group(value: float | Sequence[float], name: str, count: int) -> list[float]:
+    """A hyperparameter given once for every group or as a list of one value per group (PyTorch's form)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(f"{name} must be one number or a list of {count} (one per parameter group), got {value!r}")
+        return [check_scalar(item, f"{name}[{index}]") for index, item in enumerate(value)]
+    return [check_scalar(value, name)] * count
+
+
+def _check_interval(interval: str) -> str:
+    if interval not in ("epoch", "batch"):
+        raise ValueError(f"interval must be 'epoch' or 'batch', got {interval!r}")
+    return interval
+
+
 class LRScheduler(Callback):
     """Base class (PyTorch's ``LRScheduler``): ``last_epoch`` counts the steps; ``step()`` sets every group's rate to
     ``get_lr()``. Subclasses give ``get_lr`` (the chainable form) and, where PyTorch has one, ``_closed_form_lr``."""
 
     default_interval = "epoch"
+    _CONFIG: ClassVar[tuple[str, ...]] = ()  # the settings a resumed run must share, beyond interval and base_lrs
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1, interval: str | None = None) -> None:
         super().__init__()
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{type(optimizer).__name__} is not a fastopt optimizer")
-        if last_epoch != -1:
-            raise ValueError("last_epoch must be -1; to resume a schedule, use load_state_dict")
-        self.interval = interval or self.default_interval
-        if self.interval not in ("epoch", "batch"):
-            raise ValueError(f"interval must be 'epoch' or 'batch', got {self.interval!r}")
+        _check_optimizer(optimizer, last_epoch)
+        self.interval = _check_interval(interval or self.default_interval)
         self.optimizer = optimizer
-        self.base_lrs = [float(group["lr"]) for group in _groups(optimizer)]
+        self.base_lrs = _initial_lrs(optimizer)
         self.last_epoch = last_epoch
         self._initial_step()
 
@@ -69,13 +101,18 @@ class LRScheduler(Callback):
         self._update_lr()
 
     def _update_lr(self, epoch: int | None = None) -> None:
+        groups = _groups(self.optimizer)
+        if len(self.base_lrs) != len(groups):
+            raise ValueError(
+                f"{type(self).__name__} was made for {len(self.base_lrs)} parameter groups, the optimizer has "
+                f"{len(groups)} now: make the scheduler once the optimizer has its parameters"
+            )
         if epoch is None:
             self.last_epoch += 1
             values = self.get_lr()
         else:
             self.last_epoch = epoch
             values = self._closed_form_lr() if hasattr(self, "_closed_form_lr") else self.get_lr()
-        groups = _groups(self.optimizer)
         for group, lr in zip(groups, values):
             group["lr"] = check_scalar(lr, "the scheduled learning rate")
         self._last_lr = [float(group["lr"]) for group in groups]
@@ -84,6 +121,15 @@ class LRScheduler(Callback):
         return [float(group["lr"]) for group in _groups(self.optimizer)]
 
     # ------------------------------------------------------------------ the callback side (fit)
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """A schedule of another optimizer than the fit's would change rates nothing uses: refused."""
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and optimizer is not self.optimizer:
+            raise ValueError(
+                f"{type(self).__name__} schedules another optimizer than this fit's {type(optimizer).__name__}: "
+                "make it with the optimizer given to fit"
+            )
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is not None:
             logs["learning_rate"] = self._current()[0]
@@ -107,11 +153,21 @@ class LRScheduler(Callback):
             setattr(self, name, state[name])
 
     def config(self) -> dict[str, Any]:
-        return {"interval": self.interval, "base_lrs": self.base_lrs}
+        settings = {key: getattr(self, key) for key in self._CONFIG}
+        return {"interval": self.interval, "base_lrs": self.base_lrs, **settings}
+
+
+def _check_optimizer(optimizer: object, last_epoch: int) -> None:
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"{type(optimizer).__name__} is not a fastopt optimizer")
+    if last_epoch != -1:
+        raise ValueError("last_epoch must be -1; to resume a schedule, use load_state_dict")
 
 
 class StepLR(LRScheduler):
     """Multiply the rate by ``gamma`` every ``step_size`` epochs."""
+
+    _CONFIG = ("step_size", "gamma")
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1, **options: Any):
         self.step_size = check_positive_int(step_size, "step_size")
@@ -130,6 +186,8 @@ class StepLR(LRScheduler):
 class MultiStepLR(LRScheduler):
     """Multiply the rate by ``gamma`` at each epoch of ``milestones``."""
 
+    _CONFIG = ("gamma",)
+
     def __init__(
         self, optimizer: Optimizer, milestones: Sequence[int], gamma: float = 0.1, last_epoch: int = -1, **options: Any
     ):
@@ -146,9 +204,14 @@ class MultiStepLR(LRScheduler):
         milestones = sorted(self.milestones.elements())
         return [base * self.gamma ** bisect_right(milestones, self.last_epoch) for base in self.base_lrs]
 
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "milestones": sorted(self.milestones.elements())}
+
 
 class ExponentialLR(LRScheduler):
     """Multiply the rate by ``gamma`` every epoch."""
+
+    _CONFIG = ("gamma",)
 
     def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1, **options: Any):
         self.gamma = check_scalar(gamma, "gamma")
@@ -164,7 +227,10 @@ class ExponentialLR(LRScheduler):
 
 
 class CosineAnnealingLR(LRScheduler):
-    """``eta_min + (base - eta_min) (1 + cos(pi t / T_max)) / 2``, computed as PyTorch does, recursively."""
+    """``eta_min + (base - eta_min) (1 + cos(pi t / T_max)) / 2``, computed as PyTorch does, recursively (so that
+    past ``T_max`` the rate rises again, periodically, as PyTorch's does)."""
+
+    _CONFIG = ("T_max", "eta_min")
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1, **options: Any):
         self.T_max = check_positive_int(T_max, "T_max")
@@ -192,6 +258,8 @@ class CosineAnnealingLR(LRScheduler):
 class LinearLR(LRScheduler):
     """Scale the rate by a factor going linearly from ``start_factor`` to ``end_factor`` over ``total_iters``
     epochs (a warm-up), then keep it."""
+
+    _CONFIG = ("start_factor", "end_factor", "total_iters")
 
     def __init__(
         self,
@@ -225,6 +293,8 @@ class InvScalingLR(LRScheduler):
     """scikit-learn's ``learning_rate="invscaling"``: ``lr = base / (t + 1) ** power_t`` where ``t`` counts the
     samples trained on: ``samples_per_step`` per step (scikit-learn steps once per epoch with the epoch's size)."""
 
+    _CONFIG = ("power_t", "samples_per_step")
+
     def __init__(
         self,
         optimizer: Optimizer,
@@ -250,49 +320,52 @@ class InvScalingLR(LRScheduler):
 class OneCycleLR(LRScheduler):
     """The 1cycle policy (PyTorch's ``OneCycleLR``): from ``max_lr / div_factor`` up to ``max_lr`` over ``pct_start``
     of ``total_steps`` (or ``epochs * steps_per_epoch``), then down to ``initial / final_div_factor``, cosine or
-    linear; momentum (or beta1) cycles the other way between ``max_momentum`` and ``base_momentum``. Steps once per
-    batch in ``fit``."""
+    linear (``three_phase``: up, back down to the initial rate, then to the final one); momentum (or beta1) cycles
+    the other way between ``max_momentum`` and ``base_momentum``. ``max_lr`` and the momenta are one number, or a
+    list of one per parameter group. Steps once per batch in ``fit``, where ``total_steps`` must cover the fit's
+    epochs times its batches per epoch (checked when the fit begins)."""
 
     default_interval = "batch"
+    _CONFIG = ("total_steps", "phases", "anneal_strategy", "max_lrs", "min_lrs", "cycle_momentum", "max_momenta",
+               "base_momenta")  # fmt: skip
 
     def __init__(
         self,
         optimizer: Optimizer,
-        max_lr: float,
+        max_lr: float | Sequence[float],
         total_steps: int | None = None,
         epochs: int | None = None,
         steps_per_epoch: int | None = None,
         pct_start: float = 0.3,
         anneal_strategy: str = "cos",
         cycle_momentum: bool = True,
-        base_momentum: float = 0.85,
-        max_momentum: float = 0.95,
+        base_momentum: float | Sequence[float] = 0.85,
+        max_momentum: float | Sequence[float] = 0.95,
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
         three_phase: bool = False,
         last_epoch: int = -1,
         **options: Any,
     ):
-        if total_steps is None and (epochs is None or steps_per_epoch is None):
-            raise ValueError("OneCycleLR needs total_steps, or epochs and steps_per_epoch")
-        self.total_steps = check_positive_int(total_steps if total_steps is not None else epochs * steps_per_epoch,  # type: ignore[operator]
-                                              "total_steps")  # fmt: skip
-        pct_start = check_scalar(pct_start, "pct_start", high=1.0)
+        _check_optimizer(optimizer, last_epoch)
+        self.total_steps = _total_steps(total_steps, epochs, steps_per_epoch)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
-        self.initial_lr = check_scalar(max_lr, "max_lr") / check_scalar(div_factor, "div_factor", low_open=True)
-        self.max_lr = float(max_lr)
-        self.min_lr = self.initial_lr / check_scalar(final_div_factor, "final_div_factor", low_open=True)
-        self.phases = self._phases(pct_start, three_phase)
+        self.phases = self._phases(check_scalar(pct_start, "pct_start", high=1.0), bool(three_phase))
+        groups = _groups(optimizer)
+        self.max_lrs = _per_group(max_lr, "max_lr", len(groups))
+        self.initial_lrs = [lr / check_scalar(div_factor, "div_factor", low_open=True) for lr in self.max_lrs]
+        final_div_factor = check_scalar(final_div_factor, "final_div_factor", low_open=True)
+        self.min_lrs = [lr / final_div_factor for lr in self.initial_lrs]
         self.cycle_momentum = bool(cycle_momentum)
-        self.max_momentum, self.base_momentum = float(max_momentum), float(base_momentum)
+        self.max_momenta = _per_group(max_momentum, "max_momentum", len(groups))
+        self.base_momenta = _per_group(base_momentum, "base_momentum", len(groups))
         if self.cycle_momentum:
             self._momentum_key(optimizer)
-            for group in _groups(optimizer):
-                self._set_momentum(group, self.max_momentum)
-        for group in _groups(optimizer):
-            group["lr"] = self.initial_lr
+            for group, momentum in zip(groups, self.max_momenta):
+                self._set_momentum(group, momentum)
+        _initial_lrs(optimizer, replace=self.initial_lrs)
         super().__init__(optimizer, last_epoch, **options)
 
     def _phases(self, pct_start: float, three_phase: bool) -> list[tuple[float, str, str]]:
@@ -324,25 +397,49 @@ class OneCycleLR(LRScheduler):
             return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
         return (end - start) * pct + start
 
-    def get_lr(self) -> list[float]:
-        step = self.last_epoch
+    def _position(self, step: int) -> tuple[str, str, float]:
+        """The phase of ``step`` (the names of its start and end) and how far into it, from 0 to 1. Step
+        ``total_steps``, after the cycle's last optimizer step, is the end of the last phase (PyTorch extrapolates
+        one step beyond it)."""
         if step > self.total_steps:
             raise ValueError(f"Tried to step {step} times. The specified number of total steps is {self.total_steps}")
-        rates = {"initial": self.initial_lr, "max": self.max_lr, "min": self.min_lr}
-        momenta = {"initial": self.max_momentum, "max": self.base_momentum, "min": self.max_momentum}
         start_step = 0.0
-        for index, (end_step, start, end) in enumerate(self.phases):
-            if step <= end_step or index == len(self.phases) - 1:
-                pct = (step - start_step) / (end_step - start_step)
-                lr = self._anneal(rates[start], rates[end], pct)
-                momentum = self._anneal(momenta[start], momenta[end], pct)
-                break
+        for end_step, start, end in self.phases[:-1]:
+            if step <= end_step:
+                return start, end, (step - start_step) / (end_step - start_step)
             start_step = end_step
-        groups = _groups(self.optimizer)
-        if self.cycle_momentum:
-            for group in groups:
-                self._set_momentum(group, momentum)
-        return [lr] * len(groups)
+        end_step, start, end = self.phases[-1]
+        return start, end, min((step - start_step) / (end_step - start_step), 1.0)
+
+    def get_lr(self) -> list[float]:
+        start, end, pct = self._position(self.last_epoch)
+        lrs = []
+        for index, group in enumerate(_groups(self.optimizer)):
+            rates = {"initial": self.initial_lrs[index], "max": self.max_lrs[index], "min": self.min_lrs[index]}
+            lrs.append(self._anneal(rates[start], rates[end], pct))
+            if self.cycle_momentum:
+                low, high = self.base_momenta[index], self.max_momenta[index]
+                momenta = {"initial": high, "max": low, "min": high}
+                self._set_momentum(group, self._anneal(momenta[start], momenta[end], pct))
+        return lrs
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """In ``fit``, a fresh cycle stepped per batch must last the whole fit (PyTorch raises past its end)."""
+        super().on_train_begin(logs)
+        steps, epochs = self.params.get("steps", 0), self.params.get("epochs", 0)
+        if self.interval == "batch" and self.last_epoch == 0 and epochs * steps > self.total_steps:
+            raise ValueError(
+                f"OneCycleLR(total_steps={self.total_steps}) is shorter than this fit: {epochs} epochs of {steps} "
+                f"batches are {epochs * steps} steps (steps_per_epoch is the number of batches, ceil(n / batch_size))"
+            )
+
+
+def _total_steps(total_steps: int | None, epochs: int | None, steps_per_epoch: int | None) -> int:
+    if total_steps is not None:
+        return check_positive_int(total_steps, "total_steps")
+    if epochs is None or steps_per_epoch is None:
+        raise ValueError("OneCycleLR needs total_steps, or epochs and steps_per_epoch")
+    return check_positive_int(epochs, "epochs") * check_positive_int(steps_per_epoch, "steps_per_epoch")
 
 
 class SequentialLR(LRScheduler):
@@ -354,27 +451,17 @@ class SequentialLR(LRScheduler):
         schedulers: Sequence[LRScheduler],
         milestones: Sequence[int],
         last_epoch: int = -1,
-        **options: Any,
+        interval: str | None = None,
     ):
-        if not schedulers:
-            raise ValueError("SequentialLR expects at least one scheduler")
-        for index, scheduler in enumerate(schedulers):
-            if isinstance(scheduler, ReduceLROnPlateau) or not isinstance(scheduler, LRScheduler):
-                raise ValueError(f"SequentialLR cannot chain schedulers[{index}] ({type(scheduler).__name__})")
-            if scheduler.optimizer is not optimizer:
-                raise ValueError(f"schedulers[{index}] belongs to another optimizer")
-        if len(milestones) != len(schedulers) - 1:
-            raise ValueError(
-                f"SequentialLR expects one milestone fewer than schedulers: {len(schedulers)} schedulers, "
-                f"{len(milestones)} milestones"
-            )
+        _check_optimizer(optimizer, last_epoch)
+        _check_chain(optimizer, schedulers, milestones)
         Callback.__init__(self)
-        self.interval = options.get("interval") or self.default_interval
+        self.interval = _check_interval(interval or self.default_interval)
         self.optimizer, self._schedulers, self._milestones = optimizer, list(schedulers), list(milestones)
         self.last_epoch = last_epoch + 1
         self.base_lrs = list(schedulers[0].base_lrs)
-        for group, base in zip(_groups(optimizer), schedulers[0].base_lrs):
-            group["lr"] = base
+        for group, initial in zip(_groups(optimizer), _initial_lrs(optimizer)):  # PyTorch's group["initial_lr"]
+            group["lr"] = initial
         for scheduler in self._schedulers:  # undo the step each made when it was built
             scheduler.last_epoch -= 1
         first = self._schedulers[bisect_right(self._milestones, 0)]
@@ -402,36 +489,54 @@ class SequentialLR(LRScheduler):
 
     def config(self) -> dict[str, Any]:
         return {"interval": self.interval, "milestones": self._milestones,
-                "schedulers": [type(s).__name__ for s in self._schedulers]}  # fmt: skip
+                "schedulers": [{"class": type(s).__name__, **s.config()} for s in self._schedulers]}  # fmt: skip
+
+
+def _check_chain(optimizer: Optimizer, schedulers: Sequence[LRScheduler], milestones: Sequence[int]) -> None:
+    """SequentialLR's arguments: schedulers of ``optimizer`` (not ReduceLROnPlateau, which steps on a metric), and
+    one increasing milestone (a positive epoch) fewer than schedulers."""
+    if not schedulers:
+        raise ValueError("SequentialLR expects at least one scheduler")
+    for index, scheduler in enumerate(schedulers):
+        if isinstance(scheduler, ReduceLROnPlateau) or not isinstance(scheduler, LRScheduler):
+            raise ValueError(f"SequentialLR cannot chain schedulers[{index}] ({type(scheduler).__name__})")
+        if scheduler.optimizer is not optimizer:
+            raise ValueError(f"schedulers[{index}] belongs to another optimizer")
+    if len(milestones) != len(schedulers) - 1:
+        raise ValueError(
+            f"SequentialLR expects one milestone fewer than schedulers: {len(schedulers)} schedulers, "
+            f"{len(milestones)} milestones"
+        )
+    checked = [check_positive_int(milestone, f"milestones[{index}]") for index, milestone in enumerate(milestones)]
+    if checked != sorted(checked):
+        raise ValueError(f"milestones must be increasing, got {list(milestones)}")
 
 
 class ReduceLROnPlateau(LRScheduler):
-    """Multiply the rate by ``factor`` once ``step(metric)`` has not improved for more than ``patience`` epochs
-    (PyTorch's rule: ``threshold`` relative or absolute, ``cooldown``, ``min_lr``, ``eps``). In ``fit`` it steps
-    after each epoch on ``logs[monitor]`` (default ``"val_loss"``)."""
+    """Multiply each group's rate by ``factor`` once ``step(metric)`` has not improved for more than ``patience``
+    epochs (PyTorch's rule: ``threshold`` relative or absolute, ``cooldown``, ``min_lr`` (one number, or one per
+    group), and no change smaller than ``eps``). In ``fit`` it steps after each epoch on ``logs[monitor]`` (default
+    ``"val_loss"``)."""
 
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        mode: str = "min",
-        factor: float = 0.1,
-        patience: int = 10,
-        threshold: float = 1e-4,
-        threshold_mode: str = "rel",
-        cooldown: int = 0,
-        min_lr: float = 0.0,
-        eps: float = 1e-8,
-        monitor: str = "val_loss",
-    ):
+    # fmt: off
+    def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1, patience: int = 10,
+                 threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0,
+                 min_lr: float | Sequence[float] = 0.0, eps: float = 1e-8, monitor: str = "val_loss"):
+        # fmt: on
         Callback.__init__(self)
-        if mode not in ("min", "max") or threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"mode must be 'min' or 'max' and threshold_mode 'rel' or 'abs', got {mode!r}, "
-                             f"{threshold_mode!r}")  # fmt: skip
+        _check_optimizer(optimizer, -1)
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
         self.factor = check_scalar(factor, "factor", high=1.0, high_open=True)
-        self.optimizer, self.mode, self.threshold, self.threshold_mode = optimizer, mode, threshold, threshold_mode
-        self.patience, self.cooldown = int(patience), int(cooldown)
-        self.min_lrs = [check_scalar(min_lr, "min_lr")] * len(_groups(optimizer))
-        self.eps, self.monitor, self.interval = eps, monitor, "epoch"
+        self.optimizer, self.mode, self.threshold_mode = optimizer, mode, threshold_mode
+        self.threshold, self.eps = check_scalar(threshold, "threshold"), check_scalar(eps, "eps")
+        self.patience = check_nonnegative_int(patience, "patience")
+        self.cooldown = check_nonnegative_int(cooldown, "cooldown")
+        self.default_min_lr = None if isinstance(min_lr, (list, tuple)) else check_scalar(min_lr, "min_lr")
+        self.min_lrs = _per_group(min_lr, "min_lr", len(_groups(optimizer)))
+        self.monitor, self.interval = monitor, "epoch"
         self.last_epoch = 0
         self.base_lrs = self._current()
         self._last_lr = self._current()
@@ -455,13 +560,24 @@ class ReduceLROnPlateau(LRScheduler):
             self.cooldown_counter -= 1
             self.num_bad_epochs = 0
         if self.num_bad_epochs > self.patience:
-            for group, min_lr in zip(_groups(self.optimizer), self.min_lrs):
-                old = float(group["lr"])
-                new = max(old * self.factor, min_lr)
-                if old - new > self.eps:
-                    group["lr"] = new
+            self._reduce()
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
         self._last_lr = self._current()
+
+    def _reduce(self) -> None:
+        groups = _groups(self.optimizer)
+        if len(self.min_lrs) != len(groups):
+            if self.default_min_lr is None:
+                raise ValueError(
+                    f"ReduceLROnPlateau has {len(self.min_lrs)} min_lr values for the optimizer's {len(groups)} "
+                    "parameter groups"
+                )
+            self.min_lrs = [self.default_min_lr] * len(groups)
+        for group, min_lr in zip(groups, self.min_lrs):
+            old = float(group["lr"])
+            new = max(old * self.factor, min_lr)
+            if old - new > self.eps:
+                group["lr"] = new
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
@@ -471,7 +587,7 @@ class ReduceLROnPlateau(LRScheduler):
         self.step(logs[self.monitor])
 
     _STATE = ("last_epoch", "best", "cooldown_counter", "num_bad_epochs", "_last_lr")
+    _CONFIG = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lrs", "eps", "monitor")
 
     def config(self) -> dict[str, Any]:
-        return {"mode": self.mode, "factor": self.factor, "patience": self.patience, "threshold": self.threshold,
-                "threshold_mode": self.threshold_mode, "cooldown": self.cooldown, "monitor": self.monitor}  # fmt: skip
+        return {key: getattr(self, key) for key in self._CONFIG}

@@ -36,6 +36,11 @@ class NAdam(Optimizer):
         super().__init__(params, **base.constructor_options(locals()))
     # fmt: on
 
+    def _state_problem(self, state: dict[str, np.ndarray], dtype: np.dtype) -> str:
+        """Also: the momentum product, a product of factors in (0, 1), must lie in (0, 1]."""
+        problem = super()._state_problem(state, dtype)
+        return problem or ("" if 0 < float(state["mu_product"]) <= 1 else "'mu_product' lies outside (0, 1]")
+
     def _step_scalars(
         self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]
     ) -> dict[str, Any]:

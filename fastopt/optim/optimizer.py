@@ -23,6 +23,8 @@ from fastopt.kernel_table import KERNELS
 
 ParamsLike = Sequence[np.ndarray] | np.ndarray | Sequence[dict[str, Any]]
 MAX_STEP_COUNT = 2**53  # step counts stay exact in double precision (bias corrections, decay)
+# State buffers that are sums or averages of squares or magnitudes: never negative in a run.
+NONNEGATIVE_STATE = frozenset({"sum_squares", "square_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf"})
 
 
 def _as_array_list(arrays: object, name: str) -> list[np.ndarray]:
@@ -92,7 +94,9 @@ def check_option(value: object, name: str) -> bool:
 # The checks of the hyperparameters optimizers declare in ``Optimizer.options``: each takes (value, name).
 nonnegative: Callable[[object, str], float] = check_scalar
 fraction: Callable[[object, str], float] = partial(check_scalar, high=1.0)
-ADAM_FAMILY = {"betas": check_betas, "eps": nonnegative, "weight_decay": nonnegative}
+# eps > 0, unlike PyTorch: it is added to a denominator that a zero gradient makes zero (0 / 0 = NaN)
+positive: Callable[[object, str], float] = partial(check_scalar, low_open=True)
+ADAM_FAMILY = {"betas": check_betas, "eps": positive, "weight_decay": nonnegative}
 
 
 class Optimizer:
@@ -240,8 +244,9 @@ class Optimizer:
         return mine is not None and len(mine) == len(params) and all(a is b for a, b in zip(mine, params))
 
     # -------------------------------------------------------------- stepping
-    def step(self, grads: Sequence[np.ndarray] | np.ndarray) -> None:
-        """Update every parameter in place from its gradient. Nothing changes if any gradient is refused."""
+    def step(self, grads: Sequence[np.ndarray] | np.ndarray, allow_nonfinite: bool = False) -> None:
+        """Update every parameter in place from its gradient. Nothing changes if any gradient is refused: a
+        gradient holding NaN or Inf is refused (``FloatingPointError``) unless ``allow_nonfinite=True``."""
         if not self.param_groups:
             raise ValueError(
                 f"{type(self).__name__} has no parameters: pass them to the constructor or to Sequential.fit"
@@ -260,6 +265,14 @@ class Optimizer:
             if any(np.shares_memory(grad, buffer) for buffer in written):
                 raise ValueError(f"grads[{index}] shares memory with a parameter or the optimizer state")
             checked.append(np.asarray(grad, order="C"))  # a copy only when not C-contiguous; 0-d stays 0-d
+        if not allow_nonfinite:
+            backend = resolve_backend(self.backend)
+            for index, grad in enumerate(checked):
+                if grad.dtype in FLOAT_DTYPES and not backend.all_finite(np.ascontiguousarray(grad, grad.dtype)):
+                    raise FloatingPointError(
+                        f"grads[{index}] holds NaN or Inf; nothing was updated (step(..., allow_nonfinite=True) "
+                        "applies it)"
+                    )
         self.apply(checked)
 
     def _recheck_groups(self) -> None:
@@ -440,13 +453,26 @@ class Optimizer:
             raise ValueError(f"state_dict state[{index}] must hold exactly {sorted(names)}")
         checked = {}
         for name, buffer in buffers.items():
+            where = f"state_dict state[{index}][{name!r}]"
             shape, dtype = ((), np.dtype(np.float64)) if name in self.scalar_state else (param.shape, param.dtype)
-            if not isinstance(buffer, np.ndarray) or buffer.shape != shape or buffer.dtype != dtype:
-                raise ValueError(f"state_dict state[{index}][{name!r}] must be a {dtype} array of shape {shape}")
+            native = isinstance(buffer, np.ndarray) and buffer.dtype.newbyteorder("=") == dtype  # either byte order
+            if not native or buffer.shape != shape:  # type: ignore[union-attr]
+                found = f"{buffer.dtype} {buffer.shape}" if isinstance(buffer, np.ndarray) else type(buffer).__name__
+                raise ValueError(f"{where} must be a {dtype} array of shape {shape}, got {found}")
             if not np.isfinite(buffer).all():
-                raise ValueError(f"state_dict state[{index}][{name!r}] contains NaN or Inf")
+                raise ValueError(f"{where} contains NaN or Inf")
             checked[name] = np.array(buffer, dtype=dtype, order="C")
+        problem = self._state_problem(checked, param.dtype)
+        if problem:
+            raise ValueError(f"state_dict state[{index}]: {problem}; no run of {type(self).__name__} makes that")
         return checked
+
+    def _state_problem(self, state: dict[str, np.ndarray], dtype: np.dtype) -> str:
+        """What makes a parameter's state impossible for this optimizer (a run never produces it), or ""."""
+        for name in NONNEGATIVE_STATE & set(state):
+            if (state[name] < 0).any():
+                return f"{name!r} holds negative values (it is a sum or average of squares or magnitudes)"
+        return ""
 
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.defaults.items())

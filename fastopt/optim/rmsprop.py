@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from fastopt.optim import optimizer as base
 from fastopt.optim.optimizer import Optimizer, ParamsLike
 
@@ -20,7 +22,7 @@ class RMSProp(Optimizer):
     """
 
     kernel = "rmsprop_step"
-    options = {"alpha": base.fraction, "eps": base.nonnegative, "momentum": base.nonnegative,
+    options = {"alpha": base.fraction, "eps": base.positive, "momentum": base.nonnegative,
                "centered": base.check_option, "weight_decay": base.nonnegative}  # fmt: skip
     kernel_options = ("alpha", "eps", "momentum", "weight_decay")
 
@@ -29,6 +31,17 @@ class RMSProp(Optimizer):
                  momentum: float = 0.0, centered: bool = False, weight_decay: float = 0.0, decay: float = 0.0) -> None:
         super().__init__(params, **base.constructor_options(locals()))
     # fmt: on
+
+    def _state_problem(self, state: dict[str, np.ndarray], dtype: np.dtype) -> str:
+        """Also: a centered average's square above the average of squares (a negative variance), beyond the
+        rounding a run can make (a few ulps)."""
+        problem = super()._state_problem(state, dtype)
+        if problem or "grad_avg" not in state:
+            return problem
+        excess = state["grad_avg"] ** 2 - state["square_avg"] * (1 + 8 * np.finfo(dtype).eps)
+        return (
+            "'grad_avg'**2 exceeds 'square_avg' (a negative variance)" if (excess > np.finfo(dtype).tiny).any() else ""
+        )
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         centered = ("grad_avg",) if group["centered"] else ()

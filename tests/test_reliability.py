@@ -1,0 +1,245 @@
+"""Reliability, round 2 (issue 12): fork and threads, parameters that changed under their optimizer, non-finite
+gradients under a finite loss, concurrent calls on one model, all-or-nothing steps, impossible optimizer states."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import layers, losses, optim
+
+BACKENDS = fastopt.available_backends()
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+
+
+# ------------------------------------------------------------------------------------------ 1. fork
+def _adam_steps_in_a_child(size: int) -> float:
+    """An Adam step large enough to run on every thread, in whatever process runs this."""
+    param = np.zeros(size, np.float32)
+    opt = optim.Adam([param])
+    opt.step([np.ones(size, np.float32)])
+    return float(param[0])
+
+
+def _warm_the_thread_pool() -> None:
+    """Run multi-threaded kernels in this process first: libgomp's pool then exists when the children fork."""
+    fastopt.set_num_threads(2)
+    _adam_steps_in_a_child(2**20)
+
+
+@needs_fork
+@pytest.mark.skipif("cython" not in BACKENDS, reason="the compiled backend is not built")
+@pytest.mark.parametrize("pool", ["process-pool-executor", "multiprocessing-pool"])
+def test_forked_children_train_after_the_parent_used_threads(pool: str) -> None:
+    """A child forked after a parallel region used to hang in its first one (libgomp's pool does not survive fork);
+    children now run the kernels serially, with the parent's results."""
+    _warm_the_thread_pool()
+    expected = _adam_steps_in_a_child(2**20)
+    context = multiprocessing.get_context("fork")
+    if pool == "process-pool-executor":
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as executor:
+            results = list(executor.map(_adam_steps_in_a_child, [2**20] * 4, timeout=120))
+    else:
+        with context.Pool(2) as workers:
+            results = workers.map_async(_adam_steps_in_a_child, [2**20] * 4).get(timeout=120)
+    assert results == [expected] * 4
+
+
+# ------------------------------------------------------------------------------------------ 2. resized parameters
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_a_parameter_resized_after_the_optimizer_took_it_is_refused(backend: str, name: str) -> None:
+    """``p.resize`` in place after the optimizer made its state: a step is refused before any kernel runs (it wrote
+    past the momentum buffer before), and nothing changes."""
+    param = np.zeros(4)
+    options = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
+    opt = optim.OPTIMIZERS[name]([param], **options)
+    opt.backend = backend
+    param.resize(100_000, refcheck=False)
+    before = param.copy()
+    with pytest.raises(ValueError, match=r"params\[0\] changed since the optimizer took it"):
+        opt.step([np.ones(100_000)])
+    assert np.array_equal(param, before) and opt.step_count == 0
+
+
+# ------------------------------------------------------------------------------------------ 3. non-finite gradients
+def _overflowing_run(backend: str, dtype: str) -> tuple[fastopt.Sequential, tuple[np.ndarray, np.ndarray]]:
+    """One huge row in one batch: the loss, summed in double, stays finite while a weight gradient overflows.
+    float32: inputs of 1e38. float64 (whose loss overflows as soon as the output does): inputs of 1e210 through
+    weights that make the output 8e102 (its square fits) but the second layer's gradient, hidden x dz, 8e310."""
+    X = np.full((64, 4), 0.5, dtype)
+    y = np.eye(3)[np.arange(64) % 3]
+    model = fastopt.Sequential([layers.Dense(4, 8), layers.ReLU(), layers.Dense(8, 3)], dtype=dtype, seed=0,
+                               backend=backend)  # fmt: skip
+    if dtype == "float32":
+        X[37] = 1e38
+    else:
+        X[37] = 1e210
+        model.set_weights([np.full((4, 8), 0.25), np.zeros(8), np.full((8, 3), 1e-108), np.zeros(3)])
+    return model, (X, y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_non_finite_gradients_under_a_finite_loss_never_reach_the_parameters(
+    backend: str, dtype: str, tmp_path
+) -> None:
+    model, (X, y) = _overflowing_run(backend, dtype)
+    before = model.parameters.copy()
+    path = tmp_path / "run.ckpt"
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="gradient became NaN or Inf") as error:
+        model.fit(X, y, loss=losses.MSE(), batch_size=64, shuffle=False, checkpoint=path, checkpoint_every=1)
+    assert "parameters are those before this step" in str(error.value)
+    assert np.array_equal(model.parameters, before) and np.isfinite(model.parameters).all()
+    assert not path.exists()  # the first step failed: no checkpoint was written, none holds NaN
+    model.parameters[...] = before
+    with np.errstate(all="ignore"):
+        history = model.fit(X, y, loss=losses.MSE(), batch_size=16, shuffle=False, epochs=2, on_nonfinite="skip")
+    assert history.history["skipped_batches"] == [1, 1]  # the batch holding row 37, in each epoch
+    assert np.isfinite(model.parameters).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_step_keeps_the_last_good_checkpoint_finite(backend: str, tmp_path) -> None:
+    """With several batches the guard stops at the bad one: the checkpoint written before holds finite values."""
+    model, (X, y) = _overflowing_run(backend, "float32")
+    path = tmp_path / "run.ckpt"
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=r"batch 3 \(optimizer step 3\)"):
+        model.fit(X, y, loss=losses.MSE(), batch_size=16, shuffle=False, checkpoint=path, checkpoint_every=1)
+    from fastopt import _io
+    from fastopt.checkpoint import CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION
+
+    _, arrays = _io.read_archive(path, CHECKPOINT_FILE_KIND, CHECKPOINT_FILE_VERSION)
+    assert all(np.isfinite(array).all() for array in arrays.values())
+    assert np.isfinite(model.parameters).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_refuses_non_finite_gradients_unless_allowed(backend: str) -> None:
+    a, b = np.zeros(3), np.zeros(3)
+    opt = optim.Adam([a, b], lr=0.1)
+    opt.backend = backend
+    with pytest.raises(FloatingPointError, match=r"grads\[1\] holds NaN or Inf"):
+        opt.step([np.ones(3), np.array([1.0, np.nan, 1.0])])
+    assert not a.any() and not b.any() and opt.step_count == 0
+    with np.errstate(all="ignore"):
+        opt.step([np.ones(3), np.array([1.0, np.inf, 1.0])], allow_nonfinite=True)
+    assert opt.step_count == 1 and np.isnan(b[1])
+
+
+# ------------------------------------------------------------------------------------------ 4. threads
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_predict_during_a_fit_in_another_thread_is_never_wrong(backend: str) -> None:
+    """They used to share the model's batch buffers (473 of 1,853 predictions wrong). With lr = 0 the parameters
+    stay put, so every prediction made while the model trains must equal the one made before."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((2048, 20)).astype(np.float32), rng.integers(0, 3, 2048)
+    model = fastopt.Sequential([layers.Dense(20, 32), layers.ReLU(), layers.Dense(32, 3)], seed=0, backend=backend)
+    queries = [X[start : start + 64] for start in range(0, 640, 64)]
+    expected = [model.predict(query) for query in queries]
+    training = threading.Thread(target=model.fit, args=(X, y), kwargs={"optimizer": optim.SGD(lr=0.0), "epochs": 3})
+    training.start()
+    wrong = 0
+    while training.is_alive():
+        for query, answer in zip(queries, expected):
+            wrong += not np.array_equal(model.predict(query), answer)
+    training.join()
+    assert wrong == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_models_in_two_threads_match_serial_runs(backend: str) -> None:
+    rng = np.random.default_rng(1)
+    X, y = rng.random((512, 16)).astype(np.float32), rng.integers(0, 4, 512)
+
+    def train(seed: int) -> np.ndarray:
+        model = fastopt.Sequential([layers.Dense(16, 24), layers.Tanh(), layers.Dense(24, 4)], seed=seed,
+                                   backend=backend)  # fmt: skip
+        model.fit(X, y, epochs=2, seed=seed)
+        return model.parameters
+
+    serial = [train(seed) for seed in (0, 1)]
+    with concurrent.futures.ThreadPoolExecutor(2) as executor:
+        threaded = list(executor.map(train, (0, 1)))
+    assert all(np.array_equal(a, b) for a, b in zip(serial, threaded))
+
+
+# ------------------------------------------------------------------------------------------ 5. all or nothing
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_a_refused_step_changes_nothing(backend: str, name: str) -> None:
+    """The second parameter read-only: refused before the first is updated (it used to be half applied)."""
+    a, b = np.zeros(3), np.zeros(3)
+    opt = optim.OPTIMIZERS[name]([a, b], lr=0.1)
+    opt.backend = backend
+    b.flags.writeable = False
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match=r"params\[1\] is read-only"):
+        opt.step([np.ones(3), np.ones(3)])
+    assert not a.any() and opt.step_count == 0
+    assert all(np.array_equal(x, y) for s, t in zip(state["state"], opt.state) for x, y in zip(s.values(), t.values()))
+
+
+# ------------------------------------------------------------------------------------------ 6. impossible states
+def _trained(name: str, **options: object) -> optim.Optimizer:
+    param = np.linspace(-1, 1, 6)
+    opt = optim.OPTIMIZERS[name]([param], **options)
+    for step in range(3):
+        opt.step([np.cos(param * (step + 1))])
+    return opt
+
+
+IMPOSSIBLE = [
+    ("adam", {}, lambda s: s["state"][0]["exp_avg_sq"].__setitem__(2, -1e-3), "'exp_avg_sq' holds negative values"),
+    ("adam", {"amsgrad": True}, lambda s: s["state"][0]["max_exp_avg_sq"].__setitem__(0, -1.0), "'max_exp_avg_sq'"),
+    ("adagrad", {}, lambda s: s["state"][0]["sum_squares"].__setitem__(1, -2.0), "'sum_squares' holds negative"),
+    ("adamax", {}, lambda s: s["state"][0]["exp_inf"].__setitem__(1, -2.0), "'exp_inf' holds negative"),
+    ("rmsprop", {"centered": True}, lambda s: s["state"][0]["grad_avg"].__setitem__(0, 10.0), "negative variance"),
+    ("nadam", {}, lambda s: s["state"][0]["mu_product"].__setitem__((), 1.5), "'mu_product' lies outside"),
+    ("adam", {}, lambda s: s["state"][0]["exp_avg"].__setitem__(0, np.nan), "'exp_avg'.*NaN or Inf"),
+    ("adam", {}, lambda s: s.__setitem__("step_count", 10**400), "step_count must be below 2\\*\\*53"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "edit", "match"), IMPOSSIBLE, ids=[f"{c[0]}-{c[3][:24]}" for c in IMPOSSIBLE]
+)
+def test_states_no_run_can_produce_are_refused(name: str, options: dict, edit, match: str) -> None:
+    opt = _trained(name, **options)
+    before = opt.state_dict()
+    bad = opt.state_dict()
+    edit(bad)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert after["step_count"] == before["step_count"]
+    pairs = zip(before["state"], after["state"])
+    assert all(np.array_equal(x, y) for s, t in pairs for x, y in zip(s.values(), t.values()))
+
+
+def test_a_state_of_a_real_run_loads_back() -> None:
+    """The counterpart: every state a run of every optimizer makes is accepted (centred RMSProp's rounding too)."""
+    for name in sorted(optim.OPTIMIZERS):
+        for options in ({}, {"centered": True, "momentum": 0.5} if name == "rmsprop" else {}):
+            opt = _trained(name, **options)
+            opt.load_state_dict(opt.state_dict())
+
+
+def test_big_endian_state_buffers_are_accepted() -> None:
+    opt = _trained("adam")
+    state = opt.state_dict()
+    state["state"][0] = {key: value.astype(">f8") for key, value in state["state"][0].items()}
+    opt.load_state_dict(state)
+    assert all(buffer.dtype.isnative for buffer in opt.state[0].values())
+
+
+@pytest.mark.parametrize("name", ["adagrad", "rmsprop", "adam", "adamw", "nadam", "adamax", "radam"])
+def test_eps_zero_is_refused_where_it_would_divide_zero_by_zero(name: str) -> None:
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        optim.OPTIMIZERS[name]([np.zeros(3)], eps=0.0)
