@@ -482,8 +482,7 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
         gx = &grad_x[0, 0]
         blocks_x = _gemm_blocks(batch, n_in, n_out, _shared_blocks)
     blocks_w = _gemm_blocks(n_in, n_out, batch, _shared_blocks if gx != NULL else _max_blocks) if n_in else 0
-    # Each column's sum runs over the rows in order whatever the column split, so its bits do not depend
-    # on the split: one block of columns per thread.
+    # Each column's sum runs over the rows in order, so the column split never changes its bits: one block a thread.
     column_pieces = (n_out + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH
     flops = 2.0 * batch * n_in * n_out * (2 if gx != NULL else 1)
     team = threads_for(GEMM, flops, max(column_pieces, blocks_w + blocks_x))
