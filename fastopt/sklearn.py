@@ -87,42 +87,58 @@ class _ScikitLearnAdam(optim.Adam):
 
 # ------------------------------------------------------------------------------------------ the output loss
 def _per_sample_loss(kind: str, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's loss of each sample (N,) for outputs z (N, k) and targets y, and ``f(z) - y`` (N, k), ``f``
-    the output function: ``kind`` is ``softmax`` (y: int64 labels), ``logistic``, ``identity`` or ``exp``."""
+    """scikit-learn's half Poisson deviance of each sample (N,) for outputs z (N, k) (``kind`` "exp": the prediction is
+    ``p = exp(z)``): ``sum_j y log(y / p) - y + p``, and ``p - y`` (N, k)."""
     z = z.astype(np.float64)
-    if kind == "softmax":
-        rows = np.arange(len(z))
-        shifted = z - z.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1))
-        delta = np.exp(shifted - log_norm[:, None])
-        delta[rows, y] -= 1.0
-        return log_norm - shifted[rows, y], delta
-    if kind == "logistic":  # -y log s - (1 - y) log(1 - s) = softplus(z) - y z, stable for any z
-        softplus = np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
-        return (softplus - y * z).sum(axis=1), expit(z) - y
-    if kind == "identity":
-        delta = z - y
-        return 0.5 * (delta * delta).mean(axis=1), delta
-    prediction = np.exp(z)  # Poisson: half deviance y log(y / p) - y + p with p = exp(z)
+    prediction = np.exp(z)
     return (xlogy(y, y) - y * z - y + prediction).sum(axis=1), prediction - y
 
 
 class _OutputLoss(Loss):
     """scikit-learn's loss on the last layer's outputs ``z`` (N, k), for fastopt's training step: the weighted mean
     ``sum_i w_i l_i / sum_i w_i`` of ``_per_sample_loss``; writes ``w_i (f(z_i) - y_i) / sum_i w_i`` into ``grad``.
-    The unweighted softmax case runs fastopt's fused cross-entropy kernel (the same value and gradient). The batch's
-    weights are ``batch_weights`` (None: all 1), set by the estimator before each step."""
+
+    fastopt's fused loss kernels (weights inside them) compute it, rescaled to scikit-learn's form: softmax is
+    ``softmax_cross_entropy`` as it is; logistic is ``binary_cross_entropy`` (a mean over the k outputs, where
+    scikit-learn sums them) times k, value and gradient; identity is ``mse`` (the mean of squares, gradient
+    ``2 w_i (z - y) / (k sum w)``) with the value halved and the gradient times k / 2. Poisson (exp) has no kernel:
+    NumPy."""
+
+    KERNELS = {"softmax": ("_softmax_cross_entropy", (0.0,)), "logistic": ("_binary_cross_entropy", (None,)),
+               "identity": ("_mse", ())}  # fmt: skip
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.batch_weights: np.ndarray | None = None
 
-    def compute(self, backend: Backend, output: np.ndarray, target: np.ndarray, grad: np.ndarray | None) -> float:
-        weights = self.batch_weights
-        if self.kind == "softmax" and weights is None:
-            return backend._softmax_cross_entropy(output, target, grad)
-        per_sample, delta = _per_sample_loss(self.kind, output, target)
-        scale = np.full(len(output), 1.0 / len(output)) if weights is None else weights / weights.sum()
+    def compute(
+        self,
+        backend: Backend,
+        output: np.ndarray,
+        target: np.ndarray,
+        grad: np.ndarray | None,
+        weights: np.ndarray | None = None,
+    ) -> float:
+        if self.kind not in self.KERNELS:
+            return self._numpy_loss(output, target, grad, weights)
+        method, options = self.KERNELS[self.kind]
+        value = getattr(backend, method)(output, target, grad, weights, *options)
+        outputs = output.shape[1]
+        value_scale, grad_scale = {"softmax": (1.0, 1.0), "logistic": (outputs, outputs),
+                                   "identity": (0.5, 0.5 * outputs)}[self.kind]  # fmt: skip
+        if grad is not None and grad_scale != 1.0:
+            grad *= grad_scale
+        return value * value_scale
+
+    @staticmethod
+    def _numpy_loss(
+        output: np.ndarray, target: np.ndarray, grad: np.ndarray | None, weights: np.ndarray | None
+    ) -> float:
+        per_sample, delta = _per_sample_loss("exp", output, target)
+        total = len(output) if weights is None else float(np.sum(weights, dtype=np.float64))
+        if total == 0:  # fastopt's rule: a batch whose weights sum to 0 has loss 0 and a zero gradient
+            scale = np.zeros(len(output))
+        else:
+            scale = np.full(len(output), 1.0 / total) if weights is None else weights.astype(np.float64) / total
         if grad is not None:
             np.multiply(delta, scale[:, None], out=grad, casting="unsafe")
         return float(scale @ per_sample)
@@ -138,14 +154,6 @@ class _TrainingSet:
     inputs: np.ndarray
     targets: Targets
     weights: np.ndarray | None
-
-    def weight_of(self, rows: np.ndarray | None) -> tuple[np.ndarray | None, float]:
-        """The weights of ``rows`` (all rows for None) and their sum (the number of rows without weights)."""
-        count = len(self.inputs) if rows is None else len(rows)
-        if self.weights is None:
-            return None, float(count)
-        weights = self.weights if rows is None else self.weights[rows]
-        return weights, float(weights.sum())
 
 
 # ------------------------------------------------------------------------------------------ hyperparameters
@@ -311,15 +319,16 @@ class _BaseMLP(BaseEstimator):
             values = np.ascontiguousarray(Y.argmax(axis=1), dtype=np.int64)
         else:
             values = np.ascontiguousarray(Y, dtype=self._model.dtype)
-        return _TrainingSet(inputs, Targets(values=values, labels=None), weights)
+        stored = None if weights is None else np.ascontiguousarray(weights, dtype=self._model.dtype)
+        return _TrainingSet(inputs, Targets(values=values, labels=None, weights=stored), weights)
 
     # -------------------------------------------------------------- one step, shared by the solvers
     def _loss_and_gradients(self, backend: Backend, data: _TrainingSet, rows: np.ndarray) -> tuple[float, float]:
         """Forward and backward over ``rows`` into the model's gradients (without the L2 term); returns the batch's
         loss and the sum of its weights."""
-        weights, weight_sum = data.weight_of(rows)
-        self._loss.batch_weights = weights
-        value, _, _, finite = self._model._batch_gradients(backend, self._loss, data.inputs, data.targets, rows)
+        value, _, weight_sum, finite = self._model._batch_gradients(
+            backend, self._loss, data.inputs, data.targets, rows
+        )
         if not (math.isfinite(value) and finite):
             raise ValueError(
                 f"the loss or its gradient became {value if not math.isfinite(value) else 'NaN or Inf'} at iteration "
