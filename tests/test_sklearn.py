@@ -31,7 +31,8 @@ AGREEMENT_RTOL = 1e-9
 FLOAT32_WEIGHT_EQUIVALENCE = (
     "float32 rounding: fitting with integer sample weights and with repeated rows sums the same terms in another "
     "order, which moves float32 predictions by up to 2.2e-7 relative (measured), above the check's rtol=1e-7 and "
-    "float32's resolution of 1.2e-7; the float64 estimators pass it"
+    "float32's resolution of 1.2e-7 (measured before the weights moved into the loss kernels); the float64 "
+    "estimators pass it"
 )
 
 CHECKED = [
@@ -45,7 +46,7 @@ CHECKED = [
 
 
 def _expected_failures(estimator):
-    if estimator.dtype == "float32":
+    if estimator.dtype == "float32" and isinstance(estimator, MLPClassifier):  # the float32 regressor passes it
         return {"check_sample_weight_equivalence_on_dense_data": FLOAT32_WEIGHT_EQUIVALENCE}
     return {}
 
