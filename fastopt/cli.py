@@ -151,12 +151,15 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--workload",
-        choices=("epoch", "optim", "dense"),
+        choices=("epoch", "optim", "dense", "matrix", "predict"),
         default="epoch",
-        help="epoch: one training epoch (60k samples); optim: Adam step at n=1e5 and 1e7; dense: forward+backward",
+        help="epoch: one training epoch (60k samples); optim: Adam step at n=1e5 and 1e7; dense: forward+backward; "
+        "matrix: training steps of three networks at batch 32 and 256; predict: inference at batch 1, 32, 1024",
     )
     bench.add_argument(
-        "--batch-size", type=_positive_int, help="batch size (epoch default 32; dense default 32,128,512)"
+        "--batch-size",
+        type=_positive_int,
+        help="batch size (epoch default 32; dense default 32,128,512; matrix 32,256; predict 1,32,1024)",
     )
     bench.add_argument(
         "--rounds", type=_positive_int, default=5, help="interleaved rounds; medians over them (default 5)"
