@@ -84,10 +84,17 @@ def write_archive(
             raise TypeError(f"array {name!r} holds Python objects, which fastopt files never store")
     check_replaceable(path, kind, overwrite)
     full_header = dict(header, kind=kind, version=version, checksum=_digest(arrays))
+    write_atomically(path, lambda stream: np.savez(stream, header=np.array(json.dumps(full_header)), **arrays))
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(stream)`` on a temporary file in ``path``'s folder, flush and fsync it, then rename it over
+    ``path`` (with the permissions of the file it replaces, if any): a crash leaves the old file intact."""
+    path = Path(path)
     handle, temporary = _create_temporary(path)
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, header=np.array(json.dumps(full_header)), **arrays)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         _copy_mode_of_replaced_file(path, temporary)
