@@ -194,15 +194,17 @@ def as_features(X: object, n_features: int, dtype: np.dtype, backend: Backend, n
     sparse matrices, NaN/Inf, empty inputs and wrong shapes are refused. The NaN/Inf test is ``backend``'s
     kernel (the compiled one reads the data once, on all threads).
     """
-    array = as_real_array(X, name)
+    array = X if type(X) is np.ndarray and X.dtype == dtype else as_real_array(X, name)  # a float array is real
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got {array.ndim}-D with shape {array.shape}")
     if array.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 samples)")
     if array.shape[1] != n_features:
         raise ValueError(f"{name} has {array.shape[1]} features but the model expects {n_features}")
-    with np.errstate(over="ignore"):  # values beyond the dtype's range become Inf and are refused below
-        converted = np.ascontiguousarray(array, dtype=dtype)
+    converted = array
+    if array.dtype != dtype or not array.flags.c_contiguous:
+        with np.errstate(over="ignore"):  # values beyond the dtype's range become Inf and are refused below
+            converted = np.ascontiguousarray(array, dtype=dtype)
     if not backend._all_finite(converted):  # the trusted kernel: converted is C-contiguous and of a float dtype
         raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
     return converted
