@@ -19,6 +19,7 @@ import numpy as np
 from fastopt.backend import available_backends
 from fastopt.bench_floor import SEED_NETWORK, Machine, Network
 from fastopt.benchmark import (
+    PEER_THREADS,
     Report,
     Row,
     _peer_cases,
@@ -121,7 +122,9 @@ def _onnx_predict_case(X: np.ndarray, model: Any, calls: int) -> dict[str, Calla
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")
         model.to_onnx(path)
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = PEER_THREADS.get("onnxruntime", 0)  # 0: ONNX Runtime's default
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def serve() -> None:

@@ -363,6 +363,22 @@ def _paired_lines(rows: list[Row], others: list[Row | None]) -> list[str]:
 
 
 WORKLOADS = ("epoch", "optim", "dense", "matrix", "predict")
+PEER_THREADS: dict[str, int] = {}  # "onnxruntime": its sessions' intra-op threads, when limited
+
+
+def limit_threads(threads: int) -> None:
+    """Give fastopt (its kernels and BLAS), PyTorch and ONNX Runtime sessions made after this call ``threads``
+    threads each: a comparison at one thread shows the kernels without the thread pools' scheduling, which
+    dominates on a machine whose cores other processes keep busy."""
+    import fastopt
+
+    fastopt.set_num_threads(threads)
+    PEER_THREADS["onnxruntime"] = threads
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
 
 
 def _reports(workload: str, batch_size: int | None, rounds: int, n_samples: int, machine: Machine) -> Iterator[Report]:
@@ -381,14 +397,22 @@ def _reports(workload: str, batch_size: int | None, rounds: int, n_samples: int,
 
 
 def run(
-    workload: str, batch_size: int | None, rounds: int, json_path: str | None, n_samples: int = 60000
+    workload: str,
+    batch_size: int | None,
+    rounds: int,
+    json_path: str | None,
+    n_samples: int = 60000,
+    threads: int | None = None,
 ) -> list[Report]:
     """Run a workload (one of ``WORKLOADS``), print each report as it completes, and return them (and write them
-    with the machine's measured rates to ``json_path`` as JSON)."""
+    with the machine's measured rates to ``json_path`` as JSON). ``threads`` limits every implementation (and the
+    probes) to that many threads (``limit_threads``); None leaves each its default."""
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
     from fastopt import bench_workloads
 
+    if threads is not None:
+        limit_threads(threads)
     machine = Machine()
     reports: list[Report] = []
     for report in _reports(workload, batch_size, rounds, n_samples, machine):

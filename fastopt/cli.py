@@ -165,6 +165,9 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         "--rounds", type=_positive_int, default=5, help="interleaved rounds; medians over them (default 5)"
     )
     bench.add_argument("--samples", type=_positive_int, default=60000, help="samples in the epoch workload")
+    bench.add_argument(
+        "--threads", type=_positive_int, help="threads for every implementation (default: each library's own)"
+    )
     bench.add_argument("--json", metavar="PATH", help="also write the measurements to PATH as JSON")
     _add_debug_option(bench, argparse.SUPPRESS)
 
@@ -279,7 +282,7 @@ def train(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace) -> int:
     from fastopt.benchmark import run
 
-    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples)
+    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples, threads=args.threads)
     return 0
 
 

@@ -94,3 +94,36 @@ def test_the_gemm_probe_computes_the_product(trans_a, trans_b, threads):
     np.testing.assert_allclose(c, want, rtol=k * np.finfo(np.float32).eps)
     with pytest.raises(ValueError, match="must agree"):
         probe(a, b, np.empty((m, n - 1), dtype=np.float32), trans_a, trans_b, threads, 1)
+
+
+def test_the_predict_workload_reports_every_batch_with_floors_below_its_medians(tmp_path, capsys):
+    """The whole command path of one small workload: printed tables, JSON with the machine's rates, and no
+    implementation below the floor printed beside it."""
+    import json
+
+    reports = benchmark.run("predict", 1, rounds=1, json_path=str(tmp_path / "bench.json"))
+    assert [report.label for report in reports] == ["predict, batch 1"]
+    assert any(row.name == "fastopt numpy" for row in reports[0].rows)
+    assert all(report.floor_seconds <= row.median for report in reports for row in report.rows)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["machine"]["gemm_gflop_per_s"] and saved["reports"][0]["floor_seconds"] > 0
+    assert min(_x_floor_column(capsys.readouterr().out)) >= 1.0
+
+
+def test_the_matrix_summary_has_a_row_per_cell_with_round_by_round_ratios():
+    from fastopt.bench_workloads import matrix_summary
+
+    cell = Report("matrix", "d", modelled_floor_seconds=0.5, unit="us", runs_per_case=10, label="net, batch 32")
+    cell.rows = [
+        Row("fastopt cython", [1.0, 2.0]),
+        Row("fastopt numpy", [3.0, 4.0]),
+        Row("pytorch x (fused Adam)", [4.0, 4.0]),
+    ]
+    lines = matrix_summary([cell]).splitlines()
+    assert len(lines) == 2 and lines[1].startswith("net, batch 32")
+    assert lines[1].split()[-3:] == ["3.00x", "2.50x", "3.00x"]  # torch/cython (4, 2), numpy/cython (3, 2), 1.5/0.5
+
+
+def test_an_unknown_workload_is_refused():
+    with pytest.raises(ValueError, match="workload must be one of"):
+        benchmark.run("nope", None, 1, None)
