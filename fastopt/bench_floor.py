@@ -32,6 +32,11 @@ import numpy as np
 ADAM_BYTES_PER_ELEMENT = 7 * 4  # float32 Adam reads p, g, m, v and writes p, m, v
 PROBE_SECONDS = 2e-3  # each timed probe repeats its work to last about this long
 PROBE_REPEATS = 5  # timed probes per measurement; the fastest counts
+# The smallest work the kernels ever split over threads (fastopt/_kernels/_threads.pyx: an optimizer update inside
+# fit from 2**15 elements, a dense layer's products from 2**18 flops). Below them the kernels run serially, so the
+# probes do too: a parallel region there would only add its cost (and, on a busy machine, its waits).
+SMALLEST_SPLIT_UPDATE = 2**15
+SMALLEST_SPLIT_GEMM_FLOPS = 2**18
 
 
 class Product(NamedTuple):
@@ -131,9 +136,12 @@ class Machine:
         repeats = _repeats_for(n * 0.5e-9)
         best = min(
             _fastest(lambda t=threads: [stream(*buffers, t) for _ in range(repeats)], repeats)  # type: ignore[operator]
-            for threads in range(1, self.processors + 1)
+            for threads in self._thread_counts(n >= SMALLEST_SPLIT_UPDATE)
         )
         return ADAM_BYTES_PER_ELEMENT * n / best
+
+    def _thread_counts(self, kernels_split: bool) -> range:
+        return range(1, self.processors + 1 if kernels_split else 2)
 
     def gemm_seconds(self, product: Product) -> float:
         """The best time of one float32 ``product`` on this machine (see the module's docstring)."""
@@ -152,7 +160,7 @@ class Machine:
         best = _fastest(lambda: [np.matmul(a_op, b_op, out=c) for _ in range(repeats)], repeats)
         gemm_probe = self._probes[1] if self._probes else None
         if gemm_probe is not None:
-            for threads in range(1, self.processors + 1):
+            for threads in self._thread_counts(product.flops >= SMALLEST_SPLIT_GEMM_FLOPS):
                 best = min(best, _fastest(lambda t=threads: gemm_probe(a, b, c, trans_a, trans_b, t, repeats), repeats))
         return best
 
