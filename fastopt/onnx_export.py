@@ -3,14 +3,18 @@
 Needs the ``onnx`` package (``pip install "fastopt[onnx]"``). The graph has one input, ``input`` (N, in_features),
 and one output, ``output`` (N, out_features), both of the model's dtype with N free; each ``Dense`` layer is a
 ``Gemm`` node (``x @ W + b``, its weight and bias stored as initializers), each activation its ONNX operator
-(``ReLU`` Relu, ``Sigmoid`` Sigmoid, ``Tanh`` Tanh, ``Softmax`` Softmax over the last axis). The outputs equal
+(``ReLU`` Relu, ``LeakyReLU`` LeakyRelu, ``Sigmoid`` Sigmoid, ``Tanh`` Tanh, ``Softmax`` Softmax over the last
+axis, ``GELU`` its formula in Erf or Tanh nodes, ``Dropout`` Identity: a graph for inference). The outputs equal
 ``predict``'s to the dtype's rounding of the products (ONNX Runtime sums in its own order).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
+
+import numpy as np
 
 from fastopt import _io
 from fastopt.layers import Dense, Layer, ReLU, Sigmoid, Softmax, Tanh
@@ -27,20 +31,55 @@ def _onnx() -> Any:
     return onnx
 
 
-def _layer_nodes(onnx: Any, layer: Layer, index: int, source: str, target: str) -> tuple[list, list]:
+def _layer_nodes(onnx: Any, layer: Layer, index: int, source: str, target: str, dtype: np.dtype) -> tuple[list, list]:
     """The nodes and initializers computing ``layer`` from the tensor ``source`` into ``target``."""
-    helper = onnx.helper
+    helper, name = onnx.helper, f"layers.{index}"
     if isinstance(layer, Dense):
-        weight, bias = f"layers.{index}.weight", f"layers.{index}.bias"
         to_tensor = onnx.numpy_helper.from_array
-        initializers = [to_tensor(layer.weight, weight), to_tensor(layer.bias, bias)]
-        return [helper.make_node("Gemm", [source, weight, bias], [target], name=f"layers.{index}")], initializers
+        initializers = [to_tensor(layer.weight, f"{name}.weight"), to_tensor(layer.bias, f"{name}.bias")]
+        node = helper.make_node("Gemm", [source, f"{name}.weight", f"{name}.bias"], [target], name=name)
+        return [node], initializers
     if isinstance(layer, Softmax):
-        return [helper.make_node("Softmax", [source], [target], axis=-1, name=f"layers.{index}")], []
+        return [helper.make_node("Softmax", [source], [target], axis=-1, name=name)], []
+    kind = type(layer).__name__
+    if kind == "LeakyReLU":
+        return [helper.make_node("LeakyRelu", [source], [target], alpha=float(layer.negative_slope), name=name)], []
+    if kind == "Dropout":  # the identity outside training, as in predict
+        return [helper.make_node("Identity", [source], [target], name=name)], []
+    if kind == "GELU":
+        return _gelu_nodes(onnx, layer.approximate, name, source, target, dtype)  # type: ignore[attr-defined]
     operator = _ELEMENTWISE.get(type(layer))
     if operator is None:
         raise TypeError(f"to_onnx cannot export layers[{index}] ({layer!r}): no ONNX operator is known for it")
-    return [helper.make_node(operator, [source], [target], name=f"layers.{index}")], []
+    return [helper.make_node(operator, [source], [target], name=name)], []
+
+
+def _gelu_nodes(onnx: Any, approximate: str, name: str, x: str, target: str, dtype: np.dtype) -> tuple[list, list]:
+    """GELU from opset-17 operators (``Gelu`` is opset 20): ``0.5 x (1 + erf(x / sqrt(2)))``, or with
+    ``approximate="tanh"`` ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x**3)))``. Step k's output is the tensor
+    ``layers.i.k`` ("#k" below), a constant c the scalar initializer ``layers.i.c`` of the model's dtype."""
+    constants = {"half": 0.5, "one": 1.0}
+    if approximate == "tanh":
+        constants.update(cubic=0.044715, scale=math.sqrt(2 / math.pi))
+        steps = [("Mul", "x", "x"), ("Mul", "#0", "x"), ("Mul", "#1", "cubic"), ("Add", "x", "#2"),
+                 ("Mul", "#3", "scale"), ("Tanh", "#4")]  # fmt: skip
+    else:
+        constants.update(root2=math.sqrt(2))
+        steps = [("Div", "x", "root2"), ("Erf", "#0")]
+    last = len(steps) - 1
+    steps += [("Add", f"#{last}", "one"), ("Mul", "x", f"#{last + 1}"), ("Mul", f"#{last + 2}", "half")]
+
+    def tensor(reference: str) -> str:
+        return x if reference == "x" else f"{name}.{reference.lstrip('#')}"
+
+    nodes = [
+        onnx.helper.make_node(
+            operator, [tensor(reference) for reference in inputs], [target if k == len(steps) - 1 else f"{name}.{k}"]
+        )
+        for k, (operator, *inputs) in enumerate(steps)
+    ]
+    to_tensor = onnx.numpy_helper.from_array
+    return nodes, [to_tensor(np.array(value, dtype=dtype), f"{name}.{key}") for key, value in constants.items()]
 
 
 def model_proto(model: Any) -> Any:
@@ -51,7 +90,7 @@ def model_proto(model: Any) -> Any:
     source = "input"
     for index, layer in enumerate(model.layers):
         target = "output" if index == len(model.layers) - 1 else f"layers.{index}.output"
-        layer_nodes, layer_initializers = _layer_nodes(onnx, layer, index, source, target)
+        layer_nodes, layer_initializers = _layer_nodes(onnx, layer, index, source, target, model.dtype)
         nodes += layer_nodes
         initializers += layer_initializers
         source = target

@@ -93,3 +93,47 @@ def test_without_onnx_the_error_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"fastopt\[onnx\]"):
         Sequential([layers.Dense(4, 2)], seed=0).to_onnx(tmp_path / "model.onnx")
     assert not any(tmp_path.iterdir())
+
+
+NEW_LAYERS = [
+    ("LeakyReLU", {"negative_slope": 0.1}),
+    ("GELU", {}),
+    ("GELU", {"approximate": "tanh"}),
+    ("Dropout", {"p": 0.3}),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind, options", NEW_LAYERS, ids=lambda value: str(value))
+def test_the_newer_layers_export_as_predict_computes_them(tmp_path, dtype, kind, options):
+    if not hasattr(layers, kind):
+        pytest.skip(f"fastopt.layers has no {kind} in this version")
+    layer = getattr(layers, kind)(**options)
+    model = _trained([layers.Dense(10, 16), layer, layers.Dense(16, 4)], dtype)
+    path = str(tmp_path / "model.onnx")
+    model.to_onnx(path)
+    X = np.random.default_rng(5).standard_normal((33, 10)).astype(dtype)
+    np.testing.assert_allclose(_run(path, X), model.predict(X), rtol=0, atol=_rounding_bound(model, X))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_the_gelu_nodes_compute_pytorchs_gelu(approximate):
+    """The nodes alone, against the formula in float64 (to 8 float32 ulps of the largest value)."""
+    from math import erf
+
+    from fastopt.onnx_export import _gelu_nodes
+
+    nodes, initializers = _gelu_nodes(onnx, approximate, "g", "input", "output", np.dtype(np.float32))
+    value_info = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N"]) for n in ("input", "output")]
+    graph = onnx.helper.make_graph(nodes, "gelu", value_info[:1], value_info[1:], initializer=initializers)
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.linspace(-6, 6, 241, dtype=np.float32)
+    got = session.run(None, {"input": x})[0]
+    x64 = x.astype(np.float64)
+    if approximate == "tanh":
+        want = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)))
+    else:
+        want = 0.5 * x64 * (1 + np.array([erf(v / np.sqrt(2)) for v in x64]))
+    np.testing.assert_allclose(got, want, rtol=0, atol=8 * np.finfo(np.float32).eps * 6)
