@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -86,12 +87,12 @@ class Network:
 SEED_NETWORK = Network("784-128-64-10 softmax", (784, 128, 64, 10))
 
 
-def _fastest(work: object, units: float) -> float:
+def _fastest(work: Callable[[], object], units: float) -> float:
     """The fastest of ``PROBE_REPEATS`` timings of ``work()`` (which does ``units`` units of work), per unit."""
     best = float("inf")
     for _ in range(PROBE_REPEATS):
         started = time.perf_counter()
-        work()  # type: ignore[operator]
+        work()
         best = min(best, time.perf_counter() - started)
     return best / units
 
@@ -100,7 +101,7 @@ def _repeats_for(seconds_each: float) -> int:
     return max(1, min(100_000, int(PROBE_SECONDS / max(seconds_each, 1e-9))))
 
 
-def _compiled_probes() -> tuple[object, object] | None:
+def _compiled_probes() -> tuple[Callable[..., None], Callable[..., None] | None] | None:
     """The compiled probes ``(stream_probe, gemm_probe or None)``, or None without the compiled backend."""
     try:
         from fastopt import cython_backend
@@ -135,7 +136,7 @@ class Machine:
         stream = self._probes[0]
         repeats = _repeats_for(n * 0.5e-9)
         best = min(
-            _fastest(lambda t=threads: [stream(*buffers, t) for _ in range(repeats)], repeats)  # type: ignore[operator]
+            _fastest(lambda t=threads: [stream(*buffers, t) for _ in range(repeats)], repeats)
             for threads in self._thread_counts(n >= SMALLEST_SPLIT_UPDATE)
         )
         return ADAM_BYTES_PER_ELEMENT * n / best
