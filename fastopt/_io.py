@@ -84,13 +84,18 @@ def write_archive(
             raise TypeError(f"array {name!r} holds Python objects, which fastopt files never store")
     check_replaceable(path, kind, overwrite)
     full_header = dict(header, kind=kind, version=version, checksum=_digest(arrays))
-    write_atomically(path, lambda stream: np.savez(stream, header=np.array(json.dumps(full_header)), **arrays))
+    _replace_atomically(path, lambda stream: np.savez(stream, header=np.array(json.dumps(full_header)), **arrays))
 
 
-def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write(stream)`` on a temporary file in ``path``'s folder, flush and fsync it, then rename it over
-    ``path`` (with the permissions of the file it replaces, if any): a crash leaves the old file intact."""
-    path = Path(path)
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as ``write_archive`` writes archives: a reader sees the old
+    file or the new one, never a part. Replaces whatever file is at ``path`` (for fastopt's own text outputs)."""
+    _replace_atomically(Path(path), lambda stream: stream.write(text.encode()))
+
+
+def _replace_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, flush and fsync it, give it the permissions of the
+    file it replaces (if any), rename it over ``path`` and fsync the folder. A crash leaves the old file intact."""
     handle, temporary = _create_temporary(path)
     try:
         with os.fdopen(handle, "wb") as stream:

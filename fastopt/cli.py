@@ -1,4 +1,5 @@
-"""The ``fastopt`` command line: ``fastopt train`` (and ``python -m fastopt train``)."""
+"""The ``fastopt`` command line: ``fastopt train``, ``fastopt bench`` and ``fastopt compare`` (also as
+``python -m fastopt``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import itertools
 import math
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,9 +18,8 @@ import numpy as np
 from fastopt import datasets, layers, losses, optim
 from fastopt._io import check_replaceable
 from fastopt.backend import available_backends, backend_problems, get_backend
+from fastopt.compare.spec import Study
 from fastopt.model import MODEL_FILE_KIND, Sequential
-
-DATASETS = ("mini", "fashion-mnist", "mnist", "xor")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_command(commands)
     _add_bench_command(commands)
+    _add_compare_command(commands)
     return parser
 
 
@@ -172,19 +174,40 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     _add_debug_option(bench, argparse.SUPPRESS)
 
 
-def _load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if name == "mini":
-        return datasets.mini()
-    if name == "fashion-mnist":
-        return datasets.load_fashion_mnist()
-    if name == "mnist":
-        return datasets.load_mnist()
-    if name == "xor":
-        X, y = datasets.xor()
-        return X, y, X, y
-    if Path(name).is_dir():
-        return datasets.load_fashion_mnist(name)
-    raise ValueError(f"--dataset must be one of {', '.join(DATASETS)} or a folder of IDX files, got {name!r}")
+def _add_compare_command(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="an optimizer or backend study on Dask (resumable), with results.csv, study.json and report.html",
+        description="Run a grid of trainings (datasets x architectures x optimizers and their hyperparameter grids x "
+        "seeds x backends) on a local Dask cluster or an existing one; rerunning skips finished runs and resumes "
+        "unfinished ones. Or redraw the report of a study folder (--report DIR).",
+    )
+    source = compare.add_mutually_exclusive_group()
+    source.add_argument(
+        "--preset",
+        choices=("optimizers", "xor", "backends"),
+        help="optimizers: SGD+momentum, AdaGrad, RMSProp, Adam on 784-128-64-10, Fashion-MNIST (default); xor: "
+        "the XOR network with momentum, RMSProp, Adam; backends: the documents' settings on every backend",
+    )
+    source.add_argument("--spec", metavar="FILE", help="a study spec (.toml or .json; see fastopt.compare.spec)")
+    source.add_argument("--report", metavar="DIR", help="only redraw DIR/report.html from an existing study folder")
+    compare.add_argument("--out", metavar="DIR", help="the study folder (created if needed; shared by the workers)")
+    compare.add_argument(
+        "--scheduler", metavar="ADDRESS", help="a Dask scheduler's address (tcp://host:8786) or scheduler file "
+        "(default: a local cluster of single-threaded worker processes)",
+    )  # fmt: skip
+    compare.add_argument(
+        "--workers", type=_positive_int, help="worker processes of the local cluster (default: one per physical core)"
+    )
+    compare.add_argument("--seeds", type=_positive_int, help="seeds 0..K-1 instead of the spec's")
+    compare.add_argument("--epochs", type=_positive_int, help="epochs per run instead of the spec's")
+    compare.add_argument("--dataset", help="mini, fashion-mnist, mnist, xor or a folder of IDX files, for every run")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_debug_option(compare, argparse.SUPPRESS)
+
+
+def _load_dataset(name: str) -> datasets.Dataset:
+    return datasets.load(name)
 
 
 def _make_optimizer(args: argparse.Namespace) -> optim.Optimizer:
@@ -286,7 +309,59 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "bench": bench}
+def _compare_study(args: argparse.Namespace) -> Study:
+    """The study the arguments describe: a spec file or a preset (default: optimizers), with the overrides."""
+    study = Study.from_file(args.spec) if args.spec else Study.preset(args.preset or "optimizers")
+    overrides = {"seeds": args.seeds, "epochs": args.epochs, "datasets": args.dataset and [args.dataset]}
+    return study.replace(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def _check_compare_options(args: argparse.Namespace) -> None:
+    if args.report is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ("out", "scheduler", "workers", "seeds", "epochs", "dataset")
+                 if getattr(args, name) is not None]  # fmt: skip
+        if given:
+            raise ValueError(f"--report DIR redraws a report and takes no {given[0]}")
+    elif args.out is None:
+        raise ValueError("--out DIR is required: the study's folder")
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("--workers sizes the local cluster; with --scheduler the cluster has its own workers")
+
+
+def _draw_report(directory: Path) -> None:
+    """Print the study's tables and draw its report.html."""
+    from fastopt.compare.report import summary_text, write_report
+
+    print(summary_text(directory))
+    try:
+        path = write_report(directory)
+    except ImportError as exc:  # the study is done; its report can be drawn later with --report
+        sys.stderr.write(f"fastopt: no report: {exc}\n")
+        return
+    print(f"wrote {path}")
+
+
+def compare(args: argparse.Namespace) -> int:
+    from fastopt.compare.execute import describe_scheduler, run_study
+
+    _check_compare_options(args)
+    if args.report is not None:
+        _draw_report(Path(args.report))
+        return 0
+    study = _compare_study(args)
+    print(f"fastopt compare: study {study.name!r}, {len(study.runs())} runs, in {args.out}, on "
+          f"{describe_scheduler(args.scheduler, args.workers)}", flush=True)  # fmt: skip
+    result = run_study(study, args.out, scheduler=args.scheduler, workers=args.workers,
+                       progress=not args.no_progress, command=shlex.join(["fastopt", *args.argv]))  # fmt: skip
+    print(
+        f"{result.trained} runs trained or resumed, {result.finished_before} finished before, "
+        f"{result.stopped_early} ended early (NaN/Inf); wrote {result.directory / 'results.csv'} and study.json"
+    )
+    _draw_report(result.directory)
+    return 0
+
+
+COMMANDS = {"train": train, "bench": bench, "compare": compare}
 BAD_INPUT = (ValueError, TypeError, ArithmeticError, OSError)  # FileFormatError and OverwriteRefusedError too
 
 
@@ -294,7 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A failure is one line on stderr: exit status 2 for bad input (arguments, files,
     data, a diverging run), 1 for a fault (out of memory, or any other error, which is a bug to report);
     ``--debug`` lets the exception through instead, with its traceback. 130 after Ctrl-C."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)  # bad arguments exit here, with status 2
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -312,6 +389,9 @@ def _report(exc: Exception) -> int:
     if isinstance(exc, BAD_INPUT):
         sys.stderr.write(f"fastopt: error: {text}\n")
         return 2
+    if isinstance(exc, ImportError):  # an optional package is missing: the message says which and how
+        sys.stderr.write(f"fastopt: error: {text}\n")
+        return 1
     if isinstance(exc, MemoryError):
         sys.stderr.write(f"fastopt: error: out of memory: {text}\n")
         return 1

@@ -232,3 +232,23 @@ def xor() -> tuple[np.ndarray, np.ndarray]:
     """The four XOR points: X float32 (4, 2) and labels int64 (4,) = x0 xor x1."""
     X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
     return X, np.array([0, 1, 1, 0], dtype=np.int64)
+
+
+NAMES = ("mini", "fashion-mnist", "mnist", "xor")
+
+
+def load(name: str | os.PathLike[str]) -> Dataset:
+    """A dataset by name: ``"mini"``, ``"fashion-mnist"``, ``"mnist"``, ``"xor"`` (its four points are also its test
+    set) or a folder of IDX files; ``(X_train, y_train, X_test, y_test)``."""
+    if name == "mini":
+        return mini()
+    if name == "fashion-mnist":
+        return load_fashion_mnist()
+    if name == "mnist":
+        return load_mnist()
+    if name == "xor":
+        X, y = xor()
+        return X, y, X, y
+    if Path(name).is_dir():
+        return load_fashion_mnist(name)
+    raise ValueError(f"dataset must be one of {', '.join(NAMES)} or a folder of IDX files, got {str(name)!r}")

@@ -5,19 +5,21 @@ and one output, ``output`` (N, out_features), both of the model's dtype with N f
 ``Gemm`` node (``x @ W + b``, its weight and bias stored as initializers), each activation its ONNX operator
 (``ReLU`` Relu, ``LeakyReLU`` LeakyRelu, ``Sigmoid`` Sigmoid, ``Tanh`` Tanh, ``Softmax`` Softmax over the last
 axis, ``GELU`` its formula in Erf or Tanh nodes, ``Dropout`` Identity: a graph for inference). The outputs equal
-``predict``'s to the dtype's rounding of the products (ONNX Runtime sums in its own order).
+``predict``'s to the dtype's rounding of the products (ONNX Runtime sums in its own order). ONNX Runtime 1.32 has
+no float64 ``Erf`` kernel: it refuses a float64 model with an exact GELU (the graph is valid ONNX).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fastopt import _io
-from fastopt.layers import Dense, Layer, ReLU, Sigmoid, Softmax, Tanh
+from fastopt.layers import GELU, Dense, Dropout, Layer, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 
 OPSET = 17
 _ELEMENTWISE = {ReLU: "Relu", Sigmoid: "Sigmoid", Tanh: "Tanh"}
@@ -41,17 +43,33 @@ def _layer_nodes(onnx: Any, layer: Layer, index: int, source: str, target: str, 
         return [node], initializers
     if isinstance(layer, Softmax):
         return [helper.make_node("Softmax", [source], [target], axis=-1, name=name)], []
-    kind = type(layer).__name__
-    if kind == "LeakyReLU":
-        return [helper.make_node("LeakyRelu", [source], [target], alpha=float(layer.negative_slope), name=name)], []
-    if kind == "Dropout":  # the identity outside training, as in predict
+    if isinstance(layer, LeakyReLU):
+        return _leaky_relu_nodes(onnx, layer.negative_slope, name, source, target, dtype)
+    if isinstance(layer, Dropout):  # the identity outside training, as in predict
         return [helper.make_node("Identity", [source], [target], name=name)], []
-    if kind == "GELU":
-        return _gelu_nodes(onnx, layer.approximate, name, source, target, dtype)  # type: ignore[attr-defined]
+    if isinstance(layer, GELU):
+        return _gelu_nodes(onnx, layer.approximate, name, source, target, dtype)
     operator = _ELEMENTWISE.get(type(layer))
     if operator is None:
         raise TypeError(f"to_onnx cannot export layers[{index}] ({layer!r}): no ONNX operator is known for it")
     return [helper.make_node(operator, [source], [target], name=name)], []
+
+
+def _leaky_relu_nodes(onnx: Any, slope: float, name: str, x: str, target: str, dtype: np.dtype) -> tuple[list, list]:
+    """``x if x > 0 else slope x``: ONNX's ``LeakyRelu`` for float32; for float64 ``Where(x > 0, x, x slope)`` with
+    the slope as a float64 initializer (``LeakyRelu``'s ``alpha`` is a float32 attribute: 0.1 would become
+    0.10000000149)."""
+    helper = onnx.helper
+    if dtype == np.float32:
+        return [helper.make_node("LeakyRelu", [x], [target], alpha=float(slope), name=name)], []
+    constants = [onnx.numpy_helper.from_array(np.array(value, dtype=dtype), f"{name}.{key}")
+                 for key, value in (("zero", 0.0), ("slope", slope))]  # fmt: skip
+    nodes = [
+        helper.make_node("Greater", [x, f"{name}.zero"], [f"{name}.positive"]),
+        helper.make_node("Mul", [x, f"{name}.slope"], [f"{name}.scaled"]),
+        helper.make_node("Where", [f"{name}.positive", x, f"{name}.scaled"], [target], name=name),
+    ]
+    return nodes, constants
 
 
 def _gelu_nodes(onnx: Any, approximate: str, name: str, x: str, target: str, dtype: np.dtype) -> tuple[list, list]:
@@ -110,4 +128,4 @@ def model_proto(model: Any) -> Any:
 def to_onnx(model: Any, path: str | os.PathLike[str]) -> None:
     """Write ``model``'s ONNX graph to ``path``, atomically."""
     data = model_proto(model).SerializeToString()
-    _io.write_atomically(path, lambda stream: stream.write(data))
+    _io._replace_atomically(Path(path), lambda stream: stream.write(data))

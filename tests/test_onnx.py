@@ -106,14 +106,16 @@ NEW_LAYERS = [
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind, options", NEW_LAYERS, ids=lambda value: str(value))
 def test_the_newer_layers_export_as_predict_computes_them(tmp_path, dtype, kind, options):
-    if not hasattr(layers, kind):
-        pytest.skip(f"fastopt.layers has no {kind} in this version")
     layer = getattr(layers, kind)(**options)
     model = _trained([layers.Dense(10, 16), layer, layers.Dense(16, 4)], dtype)
     path = str(tmp_path / "model.onnx")
     model.to_onnx(path)
     X = np.random.default_rng(5).standard_normal((33, 10)).astype(dtype)
-    np.testing.assert_allclose(_run(path, X), model.predict(X), rtol=0, atol=_rounding_bound(model, X))
+    try:
+        got = _run(path, X)
+    except onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented as exc:  # float64 Erf, in ONNX Runtime 1.32
+        pytest.skip(f"ONNX Runtime cannot run this valid graph: {exc}")
+    np.testing.assert_allclose(got, model.predict(X), rtol=0, atol=_rounding_bound(model, X))
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
