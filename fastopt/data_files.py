@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -42,15 +43,23 @@ def _read_npz(path: Path) -> np.ndarray:
 
 def _read_text(path: Path) -> np.ndarray:
     """Rows of numbers separated by commas (``.csv``) or white space (``.txt``); a first line that is not numbers
-    is taken for a header and skipped."""
+    is a header, skipped. An empty file gives no rows (refused as empty by the caller)."""
     delimiter = "," if path.suffix.lower() == ".csv" else None
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        first_line = stream.readline()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "input contained no data": the caller says it is empty
+        return np.loadtxt(
+            path, delimiter=delimiter, ndmin=2, dtype=np.float64, skiprows=int(_is_header(first_line, delimiter))
+        )
+
+
+def _is_header(line: str, delimiter: str | None) -> bool:
     try:
-        return np.loadtxt(path, delimiter=delimiter, ndmin=2, dtype=np.float64)
-    except ValueError as first_line_error:
-        try:
-            return np.loadtxt(path, delimiter=delimiter, ndmin=2, dtype=np.float64, skiprows=1)
-        except ValueError:
-            raise first_line_error from None
+        [float(field) for field in line.split(delimiter)]
+    except ValueError:
+        return True
+    return False
 
 
 READERS = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_text, ".txt": _read_text}
