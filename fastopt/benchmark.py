@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -19,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from fastopt import layers, losses, optim
+from fastopt import callbacks, layers, losses, optim
 from fastopt.backend import available_backends, resolve_backend
 from fastopt.model import Sequential
+from fastopt.optim import lr_scheduler
 
 SIZES = (784, 128, 64, 10)
 ADAM_BYTES_PER_ELEMENT = 7  # reads p, g, m, v and writes p, m, v: 7 accesses per element
@@ -46,6 +48,7 @@ class Report:
     machine: dict[str, float]
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (a, b): report a's time over b's, round by round
 
 
 def _timed(function: Callable[[], object]) -> float:
@@ -102,13 +105,43 @@ def _n_params() -> int:
     return sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(SIZES))
 
 
-def fastopt_mlp(backend: str, dtype: str = "float32") -> Sequential:
+def fastopt_mlp(backend: str, dtype: str = "float32", dropout: float = 0.0) -> Sequential:
+    """The 784-128-64-10 ReLU MLP; with ``dropout`` > 0, a ``Dropout(dropout)`` after each hidden layer."""
+    after_hidden = [layers.Dropout(dropout)] if dropout else []
     return Sequential(
-        [layers.Dense(784, 128), layers.ReLU(), layers.Dense(128, 64), layers.ReLU(), layers.Dense(64, 10)],
+        [layers.Dense(784, 128), layers.ReLU(), *after_hidden, layers.Dense(128, 64), layers.ReLU(), *after_hidden,
+         layers.Dense(64, 10)],
         dtype=dtype,
         seed=0,
         backend=backend,
-    )
+    )  # fmt: skip
+
+
+# The "full" epoch (issue 13): what a Keras or PyTorch user adds to the plain epoch. Each call of the benchmark is
+# one epoch; the schedule and early stopping carry their state from call to call, as from epoch to epoch.
+FULL_DROPOUT = 0.2  # after each hidden layer
+FULL_CLIP_NORM = 1.0  # the gradients' global L2 norm
+FULL_T_MAX = 10  # epochs of the cosine schedule
+FULL_VALIDATION_SPLIT = 0.1  # held out; the validation loss is computed after every epoch
+FULL_PATIENCE = 3  # early stopping on the validation loss, restoring the best weights
+FULL_DESCRIPTION = (
+    f"full: Dropout({FULL_DROPOUT}) after each hidden layer, clip_norm {FULL_CLIP_NORM}, cosine schedule "
+    f"(T_max {FULL_T_MAX}), early stopping (patience {FULL_PATIENCE}, best weights kept) on a "
+    f"{FULL_VALIDATION_SPLIT:.0%} validation split"
+)
+
+
+def fastopt_full_epoch(backend: str, X: np.ndarray, y: np.ndarray, batch_size: int) -> Callable[[], object]:
+    """One "full" epoch per call: ``fit(epochs=1)`` with every option of the full variant on."""
+    model, optimizer = fastopt_mlp(backend, dropout=FULL_DROPOUT), optim.Adam(lr=1e-3)
+    chosen = [
+        callbacks.EarlyStopping(monitor="val_loss", patience=FULL_PATIENCE, restore_best_weights=True),
+        lr_scheduler.CosineAnnealingLR(optimizer, T_max=FULL_T_MAX),
+    ]
+    return lambda: model.fit(
+        X, y, loss=losses.CrossEntropy(), optimizer=optimizer, epochs=1, batch_size=batch_size, seed=0,
+        validation_split=FULL_VALIDATION_SPLIT, callbacks=chosen, clip_norm=FULL_CLIP_NORM,
+    )  # fmt: skip
 
 
 def epoch_data(n_samples: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -151,6 +184,50 @@ def _torch_epoch_cases(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[st
 
         cases[f"pytorch {torch.__version__} ({variant} Adam)"] = epoch
     return cases
+
+
+def _torch_full_epoch_case(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, Callable[[], object]]:
+    """PyTorch doing the full epoch: nn.Dropout, clip_grad_norm_, CosineAnnealingLR and fused Adam, the validation
+    loss after the epoch (eval mode, no_grad) and early stopping keeping a copy of the best weights. The split is
+    made once, as a PyTorch loop makes it before its epochs."""
+    import copy
+
+    import torch
+
+    torch.manual_seed(0)
+    held = np.random.default_rng(0).permutation(len(X))[: round(FULL_VALIDATION_SPLIT * len(X))]
+    kept = np.setdiff1d(np.arange(len(X)), held)
+    inputs, labels = torch.from_numpy(X[kept]), torch.from_numpy(y[kept].astype(np.int64))
+    val_inputs, val_labels = torch.from_numpy(X[held]), torch.from_numpy(y[held].astype(np.int64))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Dropout(FULL_DROPOUT),
+        torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Dropout(FULL_DROPOUT),
+        torch.nn.Linear(64, 10),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=FULL_T_MAX)
+    criterion = torch.nn.CrossEntropyLoss()
+    early: dict[str, Any] = {"best": math.inf, "wait": 0, "weights": None}
+
+    def epoch() -> None:
+        net.train()
+        order = torch.randperm(len(inputs))
+        for start in range(0, len(inputs), batch_size):
+            rows = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            criterion(net(inputs[rows]), labels[rows]).backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), FULL_CLIP_NORM)
+            optimizer.step()
+        schedule.step()
+        net.eval()
+        with torch.no_grad():
+            val_loss = criterion(net(val_inputs), val_labels).item()
+        if val_loss < early["best"]:
+            early.update(best=val_loss, wait=0, weights=copy.deepcopy(net.state_dict()))
+        else:
+            early["wait"] += 1
+
+    return {f"pytorch {torch.__version__} full (fused Adam)": epoch}
 
 
 def _torch_dense_cases(X: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], object]]:
@@ -211,12 +288,17 @@ def _peer_cases(builders: list[Callable[[], dict[str, Callable[[], object]]]], n
     return cases
 
 
-def bench_epoch(batch_size: int, rounds: int, n_samples: int, machine: dict[str, float]) -> Report:
+def bench_epoch(
+    batch_size: int, rounds: int, n_samples: int, machine: dict[str, float], variant: str = "plain"
+) -> Report:
+    """One training epoch on every implementation; ``variant`` "full" times each fastopt backend's plain and full
+    epochs and PyTorch's (fused Adam) plain and full epochs side by side instead."""
     X, y, source = epoch_data(n_samples)
     steps = -(-len(X) // batch_size)
     report = Report(
         workload="epoch",
-        description=f"one epoch, 784-128-64-10 MLP, Adam, float32, batch {batch_size}, {len(X)} samples of {source}",
+        description=f"one epoch, 784-128-64-10 MLP, Adam, float32, batch {batch_size}, {len(X)} samples of {source}"
+        + (f"; {FULL_DESCRIPTION}" if variant == "full" else ""),
         floor_seconds=len(X) * _mlp_flops_per_sample() / machine["gemm_flops_per_s"]
         + steps * ADAM_BYTES_PER_ELEMENT * 4 * _n_params() / machine["bandwidth_bytes_per_s"],
         machine=machine,
@@ -227,13 +309,29 @@ def bench_epoch(batch_size: int, rounds: int, n_samples: int, machine: dict[str,
         cases[f"fastopt {backend}"] = lambda m=model, o=optimizer, lo=loss: m.fit(
             X, y, loss=lo, optimizer=o, epochs=1, batch_size=batch_size, seed=0
         )
-    cases.update(
-        _peer_cases(
-            [lambda: _torch_epoch_cases(X, y, batch_size), lambda: _sklearn_epoch_case(X, y, batch_size)], report.notes
+        if variant == "full":
+            cases[f"fastopt {backend} full"] = fastopt_full_epoch(backend, X, y, batch_size)
+            report.pairs.append((f"fastopt {backend} full", f"fastopt {backend}"))
+    if variant == "full":
+        cases.update(_peer_cases([lambda: _torch_full_variant_cases(X, y, batch_size)], report.notes))
+        torch_full = [name for name in cases if name.startswith("pytorch") and " full " in name]
+        report.pairs += [(name, f"fastopt {backend} full") for name in torch_full for backend in available_backends()]
+        report.pairs += [(name, name.replace(" full ", " ")) for name in torch_full]
+    else:
+        cases.update(
+            _peer_cases(
+                [lambda: _torch_epoch_cases(X, y, batch_size), lambda: _sklearn_epoch_case(X, y, batch_size)],
+                report.notes,
+            )
         )
-    )
     report.rows = [Row(name, times, 1) for name, times in run_interleaved(cases, rounds, SETTLE_SECONDS).items()]
     return report
+
+
+def _torch_full_variant_cases(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, Callable[[], object]]:
+    """PyTorch's plain epoch with its fused Adam (its fastest), and its full epoch."""
+    plain = {name: case for name, case in _torch_epoch_cases(X, y, batch_size).items() if "(fused Adam)" in name}
+    return {**plain, **_torch_full_epoch_case(X, y, batch_size)}
 
 
 def bench_optim(n: int, rounds: int, machine: dict[str, float]) -> Report:
@@ -308,6 +406,7 @@ def format_report(report: Report) -> str:
             f"{row.median / report.floor_seconds:>7.1f}x"
         )
     lines += _paired_lines(report.rows, [baseline_row, fastest_peer_row])
+    lines += _time_ratio_lines(report)
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
 
@@ -331,13 +430,32 @@ def _paired_lines(rows: list[Row], others: list[Row | None]) -> list[str]:
     return lines
 
 
+def _time_ratio_lines(report: Report) -> list[str]:
+    """For each pair (a, b) of ``report.pairs``: a's time over b's, round by round (see ``_paired_lines``)."""
+    rows = {row.name: row for row in report.rows}
+    lines = []
+    for name, other in report.pairs:
+        if name in rows and other in rows:
+            ratios = [a / b for a, b in zip(rows[name].seconds, rows[other].seconds)]
+            lines.append(
+                f"round by round, {name} takes {statistics.median(ratios):.2f}x the time of {other} "
+                f"(rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+            )
+    return lines
+
+
 def run(
-    workload: str, batch_size: int | None, rounds: int, json_path: str | None, n_samples: int = 60000
+    workload: str,
+    batch_size: int | None,
+    rounds: int,
+    json_path: str | None,
+    n_samples: int = 60000,
+    variant: str = "plain",
 ) -> list[Report]:
     machine = measure_machine()
     reports: list[Report] = []
     if workload == "epoch":
-        reports.append(bench_epoch(batch_size or 32, rounds, n_samples, machine))
+        reports.append(bench_epoch(batch_size or 32, rounds, n_samples, machine, variant))
     elif workload == "optim":
         reports += [bench_optim(n, rounds, machine) for n in (10**5, 10**7)]
     else:

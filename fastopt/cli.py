@@ -240,6 +240,13 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         "--rounds", type=_positive_int, default=5, help="interleaved rounds; medians over them (default 5)"
     )
     bench.add_argument("--samples", type=_positive_int, default=60000, help="samples in the epoch workload")
+    bench.add_argument(
+        "--variant",
+        choices=("plain", "full"),
+        default="plain",
+        help="epoch workload: plain, or full (dropout 0.2, clip_norm, a cosine schedule, early stopping on a "
+        "validation split) timed beside the plain epoch and PyTorch's plain and full epochs",
+    )
     bench.add_argument("--json", metavar="PATH", help="also write the measurements to PATH as JSON")
     _add_debug_option(bench, argparse.SUPPRESS)
 
@@ -532,7 +539,9 @@ def predict(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace) -> int:
     from fastopt.benchmark import run
 
-    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples)
+    if args.variant != "plain" and args.workload != "epoch":
+        raise ValueError(f"--variant {args.variant} applies to --workload epoch, not {args.workload}")
+    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples, variant=args.variant)
     return 0
 
 
