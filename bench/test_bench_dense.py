@@ -28,19 +28,19 @@ def layer(request):  # type: ignore[no-untyped-def]
 def test_dense_forward(benchmark, backend, layer):  # type: ignore[no-untyped-def]
     batch, x, weight, bias, out, _, _ = layer
     benchmark.group = f"dense forward 784-128 relu batch={batch}"
-    benchmark(backend._dense_forward, x, weight, bias, out, "relu")
+    benchmark(backend._dense_forward, x, weight, bias, out, "relu", 0.0)
 
 
 def test_dense_backward(benchmark, backend, layer):  # type: ignore[no-untyped-def]
     batch, x, weight, bias, out, grad_out, (grad_weight, grad_bias, grad_x) = layer
-    backend._dense_forward(x, weight, bias, out, "relu")
+    backend._dense_forward(x, weight, bias, out, "relu", 0.0)
     benchmark.group = f"dense backward 784-128 relu batch={batch}"
     # grad_out is overwritten with grad_out * relu'(out) each call; after the first call it is a fixed point.
-    benchmark(backend._dense_backward, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, "relu")
+    benchmark(backend._dense_backward, x, weight, out, grad_out, grad_weight, grad_bias, grad_x, "relu", 0.0)
 
 
 def test_dense_backward_first_layer(benchmark, backend, layer):  # type: ignore[no-untyped-def]
     batch, x, weight, bias, out, grad_out, (grad_weight, grad_bias, _) = layer
-    backend._dense_forward(x, weight, bias, out, "relu")
+    backend._dense_forward(x, weight, bias, out, "relu", 0.0)
     benchmark.group = f"dense backward (no grad_x) 784-128 relu batch={batch}"
-    benchmark(backend._dense_backward, x, weight, out, grad_out, grad_weight, grad_bias, None, "relu")
+    benchmark(backend._dense_backward, x, weight, out, grad_out, grad_weight, grad_bias, None, "relu", 0.0)

@@ -123,6 +123,15 @@ def check_flag(value: object, name: str) -> bool:
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
+def check_integer(value: object, name: str, low: int, high: int) -> int:
+    """Return ``value`` as an int in [low, high], exactly (no float: 2**64 - 1 has no float64)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value}")
+    return int(value)
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Return ``value`` as an int >= 1."""
     return _check_int(value, name, 1)
@@ -283,6 +292,8 @@ def _check_scalar_argument(spec: Scalar, value: object) -> object:
         if not isinstance(value, str) or value not in spec.choices:
             raise ValueError(f"{spec.name} must be one of {spec.choices}, got {value!r}")
         return value
+    if spec.integer:
+        return check_integer(value, spec.name, int(spec.low), int(spec.high))  # type: ignore[arg-type]
     return check_scalar(
         value, spec.name, low=spec.low, high=spec.high, low_open=spec.low_open, high_open=spec.high_open
     )
@@ -324,7 +335,7 @@ def _check_rules(kernel: Kernel, arrays: dict[str, np.ndarray], dims: dict[str, 
 
 def check_kernel_arguments(kernel: Kernel, values: dict[str, object]) -> dict[str, object]:
     """Check a call of ``kernel`` (all its arguments and hyperparameters by name, as in ``kernel_table``);
-    return them converted (arrays as given, scalars as float, flags as bool). Raises TypeError for a wrong type
+    return them converted (arrays as given, scalars as float or int, flags as bool). Raises TypeError for a wrong type
     or dtype and ValueError for a wrong value, shape, layout, range, rule or shared memory, naming the argument;
     nothing is written."""
     for array_name, scalar_name in kernel.given_when:

@@ -23,7 +23,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, replace
 
-ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu", "gelu", "gelu_tanh")
+# The activations a dense layer applies itself: those whose derivative is a function of the output (leaky_relu's for
+# a slope >= 0: out > 0 exactly when the pre-activation is). GELU's derivative needs the pre-activation, which the
+# dense kernels do not keep: it runs as an activation stage of its own, whose backward reads its input x.
+DENSE_ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu")
 
 DIMENSIONS = {
     "B": "batch",
@@ -54,8 +58,9 @@ class Array:
 
 @dataclass(frozen=True)
 class Scalar:
-    """A scalar argument: a real number in [low, high] (an open end excludes the bound; None: unbounded), a flag
-    (``flag=True``: True or False) or one of ``choices``."""
+    """A scalar argument: a real number in [low, high] (an open end excludes the bound; None: unbounded), an integer
+    in [low, high] (``integer=True``: exact, any width Python's int holds), a flag (``flag=True``: True or False) or
+    one of ``choices``."""
 
     name: str
     low: float | None = 0.0
@@ -66,12 +71,15 @@ class Scalar:
     choices: tuple[str, ...] = ()
     default: object = None
     doc: str = ""
+    integer: bool = False
 
     def describe(self) -> str:
         if self.flag:
             return "True or False"
         if self.choices:
             return "one of " + ", ".join(repr(choice) for choice in self.choices)
+        if self.integer:
+            return f"integer in [{self.low}, {self.high}]"
         left = "-inf" if self.low is None else f"{self.low:g}"
         right = "inf" if self.high is None else f"{self.high:g}"
         opening = "(" if self.low_open or self.low is None else "["
@@ -114,8 +122,12 @@ class Kernel:
 
 
 # ------------------------------------------------------------------------------------- shared declarations
-def _activation(default: object = None) -> Scalar:
-    return Scalar("activation", choices=ACTIVATIONS, default=default, doc="the activation f")
+def _activation(default: object = None, choices: tuple[str, ...] = ACTIVATIONS) -> Scalar:
+    return Scalar("activation", choices=choices, default=default, doc="the activation f")
+
+
+def _negative_slope(low: float | None) -> Scalar:
+    return Scalar("negative_slope", low=low, default=0.0, doc="leaky_relu's slope below 0; the others ignore it")
 
 
 _REAL = Scalar("value")  # a template: [0, inf)
@@ -142,6 +154,22 @@ def _state(name: str, optional: bool = False, doc: str = "") -> Array:
     return Array(name, "*", "inout", optional=optional, doc=doc)
 
 
+def _sample_weights() -> Array:
+    return Array("weights", "B", optional=True, doc="w, one per row; None: every w_i = 1")
+
+
+def _pointwise_arrays() -> tuple[Array, ...]:
+    """The arrays of a loss of outputs against float targets, element by element: outputs, targets, the gradient
+    (optional) and the weights (optional)."""
+    return Array("pred", "BO"), Array("target", "BO"), Array("grad_pred", "BO", "out", optional=True), _sample_weights()
+
+
+_WEIGHT_NOTES = (
+    "A batch whose weights sum to 0 gives 0 and a zero gradient. The weights' sum is taken in double, in row order, "
+    "and so are each row's factor w_i / sum_i w_i (rounded once to the arrays' dtype) and the value."
+)
+
+
 LR = _named(_REAL, "lr", "learning rate of this step")
 WEIGHT_DECAY = _named(_REAL, "weight_decay", "L2 coefficient")
 EPS = _named(_REAL, "eps", "added to the denominator")
@@ -165,7 +193,8 @@ _TABLE = (
             Array("weight", "IO"),
             Array("bias", "O"),
             Array("out", "BO", "out"),
-            _activation("identity"),
+            _activation("identity", DENSE_ACTIVATIONS),
+            _negative_slope(0.0),
         ),
         returns="out",
     ),
@@ -182,10 +211,12 @@ _TABLE = (
             Array("grad_weight", "IO", "out"),
             Array("grad_bias", "O", "out"),
             Array("grad_x", "BI", "out", optional=True, doc="None for the first layer"),
-            _activation("identity"),
+            _activation("identity", DENSE_ACTIVATIONS),
+            _negative_slope(0.0),
         ),
         returns="value",
-        notes="f' is written in terms of the forward output: relu out > 0, sigmoid out (1 - out), tanh 1 - out**2. "
+        notes="f' is written in terms of the forward output: relu out > 0, sigmoid out (1 - out), tanh 1 - out**2, "
+        "leaky_relu 1 if out > 0 else negative_slope (the same as from z, since the slope is >= 0). "
         "The finiteness of the weight and bias gradients is the training step's guard against non-finite gradients "
         "under a finite loss: the compiled kernel checks each block while it is in cache.",
     ),
@@ -193,15 +224,29 @@ _TABLE = (
         "activation_forward",
         "layer",
         "out = f(x) elementwise (identity copies)",
-        (_activation(), Array("x", "*"), Array("out", "*", "out")),
+        (_activation(), Array("x", "*"), Array("out", "*", "out"), _negative_slope(None)),
         returns="out",
+        notes="leaky_relu: x if x > 0 else negative_slope x; gelu: 0.5 x (1 + erf(x / sqrt(2))), computed as "
+        "0.5 x erfc(-x / sqrt(2)); gelu_tanh: 0.5 x (1 + tanh(u)), u = sqrt(2 / pi) (x + 0.044715 x**3), computed as "
+        "x sigmoid(2 u) (PyTorch's GELU, approximate='none' and 'tanh', without its cancellation for x << 0).",
     ),
     Kernel(
         "activation_backward",
         "layer",
-        "grad_x = grad_out * f'(out) elementwise",
-        (_activation(), Array("out", "*"), Array("grad_out", "*"), Array("grad_x", "*", "out")),
+        "grad_x = grad_out * f'(x) elementwise, f' from what it needs: the input x or the output out = f(x)",
+        (
+            _activation(),
+            Array("x", "*", doc="the forward input"),
+            Array("out", "*", doc="the forward output f(x)"),
+            Array("grad_out", "*"),
+            Array("grad_x", "*", "out"),
+            _negative_slope(None),
+        ),
         returns="grad_x",
+        notes="From out: relu out > 0, sigmoid out (1 - out), tanh 1 - out**2. From x: leaky_relu 1 if x > 0 else "
+        "negative_slope; gelu Phi(x) + x phi(x) (the standard normal cdf 0.5 erfc(-x / sqrt(2)) and density); "
+        "gelu_tanh s + x s (1 - s) 2 sqrt(2 / pi) (1 + 3 * 0.044715 x**2), s = sigmoid(2 u) (PyTorch's "
+        "0.5 (1 + t) + 0.5 x (1 - t**2) u', t = tanh(u)).",
     ),
     Kernel(
         "softmax_forward",
@@ -218,24 +263,104 @@ _TABLE = (
         returns="grad_x",
     ),
     Kernel(
+        "dropout",
+        "layer",
+        "mask = 1 / (1 - p) if keep else 0, out = x * mask elementwise; keep[i] = u[i] >= p, u[i] the 32-bit number i "
+        "of the SplitMix64 stream of key, / 2**32",
+        (
+            Array("x", "*"),
+            Array("out", "*", "out"),
+            Array("mask", "*", "out", doc="the multipliers, kept for the backward pass"),
+            Scalar("p", high=1.0, high_open=True, doc="the probability of dropping an element"),
+            Scalar("key", low=0, high=2**64 - 1, integer=True, doc="the mask's key (layer and step)"),
+        ),
+        returns="out",
+        notes="Element i (row-major) takes half i % 2 (0: the low 32 bits) of word i // 2 of the stream, "
+        "splitmix64(key + (i // 2 + 1) * 0x9E3779B97F4A7C15 mod 2**64), and is kept when that half is at least "
+        "ceil(p 2**32); 1 / (1 - p) is rounded once to the dtype. The mask depends on nothing else: it is the same on "
+        "every backend and thread count.",
+    ),
+    Kernel(
+        "dropout_backward",
+        "layer",
+        "grad_x = grad_out * mask elementwise (mask: the dropout forward pass's)",
+        (Array("grad_out", "*"), Array("mask", "*"), Array("grad_x", "*", "out")),
+        returns="grad_x",
+    ),
+    Kernel(
         "softmax_cross_entropy",
         "loss",
-        "mean_i logsumexp(logits[i]) - logits[i, labels[i]]; grad_logits = (softmax(logits) - onehot(labels)) / B",
+        "t[i] = (1 - eps) onehot(labels[i]) + eps / C; l_i = logsumexp(logits[i]) - <t[i], logits[i]>; "
+        "value = sum_i w_i l_i / sum_i w_i; grad_logits[i] = (softmax(logits[i]) - t[i]) w_i / sum_i w_i",
         (
             Array("logits", "BC"),
             Array("labels", "B", index_of="C"),
             Array("grad_logits", "BC", "out", optional=True),
+            _sample_weights(),
+            Scalar("label_smoothing", high=1.0, high_open=True, default=0.0, doc="eps"),
         ),
         returns="value",
         min_size=("B",),
+        notes=_WEIGHT_NOTES + " Without weights the gradient is divided by B (not multiplied by a row's w_i / B).",
     ),
     Kernel(
         "mse",
         "loss",
-        "mean((pred - target)**2); grad_pred = 2 (pred - target) / pred.size",
-        (Array("pred", "*"), Array("target", "*"), Array("grad_pred", "*", "out", optional=True)),
+        "l_i = mean_j (pred[i, j] - target[i, j])**2; value = sum_i w_i l_i / sum_i w_i; "
+        "grad_pred[i] = 2 (pred[i] - target[i]) w_i / (O sum_i w_i)",
+        _pointwise_arrays(),
         returns="value",
         nonempty=("pred",),
+        notes=_WEIGHT_NOTES + " Without weights the gradient is 2 (pred - target) / pred.size.",
+    ),
+    Kernel(
+        "huber",
+        "loss",
+        "d = pred - target; l = d**2 / 2 where |d| < delta, else delta (|d| - delta / 2); l_i = mean_j l[i, j]; "
+        "value = sum_i w_i l_i / sum_i w_i; grad_pred[i] = clip(d[i], -delta, delta) w_i / (O sum_i w_i)",
+        (
+            *_pointwise_arrays(),
+            Scalar("delta", low_open=True, default=1.0, doc="where the loss turns from quadratic to linear"),
+        ),
+        returns="value",
+        nonempty=("pred",),
+        notes=_WEIGHT_NOTES,
+    ),
+    Kernel(
+        "mae",
+        "loss",
+        "l_i = mean_j |pred[i, j] - target[i, j]|; value = sum_i w_i l_i / sum_i w_i; "
+        "grad_pred[i] = sign(pred[i] - target[i]) w_i / (O sum_i w_i)",
+        _pointwise_arrays(),
+        returns="value",
+        nonempty=("pred",),
+        notes=_WEIGHT_NOTES + " sign(0) is 0 and sign(NaN) is NaN, as numpy.sign.",
+    ),
+    Kernel(
+        "binary_cross_entropy",
+        "loss",
+        "s = sigmoid(logits), p = pos_weight[j] (1 without it); l = -(p y log s + (1 - y) log(1 - s)); "
+        "l_i = mean_j l[i, j]; value = sum_i w_i l_i / sum_i w_i; "
+        "grad_logits[i] = ((1 - y) s - p y (1 - s)) w_i / (C sum_i w_i)",
+        (
+            Array("logits", "BC"),
+            Array("targets", "BC", doc="y, in [0, 1]"),
+            Array("grad_logits", "BC", "out", optional=True),
+            _sample_weights(),
+            Array("pos_weight", "C", optional=True, doc="p, the weight of the positive term of each column"),
+        ),
+        returns="value",
+        nonempty=("logits",),
+        notes=_WEIGHT_NOTES
+        + " Stable for any logit: -log s = max(-x, 0) + log1p(exp(-|x|)), -log(1 - s) = max(x, 0) + log1p(exp(-|x|)),"
+        " and s and 1 - s are each taken from exp(-|x|).",
+    ),
+    Kernel(
+        "count_binary_correct",
+        "loss",
+        "number of elements whose prediction (logits > 0) is their target (targets > 0.5)",
+        (Array("logits", "BC"), Array("targets", "BC")),
+        returns="value",
     ),
     Kernel(
         "count_correct",

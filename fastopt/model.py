@@ -10,8 +10,10 @@ Copies (``model.copy()``, ``copy.copy``, ``copy.deepcopy``, ``pickle``, ``joblib
 state is the configuration, dtype, seed, backend name, both flat buffers, the loss and the optimizer; the
 layers' views, the fused-stage plan and the workspaces are derived from it again (``__setstate__``).
 
-A ``Dense`` layer directly followed by ``ReLU``, ``Sigmoid`` or ``Tanh`` runs as one fused stage
-(matrix product, bias and activation written in one output buffer).
+A ``Dense`` layer directly followed by ``ReLU``, ``Sigmoid``, ``Tanh`` or ``LeakyReLU`` (a slope >= 0) runs as one
+fused stage (matrix product, bias and activation written in one output buffer). ``GELU`` runs as a stage of its own:
+its derivative needs its input, which the Dense stage's output buffer then keeps. ``Dropout`` stages run only in
+training passes (``fit``): elsewhere a stage reads its input from the stage before the dropout stages.
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from fastopt import _io, training
+from fastopt import _io, _random, training
 from fastopt._checks import as_features, check_positive_int, check_same_length, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
 from fastopt.callbacks import Callback
 from fastopt.history import History
-from fastopt.layers import Activation, Dense, Layer, Softmax, as_parameter_values, layer_from_config
+from fastopt.layers import Activation, Dense, Dropout, Layer, Softmax, as_parameter_values, layer_from_config
 from fastopt.losses import CrossEntropy, Loss, Targets
 from fastopt.optim import Optimizer
 
@@ -42,12 +44,18 @@ MAX_WORKSPACES = 4
 
 @dataclass(frozen=True)
 class _Stage:
-    """One step of the forward pass: a Dense layer with its fused activation, or a standalone activation."""
+    """One step of the forward pass: a Dense layer with its fused activation, a standalone activation, a softmax or
+    a dropout. ``source``: the stage whose output is this stage's input outside training, when dropout stages are
+    skipped (-1: the model's input)."""
 
-    kind: str  # "dense", "activation" or "softmax"
+    kind: str  # "dense", "activation", "softmax" or "dropout"
     out_features: int
     dense: Dense | None = None
     activation: str = "identity"
+    negative_slope: float = 0.0
+    rate: float = 0.0  # dropout's p
+    position: int = 0  # dropout: the layer's index in the model, which keys its masks
+    source: int = -1
 
 
 class _ThreadState:
@@ -68,13 +76,25 @@ class _ThreadState:
 
 @dataclass
 class _Workspace:
-    """Buffers for one batch size: the input rows, each stage's output and the gradient w.r.t. it."""
+    """Buffers for one batch size: the input rows, each stage's output and the gradient w.r.t. it, and the masks of
+    the dropout stages (by stage index, made by the first training pass)."""
 
     inputs: np.ndarray
     outputs: list[np.ndarray]
     output_grads: list[np.ndarray]
     targets: np.ndarray | None = None
     labels: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def _source_outside_training(stages: list[_Stage]) -> int:
+    """The index of the last of ``stages`` that is not a dropout stage (-1: none, the model's input): where the next
+    stage reads its input when dropout stages are skipped."""
+    index = len(stages) - 1
+    while index >= 0 and stages[index].kind == "dropout":
+        index -= 1
+    return index
 
 
 class Sequential:
@@ -130,24 +150,29 @@ class Sequential:
     def _plan(layers: list[Layer]) -> list[_Stage]:
         stages: list[_Stage] = []
         features = layers[0].in_features  # type: ignore[attr-defined]
-        for layer in layers:
+        for position, layer in enumerate(layers):
             features = layer.output_features(features)
             previous = stages[-1] if stages else None
             if isinstance(layer, Dense):
-                stages.append(_Stage("dense", features, dense=layer))
+                stage = _Stage("dense", features, dense=layer)
             elif (
                 isinstance(layer, Activation)
+                and layer.fuses_into_dense
                 and previous
                 and previous.kind == "dense"
                 and previous.activation == "identity"
             ):
-                stages[-1] = _Stage("dense", features, dense=previous.dense, activation=layer.kernel)
+                stages.pop()
+                stage = replace(previous, activation=layer.kernel, negative_slope=layer.negative_slope)
             elif isinstance(layer, Activation):
-                stages.append(_Stage("activation", features, activation=layer.kernel))
+                stage = _Stage("activation", features, activation=layer.kernel, negative_slope=layer.negative_slope)
             elif isinstance(layer, Softmax):
-                stages.append(_Stage("softmax", features))
+                stage = _Stage("softmax", features)
+            elif isinstance(layer, Dropout):
+                stage = _Stage("dropout", features, rate=layer.p, position=position)
             else:
                 raise TypeError(f"unsupported layer {layer!r}")
+            stages.append(replace(stage, source=_source_outside_training(stages)))
         return stages
 
     # ------------------------------------------------------------------ configuration
@@ -321,46 +346,67 @@ class Sequential:
         workspaces[batch] = workspace  # (re)inserted last: dict order is the recency order
         return workspace
 
-    def _forward(self, backend: Backend, workspace: _Workspace) -> np.ndarray:
+    @property
+    def _has_dropout(self) -> bool:
+        return any(stage.kind == "dropout" for stage in self._stages)
+
+    def _forward(self, backend: Backend, workspace: _Workspace, step_key: int | None = None) -> np.ndarray:
+        """The outputs for ``workspace.inputs``. ``step_key``: a training pass, whose dropout stage at layer index j
+        uses the mask of key ``_random.word(step_key, j)``; None (predict, evaluate) skips the dropout stages."""
         inputs = workspace.inputs
-        for stage, out in zip(self._stages, workspace.outputs):
+        for index, (stage, out) in enumerate(zip(self._stages, workspace.outputs)):
             if stage.kind == "dense":
                 layer = stage.dense
-                backend._dense_forward(inputs, layer.weight, layer.bias, out, stage.activation)  # type: ignore[union-attr]
+                backend._dense_forward(inputs, layer.weight, layer.bias, out, stage.activation, stage.negative_slope)  # type: ignore[union-attr]
             elif stage.kind == "activation":
-                backend._activation_forward(stage.activation, inputs, out)
-            else:
+                backend._activation_forward(stage.activation, inputs, out, stage.negative_slope)
+            elif stage.kind == "softmax":
                 backend._softmax_forward(inputs, out)
+            elif step_key is None:
+                continue  # dropout outside training: the identity, and the next stage reads this one's input
+            else:
+                mask = workspace.masks.get(index)
+                if mask is None:
+                    mask = workspace.masks[index] = np.empty_like(out)
+                backend._dropout(inputs, out, mask, stage.rate, _random.word(step_key, stage.position))
             inputs = out
         return inputs
 
-    def _backward(self, backend: Backend, workspace: _Workspace) -> bool:
-        """Gradients of the loss w.r.t. every parameter, from ``workspace.output_grads[-1]``; returns whether they
-        are all finite (each dense layer's kernel checks its own, while they are in cache)."""
+    def _backward(self, backend: Backend, workspace: _Workspace, step_key: int | None = None) -> bool:
+        """Gradients of the loss w.r.t. every parameter, from ``workspace.output_grads[-1]``, after a ``_forward``
+        with the same ``step_key`` (not None: a training pass, whose dropout masks are in ``workspace.masks``);
+        returns whether they are all finite (each dense layer's kernel checks its own, while they are in cache)."""
+        training = step_key is not None
         finite = True
         for index in range(len(self._stages) - 1, -1, -1):
             stage = self._stages[index]
             out, grad_out = workspace.outputs[index], workspace.output_grads[index]
-            inputs = workspace.outputs[index - 1] if index else workspace.inputs
+            source = index - 1 if training else stage.source
+            inputs = workspace.outputs[source] if source >= 0 else workspace.inputs
             grad_inputs = workspace.output_grads[index - 1] if index else None
             if stage.kind == "dense":
                 layer = stage.dense
                 finite &= backend._dense_backward(
                     inputs,
-                    layer.weight,
+                    layer.weight,  # type: ignore[union-attr]
                     out,
                     grad_out,
-                    layer.weight_grad,
-                    layer.bias_grad,
+                    layer.weight_grad,  # type: ignore[union-attr]
+                    layer.bias_grad,  # type: ignore[union-attr]
                     grad_inputs,
-                    stage.activation,  # type: ignore[union-attr]
+                    stage.activation,
+                    stage.negative_slope,
                 )
             elif grad_inputs is None:
                 continue
             elif stage.kind == "activation":
-                backend._activation_backward(stage.activation, out, grad_out, grad_inputs)
-            else:
+                backend._activation_backward(stage.activation, inputs, out, grad_out, grad_inputs, stage.negative_slope)
+            elif stage.kind == "softmax":
                 backend._softmax_backward(out, grad_out, grad_inputs)
+            elif training:  # dropout: the forward pass's mask
+                backend._dropout_backward(grad_out, workspace.masks[index], grad_inputs)
+            else:
+                np.copyto(grad_inputs, grad_out)
         return finite
 
     def predict(self, X: object, batch_size: int = 1024) -> np.ndarray:
@@ -378,13 +424,48 @@ class Sequential:
 
     __call__ = predict
 
-    def evaluate(self, X: object, y: object, loss: Loss | None = None, batch_size: int = 1024) -> dict[str, float]:
+    def predict_proba(self, X: object, batch_size: int = 1024, loss: Loss | None = None) -> np.ndarray:
+        """Probabilities (N, out_features) for inputs X: ``softmax`` of each row of outputs for ``CrossEntropy``,
+        ``sigmoid`` of each output for ``BinaryCrossEntropy`` (a probability per label). ``loss`` defaults to the
+        one of the last ``fit``; a model trained with ``MSE``, ``Huber`` or ``MAE`` (or never trained here: a loaded
+        model, without ``loss=``) is refused with ``ValueError``."""
+        loss = self._loss_of_outputs(loss, "predict_proba")
+        return loss.probabilities(resolve_backend(self._backend_name), self.predict(X, batch_size))
+
+    def predict_classes(self, X: object, batch_size: int = 1024, loss: Loss | None = None) -> np.ndarray:
+        """Predicted classes, int64: the index of the largest output of each row (N,) (``CrossEntropy``, or class
+        targets under another loss), or, for ``BinaryCrossEntropy``, 1 where an output's logit is > 0 (probability
+        > 0.5): (N,) for one output, (N, k) for k labels. ``loss`` as in ``predict_proba``."""
+        loss = self._loss_of_outputs(loss, "predict_classes")
+        return loss.predicted_classes(self.predict(X, batch_size))
+
+    def _loss_of_outputs(self, loss: Loss | None, method: str) -> Loss:
+        """The loss whose logits the outputs are: ``loss``, else the last fit's."""
+        if loss is None and self.loss is None:
+            raise ValueError(
+                f"{method} needs to know the loss the model was trained with: fit it first, or pass "
+                "loss=losses.CrossEntropy() (softmax) or loss=losses.BinaryCrossEntropy() (sigmoid)"
+            )
+        return self._choose_loss(loss)
+
+    def evaluate(
+        self,
+        X: object,
+        y: object,
+        loss: Loss | None = None,
+        batch_size: int = 1024,
+        sample_weight: object = None,
+    ) -> dict[str, float]:
         """Mean loss (and accuracy, for class targets) over (X, y). ``loss`` defaults to the one of the
-        last ``fit``, else ``CrossEntropy``."""
+        last ``fit``, else ``CrossEntropy``. ``sample_weight`` (N,) weights the loss: ``sum_i w_i l_i / sum_i w_i``
+        (finite, >= 0, not all 0; see ``fastopt.losses``); accuracy stays unweighted. Warns when the last layer
+        applies what the loss applies to its logits (``Softmax`` before ``CrossEntropy``)."""
         loss = self._choose_loss(loss)
+        loss.check_last_layer(self.layers[-1], stacklevel=2)
         inputs = as_features(X, self.in_features, self.dtype, resolve_backend(self._backend_name))
-        targets = loss.targets(y, self.out_features, self.dtype)
+        targets = loss.targets(y, self.out_features, self.dtype).with_sample_weight(sample_weight, self.dtype)
         check_same_length(inputs, targets.values)
+        targets.check_weight_total("the samples")
         return self._evaluate_prepared(inputs, targets, loss, check_positive_int(batch_size, "batch_size"))
 
     def _choose_loss(self, loss: Loss | None) -> Loss:
@@ -394,20 +475,26 @@ class Sequential:
         return loss
 
     def _evaluate_prepared(self, inputs: np.ndarray, targets: Targets, loss: Loss, batch_size: int) -> dict[str, float]:
+        """Mean loss (weighted when the targets have weights) and accuracy over prepared inputs and targets."""
         backend = resolve_backend(self._backend_name)
-        total_loss = 0.0
+        total_loss = total_weight = 0.0
         correct = 0
         for start in range(0, len(inputs), batch_size):
             stop = min(start + batch_size, len(inputs))
             workspace = self._workspace(stop - start)
             np.copyto(workspace.inputs, inputs[start:stop])
             output = self._forward(backend, workspace)
-            total_loss += loss.compute(backend, output, targets.values[start:stop], None) * (stop - start)
-            if targets.labels is not None:
+            weights = None if targets.weights is None else targets.weights[start:stop]
+            weight = stop - start if weights is None else float(np.sum(weights, dtype=np.float64))
+            total_loss += loss.compute(backend, output, targets.values[start:stop], None, weights) * weight
+            total_weight += weight
+            if targets.binary:
+                correct += backend._count_binary_correct(output, targets.values[start:stop])
+            elif targets.labels is not None:
                 correct += backend._count_correct(output, targets.labels[start:stop])
-        result = {"loss": total_loss / len(inputs)}
-        if targets.labels is not None:
-            result["accuracy"] = correct / len(inputs)
+        result = {"loss": total_loss / total_weight}
+        if targets.reports_accuracy:
+            result["accuracy"] = correct / (len(inputs) * targets.predictions_per_row)
         return result
 
     # ------------------------------------------------------------------ training
@@ -424,6 +511,8 @@ class Sequential:
         validation_data: tuple[object, object] | None = None,
         validation_split: float = 0.0,
         callbacks: Sequence[Callback] | None = None,
+        sample_weight: object = None,
+        class_weight: dict[int, float] | str | None = None,
         clip_norm: float | None = None,
         clip_value: float | None = None,
         verbose: int = 0,
@@ -441,7 +530,17 @@ class Sequential:
         ``loss`` defaults to ``CrossEntropy()``; ``optimizer`` (default ``Adam()``) made without parameters is
         bound to this model, and keeps its state across calls of ``fit``. ``seed`` seeds the shuffling and the
         validation split. ``validation_data=(X_val, y_val)`` or ``validation_split=f`` (a seeded fraction of the
-        rows held out before training, stratified by class for class labels) add ``val_*`` entries to the history.
+        rows held out before training, stratified by class for class labels) add ``val_*`` entries to the history;
+        ``validation_data=(X_val, y_val, sample_weight_val)`` weights the validation loss.
+
+        ``sample_weight`` (N,) and ``class_weight`` (a dict {class: weight}, classes not in it weighing 1, or
+        ``"balanced"``: scikit-learn's ``n_samples / (n_classes * bincount(y))`` over the training rows) weigh each
+        sample by ``w_i = sample_weight[i] * class_weight[y_i]``; weights must be finite and >= 0. A batch's loss is
+        then the weighted mean ``sum_i w_i l_i / sum_i w_i`` (its gradient that of this mean; a batch whose weights
+        sum to 0 has loss 0 and a zero gradient), computed inside the loss kernel, and the epoch's ``loss`` is
+        ``sum_i w_i l_i / sum_i w_i`` over the epoch. As in Keras, ``class_weight`` applies to the training rows
+        only (a validation split keeps its rows' sample weights), and accuracy stays unweighted. A ``UserWarning``
+        says when the last layer applies what the loss applies to its logits (``Softmax`` before ``CrossEntropy``).
 
         ``callbacks``: ``fastopt.callbacks`` objects (Keras's protocol; ``EarlyStopping``, ``ModelCheckpoint``,
         ``ReduceLROnPlateau``, ``LearningRateScheduler``, ``CSVLogger``, ``TerminateOnNaN``) and learning-rate
@@ -475,15 +574,17 @@ class Sequential:
         del arguments["self"], arguments["X"], arguments["y"]
         return training.fit(self, X, y, arguments)
 
-    def compute_gradients(self, X: object, y: object, loss: Loss | None = None) -> float:
+    def compute_gradients(self, X: object, y: object, loss: Loss | None = None, sample_weight: object = None) -> float:
         """One forward and backward pass over (X, y) as one batch: writes d loss / d parameters into ``gradients``
-        (laid out as ``parameters``; ``layer.weight_grad``/``bias_grad`` view it) and returns the mean loss. For
-        training loops of one's own (``optimizer.step([model.gradients])``) and full-batch methods (L-BFGS). When
-        the loss is NaN or Inf it is returned and the gradients are left as they were."""
+        (laid out as ``parameters``; ``layer.weight_grad``/``bias_grad`` view it) and returns the mean loss
+        (weighted by ``sample_weight`` when given, as in ``fit``). For training loops of one's own
+        (``optimizer.step([model.gradients])``) and full-batch methods (L-BFGS). When the loss is NaN or Inf it is
+        returned and the gradients are left as they were. ``Dropout`` layers are the identity here, as in
+        ``predict``: these are the gradients of the function the model computes."""
         loss = self._choose_loss(loss)
         backend = resolve_backend(self._backend_name)
         inputs = as_features(X, self.in_features, self.dtype, backend)
-        targets = loss.targets(y, self.out_features, self.dtype)
+        targets = loss.targets(y, self.out_features, self.dtype).with_sample_weight(sample_weight, self.dtype)
         check_same_length(inputs, targets.values)
         with self._threads.training:
             rows = np.arange(len(inputs), dtype=np.int64)
@@ -491,11 +592,18 @@ class Sequential:
         return value
 
     def _batch_gradients(
-        self, backend: Backend, loss: Loss, inputs: np.ndarray, targets: Targets, rows: np.ndarray
+        self,
+        backend: Backend,
+        loss: Loss,
+        inputs: np.ndarray,
+        targets: Targets,
+        rows: np.ndarray,
+        step_key: int | None = None,
     ) -> tuple[float, int, float, bool]:
-        """The trusted core of a training step: gather ``rows``, forward, loss, and (when the loss is finite)
-        backward into ``self.gradients``. Returns the batch's mean loss, its correct predictions, its weight (the
-        number of rows) and whether every gradient is finite."""
+        """The trusted core of a training step: gather ``rows`` (inputs, targets, weights), forward, loss, and (when
+        the loss is finite) backward into ``self.gradients``; ``step_key`` keys the dropout masks of a training pass
+        (None: no dropout). Returns the batch's (weighted) mean loss, its correct predictions, its weight (the sum of
+        its samples' weights: the number of rows without weights) and whether every gradient is finite."""
         workspace = self._workspace(len(rows))
         target_shape = (len(rows), *targets.values.shape[1:])
         if (
@@ -505,31 +613,41 @@ class Sequential:
         ):
             workspace.targets = np.empty(target_shape, dtype=targets.values.dtype)
             workspace.labels = np.empty(len(rows), dtype=np.int64)
+            workspace.weights = np.empty(len(rows), dtype=self.dtype)
         backend._gather_rows(inputs, rows, workspace.inputs)
         targets.values.take(rows, axis=0, out=workspace.targets, mode="clip")  # the method: no dispatch wrapper
-        output = self._forward(backend, workspace)
-        batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1])
+        weights, weight = None, float(len(rows))
+        if targets.weights is not None:
+            weights = targets.weights.take(rows, out=workspace.weights, mode="clip")
+            weight = float(weights.sum(dtype=np.float64))
+        output = self._forward(backend, workspace, step_key)
+        batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1], weights)
         if not math.isfinite(batch_loss):
-            return batch_loss, 0, float(len(rows)), False
+            return batch_loss, 0, weight, False
         correct = 0
-        if targets.labels is targets.values:  # CrossEntropy: the batch's labels were gathered above
+        if targets.binary:  # BinaryCrossEntropy: each output's logit sign against its 0/1 target
+            correct = backend._count_binary_correct(output, workspace.targets)
+        elif targets.labels is targets.values:  # CrossEntropy: the batch's labels were gathered above
             correct = backend._count_correct(output, workspace.targets)
         elif targets.labels is not None:
             targets.labels.take(rows, out=workspace.labels, mode="clip")
             correct = backend._count_correct(output, workspace.labels)
-        finite = self._backward(backend, workspace)
-        return batch_loss, correct, float(len(rows)), finite
+        finite = self._backward(backend, workspace, step_key)
+        return batch_loss, correct, weight, finite
 
     def _prepare_validation(
         self, validation_data: object, loss: Loss, backend: Backend
     ) -> tuple[np.ndarray, Targets] | None:
         if validation_data is None:
             return None
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight)")
         inputs = as_features(validation_data[0], self.in_features, self.dtype, backend, name="X_val")
         targets = loss.targets(validation_data[1], self.out_features, self.dtype)
         check_same_length(inputs, targets.values, "X_val", "y_val")
+        if len(validation_data) == 3:
+            targets = targets.with_sample_weight(validation_data[2], self.dtype, "the validation sample_weight")
+            targets.check_weight_total("the validation samples")
         return inputs, targets
 
     # ------------------------------------------------------------------ files

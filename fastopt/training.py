@@ -5,10 +5,16 @@ A run: its arguments and data are checked and prepared (``_prepare``), a checkpo
 (before anything changes), the optimizer is bound to the model, and then epochs run until the last one, or until a
 callback stops the run. Each batch: gather its rows, forward, loss, backward (``Sequential._batch_gradients``), the
 non-finite guard, gradient clipping, then the optimizer step. ``History.stop_reason`` says how the run ended.
+
+Dropout masks: each epoch of a model with ``Dropout`` layers has a 64-bit key, a hash of the shuffling generator's
+state at the start of the epoch (a function of ``seed`` and the epochs before) and of the epoch's number; batch b of
+the epoch uses the masks of key ``_random.word(epoch_key, b)``. The generator does not advance for it, so dropout
+changes no permutation, and a resumed epoch, which restores the generator's state at its start, has the same key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -19,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from fastopt import _random
 from fastopt import checkpoint as _checkpoint
 from fastopt._checks import as_features, check_positive_int, check_same_length, check_scalar
 from fastopt.backend import Backend, resolve_backend
@@ -109,6 +116,7 @@ def _check_clipping(clip_norm: object, clip_value: object) -> tuple[float | None
 def check_fit_options(model: Sequential, arguments: dict[str, Any]) -> FitOptions:
     """Check ``fit``'s keyword arguments (every one but the data) before anything changes."""
     loss = model._choose_loss(arguments["loss"])
+    loss.check_last_layer(model.layers[-1], stacklevel=4)  # the user's fit call: Sequential.fit, training.fit, here
     optimizer = arguments["optimizer"] if arguments["optimizer"] is not None else model.optimizer or Adam()
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastopt optimizer such as optim.Adam(), got {optimizer!r}")
@@ -154,11 +162,14 @@ def _split(data: FitData, fraction: float, seed: int | None) -> FitData:
 
 
 def prepare_data(model: Sequential, X: object, y: object, options: FitOptions, arguments: dict[str, Any]) -> FitData:
-    """Convert and check the training data, sample and class weights and the validation data (or split)."""
+    """Convert and check the training data, sample and class weights and the validation data (or split). The
+    split takes each row's sample weight with it; class weights then apply to the training rows (Keras's
+    semantics: the validation loss is not class-weighted), "balanced" counting the classes of those rows."""
     backend = resolve_backend(model._backend_name)
     inputs = as_features(X, model.in_features, model.dtype, backend)
     targets = options.loss.targets(y, model.out_features, model.dtype)
     check_same_length(inputs, targets.values)
+    targets = targets.with_sample_weight(arguments["sample_weight"], model.dtype)
     data = FitData(inputs, targets, model._prepare_validation(arguments["validation_data"], options.loss, backend))
     fraction = arguments["validation_split"]
     fraction = check_scalar(fraction, "validation_split", high=1.0, high_open=True)
@@ -166,6 +177,9 @@ def prepare_data(model: Sequential, X: object, y: object, options: FitOptions, a
         if data.validation is not None:
             raise ValueError("give validation_data or validation_split, not both")
         data = _split(data, fraction, options.seed)
+        data.validation[1].check_weight_total("the validation rows")  # type: ignore[index]
+    data.targets = data.targets.with_class_weight(arguments["class_weight"], model.dtype)
+    data.targets.check_weight_total("the training rows")
     return data
 
 
@@ -179,6 +193,7 @@ class Run:
         self.n_batches = math.ceil(len(data.inputs) / options.batch_size)
         self.history, self.position = History(), Progress()
         self.rng = np.random.default_rng(options.seed)
+        self.dropout_key: int | None = None  # the epoch's key of the dropout masks (None: the model has no dropout)
         callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose else [])
         params = {"epochs": options.epochs, "steps": self.n_batches, "batch_size": options.batch_size,
                   "verbose": options.verbose, "samples": len(data.inputs)}  # fmt: skip
@@ -261,6 +276,8 @@ class Run:
         started = time.perf_counter() - position.seconds
         if self.saver is not None:
             self.saver.start_epoch()
+        if model._has_dropout:
+            self.dropout_key = dropout_epoch_key(self.rng, epoch)
         order = np.arange(len(self.data.inputs), dtype=np.int64)  # the row indices the gather kernels take
         if options.shuffle:  # a resumed epoch draws the same permutation again from the saved generator state
             self.rng.shuffle(order)
@@ -286,8 +303,9 @@ class Run:
         """Mean loss (and accuracy) over the samples of the epoch's batches not skipped, and validation."""
         position, data = self.position, self.data
         logs = {"loss": position.loss_sum / position.weight_sum if position.weight_sum else math.nan}
-        if data.targets.labels is not None:
-            logs["accuracy"] = position.correct / position.samples if position.samples else math.nan
+        if data.targets.reports_accuracy:
+            predictions = position.samples * data.targets.predictions_per_row
+            logs["accuracy"] = position.correct / predictions if predictions else math.nan
         if data.validation is not None:
             batch_size = max(self.options.batch_size, 1024)
             evaluation = self.model._evaluate_prepared(*data.validation, self.options.loss, batch_size)
@@ -301,7 +319,7 @@ class Run:
                   disable=not options.progress, leave=False, unit="batch") as bar:  # fmt: skip
             for index in range(position.batch, self.n_batches):
                 self.callbacks.on_train_batch_begin(index, {})
-                batch = self._step(order[index * size : (index + 1) * size])
+                batch = self._step(order[index * size : (index + 1) * size], index)
                 self._count(batch, index)
                 self.callbacks.on_train_batch_end(index, {"loss": batch.loss})
                 if self.saver is not None:
@@ -338,11 +356,13 @@ class Run:
         return min(size, len(self.data.inputs) - index * size)
 
     # ------------------------------------------------------------------ one step
-    def _step(self, rows: np.ndarray) -> _Batch:
-        """One batch: gradients, the non-finite guard, clipping, the optimizer step (skipped when not finite)."""
+    def _step(self, rows: np.ndarray, index: int) -> _Batch:
+        """Batch ``index`` of the epoch: gradients, the non-finite guard, clipping, the optimizer step (skipped when not
+        finite)."""
         model, options = self.model, self.options
+        step_key = None if self.dropout_key is None else _random.word(self.dropout_key, index)
         loss, correct, weight, finite = model._batch_gradients(
-            self.backend, options.loss, self.data.inputs, self.data.targets, rows
+            self.backend, options.loss, self.data.inputs, self.data.targets, rows, step_key
         )
         if not math.isfinite(loss):
             return _Batch(loss, finite=False, problem=f"the loss became {loss}")
@@ -351,6 +371,13 @@ class Run:
         clip_gradients(self.backend, self.gradients, options.clip_norm, options.clip_value)
         options.optimizer.apply(self.gradients)
         return _Batch(loss, correct, weight)
+
+
+def dropout_epoch_key(rng: np.random.Generator, epoch: int) -> int:
+    """The key of an epoch's dropout masks: the generator's state (hashed; the generator does not advance) and the
+    epoch's number (the state alone repeats when nothing is shuffled)."""
+    digest = hashlib.blake2b(repr(rng.bit_generator.state).encode(), digest_size=8).digest()
+    return _random.word(int.from_bytes(digest, "little"), epoch)
 
 
 def clip_gradients(

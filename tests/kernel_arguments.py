@@ -21,11 +21,13 @@ from fastopt.kernel_table import DIMENSIONS, Kernel, Scalar
 
 def typical_value(scalar: Scalar) -> Any:
     """A value well inside the scalar's range: False for a flag, the default (else the first) of the choices, the
-    middle of a bounded range, half a unit above the low end of a half-bounded one."""
+    middle of a bounded range (an int for an integer), half a unit above the low end of a half-bounded one."""
     if scalar.flag:
         return False
     if scalar.choices:
         return scalar.default if scalar.default is not None else scalar.choices[0]
+    if scalar.integer:
+        return (int(scalar.low) + int(scalar.high)) // 2  # type: ignore[arg-type]
     low = -0.5 if scalar.low is None else scalar.low
     high = low + 1.0 if scalar.high is None else scalar.high
     return (low + high) / 2
@@ -33,11 +35,14 @@ def typical_value(scalar: Scalar) -> Any:
 
 def refused_values(scalar: Scalar) -> list[Any]:
     """Values the table says a kernel must refuse: for a real, the nearest float beyond each closed end and an
-    open end itself; for a flag, 2; for choices, a name that is none of them."""
+    open end itself; for an integer, the integers beyond its ends; for a flag, 2; for choices, a name that is none of
+    them."""
     if scalar.flag:
         return [2]
     if scalar.choices:
         return [scalar.choices[0].upper() + "?"]
+    if scalar.integer:
+        return [int(scalar.low) - 1, int(scalar.high) + 1]  # type: ignore[arg-type]
     refused = []
     if scalar.low is not None:
         refused.append(scalar.low if scalar.low_open else math.nextafter(scalar.low, -math.inf))
@@ -47,9 +52,11 @@ def refused_values(scalar: Scalar) -> list[Any]:
 
 
 def accepted_edges(scalar: Scalar) -> list[float]:
-    """The closed ends of a real scalar's range (values a kernel must accept)."""
+    """The closed ends of a real or integer scalar's range (values a kernel must accept)."""
     if scalar.flag or scalar.choices:
         return []
+    if scalar.integer:
+        return [int(scalar.low), int(scalar.high)]  # type: ignore[arg-type]
     edges = [] if scalar.low is None or scalar.low_open else [scalar.low]
     return edges + ([] if scalar.high is None or scalar.high_open else [scalar.high])
 

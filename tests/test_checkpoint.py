@@ -256,8 +256,10 @@ def test_stale_temporary_files_of_a_killed_write_are_removed_on_resume(data, tmp
     assert not stale.exists() and other.exists()
 
 
-def test_checkpoint_steps_keep_no_memory(data, tmp_path):
-    """Between writes, a checkpointed step does one integer test: an epoch that writes nothing keeps no memory."""
+@pytest.mark.parametrize("weighted", [False, True])
+def test_checkpoint_steps_keep_no_memory(data, tmp_path, weighted):
+    """Between writes, a checkpointed step does one integer test: an epoch that writes nothing keeps no memory (with
+    sample weights too: they are gathered into a buffer made once)."""
     import tracemalloc
 
     from fastopt import training
@@ -266,7 +268,8 @@ def test_checkpoint_steps_keep_no_memory(data, tmp_path):
     model = make_model(BACKENDS[0])
     arguments = dict(
         loss=None, optimizer=optim.Adam(), epochs=1, batch_size=8, shuffle=True, seed=0, validation_data=None,
-        validation_split=0.0, callbacks=None, clip_norm=None, clip_value=None, verbose=0, progress=False,
+        validation_split=0.0, callbacks=None, sample_weight=np.linspace(0, 2, len(X)) if weighted else None,
+        class_weight="balanced" if weighted else None, clip_norm=None, clip_value=None, verbose=0, progress=False,
         on_epoch_end=None, checkpoint=tmp_path / "run.ckpt", checkpoint_every=10**9, resume=False, on_nonfinite=None,
         overwrite=False,
     )  # fmt: skip
@@ -568,8 +571,8 @@ def test_skip_leaves_the_batch_unapplied_and_counts_it(data):
 def test_skipped_batches_appear_from_the_first_epoch_that_skips(data, monkeypatch):
     original, calls = losses.CrossEntropy.compute, [0]
 
-    def compute(self, backend, output, target, grad):
-        value = original(self, backend, output, target, grad)
+    def compute(self, backend, output, target, grad, weights=None):
+        value = original(self, backend, output, target, grad, weights)
         if grad is not None:
             calls[0] += 1
             if calls[0] == 12:  # epoch 2, batch 3

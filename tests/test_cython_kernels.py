@@ -257,8 +257,8 @@ def test_activations(shape, dtype, activation, seed, scale) -> None:  # type: ig
     expected.flags.writeable = False
     grad_out = rand(rng, shape, dtype, readonly=True)
     grad_expected, grad_actual = np.empty_like(x), np.empty_like(x)
-    NB.activation_backward(activation, expected, grad_out, grad_expected)
-    CB.activation_backward(activation, expected, grad_out, grad_actual)
+    NB.activation_backward(activation, x, expected, grad_out, grad_expected)
+    CB.activation_backward(activation, x, expected, grad_out, grad_actual)
     assert_close(grad_actual, grad_expected)
 
 

@@ -36,7 +36,8 @@ def split_rows(y: np.ndarray, fraction: float, seed: int | None, loss=None) -> t
     arguments = dict(loss=loss, optimizer=None, epochs=1, batch_size=32, shuffle=True, seed=seed, progress=False,
                      verbose=0, on_nonfinite=None, callbacks=None, on_epoch_end=None, checkpoint=None,
                      checkpoint_every=None, resume=False, overwrite=False, clip_norm=None, clip_value=None,
-                     validation_data=None, validation_split=fraction)  # fmt: skip
+                     validation_data=None, validation_split=fraction, sample_weight=None,
+                     class_weight=None)  # fmt: skip
     options = training.check_fit_options(model, arguments)
     data = training.prepare_data(model, X, y, options, arguments)
     assert data.validation is not None
@@ -297,8 +298,8 @@ def test_on_nonfinite_stop_keeps_the_epochs_before_and_resumes_at_once(mini, tmp
     path, training_losses = tmp_path / "run.ckpt", []
     original = losses.CrossEntropy.compute
 
-    def compute(self, backend, output, target, grad):
-        value = original(self, backend, output, target, grad)
+    def compute(self, backend, output, target, grad, weights=None):
+        value = original(self, backend, output, target, grad, weights)
         if grad is not None:  # a training batch (validation passes no gradient buffer)
             training_losses.append(value)
             return float("nan") if len(training_losses) == 5 else value

@@ -73,7 +73,7 @@ import fastopt
 from fastopt import datasets, losses, optim
 from fastopt.backend import available_backends, resolve_backend
 from fastopt.kernel_table import DIMENSIONS, KERNELS, Array, Kernel, Scalar
-from fastopt.layers import Dense, ReLU, Sigmoid, Softmax, Tanh
+from fastopt.layers import GELU, Activation, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 
 BACKENDS = available_backends()
 ALLOWED = (ValueError, TypeError)
@@ -252,9 +252,13 @@ BAD_FLAGS = [2, -1, 0.5, "True", None, np.float64(1.0)]
 
 def accepts(spec: Scalar, value: object) -> bool:
     """Whether the kernel table accepts ``value`` for ``spec``: a flag is True or False (or the integers 0 and 1), a
-    choice one of its names, a real a finite number (not a bool) within its range."""
+    choice one of its names, an integer an int (not a bool, not a float) within its range, a real a finite number
+    (not a bool) within its range."""
     if spec.flag:
         return isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1))
+    if spec.integer:
+        is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        return is_int and spec.low <= int(value) <= spec.high  # type: ignore[operator, call-overload]
     if spec.choices:
         return isinstance(value, str) and value in spec.choices
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -291,12 +295,14 @@ def nonzero_scalars(spec: Scalar) -> st.SearchStrategy:
 
 
 def valid_scalars(spec: Scalar) -> st.SearchStrategy:
-    """Values the table accepts for ``spec``: 0 where its range allows it and non-zero reals of its range; a flag's
-    True, False, 0 and 1; a choice's names."""
+    """Values the table accepts for ``spec``: 0 where its range allows it and non-zero reals of its range; an
+    integer's range (its ends included); a flag's True, False, 0 and 1; a choice's names."""
     if spec.flag:
         return st.sampled_from(FLAGS)
     if spec.choices:
         return st.sampled_from(spec.choices)
+    if spec.integer:
+        return st.one_of(st.integers(int(spec.low), int(spec.high)), st.sampled_from(accepted_edges(spec)))  # type: ignore[arg-type]
     return st.one_of(st.just(0.0), nonzero_scalars(spec)) if accepts(spec, 0.0) else nonzero_scalars(spec)
 
 
@@ -309,6 +315,9 @@ def chaos_scalars(spec: Scalar, mess: int) -> st.SearchStrategy:
         return valid_scalars(spec)
     if spec.flag:
         return st.one_of(st.sampled_from(FLAGS), st.sampled_from(FLAGS), st.sampled_from(BAD_FLAGS))
+    if spec.integer:
+        wrong = [*refused_values(spec), 1.0, 0.5, True, "7", None, np.uint64(7), np.int64(-1), float("nan")]
+        return st.one_of(valid_scalars(spec), valid_scalars(spec), st.sampled_from(wrong))
     good = valid_scalars(spec)
     edges = [*accepted_edges(spec), *refused_values(spec)]
     return st.one_of(
@@ -329,9 +338,15 @@ SUMMING_KERNELS = {
     "softmax_backward",
     "softmax_cross_entropy",
     "mse",
+    "huber",
+    "mae",
+    "binary_cross_entropy",
     "count_correct",
     "sum_of_squares",
 }
+# Loss kernels: their value is a (weighted) sum of many terms, compared with a tolerance made of those terms'
+# magnitudes (the math reference's scale), which also covers weights of both signs that cancel.
+LOSS_VALUE_KERNELS = {"softmax_cross_entropy", "mse", "huber", "mae", "binary_cross_entropy"}
 
 
 @dataclass(frozen=True)
@@ -603,19 +618,13 @@ def test_kernel_chaos(kernel_name: str, data: st.DataObject) -> None:
         value.dtype for value in ref_arrays.values() if isinstance(value, np.ndarray) and value.dtype in FLOATS
     )
     outputs = [spec.name for spec in kernel.arrays if spec.written and ref_arrays[spec.name] is not None]
-    sums = kernel_name in SUMMING_KERNELS
+    # GELU's float32 kernel computes the normal cdf its own way (vectorized, fastopt_layers.h): elementwise it differs
+    # from the reference by rounding, without a fixed relative bound near the derivative's root (x = -0.75)
+    sums = kernel_name in SUMMING_KERNELS or call.scalars.get("activation") in ("gelu", "gelu_tanh")
     returned = kernel.returns if kernel.returns in ref_arrays else ""  # an output array returned (also compared)
     for arrays, result in others:
-        if kernel_name == "softmax_cross_entropy":
-            # the reference rounds each row's log-sum-exp to the array's precision, the kernel keeps it in double:
-            # where the loss cancels (a confident right answer) the two differ by an ulp of the logits
-            logits = ref_arrays["logits"].astype(np.float64)
-            finite = logits[np.isfinite(logits)]
-            scale = RTOL[dtype] * (1 + (float(np.max(np.abs(finite))) if finite.size else 0.0))
-            if math.isfinite(ref_result) and math.isfinite(result):
-                assert abs(result - ref_result) <= scale + RTOL[dtype] * abs(ref_result), (result, ref_result)
-            else:
-                assert_same_result(result, ref_result, dtype, sums=True, what="softmax_cross_entropy result")
+        if kernel_name in LOSS_VALUE_KERNELS:
+            assert_same_loss(call, ref_arrays, result, ref_result, dtype)
         elif kernel_name == "dense_backward":
             # whether the backend's own weight and bias gradients are finite (they are compared below where the
             # sums stay in range; beyond it their non-finite places, hence the flags, may differ)
@@ -641,8 +650,26 @@ def test_kernel_chaos(kernel_name: str, data: st.DataObject) -> None:
             )
 
 
+def assert_same_loss(call: Call, ref_arrays: dict[str, Any], result: float, ref_result: float, dtype: np.dtype) -> None:
+    """A loss value on two backends: NaN and inf alike, finite values within ``rtol * (|reference| + scale)``,
+    ``scale`` the math reference's sum of the terms' magnitudes (the softmax cross-entropy's reference rounds each
+    row's log-sum-exp to the array's precision where the kernel keeps it in double: where the loss cancels, a
+    confident right answer, they differ by an ulp of the logits; weights of both signs may cancel too)."""
+    if not (math.isfinite(ref_result) and math.isfinite(result)):
+        assert_same_result(result, ref_result, dtype, sums=True, what=f"{call.kernel} result")
+        return
+    scale = math_reference(call, ref_arrays)["result"][1]
+    assert abs(result - ref_result) <= RTOL[dtype] * (abs(ref_result) + scale), (result, ref_result, scale)
+
+
 # ===================================================================================== the math check
-def act_ref(activation: str, z: np.ndarray) -> np.ndarray:
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+BETA, KAPPA = math.sqrt(2 / math.pi), 0.044715  # GELU's tanh form: u = BETA (z + KAPPA z**3)
+
+
+def act_ref(activation: str, z: np.ndarray, slope: float = 0.0) -> np.ndarray:
+    """f(z) in float64; GELU's 1 + erf(z / sqrt(2)) as erfc(-z / sqrt(2)) and 1 + tanh(u) as 2 / (1 + exp(-2 u)):
+    PyTorch's formulas cancel for z << 0 (in float64 too, where the kernels do not)."""
     if activation == "relu":
         return np.maximum(z, 0)
     if activation == "sigmoid":
@@ -650,22 +677,65 @@ def act_ref(activation: str, z: np.ndarray) -> np.ndarray:
         return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
     if activation == "tanh":
         return np.tanh(z)
+    if activation == "leaky_relu":
+        return np.where(z > 0, z, z * slope)
+    if activation == "gelu":
+        return 0.5 * z * _erfc(-z / math.sqrt(2))
+    if activation == "gelu_tanh":
+        return z / (1 + np.exp(-2 * BETA * (z + KAPPA * z**3)))
     if activation == "identity":
         return z.copy()
     raise ValueError(f"no reference for activation {activation!r}")
 
 
-def act_grad_ref(activation: str, y: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``g * f'(y)`` with f' from the output, and its magnitude bound."""
+def act_grad_ref(activation: str, x: Any, y: np.ndarray, g: np.ndarray, slope: float = 0.0) -> tuple[Any, Any]:
+    """``g * f'`` with f' from the output y (relu, sigmoid, tanh; leaky_relu when the input x is None, as in a dense
+    layer, whose slope is >= 0) or from x, and its magnitude bound."""
     if activation == "relu":
         return np.where(y > 0, g, 0.0), np.abs(g)
     if activation == "sigmoid":
         return g * (y * (1 - y)), np.abs(g) * np.abs(y) * (1 + np.abs(y))
     if activation == "tanh":
         return g * (1 - y * y), np.abs(g) * (1 + y * y)
+    if activation == "leaky_relu":
+        return np.where((y if x is None else x) > 0, g, g * slope), np.abs(g) * max(1.0, abs(slope))
+    if activation in ("gelu", "gelu_tanh"):
+        terms = gelu_derivative_terms(activation, x)
+        return g * (terms[0] + terms[1]), np.abs(g) * (np.abs(terms[0]) + np.abs(terms[1]))
     if activation == "identity":
         return g.copy(), np.abs(g)
     raise ValueError(f"no reference for activation {activation!r}")
+
+
+def gelu_derivative_terms(activation: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two terms of GELU's derivative, whose sum cancels near x = -0.75: ``Phi(x)`` and ``x phi(x)``; for the tanh
+    form ``0.5 (1 + t)`` and ``0.5 x (1 - t**2) u'`` (t = tanh(u)), with 0.5 (1 + t) = 1 / (1 + exp(-2 u)) and
+    1 - t**2 = 4 / ((1 + exp(-2 u)) (1 + exp(2 u))), which do not cancel."""
+    if activation == "gelu":
+        return 0.5 * _erfc(-x / math.sqrt(2)), x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    u = BETA * (x + KAPPA * x**3)
+    half_one_plus_t, half_one_minus_t = 1 / (1 + np.exp(-2 * u)), 1 / (1 + np.exp(2 * u))
+    return half_one_plus_t, 2 * x * half_one_plus_t * half_one_minus_t * BETA * (1 + 3 * KAPPA * x * x)
+
+
+def splitmix64_word(key: int, index: int) -> int:
+    """Word ``index`` of the SplitMix64 stream of ``key`` (Steele, Lea and Flood), in Python integers."""
+    mask = (1 << 64) - 1
+    z = (key + (index + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def dropout_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expected:
+    """The table's math line: element i is kept when half i % 2 of word i // 2 is at least p 2**32, and scaled by
+    1 / (1 - p) rounded to the dtype."""
+    x = f["x"].reshape(-1)
+    words = [splitmix64_word(s["key"], j) for j in range((x.size + 1) // 2)]
+    halves = [(words[i // 2] >> (32 * (i % 2))) & 0xFFFFFFFF for i in range(x.size)]
+    scale = float(dtype.type(1 / (1 - s["p"])))
+    multipliers = np.array([scale if half >= s["p"] * 2**32 else 0.0 for half in halves]).reshape(f["x"].shape)
+    return {"out": (f["x"] * multipliers, np.abs(f["x"]) * scale), "mask": (multipliers, 0.0)}
 
 
 # Each reference takes the arrays in float64 (index arrays as given; None for an absent optional one), the scalars
@@ -678,11 +748,11 @@ Expected = dict[str, tuple[Any, Any]]
 def dense_forward_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expected:
     z = f["x"] @ f["weight"] + f["bias"]
     scale = np.abs(f["x"]) @ np.abs(f["weight"]) + np.abs(f["bias"])
-    return {"out": (act_ref(s["activation"], z), scale)}
+    return {"out": (act_ref(s["activation"], z, s["negative_slope"]), scale * max(1.0, s["negative_slope"]))}
 
 
 def dense_backward_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expected:
-    dz, dzs = act_grad_ref(s["activation"], f["out"], f["grad_out"])
+    dz, dzs = act_grad_ref(s["activation"], None, f["out"], f["grad_out"], s["negative_slope"])
     expected = {
         "grad_out": (dz, dzs),
         "grad_weight": (f["x"].T @ dz, np.abs(f["x"]).T @ dzs),
@@ -709,27 +779,77 @@ def softmax_backward_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) 
     return {"grad_x": (y * (g - dot), np.abs(y) * (np.abs(g) + (np.abs(g) * np.abs(y)).sum(axis=1, keepdims=True)))}
 
 
+def weighted_loss(f: dict[str, Any], elements: Any, scales: Any, grad: Any, grad_scales: Any, name: str) -> Expected:
+    """A loss kernel's expected value and gradient from its elements' losses and gradients (B, columns) with their
+    magnitude bounds, as the table's math lines weigh them: w_i (1 without weights), W = sum_i w_i, value
+    ``sum_i w_i mean_j elements[i, j] / W`` and gradient ``grad[i] w_i / (W columns)``; 0 for both when W is 0. W is
+    summed in row order, as the table says (huge weights of both signs cancel differently in another order)."""
+    rows, columns = elements.shape
+    w = np.ones(rows) if f["weights"] is None else f["weights"]
+    total = float(np.cumsum(w)[-1])
+    if total == 0:
+        factor, value, scale = np.zeros((rows, 1)), 0.0, 0.0
+    else:
+        factor = (w / (total * columns))[:, None]
+        value = float(np.sum(w * elements.sum(axis=1)) / (total * columns))
+        scale = float(np.sum(np.abs(w) * scales.sum(axis=1)) / (abs(total) * columns))
+    expected = {"result": (value, scale)}
+    if f[name] is not None:
+        expected[name] = (grad * factor, grad_scales * np.abs(factor))
+    return expected
+
+
 def softmax_cross_entropy_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expected:
-    x, labels = f["logits"], f["labels"]
+    """t = (1 - eps) onehot + eps / C; l = logsumexp(x) - <t, x>; gradient softmax(x) - t."""
+    x, labels, eps = f["logits"], f["labels"], s["label_smoothing"]
     batch, classes = x.shape
     m = x.max(axis=1, keepdims=True)
     e = np.exp(x - m)
     lse = m[:, 0] + np.log(e.sum(axis=1))
-    picked = x[np.arange(batch), labels]
-    expected = {"result": (float(np.mean(lse - picked)), float(np.mean(np.abs(lse) + np.abs(picked) + 1 + classes)))}
-    if f["grad_logits"] is not None:
-        onehot = np.eye(classes)[labels]
-        p = e / e.sum(axis=1, keepdims=True)
-        expected["grad_logits"] = ((p - onehot) / batch, (p + onehot) / batch)
-    return expected
+    target = (1 - eps) * np.eye(classes)[labels] + eps / classes
+    smoothed = (target * x).sum(axis=1) if eps else x[np.arange(batch), labels]  # (0 * inf would be NaN)
+    magnitude = (target * np.abs(x)).sum(axis=1) if eps else np.abs(x[np.arange(batch), labels])
+    p = e / e.sum(axis=1, keepdims=True)
+    return weighted_loss(f, (lse - smoothed)[:, None], (np.abs(lse) + magnitude + 1 + classes)[:, None],
+                         p - target, p + target, "grad_logits")  # fmt: skip
 
 
 def mse_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expected:
     d = f["pred"] - f["target"]
-    expected = {"result": (float(np.mean(d * d)), float(np.mean(d * d)))}
-    if f["grad_pred"] is not None:
-        expected["grad_pred"] = (2 * d / d.size, np.abs(2 * d / d.size))
-    return expected
+    return weighted_loss(f, d * d, d * d, 2 * d, np.abs(2 * d), "grad_pred")
+
+
+def huber_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expected:
+    """d**2 / 2 inside |d| < delta, delta (|d| - delta / 2) outside; gradient clip(d, -delta, delta). Where |d| is
+    within rounding of delta either side may be taken: the two agree there (value and slope are continuous)."""
+    d, delta = f["pred"] - f["target"], s["delta"]
+    element_losses = np.where(np.abs(d) < delta, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+    clipped = np.clip(d, -delta, delta)
+    return weighted_loss(
+        f, element_losses, np.abs(element_losses) + delta * np.abs(d), clipped, np.abs(clipped), "grad_pred"
+    )
+
+
+def mae_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expected:
+    """|d|; gradient sign(d), sign(0) = 0. sign jumps at 0: it is taken of d as the arrays' precision makes it."""
+    with np.errstate(all="ignore"):
+        sign = np.sign(f["pred"].astype(dtype) - f["target"].astype(dtype)).astype(np.float64)
+    d = np.abs(f["pred"] - f["target"])
+    return weighted_loss(f, d, d, sign, np.abs(sign), "grad_pred")
+
+
+def binary_cross_entropy_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expected:
+    """l = -(p y log s(x) + (1 - y) log(1 - s(x))) with log s(x) = -log(1 + exp(-x)); gradient (1 - y) s(x) - p y s(-x).
+    Written in float64 as the definition (logits kept within exp's range by the palettes drawn)."""
+    x, y = f["logits"], f["targets"]
+    p = np.ones(x.shape[1]) if f["pos_weight"] is None else f["pos_weight"]
+    with np.errstate(over="ignore"):
+        neg_log_s, neg_log_1ms = np.logaddexp(0, -x), np.logaddexp(0, x)  # -log s(x), -log(1 - s(x))
+    element_losses = p * y * neg_log_s + (1 - y) * neg_log_1ms
+    scales = np.abs(p * y) * neg_log_s + np.abs(1 - y) * neg_log_1ms
+    s_pos, s_neg = 1 / (1 + np.exp(-x)), 1 / (1 + np.exp(x))
+    grad = (1 - y) * s_pos - p * y * s_neg
+    return weighted_loss(f, element_losses, scales, grad, np.abs(1 - y) * s_pos + np.abs(p * y) * s_neg, "grad_logits")
 
 
 # ---------------------------------------------------------------------------- optimizer references
@@ -868,12 +988,24 @@ def lion_ref(f: dict[str, Any], s: dict[str, Any], dtype: np.dtype) -> Expected:
 MATH_REFERENCES: dict[str, Callable[[dict[str, Any], dict[str, Any], np.dtype], Expected]] = {
     "dense_forward": dense_forward_ref,
     "dense_backward": dense_backward_ref,
-    "activation_forward": lambda f, s, dtype: {"out": (act_ref(s["activation"], f["x"]), np.abs(f["x"]))},
-    "activation_backward": lambda f, s, dtype: {"grad_x": act_grad_ref(s["activation"], f["out"], f["grad_out"])},
+    "activation_forward": lambda f, s, dtype: {
+        "out": (act_ref(s["activation"], f["x"], s["negative_slope"]), np.abs(f["x"]) * (1 + abs(s["negative_slope"])))
+    },
+    "activation_backward": lambda f, s, dtype: {
+        "grad_x": act_grad_ref(s["activation"], f["x"], f["out"], f["grad_out"], s["negative_slope"])
+    },
+    "dropout": dropout_ref,
+    "dropout_backward": lambda f, s, dtype: {"grad_x": (f["grad_out"] * f["mask"], np.abs(f["grad_out"] * f["mask"]))},
     "softmax_forward": softmax_forward_ref,
     "softmax_backward": softmax_backward_ref,
     "softmax_cross_entropy": softmax_cross_entropy_ref,
     "mse": mse_ref,
+    "huber": huber_ref,
+    "mae": mae_ref,
+    "binary_cross_entropy": binary_cross_entropy_ref,
+    "count_binary_correct": lambda f, s, dtype: {
+        "result": (int(np.count_nonzero((f["logits"] > 0) == (f["targets"] > 0.5))), 0)
+    },
     "count_correct": lambda f, s, dtype: {
         "result": (int(np.count_nonzero(f["scores"].argmax(axis=1) == f["labels"])), 0)
     },
@@ -961,8 +1093,11 @@ def math_array(draw: st.DrawFn, kernel: Kernel, array: Array, shape: tuple[int, 
 def math_calls(draw: st.DrawFn, kernel_name: str) -> Call:
     """Valid calls with moderate values (see the module docstring)."""
     kernel = KERNELS[kernel_name]
-    # rows and classes of at least 1 (NumPy's reductions refuse empty rows), and whatever the table needs
-    at_least_one = {"B", "C", *kernel.min_size, *(array.index_of for array in kernel.arrays if array.index_of)}
+    # rows and classes of at least 1 (NumPy's reductions refuse empty rows), and whatever the table needs (the
+    # dimensions of the arrays that must not be empty among them)
+    nonempty = {symbol for array in kernel.arrays if array.name in kernel.nonempty for symbol in array.shape}
+    at_least_one = {"B", "C", *kernel.min_size, *(array.index_of for array in kernel.arrays if array.index_of),
+                    *(nonempty - {"*"})}  # fmt: skip
     dims = {symbol: draw(st.integers(1 if symbol in at_least_one else 0, 9)) for symbol in DIMENSIONS}
     star = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
     dtype = draw(st.sampled_from(["float32", "float64"]))
@@ -995,16 +1130,20 @@ def overwrite(array: np.ndarray, values: np.ndarray) -> None:
 
 def prepare_math_arrays(call: Call) -> dict[str, Any]:
     """The arrays of ``call``, made into a state the kernel can meet: non-negative states non-negative, a centred
-    RMSProp's average zero, and a backward pass's forward output one its forward pass can make."""
+    RMSProp's average zero, sample weights and positive weights non-negative, and a backward pass's forward output
+    one its forward pass can make."""
     arrays = build_arrays(call.arrays)
     for name in nonnegative_states(call.kernel):
         if arrays[name] is not None:
             np.abs(arrays[name], out=arrays[name])
     if call.kernel == "rmsprop_step" and arrays["grad_avg"] is not None:
         arrays["grad_avg"][...] = 0
-    if call.kernel in ("dense_backward", "activation_backward"):
-        out = arrays["out"]
-        overwrite(out, act_ref(call.scalars["activation"], out.astype(np.float64)))
+    for name in ("weights", "pos_weight"):  # >= 0, as the losses take them (the chaos check draws any sign)
+        if arrays.get(name) is not None:
+            overwrite(arrays[name], np.abs(arrays[name]))
+    if call.kernel in ("dense_backward", "activation_backward"):  # the forward output of out (a dense z) or of x
+        out, source = arrays["out"], arrays["out" if call.kernel == "dense_backward" else "x"]
+        overwrite(out, act_ref(call.scalars["activation"], source.astype(np.float64), call.scalars["negative_slope"]))
     if call.kernel == "softmax_backward":
         e = np.exp(arrays["out"].astype(np.float64))
         overwrite(arrays["out"], e / e.sum(axis=1, keepdims=True))
@@ -1027,7 +1166,8 @@ def test_kernel_math(kernel_name: str, data: st.DataObject) -> None:
         with np.errstate(all="ignore"):
             result = invoke(name, call, arrays)
         for key in inputs:
-            assert before[key].tobytes() == arrays[key].tobytes(), f"{name}: input {key} was modified"
+            if before[key] is not None:  # (an optional input may be absent)
+                assert before[key].tobytes() == arrays[key].tobytes(), f"{name}: input {key} was modified"
         for key, (value, scale) in expected.items():
             actual = result if key == "result" else arrays[key]
             assert_matches_math(actual, value, scale, dtype, f"{name} {kernel_name} {key}")
@@ -1334,9 +1474,23 @@ def test_optimizer_step(recipe: dict[str, Any]) -> None:
 
 
 # ===================================================================================== losses
+LOSS_KINDS = {  # each loss with the options drawn for it
+    "CrossEntropy": ("label_smoothing", [0.0, 0.1]),
+    "MSE": (None, [None]),
+    "Huber": ("delta", [1.0, 0.5]),
+    "MAE": (None, [None]),
+    "BinaryCrossEntropy": ("pos_weight", [None, 2.0]),
+}
+
+
+def make_loss_object(kind: str, option: Any) -> losses.Loss:
+    name, _ = LOSS_KINDS[kind]
+    return getattr(losses, kind)(**({} if name is None else {name: option}))
+
+
 @st.composite
 def loss_recipes(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["CrossEntropy", "MSE"]))
+    kind = draw(st.sampled_from(sorted(LOSS_KINDS)))
     rows, cols = draw(st.integers(0, 6)), draw(st.integers(0, 5))
     pred = ArraySpec(
         (rows, cols),
@@ -1352,13 +1506,15 @@ def loss_recipes(draw: st.DrawFn) -> dict[str, Any]:
             form=draw(st.sampled_from(["array", "list"])),
             shape=draw(st.sampled_from([(rows, cols), (rows,), (rows, cols, 1)])),
         )
-    target_kind = draw(st.sampled_from(["labels", "onehot", "values", "floatlabels", "bad"]))
+    target_kind = draw(st.sampled_from(["labels", "onehot", "values", "floatlabels", "probabilities", "bad"]))
     return {
         "kind": kind,
+        "option": draw(st.sampled_from(LOSS_KINDS[kind][1])),
         "pred": pred,
         "target": target_kind,
         "seed": draw(st.integers(0, 2**32 - 1)),
         "target_rows": draw(st.sampled_from([rows] * 4 + [rows + 1])),
+        "sample_weight": draw(st.sampled_from([None, None, "valid", "zeros", "negative", "nan", "short", "text"])),
         "backend": draw(st.sampled_from([*BACKENDS, None])),
     }
 
@@ -1376,26 +1532,62 @@ def make_target(recipe: dict[str, Any], cols: int) -> Any:
         return rng.standard_normal((rows, cols))
     if kind == "floatlabels":
         return labels.astype(np.float64) + rng.choice([0.0, 0.5], rows)
+    if kind == "probabilities":
+        return rng.random((rows, cols))
     return rng.choice([np.array(["a"] * rows), np.full(rows, np.nan), labels - 1, labels.astype(complex)])
+
+
+def make_sample_weight(kind: str | None, rows: int, seed: int) -> Any:
+    """None, valid weights (> 0, some 0), all zeros, or weights to refuse (negative, NaN, short, not numbers)."""
+    weights = np.random.default_rng(seed).random(rows) * 3
+    weights[::3] = 0.0
+    weights[1::3] += 0.5  # never all 0 when there are two rows or more
+    bad = {"zeros": np.zeros(rows), "negative": weights - 1, "nan": np.full(rows, np.nan), "short": weights[:-1],
+           "text": np.array(["1"] * rows)}  # fmt: skip
+    return {None: None, "valid": weights}.get(kind, bad.get(kind))  # type: ignore[arg-type]
+
+
+def expected_loss(recipe: dict[str, Any], p: np.ndarray, target: Any, weights: Any, dtype: np.dtype) -> Expected:
+    """The math reference of an accepted ``losses.<kind>()(p, target, sample_weight=weights)``."""
+    t = np.asarray(target)
+    option = recipe["option"]
+    f: dict[str, Any] = {"weights": None if weights is None else np.asarray(weights).astype(dtype).astype(np.float64)}
+    if recipe["kind"] == "CrossEntropy":
+        labels = t.argmax(axis=1) if t.ndim == 2 else t.astype(np.int64)
+        f.update(logits=p, labels=labels, grad_logits=None)
+        return math_reference(Call("softmax_cross_entropy", {}, {"label_smoothing": option}), f)
+    if t.ndim == 1 and t.dtype.kind in "iu" and p.shape[1] > 1 and recipe["kind"] != "BinaryCrossEntropy":
+        t = np.eye(p.shape[1])[t]
+    t = t.astype(dtype).astype(np.float64).reshape(p.shape)  # targets are converted to the dtype first
+    if recipe["kind"] == "BinaryCrossEntropy":
+        pos_weight = None if option is None else np.full(p.shape[1], option)
+        f.update(logits=p, targets=t, grad_logits=None, pos_weight=pos_weight)
+        return math_reference(Call("binary_cross_entropy", {}, {}), f)
+    f.update(pred=p, target=t, grad_pred=None)
+    kernel = {"MSE": "mse", "Huber": "huber", "MAE": "mae"}[recipe["kind"]]
+    return math_reference(Call(kernel, {}, {"delta": option}), f)
 
 
 @fuzz_settings(200)
 @given(recipe=loss_recipes())
 def test_loss_call(recipe: dict[str, Any]) -> None:
-    """``losses.CrossEntropy()(y_pred, y_true)`` and ``losses.MSE()(...)``: a correct float or a refusal."""
+    """``losses.<Loss>(options)(y_pred, y_true, sample_weight=...)`` of every loss: a correct float or a refusal
+    (weights that are negative, NaN, of the wrong length or not numbers are always refused)."""
     record("loss_call", recipe)
     pred = build_array(recipe["pred"], {})
     shape = np.shape(pred)
     target = make_target(recipe, shape[1] if len(shape) == 2 else 1)
-    loss = losses.CrossEntropy() if recipe["kind"] == "CrossEntropy" else losses.MSE()
+    weights = make_sample_weight(recipe["sample_weight"], recipe["target_rows"], recipe["seed"])
+    loss = make_loss_object(recipe["kind"], recipe["option"])
     before = snapshot({"pred": pred, "target": target}) if isinstance(pred, np.ndarray) else {}
     try:
         with np.errstate(all="ignore"):
-            value = loss(pred, target, backend=recipe["backend"])
+            value = loss(pred, target, backend=recipe["backend"], sample_weight=weights)
     except ALLOWED:
         event("refused")
         return
     event("accepted")
+    assert recipe["sample_weight"] not in ("negative", "nan", "short", "text"), "bad weights were accepted"
     assert_unchanged(before, {"pred": pred, "target": target})
     assert isinstance(value, float)
     p = np.asarray(pred, dtype=np.float64)
@@ -1403,25 +1595,20 @@ def test_loss_call(recipe: dict[str, Any]) -> None:
     assert dtype in FLOATS and p.ndim == 2 and p.shape[0] >= 1
     if not np.isfinite(p).all():
         return
-    t = np.asarray(target)
-    if recipe["kind"] == "CrossEntropy":
-        labels = t.argmax(axis=1) if t.ndim == 2 else t.astype(np.int64)
-        f = {"logits": p}
-        expected = math_reference(
-            Call("softmax_cross_entropy", {}, {}), {"logits": p, "labels": labels, "grad_logits": None}
-        )
-    else:
-        if t.ndim == 1 and t.dtype.kind in "iu" and p.shape[1] > 1:
-            t = np.eye(p.shape[1])[t]
-        t = t.astype(dtype).astype(np.float64).reshape(p.shape)  # targets are converted to the dtype first
-        f = {"pred": p}
-        expected = math_reference(Call("mse", {}, {}), {"pred": p, "target": t, "grad_pred": None})
-    del f
-    assert_matches_math(value, *expected["result"], dtype, f"{recipe['kind']} loss")
+    assert_matches_math(value, *expected_loss(recipe, p, target, weights, dtype)["result"], dtype, recipe["kind"])
 
 
 # ===================================================================================== Sequential
-ACTIVATION_LAYERS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+ACTIVATION_LAYERS = {
+    "relu": ReLU,
+    "sigmoid": Sigmoid,
+    "tanh": Tanh,
+    "leaky_relu": lambda: LeakyReLU(0.1),
+    "negative_leaky_relu": lambda: LeakyReLU(-0.2),
+    "gelu": GELU,
+    "gelu_tanh": lambda: GELU(approximate="tanh"),
+    "dropout": lambda: Dropout(0.3),
+}
 
 
 @st.composite
@@ -1431,9 +1618,11 @@ def model_recipes(draw: st.DrawFn) -> dict[str, Any]:
     layers = []
     for index in range(1, len(widths)):
         layers.append(("Dense", widths[index - 1], widths[index]))
-        activation = draw(st.sampled_from(["none", "relu", "sigmoid", "tanh"]))
+        activation = draw(st.sampled_from(["none", *ACTIVATION_LAYERS]))
         if activation != "none":
             layers.append((activation,))
+        if draw(st.integers(0, 5)) == 0:
+            layers.append(("dropout",))
     if draw(st.integers(0, 4)) == 0:
         layers.append(("softmax",))
     n_out = widths[-1]
@@ -1452,7 +1641,11 @@ def model_recipes(draw: st.DrawFn) -> dict[str, Any]:
             form=draw(st.sampled_from(["array"] * 6 + ["list", "none", "scalar"])),
             shape=draw(st.sampled_from([(rows, n_in)] * 4 + [(0, n_in), (rows, n_in + 1), (rows,), (rows, n_in, 1)])),
         )
-    loss = draw(st.sampled_from(["CrossEntropy", "MSE", None] + (["bad"] if messy else [])))
+    # (MAE is left out: its gradient's sign jumps where an output meets its target, so that an ulp between the
+    # backends may flip it, and the fitted parameters would be compared against a discontinuity)
+    loss = draw(
+        st.sampled_from(["CrossEntropy", "MSE", "Huber", "BinaryCrossEntropy", None] + (["bad"] if messy else []))
+    )
     if loss == "CrossEntropy" and n_out < 2:
         loss = "MSE" if not messy else loss
     return {
@@ -1460,7 +1653,10 @@ def model_recipes(draw: st.DrawFn) -> dict[str, Any]:
         "dtype": draw(st.sampled_from(["float32", "float64"])),
         "seed": draw(st.integers(0, 99)),
         "x": x,
-        "y": draw(st.sampled_from(["labels", "onehot", "values", "floatlabels"] + (["bad"] if messy else []))),
+        "y": draw(
+            st.sampled_from(["labels", "onehot", "values", "floatlabels", "probabilities"] + (["bad"] if messy else []))
+        ),
+        "sample_weight": draw(st.sampled_from([None, "valid"] + (["negative", "short"] if messy else []))),
         "y_seed": draw(st.integers(0, 2**32 - 1)),
         "y_rows": rows if not messy else draw(st.sampled_from([rows, rows, rows + 1])),
         "loss": loss,
@@ -1496,9 +1692,10 @@ def reference_forward(model: fastopt.Sequential, x: np.ndarray) -> tuple[np.ndar
             e = np.exp(h - h.max(axis=1, keepdims=True))
             h = e / e.sum(axis=1, keepdims=True)
             hs = h * 2 * hs.max(axis=1, keepdims=True) + h
-        else:
-            h = act_ref(layer.kernel, h)
-            hs = hs + np.abs(h)
+        elif isinstance(layer, Activation):
+            h = act_ref(layer.kernel, h, layer.negative_slope)
+            hs = hs * (1 + abs(layer.negative_slope)) + np.abs(h)
+        # Dropout: the identity outside fit
     return h, hs
 
 
@@ -1507,9 +1704,10 @@ def make_y(recipe: dict[str, Any], n_out: int) -> Any:
 
 
 def make_loss(name: Any) -> Any:
-    return {"CrossEntropy": losses.CrossEntropy(), "MSE": losses.MSE(), None: None}.get(name, "not a loss")
+    return None if name is None else make_loss_object(name, LOSS_KINDS[name][1][-1]) if name in LOSS_KINDS else name
 
 
+@pytest.mark.filterwarnings("ignore:the model's last layer")  # a Softmax (Sigmoid) before CrossEntropy (BCE): warned
 @fuzz_settings(120)
 @given(recipe=model_recipes())
 def test_sequential(recipe: dict[str, Any]) -> None:
@@ -1560,6 +1758,7 @@ def test_sequential(recipe: dict[str, Any]) -> None:
                     batch_size=recipe["batch_size"],
                     shuffle=recipe["shuffle"],
                     seed=recipe["fit_seed"],
+                    sample_weight=make_sample_weight(recipe["sample_weight"], recipe["y_rows"], recipe["y_seed"]),
                 )
         except (*ALLOWED, FloatingPointError) as exc:
             if not isinstance(exc, FloatingPointError):
