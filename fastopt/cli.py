@@ -156,6 +156,12 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
 
 
 SCHEDULES = ("step", "cosine", "onecycle", "plateau")
+LOSSES: dict[str, Callable[[], losses.Loss]] = {
+    "ce": losses.CrossEntropy,
+    "bce": losses.BinaryCrossEntropy,
+    "mse": losses.MSE,
+    "huber": losses.Huber,
+}
 PLATEAU_PATIENCE = 2  # epochs without improvement before --schedule plateau lowers the rate
 
 
@@ -189,6 +195,21 @@ def _add_training_options(train: argparse.ArgumentParser) -> None:
         metavar="C",
         help="scale each batch's gradients down so that their global L2 norm is at most C",
     )
+    train.add_argument(
+        "--dropout",
+        type=_fraction,
+        default=0.0,
+        metavar="P",
+        help="a Dropout(P) after each hidden layer: each activation zeroed with probability P while training "
+        "(default 0: none)",
+    )
+    train.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        default="ce",
+        help="ce: softmax cross-entropy (default); bce: binary cross-entropy on logits (one output for two "
+        "classes, else one per class, one-vs-rest); mse, huber: on the one-hot rows of the labels",
+    )
 
 
 def _add_predict_command(commands: argparse._SubParsersAction) -> None:
@@ -208,8 +229,19 @@ def _add_predict_command(commands: argparse._SubParsersAction) -> None:
         "--dataset (its test images)",
     )
     kind = predict.add_mutually_exclusive_group()
-    kind.add_argument("--proba", action="store_true", help="class probabilities: the softmax of each row of outputs")
+    kind.add_argument(
+        "--proba",
+        action="store_true",
+        help="class probabilities: the softmax of each row of outputs (ce), or the sigmoid of each output (bce)",
+    )
     kind.add_argument("--values", action="store_true", help="the model's outputs (logits, or a regression's values)")
+    predict.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        default="ce",
+        help="the loss the model was trained with, as for train --loss (default ce): classes are the largest output "
+        "(ce, mse, huber) or each output's logit > 0 (bce); --proba needs ce or bce",
+    )
     predict.add_argument(
         "--output",
         metavar="FILE",
@@ -333,12 +365,13 @@ def _check_folder(option: str, path: str) -> None:
 
 
 def _build_model(sizes: list[int], args: argparse.Namespace) -> Sequential:
-    """A ReLU MLP of the given layer sizes; a model too large to allocate is reported with its size."""
+    """A ReLU MLP of the given layer sizes (with --dropout, a Dropout after each hidden layer); a model too large
+    to allocate is reported with its size."""
     stack: list[layers.Layer] = []
     for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         stack.append(layers.Dense(n_in, n_out))
         if index < len(sizes) - 2:
-            stack.append(layers.ReLU())
+            stack += [layers.ReLU(), *([layers.Dropout(args.dropout)] if args.dropout else [])]
     try:
         model = Sequential(stack, dtype=args.dtype, seed=args.seed, backend=args.backend)
     except (MemoryError, ValueError) as exc:  # ValueError: more elements than NumPy can index
@@ -354,11 +387,13 @@ def _monitored_loss(args: argparse.Namespace) -> str:
     return "val_loss" if args.validation_split else "loss"
 
 
-def _training_rows(y_train: np.ndarray, args: argparse.Namespace) -> int:
-    """The number of rows ``fit`` trains on: those --validation-split leaves (``fit``'s own split, seeded alike)."""
+def _training_rows(model: Sequential, loss: losses.Loss, targets: np.ndarray, args: argparse.Namespace) -> int:
+    """The number of rows ``fit`` trains on: those --validation-split leaves (``fit``'s own split: stratified by
+    the class labels the loss finds in the targets, seeded alike)."""
     if not args.validation_split:
-        return len(y_train)
-    return len(y_train) - len(_validation_rows(y_train, len(y_train), args.validation_split, args.seed))
+        return len(targets)
+    labels = loss.targets(targets, model.out_features, model.dtype).labels
+    return len(targets) - len(_validation_rows(labels, len(targets), args.validation_split, args.seed))
 
 
 def _schedule(args: argparse.Namespace, optimizer: optim.Optimizer, n_rows: int) -> lr_scheduler.LRScheduler:
@@ -377,15 +412,16 @@ def _schedule(args: argparse.Namespace, optimizer: optim.Optimizer, n_rows: int)
     return lr_scheduler.ReduceLROnPlateau(optimizer, patience=PLATEAU_PATIENCE, monitor=_monitored_loss(args))
 
 
-def _training_callbacks(args: argparse.Namespace, optimizer: optim.Optimizer, y_train: np.ndarray) -> list[Callback]:
-    """The callbacks --early-stopping and --schedule ask for, and the per-epoch report."""
+def _training_callbacks(args: argparse.Namespace, optimizer: optim.Optimizer, n_rows: int) -> list[Callback]:
+    """The callbacks --early-stopping and --schedule ask for, and the per-epoch report; ``n_rows``: the rows each
+    epoch trains on."""
     chosen: list[Callback] = []
     if args.early_stopping is not None:
         chosen.append(
             EarlyStopping(monitor=_monitored_loss(args), patience=args.early_stopping, restore_best_weights=True)
         )
     if args.schedule is not None:
-        chosen.append(_schedule(args, optimizer, _training_rows(y_train, args)))
+        chosen.append(_schedule(args, optimizer, n_rows))
     report = LambdaCallback(
         on_epoch_end=lambda epoch, logs: print(f"epoch {epoch + 1}/{args.epochs}  {_format_logs(logs)}", flush=True)
     )
@@ -400,6 +436,8 @@ def _describe_training_options(args: argparse.Namespace) -> str:
         else "",
         f"{args.schedule} schedule" if args.schedule else "",
         f"clip_norm {args.clip_norm:g}" if args.clip_norm is not None else "",
+        f"dropout {args.dropout:g}" if args.dropout else "",
+        f"loss {args.loss}" if args.loss != "ce" else "",
     ]
     return ", ".join(option for option in chosen if option)
 
@@ -413,14 +451,35 @@ def _report_stop(history: History, chosen: list[Callback]) -> None:
             print(f"kept the weights of epoch {callback.best_epoch + 1} ({callback.monitor} {callback.best:.4f})")
 
 
+def _n_outputs(args: argparse.Namespace, n_classes: int) -> int:
+    """One output (a logit) for two classes under bce, else one per class."""
+    return 1 if args.loss == "bce" and n_classes == 2 else n_classes
+
+
+def _fit_targets(labels: np.ndarray, n_outputs: int, args: argparse.Namespace) -> np.ndarray:
+    """What ``fit`` takes for the labels: the labels themselves, or under bce with several outputs their one-hot
+    rows (one binary target per class: one-vs-rest)."""
+    if args.loss == "bce" and n_outputs > 1:
+        return np.eye(n_outputs, dtype=np.float32)[labels]
+    return labels
+
+
+def _class_accuracy(model: Sequential, X: np.ndarray, labels: np.ndarray) -> float:
+    """The fraction of samples whose predicted class is their label: the largest output, or with one output a
+    logit > 0."""
+    outputs = model.predict(X)
+    predicted = outputs[:, 0] > 0 if outputs.shape[1] == 1 else np.argmax(outputs, axis=1)
+    return float(np.mean(predicted == labels))
+
+
 def train(args: argparse.Namespace) -> int:
     _check_train_options(args)
     X_train, y_train, X_test, y_test = _load_dataset(args.dataset)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
-    sizes = [X_train.shape[1], *args.hidden, n_classes]
-    model = _build_model(sizes, args)
-    optimizer = _make_optimizer(args)
-    chosen = _training_callbacks(args, optimizer, y_train)
+    sizes = [X_train.shape[1], *args.hidden, _n_outputs(args, n_classes)]
+    model, loss, optimizer = _build_model(sizes, args), LOSSES[args.loss](), _make_optimizer(args)
+    targets = _fit_targets(y_train, sizes[-1], args)
+    chosen = _training_callbacks(args, optimizer, _training_rows(model, loss, targets, args))
     print(
         f"fastopt: {' -> '.join(map(str, sizes))} MLP, {optimizer!r}, backend {model.backend}, {args.dtype}, "
         f"{len(X_train)} training and {len(X_test)} test samples from {args.dataset}"
@@ -433,28 +492,17 @@ def train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with np.errstate(all="ignore"):  # a diverging run is reported once, by fit's FloatingPointError
         history = model.fit(
-            X_train,
-            y_train,
-            loss=losses.CrossEntropy(),
-            optimizer=optimizer,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            shuffle=True,
-            seed=args.seed,
-            progress=not args.no_progress,
-            validation_split=args.validation_split,
-            callbacks=chosen,
-            clip_norm=args.clip_norm,
-            checkpoint=args.checkpoint,
-            checkpoint_every=args.checkpoint_every if args.checkpoint else None,
-            resume=args.resume,
+            X_train, targets, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
+            shuffle=True, seed=args.seed, progress=not args.no_progress, validation_split=args.validation_split,
+            callbacks=chosen, clip_norm=args.clip_norm, checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every if args.checkpoint else None, resume=args.resume,
             overwrite=args.overwrite,
-        )
+        )  # fmt: skip
     training_seconds = time.perf_counter() - started
     _report_stop(history, chosen)
-    result = model.evaluate(X_test, y_test, loss=losses.CrossEntropy())
-    accuracy = result["accuracy"]
-    print(f"test loss {result['loss']:.4f}  test accuracy {accuracy:.4f}  training time {training_seconds:.2f} s")
+    test_loss = model.evaluate(X_test, _fit_targets(y_test, sizes[-1], args), loss=loss)["loss"]
+    accuracy = _class_accuracy(model, X_test, y_test)
+    print(f"test loss {test_loss:.4f}  test accuracy {accuracy:.4f}  training time {training_seconds:.2f} s")
     if args.save:
         model.save(args.save, overwrite=args.overwrite)
         print(f"saved the model to {args.save}")
@@ -489,17 +537,13 @@ def _predictions(model: Sequential, inputs: np.ndarray, args: argparse.Namespace
     """What the command prints: the outputs, the probabilities or the classes of ``inputs``."""
     if args.values:
         return model.predict(inputs)
-    if model.out_features == 1:
+    loss = LOSSES[args.loss]()
+    if model.out_features == 1 and not isinstance(loss, losses.BinaryCrossEntropy):
         raise ValueError(
-            f"the model {args.model} has one output, which has no classes under a softmax: --values gives its outputs"
+            f"the model {args.model} has one output, which has no classes under {args.loss}: --loss bce for a binary "
+            "classifier's classes (a logit > 0) or probabilities, --values for its outputs"
         )
-    outputs = model.predict(inputs)
-    return _softmax(outputs) if args.proba else np.argmax(outputs, axis=1)
-
-
-def _softmax(outputs: np.ndarray) -> np.ndarray:
-    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    return model.predict_proba(inputs, loss=loss) if args.proba else model.predict_classes(inputs, loss=loss)
 
 
 def _as_text(predictions: np.ndarray) -> str:

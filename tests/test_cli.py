@@ -36,6 +36,8 @@ OPTIONS = [
     "--early-stopping",
     "--schedule",
     "--clip-norm",
+    "--dropout",
+    "--loss",
 ]
 
 

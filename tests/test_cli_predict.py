@@ -217,16 +217,45 @@ def test_a_bad_model_file_is_one_line_and_exit_2(capsys, tmp_path, saved, name):
     assert len(err.splitlines()) == 1 and phrase in err and out == ""
 
 
-def test_a_one_output_model_has_values_but_no_softmax_classes(capsys, tmp_path):
+def test_a_one_output_model_has_classes_and_probabilities_under_bce_only(capsys, tmp_path):
     model = fastopt.Sequential([layers.Dense(3, 1)], seed=0)
     model.save(tmp_path / "one.npz")
-    X = np.arange(12, dtype=np.float32).reshape(4, 3)
+    X = np.arange(-6, 6, dtype=np.float32).reshape(4, 3)
     np.save(tmp_path / "x.npy", X)
-    for option in ((), ("--proba",)):
+    logits = model.predict(X)[:, 0]
+    assert (logits > 0).any() and (logits < 0).any()
+    for option in ((), ("--proba",), ("--loss", "mse")):
         status, _, err = predict(capsys, tmp_path / "one.npz", tmp_path / "x.npy", *option)
-        assert status == 2 and "one output" in err and "--values" in err
+        assert status == 2 and "one output" in err and "--values" in err and "--loss bce" in err
     status, out, _ = predict(capsys, tmp_path / "one.npz", tmp_path / "x.npy", "--values")
-    assert status == 0 and np.array_equal(read_rows(out).astype(np.float32), model.predict(X))
+    assert status == 0 and np.array_equal(read_rows(out)[:, 0].astype(np.float32), logits)
+    status, out, _ = predict(capsys, tmp_path / "one.npz", tmp_path / "x.npy", "--loss", "bce")
+    assert status == 0 and out.split() == [str(int(logit > 0)) for logit in logits]
+    status, out, _ = predict(capsys, tmp_path / "one.npz", tmp_path / "x.npy", "--loss", "bce", "--proba")
+    expected = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    assert status == 0 and np.allclose(read_rows(out)[:, 0], expected, rtol=1e-6)
+
+
+def test_bce_on_several_outputs_gives_a_label_per_output(capsys, tmp_path, saved):
+    """Multi-label: each output's logit > 0, one row of k 0/1 values per sample; --proba: each one's sigmoid."""
+    path, X = saved
+    data = write_data(tmp_path, ".npy", X)
+    logits = fastopt.load(path).predict(X)
+    status, out, _ = predict(capsys, path, data, "--loss", "bce")
+    assert status == 0 and np.array_equal(read_rows(out), (logits > 0).astype(np.float64))
+    status, out, _ = predict(capsys, path, data, "--loss", "bce", "--proba")
+    assert status == 0
+    np.testing.assert_allclose(read_rows(out), 1 / (1 + np.exp(-logits.astype(np.float64))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+def test_a_regression_loss_has_classes_but_no_probabilities(capsys, tmp_path, saved, loss):
+    path, X = saved
+    data = write_data(tmp_path, ".npy", X)
+    status, out, _ = predict(capsys, path, data, "--loss", loss)
+    assert status == 0 and out.split() == [str(c) for c in np.argmax(fastopt.load(path).predict(X), axis=1)]
+    status, _, err = predict(capsys, path, data, "--loss", loss, "--proba")
+    assert status == 2 and len(err.splitlines()) == 1 and "predict_proba" in err
 
 
 @pytest.mark.parametrize(
@@ -256,5 +285,5 @@ def test_output_into_a_missing_folder_or_onto_a_folder_is_refused(capsys, tmp_pa
 def test_predict_help_documents_its_options():
     result = run("predict", "--help")
     assert result.returncode == 0
-    for option in ("MODEL", "DATA", "--proba", "--values", "--output", "--overwrite", "--debug"):
+    for option in ("MODEL", "DATA", "--proba", "--values", "--loss", "--output", "--overwrite", "--debug"):
         assert option in result.stdout

@@ -16,7 +16,9 @@ from fastopt import callbacks, cli, datasets, layers, losses, optim
 from fastopt.optim import lr_scheduler
 
 BACKENDS = fastopt.available_backends()
+LOSSES = {"ce": losses.CrossEntropy(), "bce": losses.BinaryCrossEntropy(), "mse": losses.MSE(), "huber": losses.Huber()}
 EPOCHS, BATCH_SIZE, SEED, LR, SPLIT, HIDDEN = 4, 128, 3, 2e-3, 0.2, 16
+QUICK = ("--dataset", "xor", "--hidden", "4", "--epochs", "3", "--batch-size", "2", "--no-progress")
 COMMON = ("--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE), "--seed", str(SEED), "--lr", str(LR),
           "--hidden", str(HIDDEN), "--no-progress")  # fmt: skip
 
@@ -45,12 +47,17 @@ def expected_schedule(name: str, optimizer: optim.Optimizer, n_rows: int) -> lr_
     return lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=cli.PLATEAU_PATIENCE, monitor="val_loss")
 
 
-def api_run(backend: str, schedule: str | None, patience: int | None, clip_norm: float | None) -> fastopt.Sequential:
-    """The run the command line promises, with the API: a 784-16-10 ReLU MLP, Adam, the mini dataset."""
+def api_run(
+    backend: str, schedule: str | None, patience: int | None, clip_norm: float | None, dropout: float = 0.0,
+    loss: str = "ce",
+) -> fastopt.Sequential:  # fmt: skip
+    """The run the command line promises, with the API: a 784-16-10 ReLU MLP (a Dropout after the hidden layer
+    with ``dropout``), Adam, the mini dataset, the loss on the labels (bce: on their one-hot rows)."""
     X, y, _, _ = datasets.mini()
+    after_hidden = [layers.Dropout(dropout)] if dropout else []
     model = fastopt.Sequential(
-        [layers.Dense(784, HIDDEN), layers.ReLU(), layers.Dense(HIDDEN, 10)], dtype="float32", seed=SEED,
-        backend=backend,
+        [layers.Dense(784, HIDDEN), layers.ReLU(), *after_hidden, layers.Dense(HIDDEN, 10)], dtype="float32",
+        seed=SEED, backend=backend,
     )  # fmt: skip
     optimizer = optim.Adam(lr=LR)
     chosen: list[callbacks.Callback] = []
@@ -58,8 +65,9 @@ def api_run(backend: str, schedule: str | None, patience: int | None, clip_norm:
         chosen.append(callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True))
     if schedule is not None:
         chosen.append(expected_schedule(schedule, optimizer, training_rows(y, SPLIT)))
+    targets = np.eye(10)[y] if loss == "bce" else y
     model.fit(
-        X, y, loss=losses.CrossEntropy(), optimizer=optimizer, epochs=EPOCHS, batch_size=BATCH_SIZE, shuffle=True,
+        X, targets, loss=LOSSES[loss], optimizer=optimizer, epochs=EPOCHS, batch_size=BATCH_SIZE, shuffle=True,
         seed=SEED, validation_split=SPLIT, callbacks=chosen, clip_norm=clip_norm,
     )  # fmt: skip
     return model
@@ -87,6 +95,53 @@ def test_a_command_line_run_equals_the_api_run_it_describes(capsys, tmp_path, sc
     assert np.array_equal(saved.parameters, expected.parameters)
     assert f"options: validation split {SPLIT:g}, early stopping (patience 1 on val_loss), {schedule} schedule" in out
     assert re.search(r"^epoch 1/4 .*val_loss \S+ .*learning_rate", out, re.MULTILINE), out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_is_a_dropout_layer_after_each_hidden_layer(capsys, tmp_path, backend):
+    saved, out = cli_run(capsys, tmp_path, "--backend", backend, "--validation-split", str(SPLIT), "--dropout", "0.3",
+                         "--schedule", "cosine")  # fmt: skip
+    assert [layer.config()["type"] for layer in saved.layers] == ["Dense", "ReLU", "Dropout", "Dense"]
+    assert saved.layers[2].p == 0.3 and "dropout 0.3" in out
+    expected = api_run(backend, "cosine", patience=None, clip_norm=None, dropout=0.3)
+    assert np.array_equal(saved.parameters, expected.parameters)
+    without = api_run(backend, "cosine", patience=None, clip_norm=None)
+    assert not np.array_equal(saved.parameters, without.parameters)
+
+
+def test_two_hidden_layers_get_two_dropouts(capsys, tmp_path):
+    path = tmp_path / "model.npz"
+    assert cli.main(["train", *QUICK, "--hidden", "8,4", "--dropout", "0.5", "--save", str(path)]) == 0
+    names = [layer.config()["type"] for layer in fastopt.load(path).layers]
+    assert names == ["Dense", "ReLU", "Dropout", "Dense", "ReLU", "Dropout", "Dense"]
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce", "mse", "huber"])
+def test_each_loss_trains_the_run_the_api_describes(capsys, tmp_path, loss):
+    """bce on ten classes: ten outputs, each a one-vs-rest logit trained on the labels' one-hot rows."""
+    backend = BACKENDS[0]
+    saved, out = cli_run(capsys, tmp_path, "--backend", backend, "--validation-split", str(SPLIT), "--loss", loss)
+    expected = api_run(backend, None, patience=None, clip_norm=None, loss=loss)
+    assert np.array_equal(saved.parameters, expected.parameters)
+    _, _, X_test, y_test = datasets.mini()
+    accuracy = np.mean(np.argmax(expected.predict(X_test), axis=1) == y_test)
+    assert float(re.search(r"test accuracy (\S+)", out).group(1)) == pytest.approx(accuracy, abs=1e-4)
+
+
+def test_bce_on_two_classes_has_one_output(capsys, tmp_path):
+    """xor under bce: a single logit per sample, its test accuracy that of logit > 0, and fastopt predict with
+    --loss bce gives the classes."""
+    path = tmp_path / "xor.npz"
+    assert cli.main(["train", *QUICK, "--loss", "bce", "--save", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 -> 4 -> 1 MLP" in out and "loss bce" in out
+    model = fastopt.load(path)
+    X, y = datasets.xor()
+    accuracy = np.mean((model.predict(X)[:, 0] > 0) == y)
+    assert float(re.search(r"test accuracy (\S+)", out).group(1)) == pytest.approx(accuracy, abs=1e-4)
+    np.save(tmp_path / "x.npy", X)
+    assert cli.main(["predict", str(path), str(tmp_path / "x.npy"), "--loss", "bce"]) == 0
+    assert capsys.readouterr().out.split() == [str(int(logit > 0)) for logit in model.predict(X)[:, 0]]
 
 
 def test_each_option_changes_the_run(capsys, tmp_path):
@@ -162,6 +217,9 @@ BAD_VALUES = [
     ("--clip-norm", "0", "> 0"),
     ("--clip-norm", "-1", "> 0"),
     ("--clip-norm", "inf", "> 0"),
+    ("--dropout", "1", "[0, 1)"),
+    ("--dropout", "-0.5", "[0, 1)"),
+    ("--loss", "hinge", "hinge"),
 ]
 
 
