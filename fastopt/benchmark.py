@@ -107,10 +107,13 @@ def _n_params() -> int:
 
 def fastopt_mlp(backend: str, dtype: str = "float32", dropout: float = 0.0) -> Sequential:
     """The 784-128-64-10 ReLU MLP; with ``dropout`` > 0, a ``Dropout(dropout)`` after each hidden layer."""
-    after_hidden = [layers.Dropout(dropout)] if dropout else []
+
+    def after_hidden() -> list[layers.Layer]:
+        return [layers.Dropout(dropout)] if dropout else []
+
     return Sequential(
-        [layers.Dense(784, 128), layers.ReLU(), *after_hidden, layers.Dense(128, 64), layers.ReLU(), *after_hidden,
-         layers.Dense(64, 10)],
+        [layers.Dense(784, 128), layers.ReLU(), *after_hidden(), layers.Dense(128, 64), layers.ReLU(),
+         *after_hidden(), layers.Dense(64, 10)],
         dtype=dtype,
         seed=0,
         backend=backend,

@@ -65,9 +65,12 @@ def _train(
     from fastopt import datasets, layers, losses, optim
 
     X, y, X_test, y_test = datasets.mini()
-    dropout = [layers.Dropout(DROPOUT)] if variant == "dropout" else []
+
+    def dropout() -> list:  # a layer of its own at each position
+        return [layers.Dropout(DROPOUT)] if variant == "dropout" else []
+
     model = fastopt.Sequential(
-        [layers.Dense(784, 32), layers.ReLU(), *dropout, layers.Dense(32, 16), layers.Tanh(), *dropout,
+        [layers.Dense(784, 32), layers.ReLU(), *dropout(), layers.Dense(32, 16), layers.Tanh(), *dropout(),
          layers.Dense(16, 10)],
         dtype="float32",
         seed=SEED,
