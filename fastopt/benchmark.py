@@ -22,6 +22,7 @@ import numpy as np
 
 from fastopt import callbacks, layers, losses, optim
 from fastopt.backend import available_backends, resolve_backend
+from fastopt.history import History
 from fastopt.model import Sequential
 from fastopt.optim import lr_scheduler
 
@@ -134,17 +135,24 @@ FULL_DESCRIPTION = (
 )
 
 
-def fastopt_full_epoch(backend: str, X: np.ndarray, y: np.ndarray, batch_size: int) -> Callable[[], object]:
-    """One "full" epoch per call: ``fit(epochs=1)`` with every option of the full variant on."""
-    model, optimizer = fastopt_mlp(backend, dropout=FULL_DROPOUT), optim.Adam(lr=1e-3)
-    chosen = [
-        callbacks.EarlyStopping(monitor="val_loss", patience=FULL_PATIENCE, restore_best_weights=True),
-        lr_scheduler.CosineAnnealingLR(optimizer, T_max=FULL_T_MAX),
-    ]
-    return lambda: model.fit(
-        X, y, loss=losses.CrossEntropy(), optimizer=optimizer, epochs=1, batch_size=batch_size, seed=0,
-        validation_split=FULL_VALIDATION_SPLIT, callbacks=chosen, clip_norm=FULL_CLIP_NORM,
-    )  # fmt: skip
+class FullEpoch:
+    """fastopt's "full" epoch: each call is ``fit(epochs=1)`` with every option of the full variant on, the model,
+    optimizer, schedule and early stopping kept from call to call."""
+
+    def __init__(self, backend: str, X: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+        self.model, self.optimizer = fastopt_mlp(backend, dropout=FULL_DROPOUT), optim.Adam(lr=1e-3)
+        self.callbacks = [
+            callbacks.EarlyStopping(monitor="val_loss", patience=FULL_PATIENCE, restore_best_weights=True),
+            lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=FULL_T_MAX),
+        ]
+        self.X, self.y, self.batch_size = X, y, batch_size
+
+    def __call__(self) -> History:
+        return self.model.fit(
+            self.X, self.y, loss=losses.CrossEntropy(), optimizer=self.optimizer, epochs=1,
+            batch_size=self.batch_size, seed=0, validation_split=FULL_VALIDATION_SPLIT, callbacks=self.callbacks,
+            clip_norm=FULL_CLIP_NORM,
+        )  # fmt: skip
 
 
 def epoch_data(n_samples: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -313,7 +321,7 @@ def bench_epoch(
             X, y, loss=lo, optimizer=o, epochs=1, batch_size=batch_size, seed=0
         )
         if variant == "full":
-            cases[f"fastopt {backend} full"] = fastopt_full_epoch(backend, X, y, batch_size)
+            cases[f"fastopt {backend} full"] = FullEpoch(backend, X, y, batch_size)
             report.pairs.append((f"fastopt {backend} full", f"fastopt {backend}"))
     if variant == "full":
         cases.update(_peer_cases([lambda: _torch_full_variant_cases(X, y, batch_size)], report.notes))
