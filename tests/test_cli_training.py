@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from test_checkpoint import crash_at_step
 from test_cli import run
 
 import fastopt
@@ -239,3 +240,21 @@ def test_a_split_of_a_tiny_dataset_holds_out_a_row_of_each_class():
                  "--validation-split", "0.5", "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert re.search(r"epoch 1/1 .*val_loss \S+ +val_accuracy (0\.0000|0\.5000|1\.0000) ", result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_crashed_command_line_run_resumes_bit_exactly(capsys, tmp_path, backend):
+    """Every training option on, checkpoints every 5 batches: a run that dies at its 40th step, resumed by the same
+    command with --resume, saves the model of the uninterrupted run (the callbacks, schedule and dropout masks
+    come back from the checkpoint)."""
+    options = ["--backend", backend, "--validation-split", "0.1", "--early-stopping", "1", "--schedule", "onecycle",
+               "--clip-norm", "0.5", "--dropout", "0.2"]  # fmt: skip
+    expected, _ = cli_run(capsys, tmp_path, *options)
+    checkpointed = [*options, "--checkpoint", str(tmp_path / "run.ckpt"), "--checkpoint-every", "5", "--resume"]
+    with pytest.MonkeyPatch.context() as patch:
+        crash_at_step(patch, 40)
+        assert cli.main(["train", *COMMON, *checkpointed]) == 1  # the crash: an unexpected error
+    assert "internal error: Crash" in capsys.readouterr().err
+    resumed, out = cli_run(capsys, tmp_path, *checkpointed)
+    assert f"resuming from {tmp_path / 'run.ckpt'}" in out
+    assert np.array_equal(resumed.parameters, expected.parameters)
