@@ -1,10 +1,11 @@
 """``fastopt bench``: the same workload on every available implementation, in one process, interleaved.
 
-Implementations: fastopt's numpy and cython backends, and PyTorch (default, foreach and fused Adam)
-and scikit-learn's ``MLPClassifier`` when they are installed (never required). Each round runs every
-implementation once, in turn, so that the machine's noise falls on all of them alike; the report
-gives medians, spreads (min-max), ratios, and each median as a multiple of the workload's physical
-floor: its bytes moved at the measured memory bandwidth plus its GEMM FLOPs at the measured GEMM rate.
+Implementations: fastopt's numpy and cython backends, and PyTorch (default, foreach and fused Adam; and the
+same PyTorch loop or step with ``fastopt.torch.Adam``) and scikit-learn's ``MLPClassifier`` when they are installed
+(never required). Each round runs every implementation once, in turn, so that the machine's noise falls on all
+of them alike; the report gives medians, spreads (min-max), ratios, and each median as a multiple of the
+workload's physical floor: its bytes moved at the measured memory bandwidth plus its GEMM FLOPs at the measured
+GEMM rate.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def _torch_epoch_cases(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[st
     torch.manual_seed(0)
     inputs, labels = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     cases: dict[str, Callable[[], object]] = {}
-    for variant in ("default", "foreach", "fused"):
+    for variant in ("default", "foreach", "fused", FASTOPT_TORCH):
         net = torch.nn.Sequential(
             torch.nn.Linear(784, 128),
             torch.nn.ReLU(),
@@ -181,8 +182,7 @@ def _torch_epoch_cases(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[st
             torch.nn.ReLU(),
             torch.nn.Linear(64, 10),
         )
-        options = {"foreach": False} if variant == "default" else {variant: True}
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, **options)
+        optimizer = _torch_adam(variant, net.parameters())
         criterion = torch.nn.CrossEntropyLoss()
 
         def epoch(net: Any = net, optimizer: Any = optimizer, criterion: Any = criterion) -> None:
@@ -193,8 +193,32 @@ def _torch_epoch_cases(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[st
                 criterion(net(inputs[rows]), labels[rows]).backward()
                 optimizer.step()
 
-        cases[f"pytorch {torch.__version__} ({variant} Adam)"] = epoch
+        cases[_torch_adam_label(variant)] = epoch
     return cases
+
+
+FASTOPT_TORCH = "fastopt.torch"  # the PyTorch loop with fastopt.torch.Adam: fastopt's kernel on PyTorch's tensors
+
+
+def _torch_adam_label(variant: str) -> str:
+    import torch
+
+    if variant == FASTOPT_TORCH:
+        return f"pytorch {torch.__version__} + {FASTOPT_TORCH} Adam"
+    return f"pytorch {torch.__version__} ({variant} Adam)"
+
+
+def _torch_adam(variant: str, params: Any) -> Any:
+    """PyTorch's Adam in one of its implementations ("default": the for-loop one, "foreach", "fused"), or
+    fastopt.torch.Adam (``FASTOPT_TORCH``)."""
+    import torch
+
+    if variant == FASTOPT_TORCH:
+        import fastopt.torch
+
+        return fastopt.torch.Adam(params, lr=1e-3)
+    options = {"foreach": False} if variant == "default" else {variant: True}
+    return torch.optim.Adam(params, lr=1e-3, **options)
 
 
 def _torch_full_epoch_case(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, Callable[[], object]]:
@@ -263,12 +287,10 @@ def _torch_optim_cases(n: int) -> dict[str, Callable[[], object]]:
     import torch
 
     cases: dict[str, Callable[[], object]] = {}
-    for variant in ("default", "foreach", "fused"):
+    for variant in ("default", "foreach", "fused", FASTOPT_TORCH):
         param = torch.nn.Parameter(torch.zeros(n))
         param.grad = torch.full((n,), 1e-3)
-        options = {"foreach": False} if variant == "default" else {variant: True}
-        optimizer = torch.optim.Adam([param], lr=1e-3, **options)
-        cases[f"pytorch {torch.__version__} ({variant} Adam)"] = optimizer.step
+        cases[_torch_adam_label(variant)] = _torch_adam(variant, [param]).step
     return cases
 
 
@@ -393,7 +415,7 @@ def format_report(report: Report) -> str:
     unit = "ns/el" if per_element else "s"
     scale = 1e9 if per_element else 1.0
     baseline_row = next((row for row in report.rows if row.name == "fastopt numpy"), None)
-    peers = [row for row in report.rows if not row.name.startswith("fastopt")]
+    peers = [row for row in report.rows if "fastopt" not in row.name]  # not PyTorch with fastopt.torch either
     fastest_peer_row = min(peers, key=lambda row: row.median, default=None)
     baseline = baseline_row.median if baseline_row else None
     fastest_peer = fastest_peer_row.median if fastest_peer_row else None
@@ -423,16 +445,17 @@ def format_report(report: Report) -> str:
 
 
 def _paired_lines(rows: list[Row], others: list[Row | None]) -> list[str]:
-    """Each fastopt backend but the numpy one against each of ``others``, round by round: the ratio of two runs
+    """Each fastopt backend but the numpy one against each of ``others``, and the PyTorch loop with
+    fastopt.torch's Adam against the same loop with PyTorch's fused Adam, round by round: the ratio of two runs
     made one after the other in the same round. This machine's speed drifts over minutes (a shared host), which
     moves a median of the separate times more than a ratio taken within a round."""
+    fused = next((row for row in rows if row.name.endswith("(fused Adam)")), None)
+    pairs = [(row, other) for row in rows if row.name.startswith("fastopt") and row.name != "fastopt numpy"
+             for other in others]  # fmt: skip
+    pairs += [(row, fused) for row in rows if row.name.endswith(f"+ {FASTOPT_TORCH} Adam")]
     lines = []
-    for row in rows:
-        if not row.name.startswith("fastopt") or row.name == "fastopt numpy":
-            continue
-        for other in others:
-            if other is None or len(other.seconds) != len(row.seconds):
-                continue
+    for row, other in pairs:
+        if other is not None and len(other.seconds) == len(row.seconds):
             ratios = [theirs / ours for theirs, ours in zip(other.seconds, row.seconds)]
             lines.append(
                 f"round by round, {row.name} vs {other.name}: median {statistics.median(ratios):.2f}x "

@@ -58,6 +58,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -1371,7 +1372,19 @@ def optimizer_recipes(draw: st.DrawFn) -> dict[str, Any]:
         "grad_alias": grad_alias,
         "count": count,
         "steps": draw(st.sampled_from([1, 2, 3, 7])),  # RAdam rectifies from step 6 (beta2 = 0.999)
+        "allow_nonfinite": draw(st.booleans()),
     }
+
+
+def holds_nonfinite(grad: Any) -> bool:
+    """Whether ``grad`` converts to floats of which one is NaN or infinite (what ``step`` refuses by default)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", np.exceptions.ComplexWarning)  # complex grads: their real parts
+            values = np.asarray(grad, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return not np.isfinite(values).all()
 
 
 def run_optimizer(recipe: dict[str, Any], backend_name: str) -> tuple[Any, list[Any]]:
@@ -1398,8 +1411,11 @@ def run_optimizer(recipe: dict[str, Any], backend_name: str) -> tuple[Any, list[
         grad_bytes = [g.tobytes() if isinstance(g, np.ndarray) else None for g in grads]
         try:
             with fastopt.use_backend(backend_name), np.errstate(all="ignore"):
-                optimizer.step(grads if len(grads) != 1 or recipe["count"] != 1 else grads[0])
-        except ALLOWED as exc:
+                gradients = grads if len(grads) != 1 or recipe["count"] != 1 else grads[0]
+                optimizer.step(gradients, allow_nonfinite=recipe["allow_nonfinite"])
+        except (*ALLOWED, FloatingPointError) as exc:
+            if isinstance(exc, FloatingPointError):  # only for NaN/inf gradients, and only when not allowed
+                assert not recipe["allow_nonfinite"] and any(holds_nonfinite(g) for g in grads), exc
             # refused: nothing may have changed
             assert optimizer.step_count == before_count, "step_count advanced on a refused step"
             for old, new in zip(before_params, param_list):

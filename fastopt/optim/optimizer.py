@@ -63,6 +63,11 @@ def _options(group: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in group.items() if key != "params"}
 
 
+def decayed_lr(group: dict[str, Any], steps_taken: int) -> float:
+    """A group's learning rate for the step after ``steps_taken`` steps: ``lr / (1 + decay * steps_taken)``."""
+    return group["lr"] / (1.0 + group["decay"] * steps_taken)
+
+
 def bias_correction(beta: float, step: int) -> float:
     """``1 - beta**step`` in double precision."""
     return 1.0 - math.pow(beta, step)
@@ -181,7 +186,7 @@ class Optimizer:
         sets ``lr`` of every group (of the defaults before the optimizer has parameters); per group:
         ``opt.param_groups[i]["lr"] = x``. ``hyperparameters`` keeps the constructor's values."""
         group = self.param_groups[0] if self.param_groups else self.defaults
-        return group["lr"] / (1.0 + group["decay"] * self.step_count)
+        return decayed_lr(group, self.step_count)
 
     @lr.setter
     def lr(self, value: float) -> None:
@@ -329,7 +334,7 @@ class Optimizer:
         buffer_names = [array.name for array in spec.arrays[2:]]
         index = 0
         for group in self.param_groups:
-            lr = group["lr"] / (1.0 + group["decay"] * step_count)
+            lr = decayed_lr(group, step_count)
             for param in group["params"]:
                 state = self.state[index]
                 kernel(
