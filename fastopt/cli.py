@@ -261,12 +261,15 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--workload",
-        choices=("epoch", "optim", "dense"),
+        choices=("epoch", "optim", "dense", "matrix", "predict"),
         default="epoch",
-        help="epoch: one training epoch (60k samples); optim: Adam step at n=1e5 and 1e7; dense: forward+backward",
+        help="epoch: one training epoch (60k samples); optim: Adam step at n=1e5 and 1e7; dense: forward+backward; "
+        "matrix: training steps of three networks at batch 32 and 256; predict: inference at batch 1, 32, 1024",
     )
     bench.add_argument(
-        "--batch-size", type=_positive_int, help="batch size (epoch default 32; dense default 32,128,512)"
+        "--batch-size",
+        type=_positive_int,
+        help="batch size (epoch default 32; dense default 32,128,512; matrix 32,256; predict 1,32,1024)",
     )
     bench.add_argument(
         "--rounds", type=_positive_int, default=5, help="interleaved rounds; medians over them (default 5)"
@@ -278,6 +281,9 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
         default="plain",
         help="epoch workload: plain, or full (dropout 0.2, clip_norm, a cosine schedule, early stopping on a "
         "validation split) timed beside the plain epoch and PyTorch's plain and full epochs",
+    )
+    bench.add_argument(
+        "--threads", type=_positive_int, help="threads for every implementation (default: each library's own)"
     )
     bench.add_argument("--json", metavar="PATH", help="also write the measurements to PATH as JSON")
     _add_debug_option(bench, argparse.SUPPRESS)
@@ -585,7 +591,8 @@ def bench(args: argparse.Namespace) -> int:
 
     if args.variant != "plain" and args.workload != "epoch":
         raise ValueError(f"--variant {args.variant} applies to --workload epoch, not {args.workload}")
-    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples, variant=args.variant)
+    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples, threads=args.threads,
+        variant=args.variant)  # fmt: skip
     return 0
 
 

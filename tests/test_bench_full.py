@@ -11,8 +11,7 @@ from test_cli import run
 
 import fastopt
 from fastopt import benchmark, layers, training
-
-MACHINE = {"bandwidth_bytes_per_s": 1e10, "gemm_flops_per_s": 1e11}
+from fastopt.bench_floor import Machine
 
 
 def test_the_full_epoch_trains_with_every_option_on():
@@ -29,7 +28,7 @@ def test_the_full_epoch_trains_with_every_option_on():
 
 
 def test_the_full_report_pairs_full_with_plain_and_with_pytorch():
-    report = benchmark.bench_epoch(64, 1, 320, MACHINE, variant="full")
+    report = benchmark.bench_epoch(64, 1, 320, Machine(), variant="full")
     names = [row.name for row in report.rows]
     for backend in fastopt.available_backends():
         assert f"fastopt {backend}" in names and f"fastopt {backend} full" in names
