@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -21,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from fastopt import layers, losses, optim
+from fastopt import callbacks, layers, losses, optim
 from fastopt.backend import available_backends, resolve_backend
 from fastopt.bench_floor import ADAM_BYTES_PER_ELEMENT, SEED_NETWORK, Machine, Network
+from fastopt.history import History
 from fastopt.model import Sequential
+from fastopt.optim import lr_scheduler
 
 UNIT_SCALES = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns/el": 1e9}
 
@@ -50,6 +53,7 @@ class Report:
     floor_detail: str = ""
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (a, b): report a's time over b's, round by round
     unit: str = "s"
     runs_per_case: float = 1.0
     label: str = ""  # a short name of the workload's cell, for summaries
@@ -105,17 +109,52 @@ def _step_floor_detail(machine: Machine, network: Network, batch: int) -> str:
     )
 
 
-def fastopt_model(network: Network, backend: str, dtype: str = "float32") -> Sequential:
-    """The network as a fastopt ``Sequential``: Dense layers with ReLU between them."""
+def fastopt_model(network: Network, backend: str, dtype: str = "float32", dropout: float = 0.0) -> Sequential:
+    """The network as a fastopt ``Sequential``: Dense layers with ReLU between them, and with ``dropout`` > 0 a
+    ``Dropout(dropout)`` after each hidden ReLU."""
     stack: list[layers.Layer] = []
     for n_in, n_out in itertools.pairwise(network.sizes):
-        stack += [layers.Dense(n_in, n_out), layers.ReLU()]
-    return Sequential(stack[:-1], dtype=dtype, seed=0, backend=backend)
+        stack += [layers.Dense(n_in, n_out), layers.ReLU(), *([layers.Dropout(dropout)] if dropout else [])]
+    return Sequential(stack[: -2 if dropout else -1], dtype=dtype, seed=0, backend=backend)
 
 
-def fastopt_mlp(backend: str, dtype: str = "float32") -> Sequential:
-    """The seed workload's 784-128-64-10 ReLU MLP."""
-    return fastopt_model(SEED_NETWORK, backend, dtype)
+def fastopt_mlp(backend: str, dtype: str = "float32", dropout: float = 0.0) -> Sequential:
+    """The seed workload's 784-128-64-10 ReLU MLP (with ``dropout``, as ``fastopt_model``)."""
+    return fastopt_model(SEED_NETWORK, backend, dtype, dropout)
+
+
+# The "full" epoch (issue 13): what a Keras or PyTorch user adds to the plain epoch. Each call of the benchmark is
+# one epoch; the schedule and early stopping carry their state from call to call, as from epoch to epoch.
+FULL_DROPOUT = 0.2  # after each hidden layer
+FULL_CLIP_NORM = 1.0  # the gradients' global L2 norm
+FULL_T_MAX = 10  # epochs of the cosine schedule
+FULL_VALIDATION_SPLIT = 0.1  # held out; the validation loss is computed after every epoch
+FULL_PATIENCE = 3  # early stopping on the validation loss, restoring the best weights
+FULL_DESCRIPTION = (
+    f"full: Dropout({FULL_DROPOUT}) after each hidden layer, clip_norm {FULL_CLIP_NORM}, cosine schedule "
+    f"(T_max {FULL_T_MAX}), early stopping (patience {FULL_PATIENCE}, best weights kept) on a "
+    f"{FULL_VALIDATION_SPLIT:.0%} validation split"
+)
+
+
+class FullEpoch:
+    """fastopt's "full" epoch: each call is ``fit(epochs=1)`` with every option of the full variant on, the model,
+    optimizer, schedule and early stopping kept from call to call."""
+
+    def __init__(self, backend: str, X: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+        self.model, self.optimizer = fastopt_mlp(backend, dropout=FULL_DROPOUT), optim.Adam(lr=1e-3)
+        self.callbacks = [
+            callbacks.EarlyStopping(monitor="val_loss", patience=FULL_PATIENCE, restore_best_weights=True),
+            lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=FULL_T_MAX),
+        ]
+        self.X, self.y, self.batch_size = X, y, batch_size
+
+    def __call__(self) -> History:
+        return self.model.fit(
+            self.X, self.y, loss=losses.CrossEntropy(), optimizer=self.optimizer, epochs=1,
+            batch_size=self.batch_size, seed=0, validation_split=FULL_VALIDATION_SPLIT, callbacks=self.callbacks,
+            clip_norm=FULL_CLIP_NORM,
+        )  # fmt: skip
 
 
 def fastopt_loss(network: Network) -> losses.Loss:
@@ -204,6 +243,50 @@ def _torch_adam(variant: str, params: Any) -> Any:
     return torch.optim.Adam(params, lr=1e-3, **options)
 
 
+def _torch_full_epoch_case(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, Callable[[], object]]:
+    """PyTorch doing the full epoch: nn.Dropout, clip_grad_norm_, CosineAnnealingLR and fused Adam, the validation
+    loss after the epoch (eval mode, no_grad) and early stopping keeping a copy of the best weights. The split is
+    made once, as a PyTorch loop makes it before its epochs."""
+    import copy
+
+    import torch
+
+    torch.manual_seed(0)
+    held = np.random.default_rng(0).permutation(len(X))[: round(FULL_VALIDATION_SPLIT * len(X))]
+    kept = np.setdiff1d(np.arange(len(X)), held)
+    inputs, labels = torch.from_numpy(X[kept]), torch.from_numpy(y[kept].astype(np.int64))
+    val_inputs, val_labels = torch.from_numpy(X[held]), torch.from_numpy(y[held].astype(np.int64))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Dropout(FULL_DROPOUT),
+        torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Dropout(FULL_DROPOUT),
+        torch.nn.Linear(64, 10),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=FULL_T_MAX)
+    criterion = torch.nn.CrossEntropyLoss()
+    early: dict[str, Any] = {"best": math.inf, "wait": 0, "weights": None}
+
+    def epoch() -> None:
+        net.train()
+        order = torch.randperm(len(inputs))
+        for start in range(0, len(inputs), batch_size):
+            rows = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            criterion(net(inputs[rows]), labels[rows]).backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), FULL_CLIP_NORM)
+            optimizer.step()
+        schedule.step()
+        net.eval()
+        with torch.no_grad():
+            val_loss = criterion(net(val_inputs), val_labels).item()
+        if val_loss < early["best"]:
+            early.update(best=val_loss, wait=0, weights=copy.deepcopy(net.state_dict()))
+        else:
+            early["wait"] += 1
+
+    return {f"pytorch {torch.__version__} full (fused Adam)": epoch}
+
+
 def _torch_dense_cases(X: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], object]]:
     import torch
 
@@ -273,22 +356,41 @@ def fastopt_training_cases(
     return cases
 
 
-def bench_epoch(batch_size: int, rounds: int, n_samples: int, machine: Machine) -> Report:
+def bench_epoch(batch_size: int, rounds: int, n_samples: int, machine: Machine, variant: str = "plain") -> Report:
+    """One training epoch on every implementation; ``variant`` "full" times each fastopt backend's plain and full
+    epochs and PyTorch's (fused Adam) plain and full epochs side by side instead."""
     X, y, source = epoch_data(n_samples)
     report = Report(
         workload="epoch",
-        description=f"one epoch, 784-128-64-10 MLP, Adam, float32, batch {batch_size}, {len(X)} samples of {source}",
+        description=f"one epoch, 784-128-64-10 MLP, Adam, float32, batch {batch_size}, {len(X)} samples of {source}"
+        + (f"; {FULL_DESCRIPTION}" if variant == "full" else ""),
         modelled_floor_seconds=machine.epoch_seconds(SEED_NETWORK, len(X), batch_size),
         floor_detail=_step_floor_detail(machine, SEED_NETWORK, batch_size),
     )
     cases = fastopt_training_cases(SEED_NETWORK, X, y, batch_size)
-    peers = [
-        lambda: _torch_training_cases(SEED_NETWORK, X, y, batch_size, ("default", "foreach", "fused", FASTOPT_TORCH)),
-        lambda: _sklearn_epoch_case(X, y, batch_size),
-    ]
-    cases.update(_peer_cases(peers, report.notes))
+    if variant == "full":
+        for backend in available_backends():
+            cases[f"fastopt {backend} full"] = FullEpoch(backend, X, y, batch_size)
+            report.pairs.append((f"fastopt {backend} full", f"fastopt {backend}"))
+        cases.update(_peer_cases([lambda: _torch_full_variant_cases(X, y, batch_size)], report.notes))
+        torch_full = [name for name in cases if name.startswith("pytorch") and " full " in name]
+        report.pairs += [(name, f"fastopt {backend} full") for name in torch_full for backend in available_backends()]
+        report.pairs += [(name, name.replace(" full ", " ")) for name in torch_full]
+    else:
+        variants = ("default", "foreach", "fused", FASTOPT_TORCH)
+        peers = [
+            lambda: _torch_training_cases(SEED_NETWORK, X, y, batch_size, variants),
+            lambda: _sklearn_epoch_case(X, y, batch_size),
+        ]
+        cases.update(_peer_cases(peers, report.notes))
     report.rows = [Row(name, times) for name, times in run_interleaved(cases, rounds, SETTLE_SECONDS).items()]
     return report
+
+
+def _torch_full_variant_cases(X: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, Callable[[], object]]:
+    """PyTorch's plain epoch with its fused Adam (its fastest), and its full epoch."""
+    plain = _torch_training_cases(SEED_NETWORK, X, y, batch_size, ("fused",))
+    return {**plain, **_torch_full_epoch_case(X, y, batch_size)}
 
 
 def bench_optim(n: int, rounds: int, machine: Machine) -> Report:
@@ -360,6 +462,7 @@ def format_report(report: Report) -> str:
             "median measured beside it, so the floor printed is that median: the machine ran faster than its probes"
         )
     lines += _paired_lines(report.rows, [baseline_row, fastest_peer_row])
+    lines += _time_ratio_lines(report)
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
 
@@ -384,6 +487,20 @@ def _paired_lines(rows: list[Row], others: list[Row | None]) -> list[str]:
     return lines
 
 
+def _time_ratio_lines(report: Report) -> list[str]:
+    """For each pair (a, b) of ``report.pairs``: a's time over b's, round by round (see ``_paired_lines``)."""
+    rows = {row.name: row for row in report.rows}
+    lines = []
+    for name, other in report.pairs:
+        if name in rows and other in rows:
+            ratios = [a / b for a, b in zip(rows[name].seconds, rows[other].seconds)]
+            lines.append(
+                f"round by round, {name} takes {statistics.median(ratios):.2f}x the time of {other} "
+                f"(rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+            )
+    return lines
+
+
 WORKLOADS = ("epoch", "optim", "dense", "matrix", "predict")
 PEER_THREADS: dict[str, int] = {}  # "onnxruntime": its sessions' intra-op threads, when limited
 
@@ -403,11 +520,13 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _reports(workload: str, batch_size: int | None, rounds: int, n_samples: int, machine: Machine) -> Iterator[Report]:
+def _reports(
+    workload: str, batch_size: int | None, rounds: int, n_samples: int, machine: Machine, variant: str
+) -> Iterator[Report]:
     from fastopt import bench_workloads
 
     if workload == "epoch":
-        yield bench_epoch(batch_size or 32, rounds, n_samples, machine)
+        yield bench_epoch(batch_size or 32, rounds, n_samples, machine, variant)
     elif workload == "optim":
         yield from (bench_optim(n, rounds, machine) for n in (10**5, 10**7))
     elif workload == "dense":
@@ -425,10 +544,12 @@ def run(
     json_path: str | None,
     n_samples: int = 60000,
     threads: int | None = None,
+    variant: str = "plain",
 ) -> list[Report]:
     """Run a workload (one of ``WORKLOADS``), print each report as it completes, and return them (and write them
     with the machine's measured rates to ``json_path`` as JSON). ``threads`` limits every implementation (and the
-    probes) to that many threads (``limit_threads``); None leaves each its default."""
+    probes) to that many threads (``limit_threads``); None leaves each its default. ``variant`` "full" adds the full
+    epoch to the epoch workload (``bench_epoch``)."""
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
     from fastopt import bench_workloads
@@ -437,7 +558,7 @@ def run(
         limit_threads(threads)
     machine = Machine()
     reports: list[Report] = []
-    for report in _reports(workload, batch_size, rounds, n_samples, machine):
+    for report in _reports(workload, batch_size, rounds, n_samples, machine, variant):
         print(format_report(report), end="\n\n", flush=True)
         reports.append(report)
     if workload == "matrix":
