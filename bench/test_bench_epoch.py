@@ -1,4 +1,5 @@
-"""One training epoch of the 784-128-64-10 MLP with Adam, float32, both backends in one group per batch size.
+"""One training epoch of the 784-128-64-10 MLP with Adam, float32, both backends in one group per batch size, plain
+and full (dropout, clip_norm, a cosine schedule, early stopping on a validation split).
 
 pytest bench/test_bench_epoch.py --benchmark-group-by=group --benchmark-columns=median,iqr,rounds
 Uses full Fashion-MNIST (60,000 samples) when installed, else random data of the same shape.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from fastopt import losses, optim
-from fastopt.benchmark import epoch_data, fastopt_mlp
+from fastopt.benchmark import FullEpoch, epoch_data, fastopt_mlp
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +32,13 @@ def test_training_epoch(benchmark, backend, data, batch_size):  # type: ignore[n
         rounds=3,
         iterations=1,
     )
+
+
+@pytest.mark.parametrize("batch_size", [32, 512], ids=lambda b: f"batch{b}")
+def test_training_epoch_full(benchmark, backend, data, batch_size):  # type: ignore[no-untyped-def]
+    """The full variant (``fastopt.benchmark.FULL_DESCRIPTION``) in the plain epoch's group: the report shows its
+    cost beside the plain epoch's."""
+    X, y = data
+    FullEpoch(backend.name, X[: 4 * batch_size], y[: 4 * batch_size], batch_size)()  # warm-up
+    benchmark.group = f"training epoch 784-128-64-10 Adam float32 batch={batch_size}"
+    benchmark.pedantic(FullEpoch(backend.name, X, y, batch_size), rounds=3, iterations=1)

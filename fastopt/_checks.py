@@ -203,18 +203,34 @@ def as_features(X: object, n_features: int, dtype: np.dtype, backend: Backend, n
     sparse matrices, NaN/Inf, empty inputs and wrong shapes are refused. The NaN/Inf test is ``backend``'s
     kernel (the compiled one reads the data once, on all threads).
     """
-    array = as_real_array(X, name)
+    array = X if type(X) is np.ndarray and X.dtype == dtype else as_real_array(X, name)  # a float array is real
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got {array.ndim}-D with shape {array.shape}")
     if array.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 samples)")
     if array.shape[1] != n_features:
         raise ValueError(f"{name} has {array.shape[1]} features but the model expects {n_features}")
-    with np.errstate(over="ignore"):  # values beyond the dtype's range become Inf and are refused below
-        converted = np.ascontiguousarray(array, dtype=dtype)
-    if not backend.all_finite(converted):
+    converted = array
+    if array.dtype != dtype or not array.flags.c_contiguous:
+        with np.errstate(over="ignore"):  # values beyond the dtype's range become Inf and are refused below
+            converted = np.ascontiguousarray(array, dtype=dtype)
+    if not backend._all_finite(converted):  # the trusted kernel: converted is C-contiguous and of a float dtype
         raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
     return converted
+
+
+def as_trusted_features(X: object, n_features: int, dtype: np.dtype, name: str = "X") -> np.ndarray:
+    """``X`` itself, when it is what the kernels read without conversion: a non-empty C-contiguous ndarray of
+    ``dtype`` and shape ``(N, n_features)``; otherwise a ``TypeError`` or ``ValueError`` saying what differs. No
+    copy and no NaN/Inf scan (``as_features`` makes both): the caller vouches for the values."""
+    if not isinstance(X, np.ndarray) or X.dtype != dtype:
+        found = X.dtype if isinstance(X, np.ndarray) else type(X).__name__
+        raise DTypeError(f"with check_input=False, {name} must be a numpy array of {dtype}, got {found}")
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != n_features:
+        raise ValueError(f"with check_input=False, {name} must have shape (N >= 1, {n_features}), got {X.shape}")
+    if not X.flags.c_contiguous:
+        raise ValueError(f"with check_input=False, {name} must be C-contiguous (np.ascontiguousarray)")
+    return X
 
 
 def as_labels(y: object, n_classes: int, name: str = "y") -> np.ndarray:

@@ -90,7 +90,12 @@ def write_archive(
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically, as ``write_archive`` writes archives: a reader sees the old
     file or the new one, never a part. Replaces whatever file is at ``path`` (for fastopt's own text outputs)."""
-    _replace_atomically(Path(path), lambda stream: stream.write(text.encode()))
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see ``write_text_atomic``)."""
+    _replace_atomically(Path(path), lambda stream: stream.write(data))
 
 
 def _replace_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import math
+import os
 import re
 import shlex
 import sys
@@ -15,11 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fastopt import datasets, layers, losses, optim
-from fastopt._io import check_replaceable
-from fastopt.backend import available_backends, backend_problems, get_backend
+from fastopt import data_files, datasets, layers, losses, optim
+from fastopt._checks import as_features
+from fastopt._io import OverwriteRefusedError, check_replaceable, write_bytes_atomic, write_text_atomic
+from fastopt.backend import available_backends, backend_problems, get_backend, resolve_backend
+from fastopt.callbacks import Callback, EarlyStopping, LambdaCallback
 from fastopt.compare.spec import Study
-from fastopt.model import MODEL_FILE_KIND, Sequential
+from fastopt.history import COMPLETED, History
+from fastopt.model import MODEL_FILE_KIND, Sequential, load
+from fastopt.optim import lr_scheduler
+from fastopt.training import _validation_rows  # the split fit makes: --schedule onecycle counts its batches
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,15 +49,15 @@ def _hidden_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _number(kind: type, minimum: float, description: str) -> Callable[[str], float]:
-    """An argparse type: ``kind(text)`` if it is finite and at least ``minimum``, else a one-line error."""
+def _number(kind: type, description: str, accepts: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)`` if it is finite and ``accepts`` it, else a one-line error."""
 
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value < minimum:
+        if value is None or not math.isfinite(value) or not accepts(value):
             raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
         return value
 
@@ -58,9 +65,11 @@ def _number(kind: type, minimum: float, description: str) -> Callable[[str], flo
     return parse
 
 
-_positive_int = _number(int, 1, "a positive integer")
-_non_negative_int = _number(int, 0, "a non-negative integer")
-_non_negative_float = _number(float, 0.0, "a finite number >= 0")
+_positive_int = _number(int, "a positive integer", lambda value: value >= 1)
+_non_negative_int = _number(int, "a non-negative integer", lambda value: value >= 0)
+_non_negative_float = _number(float, "a finite number >= 0", lambda value: value >= 0)
+_positive_float = _number(float, "a finite number > 0", lambda value: value > 0)
+_fraction = _number(float, "a number in [0, 1)", lambda value: 0 <= value < 1)
 
 
 def _checkpoint_every(text: str) -> int | str:
@@ -83,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_debug_option(parser, False)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_command(commands)
+    _add_predict_command(commands)
     _add_bench_command(commands)
     _add_compare_command(commands)
     return parser
@@ -141,7 +151,105 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="let --save and --checkpoint replace a file that is not a fastopt model or checkpoint (refused otherwise)",
     )
+    _add_training_options(train)
     _add_debug_option(train, argparse.SUPPRESS)  # SUPPRESS: ``fastopt --debug train`` keeps the top-level value
+
+
+SCHEDULES = ("step", "cosine", "onecycle", "plateau")
+LOSSES: dict[str, Callable[[], losses.Loss]] = {
+    "ce": losses.CrossEntropy,
+    "bce": losses.BinaryCrossEntropy,
+    "mse": losses.MSE,
+    "huber": losses.Huber,
+}
+PLATEAU_PATIENCE = 2  # epochs without improvement before --schedule plateau lowers the rate
+
+
+def _add_training_options(train: argparse.ArgumentParser) -> None:
+    """Validation, early stopping, schedules and clipping (``fit``'s options of the same names)."""
+    train.add_argument(
+        "--validation-split",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="hold out a seeded fraction F of the training rows (of each class) for validation: val_loss and "
+        "val_accuracy each epoch (default 0)",
+    )
+    train.add_argument(
+        "--early-stopping",
+        type=_non_negative_int,
+        metavar="PATIENCE",
+        help="stop when val_loss (the training loss without --validation-split) has not improved for PATIENCE "
+        "epochs, and keep the weights of the best epoch",
+    )
+    train.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="learning-rate schedule: step (x0.1 every ceil(epochs/3) epochs), cosine (down to 0 over the epochs), "
+        "onecycle (per batch, up to the optimizer's lr and down), plateau (x0.1 once val_loss, or the training "
+        f"loss, has not improved for {PLATEAU_PATIENCE} epochs)",
+    )
+    train.add_argument(
+        "--clip-norm",
+        type=_positive_float,
+        metavar="C",
+        help="scale each batch's gradients down so that their global L2 norm is at most C",
+    )
+    train.add_argument(
+        "--dropout",
+        type=_fraction,
+        default=0.0,
+        metavar="P",
+        help="a Dropout(P) after each hidden layer: each activation zeroed with probability P while training "
+        "(default 0: none)",
+    )
+    train.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        default="ce",
+        help="ce: softmax cross-entropy (default); bce: binary cross-entropy on logits (one output for two "
+        "classes, else one per class, one-vs-rest); mse, huber: on the one-hot rows of the labels",
+    )
+
+
+def _add_predict_command(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="predict with a saved model: classes (default), probabilities or outputs, one row per sample",
+        description="Read a model written by 'fastopt train --save' (or model.save) and inputs, and write one "
+        "prediction per sample, in the order of the inputs: its class (default), its class probabilities (--proba) "
+        "or the model's outputs (--values), to stdout or to --output FILE.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="a fastopt model file (.npz)")
+    predict.add_argument(
+        "data",
+        metavar="DATA",
+        help="the inputs, one sample per row: a .npy or .npz file (its array X, or its only array; images (N, 28, 28) "
+        "are flattened), a .csv or .txt file of numbers (a header line is skipped), or a dataset as for train "
+        "--dataset (its test images)",
+    )
+    kind = predict.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--proba",
+        action="store_true",
+        help="class probabilities: the softmax of each row of outputs (ce), or the sigmoid of each output (bce)",
+    )
+    kind.add_argument("--values", action="store_true", help="the model's outputs (logits, or a regression's values)")
+    predict.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        default="ce",
+        help="the loss the model was trained with, as for train --loss (default ce): classes are the largest output "
+        "(ce, mse, huber) or each output's logit > 0 (bce); --proba needs ce or bce",
+    )
+    predict.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write to FILE (atomically) instead of stdout: a NumPy array if FILE ends in .npy, else text (one line "
+        "per sample, values separated by commas)",
+    )
+    predict.add_argument("--overwrite", action="store_true", help="let --output replace an existing file")
+    _add_debug_option(predict, argparse.SUPPRESS)
 
 
 def _add_bench_command(commands: argparse._SubParsersAction) -> None:
@@ -153,18 +261,31 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--workload",
-        choices=("epoch", "optim", "dense", "sklearn"),
+        choices=("epoch", "optim", "dense", "matrix", "predict", "sklearn"),
         default="epoch",
         help="epoch: one training epoch (60k samples); optim: Adam step at n=1e5 and 1e7; dense: forward+backward; "
+        "matrix: training steps of three networks at batch 32 and 256; predict: inference at batch 1, 32, 1024; "
         "sklearn: scikit-learn's MLPs against fastopt.sklearn's (fit times and scores over seeds; --rounds seeds)",
     )
     bench.add_argument(
-        "--batch-size", type=_positive_int, help="batch size (epoch default 32; dense default 32,128,512)"
+        "--batch-size",
+        type=_positive_int,
+        help="batch size (epoch default 32; dense default 32,128,512; matrix 32,256; predict 1,32,1024)",
     )
     bench.add_argument(
         "--rounds", type=_positive_int, default=5, help="interleaved rounds; medians over them (default 5)"
     )
     bench.add_argument("--samples", type=_positive_int, default=60000, help="samples in the epoch workload")
+    bench.add_argument(
+        "--variant",
+        choices=("plain", "full"),
+        default="plain",
+        help="epoch workload: plain, or full (dropout 0.2, clip_norm, a cosine schedule, early stopping on a "
+        "validation split) timed beside the plain epoch and PyTorch's plain and full epochs",
+    )
+    bench.add_argument(
+        "--threads", type=_positive_int, help="threads for every implementation (default: each library's own)"
+    )
     bench.add_argument("--json", metavar="PATH", help="also write the measurements to PATH as JSON")
     _add_debug_option(bench, argparse.SUPPRESS)
 
@@ -218,8 +339,15 @@ def _make_optimizer(args: argparse.Namespace) -> optim.Optimizer:
     return optim.OPTIMIZERS[args.optimizer](**options)
 
 
+def _format_value(value: float) -> str:
+    """4 decimals; values below 1e-3 (a late learning rate) in exponent form, as Keras prints them."""
+    return f"{value:.4e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+
+
 def _format_logs(logs: dict[str, float]) -> str:
-    return "  ".join(f"{key} {value:.4f}" if key != "seconds" else f"{value:.2f} s" for key, value in logs.items())
+    return "  ".join(
+        f"{key} {_format_value(value)}" if key != "seconds" else f"{value:.2f} s" for key, value in logs.items()
+    )
 
 
 def _check_train_options(args: argparse.Namespace) -> None:
@@ -227,24 +355,30 @@ def _check_train_options(args: argparse.Namespace) -> None:
     if args.backend is not None and args.backend not in available_backends():
         reason = backend_problems().get(args.backend)
         raise ValueError(f"backend {args.backend!r} is not available" + (f": {reason}" if reason else ""))
-    if args.save and not Path(args.save).resolve().parent.is_dir():
-        raise ValueError(f"--save {args.save}: the folder {Path(args.save).resolve().parent} does not exist")
     if args.save:  # before training, not after it
+        _check_folder("--save", args.save)
         check_replaceable(args.save, MODEL_FILE_KIND, args.overwrite)
     if args.checkpoint is None and (args.checkpoint_every is not None or args.resume):
         raise ValueError(f"{'--resume' if args.resume else '--checkpoint-every'} needs --checkpoint PATH")
-    if args.checkpoint and not Path(args.checkpoint).resolve().parent.is_dir():
-        folder = Path(args.checkpoint).resolve().parent
-        raise ValueError(f"--checkpoint {args.checkpoint}: the folder {folder} does not exist")
+    if args.checkpoint:
+        _check_folder("--checkpoint", args.checkpoint)
+
+
+def _check_folder(option: str, path: str) -> None:
+    """The folder a file is to be written in exists."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist")
 
 
 def _build_model(sizes: list[int], args: argparse.Namespace) -> Sequential:
-    """A ReLU MLP of the given layer sizes; a model too large to allocate is reported with its size."""
+    """A ReLU MLP of the given layer sizes (with --dropout, a Dropout after each hidden layer); a model too large
+    to allocate is reported with its size."""
     stack: list[layers.Layer] = []
     for index, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         stack.append(layers.Dense(n_in, n_out))
         if index < len(sizes) - 2:
-            stack.append(layers.ReLU())
+            stack += [layers.ReLU(), *([layers.Dropout(args.dropout)] if args.dropout else [])]
     try:
         model = Sequential(stack, dtype=args.dtype, seed=args.seed, backend=args.backend)
     except (MemoryError, ValueError) as exc:  # ValueError: more elements than NumPy can index
@@ -255,45 +389,201 @@ def _build_model(sizes: list[int], args: argparse.Namespace) -> Sequential:
     return model
 
 
+def _monitored_loss(args: argparse.Namespace) -> str:
+    """What --early-stopping and --schedule plateau watch."""
+    return "val_loss" if args.validation_split else "loss"
+
+
+def _training_rows(model: Sequential, loss: losses.Loss, targets: np.ndarray, args: argparse.Namespace) -> int:
+    """The number of rows ``fit`` trains on: those --validation-split leaves (``fit``'s own split: stratified by
+    the class labels the loss finds in the targets, seeded alike)."""
+    if not args.validation_split:
+        return len(targets)
+    labels = loss.targets(targets, model.out_features, model.dtype).labels
+    return len(targets) - len(_validation_rows(labels, len(targets), args.validation_split, args.seed))
+
+
+def _schedule(args: argparse.Namespace, optimizer: optim.Optimizer, n_rows: int) -> lr_scheduler.LRScheduler:
+    if args.schedule == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=-(-args.epochs // 3))
+    if args.schedule == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    if args.schedule == "onecycle":
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=optimizer.lr,
+            epochs=args.epochs,
+            steps_per_epoch=-(-n_rows // args.batch_size),
+            cycle_momentum=any(key in optimizer.defaults for key in ("betas", "momentum")),
+        )
+    return lr_scheduler.ReduceLROnPlateau(optimizer, patience=PLATEAU_PATIENCE, monitor=_monitored_loss(args))
+
+
+def _training_callbacks(args: argparse.Namespace, optimizer: optim.Optimizer, n_rows: int) -> list[Callback]:
+    """The callbacks --early-stopping and --schedule ask for, and the per-epoch report; ``n_rows``: the rows each
+    epoch trains on."""
+    chosen: list[Callback] = []
+    if args.early_stopping is not None:
+        chosen.append(
+            EarlyStopping(monitor=_monitored_loss(args), patience=args.early_stopping, restore_best_weights=True)
+        )
+    if args.schedule is not None:
+        chosen.append(_schedule(args, optimizer, n_rows))
+    report = LambdaCallback(
+        on_epoch_end=lambda epoch, logs: print(f"epoch {epoch + 1}/{args.epochs}  {_format_logs(logs)}", flush=True)
+    )
+    return [*chosen, report]
+
+
+def _describe_training_options(args: argparse.Namespace) -> str:
+    chosen = [
+        f"validation split {args.validation_split:g}" if args.validation_split else "",
+        f"early stopping (patience {args.early_stopping} on {_monitored_loss(args)})"
+        if args.early_stopping is not None
+        else "",
+        f"{args.schedule} schedule" if args.schedule else "",
+        f"clip_norm {args.clip_norm:g}" if args.clip_norm is not None else "",
+        f"dropout {args.dropout:g}" if args.dropout else "",
+        f"loss {args.loss}" if args.loss != "ce" else "",
+    ]
+    return ", ".join(option for option in chosen if option)
+
+
+def _report_stop(history: History, chosen: list[Callback]) -> None:
+    """Say why the run ended early, and which epoch's weights early stopping kept."""
+    if history.stop_reason != COMPLETED:
+        print(f"stopped: {history.stop_reason}")
+    for callback in chosen:
+        if isinstance(callback, EarlyStopping) and callback.best is not None:
+            print(f"kept the weights of epoch {callback.best_epoch + 1} ({callback.monitor} {callback.best:.4f})")
+
+
+def _n_outputs(args: argparse.Namespace, n_classes: int) -> int:
+    """One output (a logit) for two classes under bce, else one per class."""
+    return 1 if args.loss == "bce" and n_classes == 2 else n_classes
+
+
+def _fit_targets(labels: np.ndarray, n_outputs: int, args: argparse.Namespace) -> np.ndarray:
+    """What ``fit`` takes for the labels: the labels themselves, or under bce with several outputs their one-hot
+    rows (one binary target per class: one-vs-rest)."""
+    if args.loss == "bce" and n_outputs > 1:
+        return np.eye(n_outputs, dtype=np.float32)[labels]
+    return labels
+
+
+def _class_accuracy(model: Sequential, X: np.ndarray, labels: np.ndarray) -> float:
+    """The fraction of samples whose predicted class is their label: the largest output, or with one output a
+    logit > 0."""
+    outputs = model.predict(X)
+    predicted = outputs[:, 0] > 0 if outputs.shape[1] == 1 else np.argmax(outputs, axis=1)
+    return float(np.mean(predicted == labels))
+
+
 def train(args: argparse.Namespace) -> int:
     _check_train_options(args)
     X_train, y_train, X_test, y_test = _load_dataset(args.dataset)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
-    sizes = [X_train.shape[1], *args.hidden, n_classes]
-    model = _build_model(sizes, args)
-    optimizer = _make_optimizer(args)
+    sizes = [X_train.shape[1], *args.hidden, _n_outputs(args, n_classes)]
+    model, loss, optimizer = _build_model(sizes, args), LOSSES[args.loss](), _make_optimizer(args)
+    targets = _fit_targets(y_train, sizes[-1], args)
+    chosen = _training_callbacks(args, optimizer, _training_rows(model, loss, targets, args))
     print(
         f"fastopt: {' -> '.join(map(str, sizes))} MLP, {optimizer!r}, backend {model.backend}, {args.dtype}, "
         f"{len(X_train)} training and {len(X_test)} test samples from {args.dataset}"
     )
+    if _describe_training_options(args):
+        print(f"options: {_describe_training_options(args)}")
     if args.checkpoint:
         resuming = args.resume and Path(args.checkpoint).exists()
         print(f"{'resuming from' if resuming else 'checkpointing to'} {args.checkpoint}", flush=True)
     started = time.perf_counter()
     with np.errstate(all="ignore"):  # a diverging run is reported once, by fit's FloatingPointError
-        model.fit(
-            X_train,
-            y_train,
-            loss=losses.CrossEntropy(),
-            optimizer=optimizer,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            shuffle=True,
-            seed=args.seed,
-            progress=not args.no_progress,
-            on_epoch_end=lambda epoch, logs: print(f"epoch {epoch}/{args.epochs}  {_format_logs(logs)}", flush=True),
-            checkpoint=args.checkpoint,
-            checkpoint_every=args.checkpoint_every if args.checkpoint else None,
-            resume=args.resume,
+        history = model.fit(
+            X_train, targets, loss=loss, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
+            shuffle=True, seed=args.seed, progress=not args.no_progress, validation_split=args.validation_split,
+            callbacks=chosen, clip_norm=args.clip_norm, checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every if args.checkpoint else None, resume=args.resume,
             overwrite=args.overwrite,
-        )
+        )  # fmt: skip
     training_seconds = time.perf_counter() - started
-    result = model.evaluate(X_test, y_test, loss=losses.CrossEntropy())
-    accuracy = result["accuracy"]
-    print(f"test loss {result['loss']:.4f}  test accuracy {accuracy:.4f}  training time {training_seconds:.2f} s")
+    _report_stop(history, chosen)
+    test_loss = model.evaluate(X_test, _fit_targets(y_test, sizes[-1], args), loss=loss)["loss"]
+    accuracy = _class_accuracy(model, X_test, y_test)
+    print(f"test loss {test_loss:.4f}  test accuracy {accuracy:.4f}  training time {training_seconds:.2f} s")
     if args.save:
         model.save(args.save, overwrite=args.overwrite)
         print(f"saved the model to {args.save}")
+    return 0
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """--output: its folder exists; an existing file is replaced only with --overwrite, a folder never."""
+    if args.output is None:
+        return
+    _check_folder("--output", args.output)
+    target = Path(args.output)
+    if target.is_dir():
+        raise OverwriteRefusedError(f"--output {target} is a folder")
+    if os.path.lexists(target) and not args.overwrite:
+        raise OverwriteRefusedError(f"--output {target} exists; refusing to replace it (--overwrite replaces it)")
+
+
+def _read_inputs(source: str) -> np.ndarray:
+    """DATA: a file of samples, or a dataset's test images."""
+    if Path(source).suffix.lower() in data_files.SUFFIXES:
+        return data_files.read_features(source)
+    if source in datasets.NAMES or Path(source).is_dir():
+        return _load_dataset(source)[2]
+    raise ValueError(
+        f"DATA must be a {', '.join(data_files.SUFFIXES)} file, one of the datasets {', '.join(datasets.NAMES)} "
+        f"or a folder of IDX files, got {source!r}"
+    )
+
+
+def _predictions(model: Sequential, inputs: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """What the command prints: the outputs, the probabilities or the classes of ``inputs``."""
+    if args.values:
+        return model.predict(inputs)
+    loss = LOSSES[args.loss]()
+    if model.out_features == 1 and not isinstance(loss, losses.BinaryCrossEntropy):
+        raise ValueError(
+            f"the model {args.model} has one output, which has no classes under {args.loss}: --loss bce for a binary "
+            "classifier's classes (a logit > 0) or probabilities, --values for its outputs"
+        )
+    return model.predict_proba(inputs, loss=loss) if args.proba else model.predict_classes(inputs, loss=loss)
+
+
+def _as_text(predictions: np.ndarray) -> str:
+    """One line per sample, values separated by commas; floats with the digits that read back to the same bits."""
+    if predictions.dtype.kind in "iub":
+        form = "%d"
+    else:
+        form = "%.9g" if predictions.dtype == np.float32 else "%.17g"
+    stream = io.StringIO()
+    np.savetxt(stream, predictions, fmt=form, delimiter=",")
+    return stream.getvalue()
+
+
+def _write_predictions(predictions: np.ndarray, output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(_as_text(predictions))
+    elif Path(output).suffix.lower() == ".npy":
+        stream = io.BytesIO()
+        np.save(stream, predictions, allow_pickle=False)
+        write_bytes_atomic(output, stream.getvalue())
+    else:
+        write_text_atomic(output, _as_text(predictions))
+
+
+def predict(args: argparse.Namespace) -> int:
+    _check_output(args)
+    model = load(args.model)
+    features = _read_inputs(args.data)
+    inputs = as_features(features, model.in_features, model.dtype, resolve_backend(model.backend), name=args.data)
+    predictions = _predictions(model, inputs, args)
+    _write_predictions(predictions, args.output)
+    if args.output is not None:
+        print(f"wrote {len(predictions)} predictions to {args.output}")
     return 0
 
 
@@ -305,7 +595,10 @@ def bench(args: argparse.Namespace) -> int:
         return 0
     from fastopt.benchmark import run
 
-    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples)
+    if args.variant != "plain" and args.workload != "epoch":
+        raise ValueError(f"--variant {args.variant} applies to --workload epoch, not {args.workload}")
+    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples, threads=args.threads,
+        variant=args.variant)  # fmt: skip
     return 0
 
 
@@ -361,7 +654,7 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "bench": bench, "compare": compare}
+COMMANDS = {"train": train, "predict": predict, "bench": bench, "compare": compare}
 BAD_INPUT = (ValueError, TypeError, ArithmeticError, OSError)  # FileFormatError and OverwriteRefusedError too
 
 

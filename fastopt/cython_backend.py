@@ -38,7 +38,7 @@ import contextlib
 import ctypes
 import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +224,18 @@ def set_gemm_path(path: str) -> None:
     if path == "direct" and not _GEMM_DIRECT_INFO:
         raise RuntimeError(f"the direct GEMM path is unavailable: {_GEMM_FALLBACK_REASON}")
     _direct_gemm = path == "direct"
+
+
+def stream_probe(param: np.ndarray, grad: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int) -> None:
+    """The memory-bandwidth probe of ``fastopt bench``: ``a += grad; b += grad; param += grad`` over four float32
+    buffers of one length, in per-thread chunks as the optimizer kernels cut theirs (``_optim.stream_probe``)."""
+    _optim.stream_probe["float"](param, grad, a, b, threads)
+
+
+def gemm_probe() -> Callable[..., None] | None:
+    """The GEMM probe of ``fastopt bench`` (``_nn.gemm_probe``, float32), or None when the dense kernels make their
+    GEMMs with ``numpy.matmul`` (then NumPy's own rate is the one to measure)."""
+    return _nn.gemm_probe["float"] if _direct_gemm else None
 
 
 def set_openmp_threads(n: int) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fastopt import _io, _random, training
-from fastopt._checks import as_features, check_positive_int, check_same_length, resolve_dtype
+from fastopt._checks import as_features, as_trusted_features, check_positive_int, check_same_length, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
 from fastopt.callbacks import Callback
 from fastopt.history import History
@@ -350,10 +350,13 @@ class Sequential:
     def _has_dropout(self) -> bool:
         return any(stage.kind == "dropout" for stage in self._stages)
 
-    def _forward(self, backend: Backend, workspace: _Workspace, step_key: int | None = None) -> np.ndarray:
-        """The outputs for ``workspace.inputs``. ``step_key``: a training pass, whose dropout stage at layer index j
-        uses the mask of key ``_random.word(step_key, j)``; None (predict, evaluate) skips the dropout stages."""
-        inputs = workspace.inputs
+    def _forward(
+        self, backend: Backend, workspace: _Workspace, step_key: int | None = None, inputs: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The outputs for ``inputs`` (by default ``workspace.inputs``: any C-contiguous batch of the model's dtype
+        and width will do). ``step_key``: a training pass, whose dropout stage at layer index j uses the mask of key
+        ``_random.word(step_key, j)``; None (predict, evaluate) skips the dropout stages."""
+        inputs = workspace.inputs if inputs is None else inputs
         for index, (stage, out) in enumerate(zip(self._stages, workspace.outputs)):
             if stage.kind == "dense":
                 layer = stage.dense
@@ -409,17 +412,26 @@ class Sequential:
                 np.copyto(grad_inputs, grad_out)
         return finite
 
-    def predict(self, X: object, batch_size: int = 1024) -> np.ndarray:
-        """The model's outputs (N, out_features) for inputs X (N, in_features), computed in batches."""
+    def predict(self, X: object, batch_size: int = 1024, check_input: bool = True) -> np.ndarray:
+        """The model's outputs (N, out_features) for inputs X (N, in_features), computed in batches of at most
+        ``batch_size`` rows, each read where it lies (no copy) when X is a C-contiguous array of the model's dtype.
+
+        ``check_input=False`` (scikit-learn's name) is for a trusted caller serving small batches: X must then
+        already be a non-empty C-contiguous ``numpy.ndarray`` of the model's dtype and width (else ``TypeError`` or
+        ``ValueError``), and neither its conversion nor its NaN/Inf scan is made (NaN inputs give NaN outputs)."""
         batch_size = check_positive_int(batch_size, "batch_size")
         backend = resolve_backend(self._backend_name)
-        inputs = as_features(X, self.in_features, self.dtype, backend)
-        result = np.empty((len(inputs), self.out_features), dtype=self.dtype)
-        for start in range(0, len(inputs), batch_size):
-            rows = slice(start, min(start + batch_size, len(inputs)))
-            workspace = self._workspace(rows.stop - rows.start)
-            np.copyto(workspace.inputs, inputs[rows])
-            result[rows] = self._forward(backend, workspace)
+        if check_input:
+            inputs = as_features(X, self.in_features, self.dtype, backend)
+        else:
+            inputs = as_trusted_features(X, self.in_features, self.dtype)
+        n = len(inputs)
+        if n <= batch_size:
+            return self._forward(backend, self._workspace(n), inputs=inputs).copy()
+        result = np.empty((n, self.out_features), dtype=self.dtype)
+        for start in range(0, n, batch_size):
+            rows = slice(start, min(start + batch_size, n))
+            result[rows] = self._forward(backend, self._workspace(rows.stop - rows.start), inputs=inputs[rows])
         return result
 
     __call__ = predict
@@ -656,6 +668,15 @@ class Sequential:
         existing file is replaced only if it is a fastopt model file, or with ``overwrite=True``."""
         config, parameters = {"model": self.config()}, {"parameters": self.parameters}
         _io.write_archive(path, MODEL_FILE_KIND, MODEL_FILE_VERSION, config, parameters, overwrite)
+
+    def to_onnx(self, path: str | os.PathLike[str]) -> None:
+        """Write the model as an ONNX graph (opset 17; input ``input`` (N, in_features), output ``output``) to
+        ``path``, atomically (a file already there is replaced, as ``torch.onnx.export`` does), for ONNX Runtime
+        and other servers; its outputs equal ``predict``'s to the dtype's rounding. Needs the ``onnx`` package
+        (``pip install "fastopt[onnx]"``); see ``fastopt.onnx_export``."""
+        from fastopt.onnx_export import to_onnx
+
+        to_onnx(self, path)
 
 
 def _file_layout(header: dict[str, Any]) -> _io.Layout:

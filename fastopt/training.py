@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,11 +64,48 @@ class FitOptions:
 
 @dataclass
 class FitData:
-    """The training rows and targets (sample weights included) and the validation set, converted and checked."""
+    """The training rows and targets (sample weights included) and the validation set, converted and checked.
+
+    ``rows``: after a validation split, the rows of ``inputs`` that train (``targets`` holds theirs, in order);
+    the inputs are not copied (a 60,000 x 784 float32 copy took 0.08-0.5 s per ``fit``, more than a tenth of a
+    batch-32 epoch): batches gather their rows from ``inputs`` through ``rows``. None: every row trains."""
 
     inputs: np.ndarray
     targets: Targets
     validation: tuple[np.ndarray, Targets] | None = None
+    rows: np.ndarray | None = None
+
+    @property
+    def n_rows(self) -> int:
+        """The number of training rows."""
+        return len(self.inputs) if self.rows is None else len(self.rows)
+
+    def training_inputs(self) -> np.ndarray:
+        """The training rows' inputs (a copy after a split: for a checkpoint's fingerprint only)."""
+        return self.inputs if self.rows is None else self.inputs[self.rows]
+
+    def batch_sources(self) -> tuple[np.ndarray, Targets]:
+        """The inputs and targets batches gather from with the same row numbers (``Run._epoch``'s order): after a
+        split, the targets are laid out at their rows of ``inputs`` (the validation rows' entries are zeros, never
+        gathered)."""
+        if self.rows is None:
+            return self.inputs, self.targets
+        return self.inputs, _spread(self.targets, self.rows, len(self.inputs))
+
+
+def _spread(targets: Targets, rows: np.ndarray, n_samples: int) -> Targets:
+    """``targets`` of ``rows`` placed at those rows of arrays of ``n_samples`` (zeros elsewhere)."""
+
+    def spread(array: np.ndarray | None) -> np.ndarray | None:
+        if array is None:
+            return None
+        full = np.zeros((n_samples, *array.shape[1:]), dtype=array.dtype)
+        full[rows] = array
+        return full
+
+    labels = spread(targets.labels)
+    values = labels if targets.values is targets.labels else spread(targets.values)  # CrossEntropy's are one array
+    return replace(targets, values=values, labels=labels, weights=spread(targets.weights))
 
 
 @dataclass
@@ -157,8 +194,10 @@ def _split(data: FitData, fraction: float, seed: int | None) -> FitData:
     held = _validation_rows(targets.labels, len(data.inputs), fraction, seed)
     if held.size == 0 or held.size == len(data.inputs):
         raise ValueError(f"validation_split={fraction} leaves no rows for training or for validation")
-    kept = np.setdiff1d(np.arange(len(data.inputs)), held)
-    return FitData(data.inputs[kept], targets.subset(kept), (data.inputs[held], targets.subset(held)))
+    training = np.ones(len(data.inputs), dtype=bool)
+    training[held] = False
+    kept = np.flatnonzero(training)  # in order, as np.setdiff1d would give them, without its sorts
+    return FitData(data.inputs, targets.subset(kept), (data.inputs[held], targets.subset(held)), rows=kept)
 
 
 def prepare_data(model: Sequential, X: object, y: object, options: FitOptions, arguments: dict[str, Any]) -> FitData:
@@ -190,13 +229,14 @@ class Run:
     def __init__(self, model: Sequential, options: FitOptions, data: FitData) -> None:
         self.model, self.options, self.data = model, options, data
         self.backend: Backend = resolve_backend(model._backend_name)
-        self.n_batches = math.ceil(len(data.inputs) / options.batch_size)
+        self.n_batches = math.ceil(data.n_rows / options.batch_size)
+        self.inputs, self.targets = data.batch_sources()
         self.history, self.position = History(), Progress()
         self.rng = np.random.default_rng(options.seed)
         self.dropout_key: int | None = None  # the epoch's key of the dropout masks (None: the model has no dropout)
         callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose else [])
         params = {"epochs": options.epochs, "steps": self.n_batches, "batch_size": options.batch_size,
-                  "verbose": options.verbose, "samples": len(data.inputs)}  # fmt: skip
+                  "verbose": options.verbose, "samples": data.n_rows}  # fmt: skip
         self.callbacks = CallbackList(callbacks, model, params)
         self.saver: _checkpoint.Checkpointer | None = None
         saved = self._checkpoint_to_resume()  # read and checked before anything changes
@@ -232,7 +272,7 @@ class Run:
         if options.checkpoint is None:
             return None
         self.fingerprint = _checkpoint.run_fingerprint(
-            self.model, options, data.inputs, data.targets,
+            self.model, options, data.training_inputs(), data.targets,
             None if data.validation is None else (data.validation[0], data.validation[1]), self.callbacks.configs(),
         )  # fmt: skip
         self.environment = _checkpoint.environment(self.backend.name)
@@ -278,9 +318,11 @@ class Run:
             self.saver.start_epoch()
         if model._has_dropout:
             self.dropout_key = dropout_epoch_key(self.rng, epoch)
-        order = np.arange(len(self.data.inputs), dtype=np.int64)  # the row indices the gather kernels take
+        order = np.arange(self.data.n_rows, dtype=np.int64)  # the row indices the gather kernels take
         if options.shuffle:  # a resumed epoch draws the same permutation again from the saved generator state
             self.rng.shuffle(order)
+        if self.data.rows is not None:  # the training rows of a split, in that order
+            order = self.data.rows[order]
         self.callbacks.on_epoch_begin(epoch - 1, {})
         self._batches(order)
         if model.stop_training and position.batch < self.n_batches:
@@ -353,7 +395,7 @@ class Run:
 
     def _batch_rows(self, index: int) -> int:
         size = self.options.batch_size
-        return min(size, len(self.data.inputs) - index * size)
+        return min(size, self.data.n_rows - index * size)
 
     # ------------------------------------------------------------------ one step
     def _step(self, rows: np.ndarray, index: int) -> _Batch:
@@ -362,7 +404,7 @@ class Run:
         model, options = self.model, self.options
         step_key = None if self.dropout_key is None else _random.word(self.dropout_key, index)
         loss, correct, weight, finite = model._batch_gradients(
-            self.backend, options.loss, self.data.inputs, self.data.targets, rows, step_key
+            self.backend, options.loss, self.inputs, self.targets, rows, step_key
         )
         if not math.isfinite(loss):
             return _Batch(loss, finite=False, problem=f"the loss became {loss}")

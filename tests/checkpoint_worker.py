@@ -8,7 +8,8 @@ As a script (the worker)::
 trains a small MLP on a subset of ``datasets.mini()`` (resuming from PATH when it exists), prints
 ``ready`` once imports and data are done (the parent times its kills from there) and writes the final
 parameters, optimizer state and history to OUT. ``--variant`` "cosine" or "onecycle" trains longer with
-callbacks: early stopping (restoring its best weights, on a validation split), that schedule, and clip_norm.
+callbacks: early stopping (restoring its best weights, on a validation split), that schedule, and clip_norm;
+"dropout" is "cosine" with a ``Dropout`` after each hidden layer.
 ``--reference`` instead trains once without and once
 with checkpoints every 3 batches (to a file next to OUT), and writes the result, whether the two runs
 agree, and the checkpointed run's duration.
@@ -34,7 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 N_SAMPLES, BATCH_SIZE, EPOCHS, SEED = 472, 16, 3, 11  # 30 batches per epoch (the last of 8 rows), 90 steps
-VARIANTS = ("plain", "cosine", "onecycle")
+VARIANTS = ("plain", "cosine", "onecycle", "dropout")
+DROPOUT = 0.2  # the "dropout" variant: after each hidden layer
 CALLBACK_EPOCHS = 12  # the callback variants: early stopping ends them before (checked by the tests)
 
 
@@ -46,7 +48,7 @@ def _variant_options(variant: str, optimizer: object) -> dict:
 
     if variant == "plain":
         return {"epochs": EPOCHS}
-    if variant == "cosine":
+    if variant in ("cosine", "dropout"):
         schedule = lr_scheduler.CosineAnnealingLR(optimizer, T_max=6, eta_min=1e-4)
     else:  # 427 training rows after the split: 27 batches per epoch
         schedule = lr_scheduler.OneCycleLR(optimizer, max_lr=2e-2, epochs=CALLBACK_EPOCHS, steps_per_epoch=27)
@@ -63,12 +65,17 @@ def _train(
     from fastopt import datasets, layers, losses, optim
 
     X, y, X_test, y_test = datasets.mini()
+
+    def dropout() -> list:  # a layer of its own at each position
+        return [layers.Dropout(DROPOUT)] if variant == "dropout" else []
+
     model = fastopt.Sequential(
-        [layers.Dense(784, 32), layers.ReLU(), layers.Dense(32, 16), layers.Tanh(), layers.Dense(16, 10)],
+        [layers.Dense(784, 32), layers.ReLU(), *dropout(), layers.Dense(32, 16), layers.Tanh(), *dropout(),
+         layers.Dense(16, 10)],
         dtype="float32",
         seed=SEED,
         backend=backend,
-    )
+    )  # fmt: skip
     optimizer = optim.Adam(lr=2e-3, amsgrad=True, weight_decay=1e-4, decay=1e-3)
     options = {"validation_data": (X_test[:200], y_test[:200]), **_variant_options(variant, optimizer)}
     if checkpoint:

@@ -241,3 +241,24 @@ def test_sigkill_with_callbacks_then_resume_is_bit_exact(variant, tmp_path):
         assert result.bit_exact, f"trial {trial} ({mode}): {result.mismatch}"
         results.append(result)
     assert sum(result.kill_points for result in results) >= 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigkill_with_dropout_a_schedule_clipping_and_early_stopping_is_bit_exact(backend, tmp_path):
+    """Issue 13's promise: the worker with Dropout after each hidden layer, the cosine schedule, clip_norm and early
+    stopping on a validation split (restoring its best weights), killed with SIGKILL at random moments and during
+    checkpoint writes, then resumed, ends as the uninterrupted run did (which stopped early), on each backend: the
+    masks of a resumed epoch are made again from the checkpoint's generator state."""
+    from checkpoint_worker import kill_trial, reference
+
+    rng = random.Random(f"kill-dropout-{backend}")
+    expected = reference(tmp_path, backend, "dropout")
+    assert expected.info["stop_reason"].startswith("early stopping: val_loss")
+    cosine = reference(tmp_path, backend, "cosine")  # the same run without dropout: dropout changed the run
+    assert not np.array_equal(expected.arrays["parameters"], cosine.arrays["parameters"])
+    results = []
+    for trial, (mode, every) in enumerate([("delay", 3), ("write", 1), ("delay", 1)]):
+        result = kill_trial(tmp_path / str(trial), backend, every, expected, rng, mode, "dropout")
+        assert result.bit_exact, f"trial {trial} ({mode}): {result.mismatch}"
+        results.append(result)
+    assert sum(result.kill_points for result in results) >= 1

@@ -32,6 +32,12 @@ OPTIONS = [
     "--seed",
     "--save",
     "--no-progress",
+    "--validation-split",
+    "--early-stopping",
+    "--schedule",
+    "--clip-norm",
+    "--dropout",
+    "--loss",
 ]
 
 
@@ -235,4 +241,4 @@ def test_train_help_documents_every_option():
 def test_top_level_help_lists_train():
     result = run("--help")
     assert result.returncode == 0
-    assert "train" in result.stdout
+    assert "train" in result.stdout and "predict" in result.stdout

@@ -41,7 +41,7 @@ def split_rows(y: np.ndarray, fraction: float, seed: int | None, loss=None) -> t
     options = training.check_fit_options(model, arguments)
     data = training.prepare_data(model, X, y, options, arguments)
     assert data.validation is not None
-    return data.inputs[:, 0].astype(np.int64), data.validation[0][:, 0].astype(np.int64)
+    return data.training_inputs()[:, 0].astype(np.int64), data.validation[0][:, 0].astype(np.int64)
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.9])

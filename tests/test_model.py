@@ -228,6 +228,48 @@ def test_predict_accepts_lists_and_non_contiguous_arrays():
     assert np.array_equal(model.predict(X.tolist()), expected)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_predict_without_input_checks_gives_the_same_bits(backend, dtype):
+    model = small_mlp(dtype=dtype, seed=3, backend=backend, n_in=6)
+    X = np.random.default_rng(0).normal(size=(40, 6)).astype(dtype)
+    for batch_size in (1024, 7):
+        checked = model.predict(X, batch_size=batch_size)
+        assert np.array_equal(model.predict(X, batch_size=batch_size, check_input=False), checked)
+    # the same batch size as the checked call: another one may take another BLAS kernel, with other bits
+    checked = model.predict(X)
+    X.flags.writeable = False  # read where it lies: a read-only batch is fine
+    first = model.predict(X, check_input=False)
+    model.predict(X[::-1].copy(), check_input=False)  # the workspace is reused: the first result must not change
+    assert np.array_equal(first, checked)
+
+
+@pytest.mark.parametrize(
+    "X, exception, match",
+    [
+        ([[0.0] * 6], TypeError, "numpy array of float32"),
+        (np.zeros((2, 6), dtype=np.float64), TypeError, "numpy array of float32"),
+        (np.zeros((2, 5), dtype=np.float32), ValueError, r"shape \(N >= 1, 6\)"),
+        (np.zeros((0, 6), dtype=np.float32), ValueError, r"shape \(N >= 1, 6\)"),
+        (np.zeros(6, dtype=np.float32), ValueError, r"shape \(N >= 1, 6\)"),
+        (np.zeros((2, 12), dtype=np.float32)[:, ::2], ValueError, "C-contiguous"),
+    ],
+)
+def test_predict_without_input_checks_still_refuses_what_the_kernels_cannot_read(X, exception, match):
+    model = small_mlp(seed=0, n_in=6)
+    with pytest.raises(exception, match=match):
+        model.predict(X, check_input=False)
+
+
+def test_predict_without_input_checks_lets_nan_through_and_with_them_refuses_it():
+    model = small_mlp(seed=0, n_in=6)
+    X = np.zeros((3, 6), dtype=np.float32)
+    X[1, 2] = np.nan
+    assert np.isnan(model.predict(X, check_input=False)[1]).all()
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(X)
+
+
 def test_float64_model_trains_and_keeps_float64(mini_subset):
     X, y, _, _ = mini_subset
     model = small_mlp(dtype="float64", seed=0)

@@ -1089,3 +1089,38 @@ def count_correct(const floating[:, ::1] scores, const int64_t[::1] labels):
         for i in range(rows):
             correct += _row_argmax(sp + i * cols, cols) == lp[i]
     return correct
+
+
+# ------------------------------------------------------------------------------- the GEMM probe
+cdef inline void _probe_block(Py_ssize_t block, Py_ssize_t blocks, bint trans_a, bint trans_b, Py_ssize_t m,
+                              Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda, const floating* b,
+                              Py_ssize_t ldb, floating* c, Py_ssize_t ldc) noexcept nogil:
+    cdef Py_ssize_t bounds[4]
+    _gemm_block(block, blocks, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, bounds)
+
+
+def gemm_probe(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c, bint trans_a, bint trans_b,
+               int threads, Py_ssize_t repeats):
+    """``c = op(a) @ op(b)``, ``repeats`` times in a row with no Python call between them, cut into ``threads``
+    blocks of c on as many OpenMP threads with one BLAS thread each, as the dense kernels cut their products
+    (op transposes when its flag is set). ``fastopt bench`` times it for its GEMM rate of each product shape.
+    Needs ``set_blas``."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t repeat, block
+    if (a.shape[1] if trans_a else a.shape[0]) != m or (b.shape[1] if trans_b else b.shape[0]) != k or (
+        b.shape[0] if trans_b else b.shape[1]
+    ) != n or min(m, n, k) == 0:
+        raise ValueError("gemm_probe: op(a) (m, k), op(b) (k, n) and c (m, n) must agree and be non-empty")
+    if threads < 1 or repeats < 1:
+        raise ValueError("gemm_probe needs threads >= 1 and repeats >= 1")
+    _check_blas(m, k, n)
+    _blas_serial_begin()
+    with nogil:
+        for repeat in range(repeats):
+            if threads == 1:
+                _gemm(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1], &c[0, 0], n)
+            else:
+                for block in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+                    _probe_block(block, threads, trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
+                                 b.shape[1], &c[0, 0], n)
+    _blas_serial_end()

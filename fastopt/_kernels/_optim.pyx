@@ -68,7 +68,7 @@ cdef struct LionHyper:
 
 # ----------------------------------------------------------------------------------------- the scaffold
 cdef enum Kind:
-    SGD, ADAGRAD, RMSPROP, ADAM, NADAM, ADAMAX, RADAM, LION
+    SGD, ADAGRAD, RMSPROP, ADAM, NADAM, ADAMAX, RADAM, LION, STREAM
 
 
 cdef struct Step:
@@ -114,6 +114,8 @@ cdef void _update(const Step* u, floating* p, const floating* g, Py_ssize_t star
         _adamax(p, g, s0, s1, n, <const AdamaxHyper*>u.hyper)
     elif u.kind == RADAM:
         _radam(p, g, s0, s1, n, <const RAdamHyper*>u.hyper)
+    elif u.kind == STREAM:
+        _stream(p, g, s0, s1, n)
     else:
         _lion(p, g, s0, n, <const LionHyper*>u.hyper)
     if flushes:
@@ -121,12 +123,17 @@ cdef void _update(const Step* u, floating* p, const floating* g, Py_ssize_t star
 
 
 cdef void _run(const Step* u, floating* p, const floating* g, Py_ssize_t n, Work work) noexcept nogil:
-    # The whole update: serially, or in one contiguous chunk per thread when the thread policy says so.
-    cdef int c, chunks = threads_for(work, <double>n, n)
+    # The whole update, on the threads the policy gives a ``work``-kind update of n elements.
+    _run_chunks(u, p, g, n, threads_for(work, <double>n, n))
+
+
+cdef void _run_chunks(const Step* u, floating* p, const floating* g, Py_ssize_t n, int chunks) noexcept nogil:
+    # The update serially, or in one contiguous chunk per thread.
+    cdef int c
     cdef Py_ssize_t start, size
     cdef double started
     cdef double[1] own_done  # when the calling thread finished its chunk (for the stall guard)
-    if chunks == 1:
+    if chunks <= 1:
         _update(u, p, g, 0, n)
         return
     size = _chunk_size(n, chunks)
@@ -405,3 +412,32 @@ cdef void _lion(floating* p, const floating* g, floating* m, Py_ssize_t n, const
 
 def lion_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, LionHyper hyper):
     _launch(LION, &hyper, param, grad, &exp_avg[0], NULL, NULL, LIGHT_UPDATE)
+
+
+# ----------------------------------------------------------------------------------------- the bandwidth probe
+cdef void _stream(floating* p, const floating* g, floating* a, floating* b, Py_ssize_t n) noexcept nogil:
+    # Adam's memory traffic (reads p, g, m, v; writes p, m, v) with one addition per written element, no divider.
+    cdef Py_ssize_t i
+    cdef floating gi
+    for i in range(n):
+        gi = g[i]
+        a[i] = a[i] + gi
+        b[i] = b[i] + gi
+        p[i] = p[i] + gi
+
+
+def stream_probe(floating[::1] param, const floating[::1] grad, floating[::1] a, floating[::1] b, int threads):
+    """``a += grad; b += grad; param += grad`` in one pass: an Adam step's memory traffic (4 reads and 3 writes
+    per element) without its arithmetic, cut into ``threads`` contiguous chunks exactly as the optimizer kernels
+    cut theirs (``threads`` is not capped by the thread policy: ``fastopt bench`` tries each count up to the
+    processors). The four buffers have one length. Its time is a lower bound for an Adam step over the same
+    buffers on as many threads; ``fastopt bench`` derives its memory bandwidth from it."""
+    cdef Step u
+    cdef Py_ssize_t n = param.shape[0]
+    if n == 0 or grad.shape[0] != n or a.shape[0] != n or b.shape[0] != n:
+        raise ValueError("stream_probe needs four non-empty buffers of one length")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    u.kind, u.hyper, u.state[0], u.state[1], u.state[2] = STREAM, NULL, &a[0], &b[0], NULL
+    with nogil:
+        _run_chunks(&u, &param[0], &grad[0], n, threads)
