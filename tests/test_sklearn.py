@@ -94,6 +94,29 @@ def test_pipeline_cross_val_score_and_grid_search(blobs):
     assert search.predict(X).shape == (200,)
 
 
+def test_grid_search_runs_on_a_dask_cluster_through_joblib(blobs):
+    """GridSearchCV over fastopt's estimator on a LocalCluster of two worker processes (joblib's Dask backend, as a
+    study of ``fastopt compare`` uses one): every candidate's score equals the one of the same search in this
+    process, since each fit is deterministic whatever process makes it."""
+    distributed = pytest.importorskip("distributed")
+    import joblib
+
+    X, y = blobs
+    grid = {"alpha": [1e-4, 1e-1], "hidden_layer_sizes": [(8,), (16,)]}
+    estimator = MLPClassifier(max_iter=30, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        local = GridSearchCV(estimator, grid, cv=2).fit(X, y)
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                           dashboard_address=None)  # fmt: skip
+        with cluster, distributed.Client(cluster) as client, joblib.parallel_backend("dask"):
+            remote = GridSearchCV(estimator, grid, cv=2, n_jobs=-1).fit(X, y)
+            workers = set(client.scheduler_info()["workers"])
+    assert len(workers) == 2
+    assert np.array_equal(remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
+    assert remote.best_params_ == local.best_params_
+
+
 def test_clone_keeps_parameters_not_the_fit(blobs):
     X, y = blobs
     fitted = _quiet(
