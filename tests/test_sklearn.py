@@ -36,6 +36,13 @@ FLOAT32_WEIGHT_EQUIVALENCE = (
     "OpenBLAS's SkylakeX kernels and missed by 1.7e-7 relative with its Prescott ones (2-core AMD EPYC Zen 4), "
     "so neither float32 estimator is expected to pass (an open defect of issue 14)"
 )
+FLOAT32_SUBSET_INVARIANCE = (
+    "float32 rounding: a row predicted alone and inside a batch goes through BLAS kernels of other shapes, whose "
+    "float32 sums differ by up to one ulp (1.2e-7 relative, at the check's rtol=1e-7): a random 3-100-1 model's "
+    "predictions of 20 rows, alone against together, differed by 6e-8 with OpenBLAS's SkylakeX kernels and 1.2e-7 "
+    "with its Prescott ones (2-core AMD EPYC Zen 4; the fitted regressor missed the check with Prescott's); the "
+    "float64 estimators pass it (an open defect of issue 14)"
+)
 
 CHECKED = [
     MLPClassifier(max_iter=50, random_state=0, dtype="float64"),
@@ -49,7 +56,10 @@ CHECKED = [
 
 def _expected_failures(estimator):
     if estimator.dtype == "float32":
-        return {"check_sample_weight_equivalence_on_dense_data": FLOAT32_WEIGHT_EQUIVALENCE}
+        return {
+            "check_sample_weight_equivalence_on_dense_data": FLOAT32_WEIGHT_EQUIVALENCE,
+            "check_methods_subset_invariance": FLOAT32_SUBSET_INVARIANCE,
+        }
     return {}
 
 
