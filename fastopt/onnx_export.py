@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,4 +127,4 @@ def model_proto(model: Any) -> Any:
 def to_onnx(model: Any, path: str | os.PathLike[str]) -> None:
     """Write ``model``'s ONNX graph to ``path``, atomically."""
     data = model_proto(model).SerializeToString()
-    _io._replace_atomically(Path(path), lambda stream: stream.write(data))
+    _io.write_bytes_atomic(path, data)
