@@ -587,7 +587,20 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_bench_options(args: argparse.Namespace) -> None:
+    """Refuse an option the chosen workload would not read, rather than drop it silently: --variant is the epoch
+    workload's; the sklearn workload reads only --rounds (its seeds) and times one and all threads itself."""
+    if args.variant != "plain" and args.workload != "epoch":
+        raise ValueError(f"--variant {args.variant} applies to --workload epoch, not {args.workload}")
+    if args.workload == "sklearn":
+        given = [name for name in ("batch_size", "threads", "json") if getattr(args, name) is not None]
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"{options} do not apply to --workload sklearn (it reads --rounds, its seeds)")
+
+
 def bench(args: argparse.Namespace) -> int:
+    _check_bench_options(args)
     if args.workload == "sklearn":
         from fastopt import bench_sklearn
 
@@ -595,8 +608,6 @@ def bench(args: argparse.Namespace) -> int:
         return 0
     from fastopt.benchmark import run
 
-    if args.variant != "plain" and args.workload != "epoch":
-        raise ValueError(f"--variant {args.variant} applies to --workload epoch, not {args.workload}")
     run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples, threads=args.threads,
         variant=args.variant)  # fmt: skip
     return 0

@@ -62,3 +62,9 @@ def test_variant_full_is_for_the_epoch_workload_only():
     result = run("bench", "--workload", "optim", "--variant", "full")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
     assert "--variant full applies to --workload epoch" in result.stderr
+
+
+def test_the_sklearn_workload_refuses_options_it_would_not_read():
+    result = run("bench", "--workload", "sklearn", "--threads", "1", "--json", "out.json")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "--threads, --json do not apply to --workload sklearn" in result.stderr
