@@ -27,7 +27,15 @@ from typing import Any
 from fastopt._checks import check_kernel_arguments
 from fastopt.kernel_table import ACTIVATIONS, KERNELS, Array, Kernel, Scalar
 
-__all__ = ["ACTIVATIONS", "Backend", "available_backends", "get_backend", "resolve_backend", "set_backend"]
+__all__ = [
+    "ACTIVATIONS",
+    "Backend",
+    "StepTiming",
+    "available_backends",
+    "get_backend",
+    "resolve_backend",
+    "set_backend",
+]
 
 
 def _public_signature(kernel: Kernel) -> inspect.Signature:
@@ -64,6 +72,16 @@ def _checked_method(kernel: Kernel) -> Callable[..., Any]:
     return method
 
 
+class StepTiming:
+    """What a training loop tells its backend: a step begins, a step ends (this base does nothing with it)."""
+
+    def begin_step(self) -> None:
+        """A training step (forward, backward, optimizer update) begins."""
+
+    def end_step(self) -> None:
+        """The step begun last has ended."""
+
+
 class Backend:
     """Base class of the backends: the checked entry points of every kernel in ``fastopt.kernel_table``
     (``backend.dense_forward(...)``, ``backend.adam_step(...)``, ...), made from the table; subclasses implement
@@ -72,10 +90,12 @@ class Backend:
     name = "abstract"
 
     @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
-        """Held by ``Sequential.fit`` around its loop, where kernels alternate with BLAS calls; a backend
-        may adjust its threading for that."""
-        yield
+    def training(self) -> Iterator[StepTiming]:
+        """Held by ``Sequential.fit`` (and the scikit-learn estimators) around their loops, where kernels alternate
+        with BLAS calls; a backend may adjust its threading for that. The loop calls the ``StepTiming`` it yields
+        before and after each training step, so that the backend can time its steps (the compiled one chooses
+        its thread count with them)."""
+        yield StepTiming()
 
     def set_num_threads(self, n: int) -> None:
         """Threads this backend's kernels may use (the NumPy backend has no threads of its own)."""

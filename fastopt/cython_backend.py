@@ -38,6 +38,8 @@ import contextlib
 import ctypes
 import inspect
 import os
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,11 +50,12 @@ from threadpoolctl import threadpool_info
 from fastopt._kernels import _nn as _nn_baseline
 from fastopt._kernels import _optim as _optim_baseline
 from fastopt._kernels import _threads
-from fastopt.backend import Backend
+from fastopt.backend import Backend, StepTiming
 from fastopt.kernel_table import KERNELS, OPTIMIZER_KERNELS
 
 __all__ = [
     "CythonBackend",
+    "StepThreads",
     "build_info",
     "cpu_has_avx2_fma",
     "gemm_path",
@@ -262,6 +265,7 @@ def build_info() -> dict:
         "training_parallel_threshold": policy["training_update_threshold"],
         "stall_guard": policy["stall_guard"],
         "serial_spells": policy["serial_spells"],
+        "training_threads": dict(_last_choice),
         "compile_args": info["compile_args"],
         "isa": info["isa"],
         "isa_reason": _ISA_REASON,
@@ -294,27 +298,85 @@ def _optimizer_method(kernel_name: str) -> object:
     return method
 
 
+# The choice of the last fit that made one (``build_info()["training_threads"]``): its median step times.
+_last_choice: dict[str, float | int] = {}
+
+
+class StepThreads(StepTiming):
+    """Chooses, for one fit, between the kernels' threads and one thread, by timing the fit's own steps.
+
+    Why: whether a step's kernels gain from several threads depends on the CPU and on how data moves between the
+    cores' caches, not on one kernel's size alone. On a 2-core AMD EPYC Zen 4 VM, each kernel timed alone ran
+    faster on two threads, but inside a fit the data a step shares across cores (weights updated on one core and
+    read on the other, gradients written by one and read by the other) cost more than the threads gained for
+    small networks: scikit-learn's digits (64-100-10, batch 200) took 125 us a step on two threads and 114 us on
+    one, friedman1 (10-100-1) 52 against 39 us; the 784-128-64-10 network at batch 32 took 211 us against 273.
+
+    The probe: blocks of ``BLOCK_STEPS`` steps, threaded and serial in turn, ``ROUNDS`` blocks each; the first
+    step of a block is not timed (it pays for moving the data the other way). The mode of the lower median step
+    time then stays for the rest of the fit. The blocks each kernel cuts its work into never change, so neither
+    do the bits: only the speed depends on the choice."""
+
+    BLOCK_STEPS = 5
+    ROUNDS = 2
+
+    def __init__(self) -> None:
+        self._steps = 0
+        self._started = 0
+        self._times: tuple[list[int], list[int]] = ([], [])  # nanoseconds of the timed (threaded, serial) steps
+        self.serial: bool | None = None  # the choice, once made
+
+    def _serial_block(self) -> bool:
+        return (self._steps // self.BLOCK_STEPS) % 2 == 1
+
+    def begin_step(self) -> None:
+        if self.serial is not None:
+            return
+        if self._steps % self.BLOCK_STEPS == 0:
+            _threads.set_training_serial(self._serial_block())
+        self._started = time.perf_counter_ns()
+
+    def end_step(self) -> None:
+        if self.serial is not None:
+            return
+        elapsed = time.perf_counter_ns() - self._started
+        if self._steps % self.BLOCK_STEPS:
+            self._times[self._serial_block()].append(elapsed)
+        self._steps += 1
+        if self._steps == 2 * self.ROUNDS * self.BLOCK_STEPS:
+            self.choose(statistics.median(self._times[0]) / 1e3, statistics.median(self._times[1]) / 1e3)
+
+    def choose(self, threaded_us: float, serial_us: float) -> None:
+        """Keep the faster mode for the rest of the fit, given the median step times measured in each."""
+        self.serial = serial_us < threaded_us
+        _threads.set_training_serial(self.serial)
+        _last_choice.update(threads=1 if self.serial else _threads.build_info()["num_threads"],
+                            threaded_step_us=threaded_us, serial_step_us=serial_us)  # fmt: skip
+
+
 class CythonBackend(Backend):
     """Compiled fused kernels (see the module docstring); results agree with ``NumpyBackend``."""
 
     name = "cython"
 
     @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
+    def training(self) -> Iterator[StepTiming]:
         """While models train, one thread pool at a time: OpenBLAS's threads and libgomp's both spin after their
         parallel regions, and alternated on the same cores they stalled each step for a scheduler slice (a
         535k-parameter model: 2.6 s instead of 0.16 s per 5,000 samples). With the direct GEMMs BLAS's threads
         stay asleep (the kernels hold it at one thread and split the work themselves), so the optimizer kernels
         split their work from the policy's training threshold on (a 109k-parameter Adam step: 32 instead of 56 us);
         with ``numpy.matmul`` and a multi-threaded BLAS they run serially (``_threads.begin_training``). The
-        user's thread settings are not changed, so a ``set_num_threads`` made during a fit stays after it."""
+        user's thread settings are not changed, so a ``set_num_threads`` made during a fit stays after it. With more
+        than one thread, the fit's loop times its first steps on the threads and on one (``StepThreads``)."""
         blas_busy = (
             not _direct_gemm
             and max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=1) > 1
         )
         _threads.begin_training(blas_busy)
+        policy = _threads.build_info()
         try:
-            yield
+            yield StepThreads() if policy["num_threads"] > 1 and policy["openmp"] else StepTiming()
         finally:
             _threads.end_training()
 

@@ -58,7 +58,7 @@ from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from fastopt import layers, optim
-from fastopt.backend import Backend, resolve_backend
+from fastopt.backend import Backend, StepTiming, resolve_backend
 from fastopt.losses import Loss, Targets
 from fastopt.model import Sequential
 
@@ -424,11 +424,12 @@ class _BaseMLP(BaseEstimator):
         self._set_nominal_batch(batch_size)
         self.n_iter_ = 0
         try:
-            with backend.training():
+            with backend.training() as timing:
                 for _ in range(self.max_iter):
                     if self.shuffle:
                         order = self._shuffled(order)
-                    self._end_iteration(self._epoch(backend, data, order, batch_size), len(order), validation)
+                    loss = self._epoch(backend, timing, data, order, batch_size)
+                    self._end_iteration(loss, len(order), validation)
                     if self._stopping() or incremental:
                         break
                     if self.n_iter_ == self.max_iter:
@@ -450,13 +451,17 @@ class _BaseMLP(BaseEstimator):
         self._random_state.shuffle(permutation)
         return order[permutation]
 
-    def _epoch(self, backend: Backend, data: _TrainingSet, order: np.ndarray, batch_size: int) -> float:
-        """One pass over the rows in ``order``; returns scikit-learn's epoch loss: the batches' losses weighted by
-        their number of rows."""
+    def _epoch(
+        self, backend: Backend, timing: StepTiming, data: _TrainingSet, order: np.ndarray, batch_size: int
+    ) -> float:
+        """One pass over the rows in ``order``, each step timed for the backend; returns scikit-learn's epoch loss:
+        the batches' losses weighted by their number of rows."""
         total = 0.0
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
+            timing.begin_step()
             total += self._step(backend, data, rows) * len(rows)
+            timing.end_step()
         return total / len(order)
 
     def _end_iteration(self, loss: float, n_samples: int, validation: tuple | None) -> None:
@@ -541,14 +546,16 @@ class _BaseMLP(BaseEstimator):
 
         def loss_and_gradient(packed: np.ndarray) -> tuple[float, np.ndarray]:
             model.parameters[...] = packed
+            timing.begin_step()
             value, weight_sum = self._loss_and_gradients(backend, data, rows)
+            timing.end_step()
             gradient = model.gradients.astype(np.float64)
             weights = packed[:n_weights]
             value += 0.5 * self.alpha * float(weights @ weights) / weight_sum
             gradient[:n_weights] += (self.alpha / weight_sum) * weights
             return value, gradient
 
-        with backend.training():
+        with backend.training() as timing:
             result = minimize(loss_and_gradient, model.parameters.astype(np.float64), method="L-BFGS-B", jac=True,
                               options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})  # fmt: skip
         model.parameters[...] = result.x

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from fastopt import _random
 from fastopt import checkpoint as _checkpoint
 from fastopt._checks import as_features, check_positive_int, check_same_length, check_scalar
-from fastopt.backend import Backend, resolve_backend
+from fastopt.backend import Backend, StepTiming, resolve_backend
 from fastopt.callbacks import Callback, CallbackList, LambdaCallback, ProgressLogger, TerminateOnNaN
 from fastopt.history import COMPLETED, History, Progress
 from fastopt.losses import Loss, Targets
@@ -234,6 +234,7 @@ class Run:
         self.history, self.position = History(), Progress()
         self.rng = np.random.default_rng(options.seed)
         self.dropout_key: int | None = None  # the epoch's key of the dropout masks (None: the model has no dropout)
+        self.step_timing = StepTiming()  # the backend's, while train() runs
         callbacks = list(options.callbacks) + ([ProgressLogger()] if options.verbose else [])
         params = {"epochs": options.epochs, "steps": self.n_batches, "batch_size": options.batch_size,
                   "verbose": options.verbose, "samples": data.n_rows}  # fmt: skip
@@ -294,7 +295,7 @@ class Run:
         after its callbacks' ``on_train_end`` made the model what the run ended with."""
         model = self.model
         model.stop_training, model.stop_reason, model.history = False, "", self.history
-        with self.backend.training():
+        with self.backend.training() as self.step_timing:
             self.callbacks.on_train_begin({})
             if self.saved is not None:
                 self.callbacks.load_state_dicts(self.saved.callbacks)
@@ -361,7 +362,9 @@ class Run:
                   disable=not options.progress, leave=False, unit="batch") as bar:  # fmt: skip
             for index in range(position.batch, self.n_batches):
                 self.callbacks.on_train_batch_begin(index, {})
+                self.step_timing.begin_step()
                 batch = self._step(order[index * size : (index + 1) * size], index)
+                self.step_timing.end_step()
                 self._count(batch, index)
                 self.callbacks.on_train_batch_end(index, {"loss": batch.loss})
                 if self.saver is not None:

@@ -309,6 +309,52 @@ def test_backend_training_brackets_the_policy(policy: Any) -> None:
     assert policy.build_info()["trainings"] == trainings
 
 
+def test_a_fit_that_chose_one_thread_runs_every_kernel_serially(policy: Any) -> None:
+    from fastopt.cython_backend import StepThreads
+
+    policy.set_stall_guard(False)
+    with resolve_backend("cython").training() as timing:
+        assert isinstance(timing, StepThreads)
+        assert threads_now(Work.GEMM) == threads_now(Work.UPDATE) == THREADS
+        timing.choose(threaded_us=120.0, serial_us=100.0)
+        assert timing.serial is True and policy.build_info()["training_serial"] is True
+        assert {threads_now(kind) for kind in THRESHOLD_KEYS} == {1}
+    assert policy.build_info()["training_serial"] is False  # reset when the fit ends
+    assert threads_now(Work.GEMM) == THREADS
+    with resolve_backend("cython").training() as timing:
+        timing.choose(threaded_us=100.0, serial_us=120.0)
+        assert timing.serial is False and threads_now(Work.GEMM) == THREADS
+
+
+def test_step_threads_probes_blocks_of_each_mode_then_keeps_the_faster(policy: Any) -> None:
+    from fastopt.cython_backend import StepThreads
+
+    policy.set_stall_guard(False)
+    block, rounds = StepThreads.BLOCK_STEPS, StepThreads.ROUNDS
+    with resolve_backend("cython").training() as timing:
+        modes = []
+        for _ in range(2 * rounds * block):
+            timing.begin_step()
+            modes.append(threads_now(Work.GEMM))
+            time.sleep(0.002 if modes[-1] == THREADS else 0.0)  # threaded steps made slower
+            timing.end_step()
+        assert modes == ([THREADS] * block + [1] * block) * rounds
+        assert timing.serial is True and threads_now(Work.GEMM) == 1
+        timing.begin_step()  # chosen: no more probing
+        assert threads_now(Work.GEMM) == 1
+        timing.end_step()
+    choice = resolve_backend("cython").build_info()["training_threads"]
+    assert choice["threads"] == 1 and choice["threaded_step_us"] > choice["serial_step_us"] + 1000
+
+
+def test_one_thread_fits_time_no_steps(policy: Any) -> None:
+    from fastopt.cython_backend import StepThreads
+
+    policy.set_num_threads(1)
+    with resolve_backend("cython").training() as timing:
+        assert not isinstance(timing, StepThreads)
+
+
 # ------------------------------------------------------------------------------------------- fork
 def _child(parent_result: np.ndarray, values: dict[str, Any], write: int) -> None:
     """In the forked child: report the policy and run the same Adam step serially; never returns."""

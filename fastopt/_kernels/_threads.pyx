@@ -57,6 +57,7 @@ cdef int _num_threads = fo_omp_max_threads()
 cdef double _update_threshold = UPDATE_THRESHOLD
 cdef Py_ssize_t _trainings = 0  # fits in progress (changed with the GIL held)
 cdef bint _training_serial_updates = False
+cdef bint _training_serial = False  # a fit found its steps faster on one thread (set_training_serial)
 cdef bint _forked = False
 
 cdef bint _guard_on = True
@@ -95,8 +96,11 @@ cdef inline double _threshold(Work kind) noexcept nogil:
 cdef int threads_for(Work kind, double work, Py_ssize_t pieces) noexcept nogil:
     """Threads for a call doing ``work`` (elements or flops, by kind) cut into ``pieces`` independent pieces:
     1 (run serially, no parallel region) below the kind's threshold, for updates while training beside a
-    multi-threaded BLAS, in a forked child, and during a spell of the stall guard; else min(threads, pieces)."""
+    multi-threaded BLAS, while the fits in progress chose one thread (``set_training_serial``), in a forked child,
+    and during a spell of the stall guard; else min(threads, pieces)."""
     if not FO_HAVE_OPENMP or _forked or _num_threads <= 1 or pieces <= 1 or work < _threshold(kind):
+        return 1
+    if _trainings > 0 and _training_serial:
         return 1
     if _training_serial_updates and _trainings > 0 and (kind == UPDATE or kind == LIGHT_UPDATE):
         return 1
@@ -189,9 +193,19 @@ def begin_training(bint blas_multithreaded):
 
 
 def end_training():
-    global _trainings
+    global _trainings, _training_serial
     if _trainings > 0:
         _trainings -= 1
+    if _trainings == 0:
+        _training_serial = False
+
+
+def set_training_serial(bint serial):
+    """While models train, run every kernel on one thread (``serial``) or as the thresholds say: the choice a fit
+    makes by timing its own steps both ways (``fastopt.cython_backend.StepThreads``). The blocks, hence the bits,
+    are the same either way. Reset when the last fit ends."""
+    global _training_serial
+    _training_serial = serial
 
 
 def _after_fork_in_child():
@@ -217,6 +231,7 @@ def build_info():
         "scan_threshold": int(SCAN_THRESHOLD),
         "trainings": _trainings,
         "training_serial_updates": bool(_trainings > 0 and _training_serial_updates),
+        "training_serial": bool(_trainings > 0 and _training_serial),
         "stall_guard": bool(_guard_on),
         "serial_spells": _spells,
         "stalls_at_barriers": _barrier_stalls,
