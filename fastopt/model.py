@@ -304,6 +304,19 @@ class Sequential:
 
     __copy__ = copy
 
+    def astype(self, dtype: str | np.dtype) -> Sequential:
+        """A new model of the same layers, seed and backend in ``dtype`` (float32 or float64), with these weights
+        converted (exactly from float32 to float64; rounded to nearest the other way); no loss or optimizer."""
+        model = Sequential(
+            [layer_from_config(layer.config()) for layer in self.layers], dtype=dtype, seed=self.seed,
+            backend=self._backend_name,
+        )  # fmt: skip
+        if model.dtype == np.float32 and self.dtype != np.float32:
+            model.set_weights(self.get_weights())  # refuses a weight beyond float32's range
+        else:
+            model.parameters[...] = self._parameters
+        return model
+
     def __getstate__(self) -> dict[str, Any]:
         """What pickle and copy keep: the configuration, dtype, seed, backend name, flat buffers, loss and
         optimizer. The derived state is left out and rebuilt by ``__setstate__``: the layers' views (``Dense``

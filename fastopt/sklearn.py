@@ -26,14 +26,15 @@ The training follows scikit-learn's math, so that a user sees the same behaviour
   counts; more than ``n_iter_no_change`` in a row stops (or divides an adaptive rate); reaching ``max_iter`` warns
   with ``ConvergenceWarning``. With ``early_stopping`` the best validation epoch's parameters are kept.
 
-fastopt's own: ``dtype`` (``"float32"``, the default, or ``"float64"``; scikit-learn trains in float64 unless X is
-float32), ``backend`` (None: the current fastopt backend), and the solvers ``adamw``, ``rmsprop``, ``adagrad``,
-``nadam``, ``adamax``, ``radam`` and ``lion`` (fastopt's optimizers with ``learning_rate_init``; ``beta_1``,
-``beta_2`` and ``epsilon`` for the Adam family; ``alpha`` is the L2 term above, except for ``adamw`` and ``lion``,
-whose decoupled weight decay on the weights it sets). ``warm_start=True`` keeps the optimizer's state (Adam's
-moments, SGD's velocity) from the previous fit, where scikit-learn starts a new optimizer: a warm-started fit then
-continues the run as if it had been asked for more iterations. Sparse input is refused (convert it with
-``X.toarray()``).
+fastopt's own: ``dtype`` (``"float32"``, the default, or ``"float64"``: the precision of training; scikit-learn
+trains in float64 unless X is float32; predictions are computed in float64 from the weights either way, so that a
+row's prediction does not depend on the rows predicted with it), ``backend`` (None: the current fastopt backend),
+and the solvers ``adamw``, ``rmsprop``, ``adagrad``, ``nadam``, ``adamax``, ``radam`` and ``lion`` (fastopt's
+optimizers with ``learning_rate_init``; ``beta_1``, ``beta_2`` and ``epsilon`` for the Adam family; ``alpha`` is the
+L2 term above, except for ``adamw`` and ``lion``, whose decoupled weight decay on the weights it sets).
+``warm_start=True`` keeps the optimizer's state (Adam's moments, SGD's velocity) from the previous fit, where
+scikit-learn starts a new optimizer: a warm-started fit then continues the run as if it had been asked for more
+iterations. Sparse input is refused (convert it with ``X.toarray()``).
 """
 
 from __future__ import annotations
@@ -586,15 +587,22 @@ class _BaseMLP(BaseEstimator):
         return [layer.bias for layer in self._dense_layers()]
 
     def _outputs(self, X: object) -> np.ndarray:
-        """The last layer's outputs ``z`` (N, n_outputs_) before the output function, for checked new data."""
+        """The last layer's outputs ``z`` (N, n_outputs_) before the output function, for checked new data, computed
+        in float64 whatever ``dtype`` the network trained in: float32 GEMMs of other shapes (a row predicted alone
+        or among others) round a row's sums differently, by up to one float32 ulp, so that a row's float32
+        prediction would depend on the rows predicted with it (scikit-learn's ``check_methods_subset_invariance``
+        asks that it does not, to 1e-7). In float64 the differences are about 1e-16."""
         check_is_fitted(self, "_model")
-        X = self._checked_data(X)
-        return self._model.predict(X)
+        X = self._checked_data(X, dtype=np.float64)
+        return self._model.astype(np.float64).predict(X)
 
-    def _checked_data(self, X: object, y: object = "no_validation", reset: bool = False, **options: Any) -> Any:
-        """scikit-learn's ``validate_data`` in the network's dtype; sparse input refused, saying so."""
+    def _checked_data(
+        self, X: object, y: object = "no_validation", reset: bool = False, dtype: Any = None, **options: Any
+    ) -> Any:
+        """scikit-learn's ``validate_data`` in ``dtype`` (None: the network's); sparse input refused, saying so."""
+        dtype = np.dtype(self.dtype) if dtype is None else dtype
         try:
-            return validate_data(self, X, y, accept_sparse=False, dtype=np.dtype(self.dtype), reset=reset, **options)
+            return validate_data(self, X, y, accept_sparse=False, dtype=dtype, reset=reset, **options)
         except TypeError as error:
             if "sparse" in str(error).lower():
                 raise TypeError(SPARSE_REFUSED) from error
@@ -748,8 +756,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     """scikit-learn's ``MLPRegressor`` (same parameters, defaults, attributes and methods), trained by fastopt.
 
     Single- and multi-output targets; ``loss`` is ``"squared_error"`` (half the mean squared error) or
-    ``"poisson"`` (half the Poisson deviance, with an exp output). ``dtype`` (default ``"float32"``: predictions are
-    float32; scikit-learn keeps float64) and ``backend`` are fastopt's; ``solver`` also takes fastopt's optimizers.
+    ``"poisson"`` (half the Poisson deviance, with an exp output). ``dtype`` (default ``"float32"``, the training's
+    precision; predictions are computed in float64, as scikit-learn's) and ``backend`` are fastopt's; ``solver``
+    also takes fastopt's optimizers.
     """
 
     _loss_choices = ("squared_error", "poisson")
@@ -807,7 +816,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return predictions.ravel() if predictions.shape[1] == 1 else predictions
 
     def predict(self, X: object) -> np.ndarray:
-        """The predicted values (n_samples,) or (n_samples, n_outputs), float64 (computed in ``dtype``)."""
+        """The predicted values (n_samples,) or (n_samples, n_outputs), computed in float64 from the weights."""
         return self._predictions(self._outputs(X))
 
     def __sklearn_tags__(self) -> Any:

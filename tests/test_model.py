@@ -689,3 +689,30 @@ def test_losses_match_hand_computation_on_random_inputs(data, shape, backend):
     assert losses.CrossEntropy()(logits, labels, backend=backend) == pytest.approx(expected_ce, rel=1e-9, abs=1e-12)
     expected_mse = np.mean((logits - target) ** 2)
     assert losses.MSE()(logits, target, backend=backend) == pytest.approx(expected_mse, rel=1e-12, abs=1e-12)
+
+
+def test_astype_converts_the_weights_into_a_new_model():
+    model = fastopt.Sequential(
+        [layers.Dense(3, 5), layers.LeakyReLU(0.1), layers.Dropout(0.2), layers.Dense(5, 2)], seed=4
+    )
+    wide = model.astype("float64")
+    assert wide.dtype == np.float64 and wide.seed == model.seed and wide.backend == model.backend
+    assert [type(layer) for layer in wide.layers] == [type(layer) for layer in model.layers]
+    assert np.array_equal(wide.parameters, model.parameters.astype(np.float64))  # exact
+    assert not np.shares_memory(wide.parameters, model.parameters)
+    assert wide.optimizer is None and wide.loss is None
+    X = np.random.default_rng(0).random((7, 3))
+    np.testing.assert_allclose(wide.predict(X), model.predict(X), rtol=1e-5, atol=1e-6)
+    wide.parameters[0] = 1 / 3
+    narrow = wide.astype(np.float32)
+    assert narrow.parameters[0] == np.float32(1 / 3)  # rounded to nearest
+    assert np.array_equal(narrow.parameters[1:], model.parameters[1:])
+
+
+def test_astype_refuses_weights_beyond_float32():
+    wide = fastopt.Sequential([layers.Dense(2, 1)], dtype="float64", seed=0)
+    wide.parameters[0] = 1e300
+    with pytest.raises(ValueError, match="too large for float32"):
+        wide.astype("float32")
+    with pytest.raises((TypeError, ValueError), match="dtype"):
+        wide.astype("int8")

@@ -287,6 +287,8 @@ class Optimizer:
         would silently run without the missing buffer."""
         for index, group in enumerate(self.param_groups):
             before = self._checked_groups[index]
+            if group["params"] is before["params"] and group == before:
+                continue  # unchanged (one comparison in C: the same params list compares by identity)
             if _options(group) != _options(before):
                 checked = self._validated_group(group, group["params"])
                 if self._state_names(checked) != self._state_names(before):
@@ -310,12 +312,13 @@ class Optimizer:
                 "make a new optimizer for other parameters"
             )
         for index, (param, state, layout) in enumerate(zip(params, self.state, self._layouts)):
-            if (param.shape, param.dtype) != layout or not param.flags.c_contiguous:
+            flags = param.flags
+            if (param.shape, param.dtype) != layout or not flags.c_contiguous:
                 raise ValueError(
                     f"params[{index}] changed since the optimizer took it (now {param.dtype} {param.shape}, was "
                     f"{layout[1]} {layout[0]}); make a new optimizer for it"
                 )
-            if not param.flags.writeable:
+            if not flags.writeable:
                 raise ValueError(f"params[{index}] is read-only; an optimizer updates its parameters in place")
             for name, buffer in state.items():
                 if not buffer.flags.writeable:
