@@ -372,8 +372,8 @@ class Sequential:
         inputs = workspace.inputs if inputs is None else inputs
         for index, (stage, out) in enumerate(zip(self._stages, workspace.outputs)):
             if stage.kind == "dense":
-                layer = stage.dense
-                backend._dense_forward(inputs, layer.weight, layer.bias, out, stage.activation, stage.negative_slope)  # type: ignore[union-attr]
+                layer = stage.dense  # its bound views read directly: the public properties cost a call each, per step
+                backend._dense_forward(inputs, layer._weight, layer._bias, out, stage.activation, stage.negative_slope)  # type: ignore[union-attr]
             elif stage.kind == "activation":
                 backend._activation_forward(stage.activation, inputs, out, stage.negative_slope)
             elif stage.kind == "softmax":
@@ -404,11 +404,11 @@ class Sequential:
                 layer = stage.dense
                 finite &= backend._dense_backward(
                     inputs,
-                    layer.weight,  # type: ignore[union-attr]
+                    layer._weight,  # type: ignore[union-attr]
                     out,
                     grad_out,
-                    layer.weight_grad,  # type: ignore[union-attr]
-                    layer.bias_grad,  # type: ignore[union-attr]
+                    layer._weight_grad,  # type: ignore[union-attr]
+                    layer._bias_grad,  # type: ignore[union-attr]
                     grad_inputs,
                     stage.activation,
                     stage.negative_slope,

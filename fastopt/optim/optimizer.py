@@ -10,6 +10,7 @@ group with its own hyperparameters (the constructor's are the defaults). An opti
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -56,6 +57,13 @@ def _check_fits(hyper: dict[str, Any], params: list[np.ndarray]) -> None:
         for number in value if isinstance(value, tuple) else (value,):
             if isinstance(number, float) and abs(number) > largest:
                 raise ValueError(f"{name}={number!r} is beyond the range of {narrowest} (the parameters' dtype)")
+
+
+@functools.cache
+def _kernel_call(kernel_name: str) -> tuple[str, tuple[str, ...]]:
+    """An optimizer kernel's backend method and the names of its state buffers (its arrays after param and grad)."""
+    spec = KERNELS[kernel_name]
+    return spec.method, tuple(array.name for array in spec.arrays[2:])
 
 
 def _options(group: dict[str, Any]) -> dict[str, Any]:
@@ -332,9 +340,8 @@ class Optimizer:
             raise OverflowError(f"{type(self).__name__} has made {self.step_count} steps, the most it can count")
         step_count = self.step_count
         self.step_count += 1
-        spec = KERNELS[self.kernel]
-        kernel = getattr(resolve_backend(self.backend), spec.method)
-        buffer_names = [array.name for array in spec.arrays[2:]]
+        method, buffer_names = _kernel_call(self.kernel)
+        kernel = getattr(resolve_backend(self.backend), method)
         index = 0
         for group in self.param_groups:
             lr = decayed_lr(group, step_count)
