@@ -7,7 +7,7 @@ the stall guard are the thread policy's, in ``_threads.pyx``.
 """
 
 from cython cimport floating
-from libc.math cimport exp, expf, fabs, fabsf, log, sqrt, sqrtf, tanh, tanhf
+from libc.math cimport exp, expf, fabs, fabsf, log, log1p, sqrt, sqrtf, tanh, tanhf
 
 cdef extern from "fastopt_kernels.h":
     const int FO_HAVE_OPENMP
@@ -21,7 +21,9 @@ cdef extern from "fastopt_kernels.h":
     double fo_thread_cpu_seconds() noexcept nogil
     unsigned int fo_flush_subnormals_begin() noexcept nogil
     void fo_flush_subnormals_end(unsigned int saved) noexcept nogil
+    float fo_selectf(int c, float a, float b) noexcept nogil
     float fo_expf_nonpositive(float d) noexcept nogil
+    float fo_log1pf_unit_interval(float e) noexcept nogil
 
 
 cdef inline floating fsqrt(floating x) noexcept nogil:
@@ -45,6 +47,11 @@ cdef inline floating fexp(floating x) noexcept nogil:
 cdef inline floating fexp_nonpositive(floating x) noexcept nogil:
     # exp(x) for x <= 0 or NaN: float32 by the vectorizable fo_expf_nonpositive above, float64 by libm's exp.
     return fo_expf_nonpositive(x) if floating is float else exp(x)
+
+
+cdef inline floating flog1p_unit_interval(floating e) noexcept nogil:
+    # log1p(e) for 0 <= e <= 1 or NaN: float32 by the vectorizable fo_log1pf_unit_interval, float64 by libm's log1p.
+    return fo_log1pf_unit_interval(e) if floating is float else log1p(e)
 
 
 cdef inline floating ftanh(floating x) noexcept nogil:

@@ -1,8 +1,8 @@
-/* C helpers of the layer kernels (`_nn.pyx`): bitwise selects, the normal distribution's density and cdf in
- * float32 for GELU, and the SplitMix64 words of the dropout masks.
+/* C helpers of the layer kernels (`_nn.pyx`): the normal distribution's density and cdf in float32 for GELU, and the
+ * SplitMix64 words of the dropout masks.
  *
- * Stateless and inlined (always: see FO_FORCE_INLINE), compiled into each module that includes it with that module's
- * flags, as `fastopt_kernels.h` (whose fo_expf_nonpositive the GELU helpers use).
+ * Stateless and inlined (always: see FO_FORCE_INLINE in `fastopt_kernels.h`, whose selects and exp they use),
+ * compiled into each module that includes it with that module's flags.
  */
 #ifndef FASTOPT_LAYERS_H
 #define FASTOPT_LAYERS_H
@@ -12,31 +12,6 @@
 #include <string.h>
 
 #include "fastopt_kernels.h"
-
-/* The loops of these helpers vectorize only once the helpers (and exp) are inlined into them. In _nn.c, a large
-   translation unit, gcc's inliner ran out of its unit-growth budget before reaching the GELU loops and left
-   fo_expf_nonpositive a call there; always_inline makes the choice not depend on the size of the rest of the file.
-   (A declaration adding the attribute is merged with fastopt_kernels.h's definition.) */
-#if defined(__GNUC__)
-#define FO_FORCE_INLINE static inline __attribute__((always_inline))
-static inline float fo_expf_nonpositive(float d) __attribute__((always_inline));
-#else
-#define FO_FORCE_INLINE static inline
-#endif
-
-/* ---------------------------------------------------------------------------------- selects */
-/* c ? a : b, chosen on the bits. Under gcc's default -ftrapping-math a loop whose select has a computed value on
-   each side (leaky_relu's `z > 0 ? z : z * slope`) is not vectorized: gcc moves the product into the branch that
-   uses it, and then will not execute it unconditionally. A select of bits leaves nothing to move. (float32 only:
-   the float64 kernels are not the fast path, and use a plain select.) */
-FO_FORCE_INLINE float fo_selectf(int c, float a, float b) {
-    uint32_t bits_a, bits_b, mask = (uint32_t)0 - (uint32_t)(c != 0);
-    memcpy(&bits_a, &a, sizeof bits_a);
-    memcpy(&bits_b, &b, sizeof bits_b);
-    bits_a = (bits_a & mask) | (bits_b & ~mask);
-    memcpy(&a, &bits_a, sizeof a);
-    return a;
-}
 
 /* ---------------------------------------------------------------------------------- float32 GELU */
 /* The standard normal distribution's density and cdf in float32 for GELU, branch-free so that loops of them vectorize
