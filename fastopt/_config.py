@@ -37,9 +37,16 @@ def _openmp_line(info: dict) -> str:
         if info["stall_guard"]
         else "stall guard off (FASTOPT_STALL_GUARD=0)"
     )
+    choice = info["training_threads"]
+    last_fit = (
+        f"; the last fit timed its steps at {choice['threaded_step_us']:.0f} us threaded and "
+        f"{choice['serial_step_us']:.0f} us on one thread, and ran on {choice['threads']}"
+        if choice
+        else "; each fit times its first steps threaded and on one thread and keeps the faster"
+    )
     return (
         f"OpenMP: on, {info['openmp_threads']} threads: dense layers by blocks, optimizer steps above "
-        f"{info['parallel_threshold']} elements ({inside_fit}); {guard}"
+        f"{info['parallel_threshold']} elements ({inside_fit}); {guard}{last_fit}"
     )
 
 

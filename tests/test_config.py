@@ -146,3 +146,22 @@ def test_show_config_names_the_gemm_path(capsys):
     fastopt.show_config()
     text = capsys.readouterr().out
     assert "GEMM" in text and cython_backend.build_info()["gemm"] in text
+
+
+def test_show_config_reports_the_thread_choice_of_the_last_fit(capsys):
+    if "cython" not in fastopt.available_backends():
+        pytest.skip("the compiled extension is not built")
+    from fastopt.cython_backend import build_info
+
+    if build_info()["openmp_threads"] < 2:
+        pytest.skip("one OpenMP thread: fits make no thread choice")
+    model = fastopt.Sequential([fastopt.layers.Dense(8, 6), fastopt.layers.Dense(6, 2)], seed=0, backend="cython")
+    X, y = np.random.default_rng(0).random((25 * 8, 8)), np.arange(25 * 8) % 2
+    model.fit(X, y, epochs=1, batch_size=8, progress=False)  # 25 steps: the probe's 20, then the choice
+    choice = build_info()["training_threads"]
+    assert choice["threads"] in (1, build_info()["openmp_threads"])
+    assert (choice["threads"] == 1) == (choice["serial_step_us"] < choice["threaded_step_us"])
+    fastopt.show_config()
+    text = capsys.readouterr().out
+    assert f"the last fit timed its steps at {choice['threaded_step_us']:.0f} us threaded" in text
+    assert f"and ran on {choice['threads']}" in text
