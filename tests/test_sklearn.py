@@ -383,3 +383,26 @@ def test_bench_workload_measures_both_libraries_on_the_same_seeds():
     report = bench_sklearn.format_case(case, results)
     assert report.startswith("breast_cancer, adam, 3 iterations: accuracy") and "within 2 sd" in report
     assert "one thread: wall" in report
+
+
+def test_lbfgs_holds_every_blas_at_one_thread_while_it_runs(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    import fastopt.sklearn as fastopt_sklearn
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    seen = []
+    evaluate = fastopt_sklearn._BaseMLP._loss_and_gradients
+
+    def recording(self, *args):
+        seen.append(blas_threads())
+        return evaluate(self, *args)
+
+    monkeypatch.setattr(fastopt_sklearn._BaseMLP, "_loss_and_gradients", recording)
+    before = blas_threads()
+    X, y = make_classification(60, 5, random_state=0)
+    _quiet(MLPClassifier(hidden_layer_sizes=(4,), solver="lbfgs", max_iter=5, random_state=0), X, y)
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before
