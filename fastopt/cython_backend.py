@@ -248,8 +248,8 @@ def set_openmp_threads(n: int) -> None:
 
 def set_parallel_threshold(n: int) -> None:
     """Smallest optimizer update with divisions (AdaGrad, RMSProp, Adam, ...) split over OpenMP threads outside
-    ``fit``; streaming ones (SGD, Lion) use four times it. The default, 2**18, keeps small models serial (see
-    ``fastopt/_kernels/_threads.pyx`` for why)."""
+    ``fit``; streaming ones (SGD, Lion) use four times it. The default is 2**15 (see ``fastopt/_kernels/_threads.pyx``
+    for the measurements); inside ``fit`` a higher setting is lowered to it."""
     _threads.set_update_threshold(int(n))
 
 

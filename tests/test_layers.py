@@ -452,7 +452,7 @@ def test_the_keep_fraction_is_binomial() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 1001, 2**19 + 1])
 def test_dropout_is_the_same_on_both_backends_and_any_thread_count(size) -> None:  # type: ignore[no-untyped-def]
-    """2**19 elements split over the threads outside fit (the threshold of the optimizer updates is 2**18)."""
+    """2**19 elements split over the threads outside fit (above the threshold of the optimizer updates, 2**15)."""
     CB, cython_backend = compiled()
     if not cython_backend.build_info()["openmp"]:
         pytest.skip("built without OpenMP: the kernels always run on one thread")

@@ -285,6 +285,7 @@ def test_update_threshold_setting(policy: Any) -> None:
 
 def test_training_lowers_and_restores_the_update_threshold(policy: Any) -> None:
     policy.set_stall_guard(False)
+    policy.set_update_threshold(2**18)  # a user's setting above the training threshold
     info = policy.build_info()
     training = info["training_update_threshold"]
     assert training < info["update_threshold"]
