@@ -314,24 +314,30 @@ class StepThreads(StepTiming):
 
     The probe: blocks of ``BLOCK_STEPS`` steps, threaded and serial in turn, ``ROUNDS`` blocks each; the first
     step of a block is not timed (it pays for moving the data the other way). The mode of the lower median step
-    time then stays for the rest of the fit. The blocks each kernel cuts its work into never change, so neither
-    do the bits: only the speed depends on the choice."""
+    time then stays for ``REPROBE_SECONDS``, after which the probe runs again: the machine changes under a long fit
+    (another process starts; this VM's host halves its two-thread throughput for seconds to minutes at a time,
+    when a threaded step took 505 us against 280 serial, and 220 against 280 a minute later). The blocks each
+    kernel cuts its work into never change, so neither do the bits: only the speed depends on the choice."""
 
     BLOCK_STEPS = 5
     ROUNDS = 2
+    REPROBE_SECONDS = 10.0
 
     def __init__(self) -> None:
         self._steps = 0
         self._started = 0
         self._times: tuple[list[int], list[int]] = ([], [])  # nanoseconds of the timed (threaded, serial) steps
-        self.serial: bool | None = None  # the choice, once made
+        self._chosen_at = 0  # perf_counter_ns of the last choice
+        self.serial: bool | None = None  # the choice in force (None while probing)
 
     def _serial_block(self) -> bool:
         return (self._steps // self.BLOCK_STEPS) % 2 == 1
 
     def begin_step(self) -> None:
         if self.serial is not None:
-            return
+            if time.perf_counter_ns() - self._chosen_at < self.REPROBE_SECONDS * 1e9:
+                return
+            self.serial, self._steps, self._times = None, 0, ([], [])  # probe again
         if self._steps % self.BLOCK_STEPS == 0:
             _threads.set_training_serial(self._serial_block())
         self._started = time.perf_counter_ns()
@@ -349,6 +355,7 @@ class StepThreads(StepTiming):
     def choose(self, threaded_us: float, serial_us: float) -> None:
         """Keep the faster mode for the rest of the fit, given the median step times measured in each."""
         self.serial = serial_us < threaded_us
+        self._chosen_at = time.perf_counter_ns()
         _threads.set_training_serial(self.serial)
         _last_choice.update(threads=1 if self.serial else _threads.build_info()["num_threads"],
                             threaded_step_us=threaded_us, serial_step_us=serial_us)  # fmt: skip

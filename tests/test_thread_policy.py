@@ -368,6 +368,21 @@ def test_step_threads_probes_blocks_of_each_mode_then_keeps_the_faster(policy: A
     assert choice["threads"] == 1 and choice["threaded_step_us"] > choice["serial_step_us"] + 1000
 
 
+def test_step_threads_probes_again_after_a_while(policy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastopt.cython_backend import StepThreads
+
+    policy.set_stall_guard(False)
+    with resolve_backend("cython").training() as timing:
+        timing.choose(threaded_us=100.0, serial_us=50.0)
+        timing.begin_step()  # soon after the choice: it holds
+        assert timing.serial is True and threads_now(Work.GEMM) == 1
+        timing.end_step()
+        monkeypatch.setattr(StepThreads, "REPROBE_SECONDS", 0.0)
+        timing.begin_step()  # the choice is old: a threaded probe block starts
+        assert timing.serial is None and threads_now(Work.GEMM) == THREADS
+        timing.end_step()
+
+
 def test_one_thread_fits_time_no_steps(policy: Any) -> None:
     from fastopt.cython_backend import StepThreads
 
