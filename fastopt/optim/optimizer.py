@@ -312,25 +312,32 @@ class Optimizer:
     def _check_buffers(self) -> None:
         """Every parameter still has the shape, dtype and layout its state was made for (a parameter resized in
         place would make a kernel run past its state), and every buffer a step writes is writeable: checked
-        before the first update, so that a refused step changes nothing."""
-        params = self.params
-        if len(params) != len(self._layouts):
+        before the first update, so that a refused step changes nothing. (The groups are walked directly, not
+        through ``params``, whose list cost half of this check's 1 us per step on a 2-core AMD EPYC Zen 4 VM.)"""
+        layouts, states = self._layouts, self.state
+        count = 0
+        for group in self.param_groups:
+            count += len(group["params"])
+        if count != len(layouts):
             raise ValueError(
-                f"param_groups hold {len(params)} parameters, the optimizer took {len(self._layouts)}; "
+                f"param_groups hold {count} parameters, the optimizer took {len(layouts)}; "
                 "make a new optimizer for other parameters"
             )
-        for index, (param, state, layout) in enumerate(zip(params, self.state, self._layouts)):
-            flags = param.flags
-            if (param.shape, param.dtype) != layout or not flags.c_contiguous:
-                raise ValueError(
-                    f"params[{index}] changed since the optimizer took it (now {param.dtype} {param.shape}, was "
-                    f"{layout[1]} {layout[0]}); make a new optimizer for it"
-                )
-            if not flags.writeable:
-                raise ValueError(f"params[{index}] is read-only; an optimizer updates its parameters in place")
-            for name, buffer in state.items():
-                if not buffer.flags.writeable:
-                    raise ValueError(f"the optimizer state {name!r} of params[{index}] is read-only")
+        index = 0
+        for group in self.param_groups:
+            for param in group["params"]:
+                flags, layout = param.flags, layouts[index]
+                if (param.shape, param.dtype) != layout or not flags.c_contiguous:
+                    raise ValueError(
+                        f"params[{index}] changed since the optimizer took it (now {param.dtype} {param.shape}, was "
+                        f"{layout[1]} {layout[0]}); make a new optimizer for it"
+                    )
+                if not flags.writeable:
+                    raise ValueError(f"params[{index}] is read-only; an optimizer updates its parameters in place")
+                for name, buffer in states[index].items():
+                    if not buffer.flags.writeable:
+                        raise ValueError(f"the optimizer state {name!r} of params[{index}] is read-only")
+                index += 1
 
     def apply(self, grads: list[np.ndarray]) -> None:
         """``step`` without the gradient checks, for callers that own the buffers (``Sequential``)."""
@@ -347,12 +354,8 @@ class Optimizer:
             lr = decayed_lr(group, step_count)
             for param in group["params"]:
                 state = self.state[index]
-                kernel(
-                    param,
-                    grads[index],
-                    *[state.get(name) for name in buffer_names],
-                    self._kernel_hyper(group, lr, state),
-                )
+                # map, not a list comprehension: no function frame per call (Python 3.11)
+                kernel(param, grads[index], *map(state.get, buffer_names), self._kernel_hyper(group, lr, state))
                 index += 1
 
     # -------------------------------------------------------------- saving and loading
