@@ -318,33 +318,44 @@ class StepThreads(StepTiming):
     small networks: scikit-learn's digits (64-100-10, batch 200) took 125 us a step on two threads and 114 us on
     one, friedman1 (10-100-1) 52 against 39 us; the 784-128-64-10 network at batch 32 took 211 us against 273.
 
-    The probe: blocks of ``BLOCK_STEPS`` steps, threaded and serial in turn, ``ROUNDS`` blocks each; the first
-    step of a block is not timed (it pays for moving the data the other way). The mode of the lower median step
-    time then stays for ``REPROBE_SECONDS``, after which the probe runs again: the machine changes under a long fit
-    (another process starts; this VM's host halves its two-thread throughput for seconds to minutes at a time,
-    when a threaded step took 505 us against 280 serial, and 220 against 280 a minute later). The blocks each
-    kernel cuts its work into never change, so neither do the bits: only the speed depends on the choice."""
+    The probe: ``WARMUP_STEPS`` threaded steps not timed, then blocks of ``BLOCK_STEPS`` steps, threaded and
+    serial in turn, ``ROUNDS`` blocks each; the first step of a block is not timed (it pays for moving the data the
+    other way). The warm-up is there because the first threaded steps after a pause run slow while the other core
+    wakes up: on a 2-core AMD EPYC Zen 4 VM the 784-128-64-10 network's batch-32 steps took 375, 299, 229, 208 us,
+    then 164-179 from the sixth on, and a probe without warm-up chose one thread (250 us a step) in about one fit out
+    of four. The mode of the lower median step time then stays for ``REPROBE_SECONDS``, after which the probe runs
+    again: the machine changes under a long fit (another process starts; this VM's host halves its two-thread
+    throughput for seconds to minutes at a time, when a threaded step took 505 us against 280 serial, and 220
+    against 280 a minute later). The blocks each kernel cuts its work into never change, so neither do the bits:
+    only the speed depends on the choice."""
 
+    WARMUP_STEPS = 10
     BLOCK_STEPS = 5
     ROUNDS = 2
     REPROBE_SECONDS = 10.0
 
     def __init__(self) -> None:
-        self._steps = 0
+        self._steps = 0  # steps of the probe so far
         self._started = 0
         self._times: tuple[list[int], list[int]] = ([], [])  # nanoseconds of the timed (threaded, serial) steps
         self._chosen_at = 0  # perf_counter_ns of the last choice
         self.serial: bool | None = None  # the choice in force (None while probing)
 
+    def _block_step(self) -> int:
+        """The step's place in the probe's blocks (negative during the warm-up)."""
+        return self._steps - self.WARMUP_STEPS
+
     def _serial_block(self) -> bool:
-        return (self._steps // self.BLOCK_STEPS) % 2 == 1
+        return (self._block_step() // self.BLOCK_STEPS) % 2 == 1
 
     def begin_step(self) -> None:
         if self.serial is not None:
             if time.perf_counter_ns() - self._chosen_at < self.REPROBE_SECONDS * 1e9:
                 return
             self.serial, self._steps, self._times = None, 0, ([], [])  # probe again
-        if self._steps % self.BLOCK_STEPS == 0:
+        if self._steps == 0:
+            _threads.set_training_serial(False)
+        elif self._block_step() >= 0 and self._block_step() % self.BLOCK_STEPS == 0:
             _threads.set_training_serial(self._serial_block())
         self._started = time.perf_counter_ns()
 
@@ -352,10 +363,10 @@ class StepThreads(StepTiming):
         if self.serial is not None:
             return
         elapsed = time.perf_counter_ns() - self._started
-        if self._steps % self.BLOCK_STEPS:
+        if self._block_step() > 0 and self._block_step() % self.BLOCK_STEPS:
             self._times[self._serial_block()].append(elapsed)
         self._steps += 1
-        if self._steps == 2 * self.ROUNDS * self.BLOCK_STEPS:
+        if self._block_step() == 2 * self.ROUNDS * self.BLOCK_STEPS:
             self.choose(statistics.median(self._times[0]) / 1e3, statistics.median(self._times[1]) / 1e3)
 
     def choose(self, threaded_us: float, serial_us: float) -> None:

@@ -351,15 +351,15 @@ def test_step_threads_probes_blocks_of_each_mode_then_keeps_the_faster(policy: A
     from fastopt.cython_backend import StepThreads
 
     policy.set_stall_guard(False)
-    block, rounds = StepThreads.BLOCK_STEPS, StepThreads.ROUNDS
+    warmup, block, rounds = StepThreads.WARMUP_STEPS, StepThreads.BLOCK_STEPS, StepThreads.ROUNDS
     with resolve_backend("cython").training() as timing:
         modes = []
-        for _ in range(2 * rounds * block):
+        for _ in range(warmup + 2 * rounds * block):
             timing.begin_step()
             modes.append(threads_now(Work.GEMM))
             time.sleep(0.002 if modes[-1] == THREADS else 0.0)  # threaded steps made slower
             timing.end_step()
-        assert modes == ([THREADS] * block + [1] * block) * rounds
+        assert modes == [THREADS] * warmup + ([THREADS] * block + [1] * block) * rounds
         assert timing.serial is True and threads_now(Work.GEMM) == 1
         timing.begin_step()  # chosen: no more probing
         assert threads_now(Work.GEMM) == 1
