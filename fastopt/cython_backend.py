@@ -318,7 +318,7 @@ class StepThreads(StepTiming):
     small networks: scikit-learn's digits (64-100-10, batch 200) took 125 us a step on two threads and 114 us on
     one, friedman1 (10-100-1) 52 against 39 us; the 784-128-64-10 network at batch 32 took 211 us against 273.
 
-    The probe: ``WARMUP_STEPS`` threaded steps not timed, then blocks of ``BLOCK_STEPS`` steps, threaded and
+    The probe: threaded steps not timed for ``WARMUP_SECONDS``, then blocks of ``BLOCK_STEPS`` steps, threaded and
     serial in turn, ``ROUNDS`` blocks each; the first step of a block is not timed (it pays for moving the data the
     other way). The warm-up is there because the first threaded steps after a pause run slow while the other core
     wakes up: on a 2-core AMD EPYC Zen 4 VM the 784-128-64-10 network's batch-32 steps took 375, 299, 229, 208 us,
@@ -329,44 +329,45 @@ class StepThreads(StepTiming):
     against 280 a minute later). The blocks each kernel cuts its work into never change, so neither do the bits:
     only the speed depends on the choice."""
 
-    WARMUP_STEPS = 10
+    WARMUP_SECONDS = 0.002
     BLOCK_STEPS = 5
     ROUNDS = 2
     REPROBE_SECONDS = 10.0
 
     def __init__(self) -> None:
-        self._steps = 0  # steps of the probe so far
+        self._steps = 0  # steps of the probe's blocks so far
         self._started = 0
+        self._warm_until = 0  # perf_counter_ns when the warm-up ends (0: the probe has not started)
+        self._warming = False  # the step in progress is a warm-up step
         self._times: tuple[list[int], list[int]] = ([], [])  # nanoseconds of the timed (threaded, serial) steps
         self._chosen_at = 0  # perf_counter_ns of the last choice
         self.serial: bool | None = None  # the choice in force (None while probing)
 
-    def _block_step(self) -> int:
-        """The step's place in the probe's blocks (negative during the warm-up)."""
-        return self._steps - self.WARMUP_STEPS
-
     def _serial_block(self) -> bool:
-        return (self._block_step() // self.BLOCK_STEPS) % 2 == 1
+        return (self._steps // self.BLOCK_STEPS) % 2 == 1
 
     def begin_step(self) -> None:
+        now = time.perf_counter_ns()
         if self.serial is not None:
-            if time.perf_counter_ns() - self._chosen_at < self.REPROBE_SECONDS * 1e9:
+            if now - self._chosen_at < self.REPROBE_SECONDS * 1e9:
                 return
-            self.serial, self._steps, self._times = None, 0, ([], [])  # probe again
-        if self._steps == 0:
+            self.serial, self._steps, self._times, self._warm_until = None, 0, ([], []), 0  # probe again
+        if self._warm_until == 0:
+            self._warm_until = now + int(self.WARMUP_SECONDS * 1e9)
             _threads.set_training_serial(False)
-        elif self._block_step() >= 0 and self._block_step() % self.BLOCK_STEPS == 0:
+        self._warming = now < self._warm_until
+        if not self._warming and self._steps % self.BLOCK_STEPS == 0:
             _threads.set_training_serial(self._serial_block())
         self._started = time.perf_counter_ns()
 
     def end_step(self) -> None:
-        if self.serial is not None:
+        if self.serial is not None or self._warming:
             return
         elapsed = time.perf_counter_ns() - self._started
-        if self._block_step() > 0 and self._block_step() % self.BLOCK_STEPS:
+        if self._steps % self.BLOCK_STEPS:
             self._times[self._serial_block()].append(elapsed)
         self._steps += 1
-        if self._block_step() == 2 * self.ROUNDS * self.BLOCK_STEPS:
+        if self._steps == 2 * self.ROUNDS * self.BLOCK_STEPS:
             self.choose(statistics.median(self._times[0]) / 1e3, statistics.median(self._times[1]) / 1e3)
 
     def choose(self, threaded_us: float, serial_us: float) -> None:

@@ -347,11 +347,14 @@ def test_a_fit_that_chose_one_thread_runs_every_kernel_serially(policy: Any) -> 
         assert timing.serial is False and threads_now(Work.GEMM) == THREADS
 
 
-def test_step_threads_probes_blocks_of_each_mode_then_keeps_the_faster(policy: Any) -> None:
+def test_step_threads_probes_blocks_of_each_mode_then_keeps_the_faster(
+    policy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fastopt.cython_backend import StepThreads
 
     policy.set_stall_guard(False)
-    warmup, block, rounds = StepThreads.WARMUP_STEPS, StepThreads.BLOCK_STEPS, StepThreads.ROUNDS
+    monkeypatch.setattr(StepThreads, "WARMUP_SECONDS", 0.001)  # shorter than one threaded step here: one step
+    warmup, block, rounds = 1, StepThreads.BLOCK_STEPS, StepThreads.ROUNDS
     with resolve_backend("cython").training() as timing:
         modes = []
         for _ in range(warmup + 2 * rounds * block):
