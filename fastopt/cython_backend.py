@@ -192,8 +192,27 @@ def _install_numpy_openblas() -> str:
         if not np.allclose(out, x @ weight + bias, rtol=1e-4, atol=1e-5):
             _nn.set_blas(0, 0, False, 0, 0)
             raise LookupError(f"{prefix}cblas_sgemm{suffix} gave a wrong product ({dtype.__name__}); not used")
+    kernels = _openblas_kernels(library, prefix, suffix)
+    _nn.set_gemm_tiles(SMALL_PRODUCT_MULTIPLY_ADDS if kernels.lower() in UNPACKED_SMALL_PRODUCTS else 0)
     integers = "64" if ilp64 else "32"
-    return f"NumPy's OpenBLAS ({prefix}cblas_*gemm{suffix}, {integers}-bit integers), called directly"
+    return (
+        f"NumPy's OpenBLAS ({prefix}cblas_*gemm{suffix}, {integers}-bit integers, {kernels} kernels), called directly"
+    )
+
+
+# OpenBLAS's kernels that multiply products of at most 1e6 multiply-adds without packing (its "small matrix" path,
+# for x86-64 AVX-512 CPUs): the direct path makes slightly larger products as several such calls (see _nn.pyx).
+UNPACKED_SMALL_PRODUCTS = ("skylakex", "cooperlake", "sapphirerapids")
+SMALL_PRODUCT_MULTIPLY_ADDS = 1e6
+
+
+def _openblas_kernels(library: ctypes.CDLL, prefix: str, suffix: str) -> str:
+    """The name of the kernels OpenBLAS chose for this CPU ("SkylakeX", "Haswell", ...), or "unknown"."""
+    get_corename = getattr(library, f"{prefix}openblas_get_corename{suffix}", None)
+    if get_corename is None:
+        return "unknown"
+    get_corename.restype = ctypes.c_char_p
+    return (get_corename() or b"unknown").decode(errors="replace").strip()
 
 
 try:

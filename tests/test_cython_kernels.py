@@ -231,6 +231,54 @@ def test_direct_gemm_equals_matmul_float64(shape, activation, use_gemm_path) -> 
         assert_close(direct, matmul, normwise=True, float64_tol=1e-12)
 
 
+# Small-product tiles (on by default only with OpenBLAS's SkylakeX kernels): a limit of 2,000 multiply-adds cuts
+# these shapes' forward and grad_weight products into 2-4 calls, along rows (33 x 5 x 17: 17 + 16 rows) or columns
+# (5 x 30 x 20: 15 + 15), the last piece shorter where the side does not divide; grad_x (a transposed right
+# operand) and the products over 4 times the limit stay whole.
+TILED_SHAPES = [(5, 20, 30), (33, 17, 5), (7, 9, 64), (40, 11, 13), (3, 100, 40)]
+
+
+@pytest.fixture
+def small_tiles(use_gemm_path):  # type: ignore[no-untyped-def]
+    use_gemm_path("direct")
+    before = cython_backend._nn.build_info()["gemm_tile_multiply_adds"]
+    cython_backend._nn.set_gemm_tiles(2000)
+    yield
+    cython_backend._nn.set_gemm_tiles(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=str)
+def test_dense_in_small_tiles(shape, dtype, small_tiles) -> None:  # type: ignore[no-untyped-def]
+    """Tiled products write every element (NaN-filled outputs) and equal the reference; float64 equals the
+    untiled products within 1e-12 normwise; 1 and 2 threads give the same bits."""
+    check_dense(shape, dtype, "relu", seed=sum(shape))
+    batch, n_in, n_out = shape
+    rng = np.random.default_rng(sum(shape))
+    x, weight = rand(rng, (batch, n_in), dtype), rand(rng, (n_in, n_out), dtype, scale=1 / np.sqrt(n_in))
+    bias, grad_out = rand(rng, (n_out,), dtype), rand(rng, (batch, n_out), dtype)
+    before = cython_backend.build_info()["openmp_threads"]
+    try:
+        by_threads = {}
+        for threads in (1, 2):
+            cython_backend.set_openmp_threads(threads)
+            by_threads[threads] = run_dense(CB, x, weight, bias, "relu", grad_out, with_grad_x=True)
+    finally:
+        cython_backend.set_openmp_threads(before)
+    for one, two in zip(by_threads[1], by_threads[2]):
+        np.testing.assert_array_equal(one, two)
+    if dtype == np.float64:
+        cython_backend._nn.set_gemm_tiles(0)
+        whole = run_dense(CB, x, weight, bias, "relu", grad_out, with_grad_x=True)
+        for tiled, untiled in zip(by_threads[1], whole):
+            assert_close(tiled, untiled, normwise=True, float64_tol=1e-12)
+
+
+def test_gemm_tiles_refuse_a_negative_limit() -> None:
+    with pytest.raises(ValueError, match="max_multiply_adds must be >= 0"):
+        cython_backend._nn.set_gemm_tiles(-1)
+
+
 def blas_threads() -> set[int]:
     return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
