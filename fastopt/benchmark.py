@@ -75,24 +75,28 @@ def _timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-# Pause before each timed epoch. Thread pools keep spinning after their work (OpenBLAS's workers about 0.1 s,
-# libgomp's a few ms): without a pause each implementation would start its epoch with the previous one's
-# threads still taking a core. (Not for the short workloads: a pause would also let their data leave the
-# caches and their threads fall asleep, which is not how a training loop calls them.)
+# Pause before each timed run. Thread pools keep spinning after their work (OpenBLAS's workers about 0.1 s,
+# libgomp's a few ms, ONNX Runtime's and PyTorch's too): without a pause each implementation would start its run
+# with the previous one's threads still taking a core (fastopt's batch-1024 predict took 4.8 ms instead of 1.2
+# beside PyTorch's and ONNX Runtime's pools on a 2-core AMD EPYC Zen 4 VM).
 SETTLE_SECONDS = 0.25
 
 
 def run_interleaved(
-    cases: dict[str, Callable[[], object]], rounds: int, settle_seconds: float = 0.0
+    cases: dict[str, Callable[[], object]], rounds: int, settle_seconds: float = SETTLE_SECONDS, rewarm: bool = True
 ) -> dict[str, list[float]]:
-    """One warm-up call each, then ``rounds`` rounds in which every case runs once, in turn, each after a
-    pause of ``settle_seconds``."""
+    """One warm-up call each, then ``rounds`` rounds in which every case runs once, in turn, each after a pause of
+    ``settle_seconds`` and, with ``rewarm``, an untimed call: the pause lets the other cases' threads go to sleep,
+    the untimed call wakes this case's threads and brings its data back to the caches, as in a loop that calls only
+    this case (the short workloads; a whole epoch is long enough to pay for its own start)."""
     for case in cases.values():
         case()
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, case in cases.items():
             time.sleep(settle_seconds)
+            if rewarm:
+                case()
             times[name].append(_timed(case))
     return times
 
@@ -383,7 +387,7 @@ def bench_epoch(batch_size: int, rounds: int, n_samples: int, machine: Machine, 
             lambda: _sklearn_epoch_case(X, y, batch_size),
         ]
         cases.update(_peer_cases(peers, report.notes))
-    report.rows = [Row(name, times) for name, times in run_interleaved(cases, rounds, SETTLE_SECONDS).items()]
+    report.rows = [Row(name, times) for name, times in run_interleaved(cases, rounds, rewarm=False).items()]
     return report
 
 
