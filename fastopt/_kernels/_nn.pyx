@@ -517,6 +517,36 @@ cdef void _forward_by_depth(Py_ssize_t blocks, int team, const floating* x, cons
     report_region(started, own_done[0])
 
 
+# A batch of one row is multiplied by fastopt's own loop, not by BLAS: its cost is reading the weight once from the
+# cache, and the loop does without sgemm's call and setup (on a 2-core AMD EPYC Zen 4 VM: 256 x 256 3.66 against
+# 4.39 us, 128 x 64 1.20 against 1.34, 784 x 128 5.89 against 5.90, the cache's rate). Each output is summed over
+# the inputs in order, four at a time in a register. Two rows took longer than one sgemm call (10.8 against 6.7 us
+# for 784 x 128).
+cdef Py_ssize_t _OWN_LOOP_ROWS = 1
+
+
+cdef inline void _row_times_matrix(const floating* x, const floating* w, floating* out, Py_ssize_t n_in,
+                                   Py_ssize_t n_out) noexcept nogil:
+    # out (n_out) = x (n_in) @ w (n_in x n_out): the rows of w, scaled by x's elements, added in order.
+    cdef Py_ssize_t k, j, k4 = n_in - n_in % 4
+    cdef floating x0, x1, x2, x3, total
+    cdef const floating* w0
+    memset(out, 0, n_out * sizeof(floating))
+    for k in range(0, k4, 4):
+        x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]
+        w0 = w + k * n_out
+        for j in range(n_out):
+            total = out[j] + x0 * w0[j]
+            total = total + x1 * w0[n_out + j]
+            total = total + x2 * w0[2 * n_out + j]
+            out[j] = total + x3 * w0[3 * n_out + j]
+    for k in range(k4, n_in):
+        x0 = x[k]
+        w0 = w + k * n_out
+        for j in range(n_out):
+            out[j] = out[j] + x0 * w0[j]
+
+
 def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
                   floating[:, ::1] out, int act, double negative_slope):
     """``out = f(x @ weight + bias)``: x (B, I), weight (I, O), bias (O,), out (B, O). Needs ``set_blas``."""
@@ -540,6 +570,12 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
         partials = <floating*>malloc((depth - 1) * batch * n_out * sizeof(floating))
         if partials == NULL:
             raise MemoryError(f"no memory for the partial products of a {batch} x {n_in} x {n_out} forward pass")
+    if batch <= _OWN_LOOP_ROWS:
+        with nogil:
+            for block in range(batch):
+                _row_times_matrix(xp + block * n_in, wp, op + block * n_out, n_in, n_out)
+                _bias_act(act, op + block * n_out, bp, n_out, slope)
+        return
     _blas_serial_begin()
     with nogil:
         if depth > 1:
