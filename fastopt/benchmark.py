@@ -82,13 +82,26 @@ def _timed(function: Callable[[], object]) -> float:
 SETTLE_SECONDS = 0.25
 
 
+WARM_SECONDS = 0.02
+
+
+def _warm(case: Callable[[], object]) -> None:
+    """Run ``case`` untimed for WARM_SECONDS (at least once)."""
+    until = time.perf_counter() + WARM_SECONDS
+    case()
+    while time.perf_counter() < until:
+        case()
+
+
 def run_interleaved(
     cases: dict[str, Callable[[], object]], rounds: int, settle_seconds: float = SETTLE_SECONDS, rewarm: bool = True
 ) -> dict[str, list[float]]:
     """One warm-up call each, then ``rounds`` rounds in which every case runs once, in turn, each after a pause of
-    ``settle_seconds`` and, with ``rewarm``, an untimed call: the pause lets the other cases' threads go to sleep,
-    the untimed call wakes this case's threads and brings its data back to the caches, as in a loop that calls only
-    this case (the short workloads; a whole epoch is long enough to pay for its own start)."""
+    ``settle_seconds`` and, with ``rewarm``, WARM_SECONDS of untimed calls: the pause lets the other cases' threads go
+    to sleep, the untimed calls wake this case's threads and bring its data back to the caches, as in a loop that
+    calls only this case (the short workloads; a whole epoch is long enough to pay for its own start). One untimed
+    call was not enough on a 2-core AMD EPYC Zen 4 VM: the timed 1e5-element Adam step after it often took 4 ms
+    instead of 24 us, for fastopt's pool and for PyTorch's."""
     for case in cases.values():
         case()
     times: dict[str, list[float]] = {name: [] for name in cases}
@@ -96,7 +109,7 @@ def run_interleaved(
         for name, case in cases.items():
             time.sleep(settle_seconds)
             if rewarm:
-                case()
+                _warm(case)
             times[name].append(_timed(case))
     return times
 
