@@ -38,11 +38,14 @@ MATRIX_NETWORKS = (
     Network("784-1024-1024-10 softmax", (784, 1024, 1024, 10)),
 )
 MATRIX_SECONDS = 0.15  # the length of a cell's timed run (fastopt cython), which sets its number of steps
+# A fit's first 20-odd steps choose its thread count, half of them on one thread (``StepThreads``): a run of 20 steps
+# was mostly that probe (the wide network at batch 32: 7.2 ms a step, against 3.9-4.3 ms in a longer fit).
+MIN_MATRIX_STEPS = 100
 
 
 def _matrix_steps(machine: Machine, network: Network, batch: int) -> int:
-    """Steps per timed run: about ``MATRIX_SECONDS`` at 3x the cell's floor, at least 20."""
-    return max(20, int(MATRIX_SECONDS / (3 * machine.training_step_seconds(network, batch))))
+    """Steps per timed run: about ``MATRIX_SECONDS`` at 3x the cell's floor, at least ``MIN_MATRIX_STEPS``."""
+    return max(MIN_MATRIX_STEPS, int(MATRIX_SECONDS / (3 * machine.training_step_seconds(network, batch))))
 
 
 def bench_matrix(rounds: int, machine: Machine, batch_sizes: list[int]) -> Iterator[Report]:
