@@ -645,6 +645,21 @@ cdef inline int _backward_block(Py_ssize_t block, Py_ssize_t blocks_w, Py_ssize_
     return bad
 
 
+cdef bint _backward_of_nothing(floating[:, ::1] grad_weight, floating[::1] grad_bias, floating[:, ::1] grad_x,
+                               Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out):
+    # No outputs or no rows: every gradient is an empty sum, written as zeros. Returns whether that was the case.
+    if n_out == 0:
+        if grad_x is not None and batch and n_in:
+            memset(&grad_x[0, 0], 0, batch * n_in * sizeof(floating))
+        return True
+    if batch == 0:
+        memset(&grad_bias[0], 0, n_out * sizeof(floating))
+        if n_in:
+            memset(&grad_weight[0, 0], 0, n_in * n_out * sizeof(floating))
+        return True
+    return False
+
+
 def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[:, ::1] out,
                    floating[:, ::1] grad_out, floating[:, ::1] grad_weight, floating[::1] grad_bias,
                    floating[:, ::1] grad_x, int act, double negative_slope):
@@ -657,16 +672,9 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     cdef double started, flops
     cdef double[1] own_done
     _check_blas(batch, n_in, n_out)
-    if n_out == 0:  # no outputs: every gradient is an empty sum
-        if grad_x is not None and batch and n_in:
-            memset(&grad_x[0, 0], 0, batch * n_in * sizeof(floating))
+    if _backward_of_nothing(grad_weight, grad_bias, grad_x, batch, n_in, n_out):
         return True
     cdef floating* gb = &grad_bias[0]
-    if batch == 0:
-        memset(gb, 0, n_out * sizeof(floating))
-        if n_in:
-            memset(&grad_weight[0, 0], 0, n_in * n_out * sizeof(floating))
-        return True
     cdef const floating* xp = &x[0, 0] if n_in else NULL
     cdef const floating* wp = &weight[0, 0] if n_in else NULL
     cdef const floating* yp = &out[0, 0]
