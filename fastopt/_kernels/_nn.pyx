@@ -563,6 +563,12 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
     cdef const floating* bp = &bias[0]
     cdef floating* op = &out[0, 0]
     cdef floating slope = <floating>negative_slope
+    if batch <= _OWN_LOOP_ROWS:
+        with nogil:
+            for block in range(batch):
+                _row_times_matrix(xp + block * n_in, wp, op + block * n_out, n_in, n_out)
+                _bias_act(act, op + block * n_out, bp, n_out, slope)
+        return
     depth = _depth_blocks(batch, n_in, n_out)
     blocks = depth if depth > 1 else _gemm_blocks(batch, n_out, n_in, _max_blocks)
     team = threads_for(GEMM, 2.0 * batch * n_in * n_out, blocks)
@@ -570,12 +576,6 @@ def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const
         partials = <floating*>malloc((depth - 1) * batch * n_out * sizeof(floating))
         if partials == NULL:
             raise MemoryError(f"no memory for the partial products of a {batch} x {n_in} x {n_out} forward pass")
-    if batch <= _OWN_LOOP_ROWS:
-        with nogil:
-            for block in range(batch):
-                _row_times_matrix(xp + block * n_in, wp, op + block * n_out, n_in, n_out)
-                _bias_act(act, op + block * n_out, bp, n_out, slope)
-        return
     _blas_serial_begin()
     with nogil:
         if depth > 1:
