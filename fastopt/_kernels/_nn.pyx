@@ -547,49 +547,62 @@ cdef inline void _row_times_matrix(const floating* x, const floating* w, floatin
             out[j] = out[j] + x0 * w0[j]
 
 
-def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
-                  floating[:, ::1] out, int act, double negative_slope):
-    """``out = f(x @ weight + bias)``: x (B, I), weight (I, O), bias (O,), out (B, O). Needs ``set_blas``."""
-    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = out.shape[1], block, blocks, depth
+cdef inline Py_ssize_t _forward_scratch(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    # Elements of the partial products a forward pass cut along the inner dimension needs (0: it is not cut).
+    if batch <= _OWN_LOOP_ROWS:
+        return 0
+    return (_depth_blocks(batch, n_in, n_out) - 1) * batch * n_out
+
+
+cdef void _dense_forward_on(const floating* xp, const floating* wp, const floating* bp, floating* op,
+                            floating* partials, Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out, int act,
+                            floating slope) noexcept nogil:
+    # dense_forward on pointers (batch and n_out > 0), partials holding _forward_scratch elements; BLAS held at one
+    # thread by the caller (_blas_serial_begin, under the GIL).
+    cdef Py_ssize_t block, blocks, depth
     cdef int team
     cdef double started
     cdef double[1] own_done  # when the calling thread finished its share (for the stall guard)
+    if batch <= _OWN_LOOP_ROWS:
+        for block in range(batch):
+            _row_times_matrix(xp + block * n_in, wp, op + block * n_out, n_in, n_out)
+            _bias_act(act, op + block * n_out, bp, n_out, slope)
+        return
+    depth = _depth_blocks(batch, n_in, n_out)
+    blocks = depth if depth > 1 else _gemm_blocks(batch, n_out, n_in, _max_blocks)
+    team = threads_for(GEMM, 2.0 * batch * n_in * n_out, blocks)
+    if depth > 1:
+        _forward_by_depth(depth, team, xp, wp, bp, op, partials, batch, n_in, n_out, act, slope)
+    elif team == 1:
+        for block in range(blocks):
+            _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act, slope)
+    else:
+        started = clock()
+        for block in prange(blocks, num_threads=team, schedule="static", chunksize=1):
+            _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act, slope)
+            if threadid() == 0:
+                own_done[0] = clock()
+        report_region(started, own_done[0])
+
+
+def dense_forward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[::1] bias,
+                  floating[:, ::1] out, int act, double negative_slope):
+    """``out = f(x @ weight + bias)``: x (B, I), weight (I, O), bias (O,), out (B, O). Needs ``set_blas``."""
+    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = out.shape[1]
+    cdef Py_ssize_t scratch = _forward_scratch(batch, n_in, n_out)
     cdef floating* partials = NULL
     _check_blas(batch, n_in, n_out)
     if batch == 0 or n_out == 0:
         return
     cdef const floating* xp = &x[0, 0] if n_in else NULL
     cdef const floating* wp = &weight[0, 0] if n_in else NULL
-    cdef const floating* bp = &bias[0]
-    cdef floating* op = &out[0, 0]
-    cdef floating slope = <floating>negative_slope
-    if batch <= _OWN_LOOP_ROWS:
-        with nogil:
-            for block in range(batch):
-                _row_times_matrix(xp + block * n_in, wp, op + block * n_out, n_in, n_out)
-                _bias_act(act, op + block * n_out, bp, n_out, slope)
-        return
-    depth = _depth_blocks(batch, n_in, n_out)
-    blocks = depth if depth > 1 else _gemm_blocks(batch, n_out, n_in, _max_blocks)
-    team = threads_for(GEMM, 2.0 * batch * n_in * n_out, blocks)
-    if depth > 1:
-        partials = <floating*>malloc((depth - 1) * batch * n_out * sizeof(floating))
+    if scratch:
+        partials = <floating*>malloc(scratch * sizeof(floating))
         if partials == NULL:
             raise MemoryError(f"no memory for the partial products of a {batch} x {n_in} x {n_out} forward pass")
     _blas_serial_begin()
     with nogil:
-        if depth > 1:
-            _forward_by_depth(depth, team, xp, wp, bp, op, partials, batch, n_in, n_out, act, slope)
-        elif team == 1:
-            for block in range(blocks):
-                _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act, slope)
-        else:
-            started = clock()
-            for block in prange(blocks, num_threads=team, schedule="static", chunksize=1):
-                _forward_block(block, blocks, xp, wp, bp, op, batch, n_in, n_out, act, slope)
-                if threadid() == 0:
-                    own_done[0] = clock()
-            report_region(started, own_done[0])
+        _dense_forward_on(xp, wp, &bias[0], &out[0, 0], partials, batch, n_in, n_out, act, <floating>negative_slope)
     _blas_serial_end()
     free(partials)
 
@@ -660,36 +673,25 @@ cdef bint _backward_of_nothing(floating[:, ::1] grad_weight, floating[::1] grad_
     return False
 
 
-def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[:, ::1] out,
-                   floating[:, ::1] grad_out, floating[:, ::1] grad_weight, floating[::1] grad_bias,
-                   floating[:, ::1] grad_x, int act, double negative_slope):
-    """Backward of ``out = f(x @ weight + bias)``: ``grad_out *= f'(out)`` (now dz), ``grad_bias = dz.sum(0)``,
-    ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Returns whether
-    grad_weight and grad_bias are finite. Needs ``set_blas``."""
-    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
+cdef inline Py_ssize_t _backward_scratch(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out,
+                                         bint with_grad_x) noexcept nogil:
+    # Elements of the copy of dz.T a backward pass makes grad_x from (0: none).
+    if with_grad_x and n_in and _grad_x_from_transpose(batch, n_in, n_out):
+        return n_out * batch
+    return 0
+
+
+cdef bint _dense_backward_on(const floating* xp, const floating* wp, const floating* yp, floating* dp, floating* gw,
+                             floating* gb, floating* gx, floating* dt, Py_ssize_t batch, Py_ssize_t n_in,
+                             Py_ssize_t n_out, int act, floating slope) noexcept nogil:
+    # dense_backward on pointers (batch and n_out > 0; gx NULL: no grad_x), dt holding _backward_scratch elements
+    # (NULL when that is 0); BLAS held at one thread by the caller. Returns whether a gradient is not finite.
     cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, column_pieces, size
     cdef int team, bad = 0
     cdef double started, flops
     cdef double[1] own_done
-    _check_blas(batch, n_in, n_out)
-    if _backward_of_nothing(grad_weight, grad_bias, grad_x, batch, n_in, n_out):
-        return True
-    cdef floating* gb = &grad_bias[0]
-    cdef const floating* xp = &x[0, 0] if n_in else NULL
-    cdef const floating* wp = &weight[0, 0] if n_in else NULL
-    cdef const floating* yp = &out[0, 0]
-    cdef floating* dp = &grad_out[0, 0]
-    cdef floating* gw = &grad_weight[0, 0] if n_in else NULL
-    cdef floating* gx = NULL
-    cdef floating* dt = NULL
-    cdef floating slope = <floating>negative_slope
-    if grad_x is not None and n_in:
-        gx = &grad_x[0, 0]
+    if gx != NULL:
         blocks_x = _gemm_blocks(batch, n_in, n_out, _shared_blocks)
-        if _grad_x_from_transpose(batch, n_in, n_out):
-            dt = <floating*>malloc(n_out * batch * sizeof(floating))
-            if dt == NULL:
-                raise MemoryError(f"no memory for the transposed gradient of a {batch} x {n_out} layer output")
     blocks_w = _gemm_blocks(n_in, n_out, batch, _shared_blocks if gx != NULL else _max_blocks) if n_in else 0
     # Each column's sum runs over the rows in order, so the column split never changes its bits: one block a thread.
     column_pieces = (n_out + _MIN_BLOCK_WIDTH - 1) // _MIN_BLOCK_WIDTH
@@ -697,25 +699,48 @@ def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, cons
     team = threads_for(GEMM, flops, max(column_pieces, blocks_w + blocks_x))
     column_blocks = min(team, column_pieces)
     size = (n_out + column_blocks - 1) // column_blocks
+    if team == 1:
+        _prologue_columns(act, slope, dp, yp, gb, dt, batch, n_out, 0, n_out)
+        for block in range(blocks_w + blocks_x):
+            bad |= _backward_block(block, blocks_w, blocks_x, xp, wp, dp, dt, gw, gx, batch, n_in, n_out)
+    else:
+        started = clock()
+        own_done[0] = started
+        with parallel(num_threads=team):
+            for block in prange(column_blocks, schedule="static", chunksize=1):
+                _prologue_columns(act, slope, dp, yp, gb, dt, batch, n_out, min(n_out, block * size),
+                                  min(n_out, (block + 1) * size))
+            for block in prange(blocks_w + blocks_x, schedule="static", chunksize=1):
+                bad |= _backward_block(block, blocks_w, blocks_x, xp, wp, dp, dt, gw, gx, batch, n_in, n_out)
+                if threadid() == 0:
+                    own_done[0] = clock()
+        report_region(started, own_done[0])
+    return bad | _any_nonfinite(gb, n_out)
+
+
+def dense_backward(const floating[:, ::1] x, const floating[:, ::1] weight, const floating[:, ::1] out,
+                   floating[:, ::1] grad_out, floating[:, ::1] grad_weight, floating[::1] grad_bias,
+                   floating[:, ::1] grad_x, int act, double negative_slope):
+    """Backward of ``out = f(x @ weight + bias)``: ``grad_out *= f'(out)`` (now dz), ``grad_bias = dz.sum(0)``,
+    ``grad_weight = x.T @ dz`` and, unless ``grad_x`` is None, ``grad_x = dz @ weight.T``. Returns whether
+    grad_weight and grad_bias are finite. Needs ``set_blas``."""
+    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], n_out = grad_out.shape[1]
+    cdef Py_ssize_t scratch = _backward_scratch(batch, n_in, n_out, grad_x is not None)
+    cdef bint bad
+    _check_blas(batch, n_in, n_out)
+    if _backward_of_nothing(grad_weight, grad_bias, grad_x, batch, n_in, n_out):
+        return True
+    cdef floating* gx = &grad_x[0, 0] if grad_x is not None and n_in else NULL
+    cdef floating* dt = NULL
+    if scratch:
+        dt = <floating*>malloc(scratch * sizeof(floating))
+        if dt == NULL:
+            raise MemoryError(f"no memory for the transposed gradient of a {batch} x {n_out} layer output")
     _blas_serial_begin()
     with nogil:
-        if team == 1:
-            _prologue_columns(act, slope, dp, yp, gb, dt, batch, n_out, 0, n_out)
-            for block in range(blocks_w + blocks_x):
-                bad |= _backward_block(block, blocks_w, blocks_x, xp, wp, dp, dt, gw, gx, batch, n_in, n_out)
-        else:
-            started = clock()
-            own_done[0] = started
-            with parallel(num_threads=team):
-                for block in prange(column_blocks, schedule="static", chunksize=1):
-                    _prologue_columns(act, slope, dp, yp, gb, dt, batch, n_out, min(n_out, block * size),
-                                      min(n_out, (block + 1) * size))
-                for block in prange(blocks_w + blocks_x, schedule="static", chunksize=1):
-                    bad |= _backward_block(block, blocks_w, blocks_x, xp, wp, dp, dt, gw, gx, batch, n_in, n_out)
-                    if threadid() == 0:
-                        own_done[0] = clock()
-            report_region(started, own_done[0])
-        bad |= _any_nonfinite(gb, n_out)
+        bad = _dense_backward_on(&x[0, 0] if n_in else NULL, &weight[0, 0] if n_in else NULL, &out[0, 0],
+                                 &grad_out[0, 0], &grad_weight[0, 0] if n_in else NULL, &grad_bias[0], gx, dt,
+                                 batch, n_in, n_out, act, <floating>negative_slope)
     _blas_serial_end()
     free(dt)
     return not bad
@@ -758,33 +783,35 @@ def dense_backward_prologue(floating[:, ::1] grad_out, const floating[:, ::1] ou
 # ------------------------------------------------------------------------------- activations
 def activation_forward(int act, const floating[::1] x, floating[::1] out, double negative_slope):
     """``out = f(x)`` elementwise over flat buffers (``negative_slope``: leaky_relu's)."""
-    cdef Py_ssize_t n = x.shape[0]
-    if n == 0:
+    if x.shape[0] == 0:
         return
-    cdef const floating* xp = &x[0]
-    cdef floating* op = &out[0]
     with nogil:
-        if act >= _GELU:
-            _gelu_forward(act, xp, op, n)
-        else:
-            _act_forward(act, xp, op, n, <floating>negative_slope)
+        _activation_forward_on(act, &x[0], &out[0], x.shape[0], <floating>negative_slope)
+
+
+cdef inline void _activation_forward_on(int act, const floating* xp, floating* op, Py_ssize_t n,
+                                        floating slope) noexcept nogil:
+    if act >= _GELU:
+        _gelu_forward(act, xp, op, n)
+    else:
+        _act_forward(act, xp, op, n, slope)
 
 
 def activation_backward(int act, const floating[::1] x, const floating[::1] out, const floating[::1] grad_out,
                         floating[::1] grad_x, double negative_slope):
     """``grad_x = grad_out * f'`` elementwise over flat buffers, f' from the input x or the output out = f(x)."""
-    cdef Py_ssize_t n = out.shape[0]
-    if n == 0:
+    if out.shape[0] == 0:
         return
-    cdef const floating* xp = &x[0]
-    cdef const floating* yp = &out[0]
-    cdef const floating* gp = &grad_out[0]
-    cdef floating* dp = &grad_x[0]
     with nogil:
-        if act >= _GELU:
-            _gelu_backward(act, xp, gp, dp, n)
-        else:
-            _act_backward(act, xp, yp, gp, dp, n, <floating>negative_slope)
+        _activation_backward_on(act, &x[0], &out[0], &grad_out[0], &grad_x[0], out.shape[0], <floating>negative_slope)
+
+
+cdef inline void _activation_backward_on(int act, const floating* xp, const floating* yp, const floating* gp,
+                                         floating* dp, Py_ssize_t n, floating slope) noexcept nogil:
+    if act >= _GELU:
+        _gelu_backward(act, xp, gp, dp, n)
+    else:
+        _act_backward(act, xp, yp, gp, dp, n, slope)
 
 
 # ------------------------------------------------------------------------------- softmax
@@ -836,41 +863,45 @@ cdef inline double _exp_shifted(const floating* x, floating* e, Py_ssize_t n, fl
 
 def softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
     """``out[i] = exp(x[i] - max x[i]) / sum exp(x[i] - max x[i])`` row by row."""
-    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], i, j
-    if rows == 0 or cols == 0:
+    if x.shape[0] == 0 or x.shape[1] == 0:
         return
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* op = &out[0, 0]
+    with nogil:
+        _softmax_forward_on(&x[0, 0], &out[0, 0], x.shape[0], x.shape[1])
+
+
+cdef inline void _softmax_forward_on(const floating* xp, floating* op, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    cdef Py_ssize_t i, j
     cdef floating* o
     cdef floating s
-    with nogil:
-        for i in range(rows):
-            o = op + i * cols
-            s = <floating>_exp_shifted(xp + i * cols, o, cols, _row_max_nan(xp + i * cols, cols))
-            for j in range(cols):
-                o[j] = o[j] / s
+    for i in range(rows):
+        o = op + i * cols
+        s = <floating>_exp_shifted(xp + i * cols, o, cols, _row_max_nan(xp + i * cols, cols))
+        for j in range(cols):
+            o[j] = o[j] / s
 
 
 def softmax_backward(const floating[:, ::1] out, const floating[:, ::1] grad_out, floating[:, ::1] grad_x):
     """``grad_x[i] = out[i] * (grad_out[i] - <grad_out[i], out[i]>)`` row by row."""
-    cdef Py_ssize_t rows = out.shape[0], cols = out.shape[1], i, j
-    if rows == 0 or cols == 0:
+    if out.shape[0] == 0 or out.shape[1] == 0:
         return
-    cdef const floating* yp = &out[0, 0]
-    cdef const floating* gp = &grad_out[0, 0]
-    cdef floating* dp = &grad_x[0, 0]
+    with nogil:
+        _softmax_backward_on(&out[0, 0], &grad_out[0, 0], &grad_x[0, 0], out.shape[0], out.shape[1])
+
+
+cdef inline void _softmax_backward_on(const floating* yp, const floating* gp, floating* dp, Py_ssize_t rows,
+                                      Py_ssize_t cols) noexcept nogil:
+    cdef Py_ssize_t i, j
     cdef const floating* y
     cdef const floating* g
     cdef floating dot, zero = 0
-    with nogil:
-        for i in range(rows):
-            y = yp + i * cols
-            g = gp + i * cols
-            dot = zero
-            for j in range(cols):
-                dot = dot + g[j] * y[j]
-            for j in range(cols):
-                dp[i * cols + j] = y[j] * (g[j] - dot)
+    for i in range(rows):
+        y = yp + i * cols
+        g = gp + i * cols
+        dot = zero
+        for j in range(cols):
+            dot = dot + g[j] * y[j]
+        for j in range(cols):
+            dp[i * cols + j] = y[j] * (g[j] - dot)
 
 
 def dropout(const floating[::1] x, floating[::1] out, floating[::1] mask, double p, uint64_t key):
@@ -946,54 +977,57 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labe
     With ``grad_logits`` the exponentials are taken in one loop over a block of rows, in grad_logits (a row
     is only ``classes`` long: too short a loop to vectorize well; at batch 512 and 10 classes, float32, the
     call went from 39 to 20 us). Each block's row maxima are kept for the passes after it (taken once per row)."""
-    cdef Py_ssize_t rows = logits.shape[0], cols = logits.shape[1], i, j, block, first, last
-    cdef const floating* xp = &logits[0, 0]
-    cdef const int64_t* lp = &labels[0]
+    cdef const floating* wp = NULL if weights is None else &weights[0]
     cdef floating* gp = NULL if grad_logits is None else &grad_logits[0, 0]
-    cdef const floating* wp = NULL
+    cdef double result
+    with nogil:
+        result = _softmax_xent_on(&logits[0, 0], &labels[0], gp, wp, logits.shape[0], logits.shape[1], label_smoothing)
+    return result
+
+
+cdef double _softmax_xent_on(const floating* xp, const int64_t* lp, floating* gp, const floating* wp, Py_ssize_t rows,
+                             Py_ssize_t cols, double label_smoothing) noexcept nogil:
+    # softmax_cross_entropy on pointers (gp, wp: NULL for none)
+    cdef Py_ssize_t i, j, block, first, last
     cdef const floating* x
     cdef floating* gr
     cdef floating maxima[_LOSS_BLOCK_ROWS]
     cdef floating m, n_f = <floating>rows, scale
     cdef floating off_target = <floating>(label_smoothing / cols), on_target = <floating>(1 - label_smoothing)
-    cdef double s, row_loss, total = 0, weight_total
-    if weights is not None:
-        wp = &weights[0]
-    with nogil:
-        weight_total = _weight_sum(wp, rows)
-        for block in range((rows + _LOSS_BLOCK_ROWS - 1) // _LOSS_BLOCK_ROWS):
-            first = block * _LOSS_BLOCK_ROWS
-            last = min(rows, first + _LOSS_BLOCK_ROWS)
+    cdef double s, row_loss, total = 0, weight_total = _weight_sum(wp, rows)
+    for block in range((rows + _LOSS_BLOCK_ROWS - 1) // _LOSS_BLOCK_ROWS):
+        first = block * _LOSS_BLOCK_ROWS
+        last = min(rows, first + _LOSS_BLOCK_ROWS)
+        for i in range(first, last):
+            maxima[i - first] = _row_max_nan(xp + i * cols, cols)
+        if gp != NULL:
             for i in range(first, last):
-                maxima[i - first] = _row_max_nan(xp + i * cols, cols)
-            if gp != NULL:
-                for i in range(first, last):
-                    for j in range(i * cols, (i + 1) * cols):
-                        gp[j] = xp[j] - maxima[i - first]
-                for j in range(first * cols, last * cols):
-                    gp[j] = fexp_nonpositive(gp[j])
+                for j in range(i * cols, (i + 1) * cols):
+                    gp[j] = xp[j] - maxima[i - first]
+            for j in range(first * cols, last * cols):
+                gp[j] = fexp_nonpositive(gp[j])
+        for i in range(first, last):
+            x = xp + i * cols
+            m = maxima[i - first]
+            s = 0
+            if gp == NULL:
+                for j in range(cols):
+                    s += fexp_nonpositive(x[j] - m)
+            else:
+                gr = gp + i * cols
+                for j in range(cols):
+                    s += gr[j]
+                _softmax_minus_target(gr, cols, <floating>s, lp[i], label_smoothing != 0, off_target, on_target)
+            row_loss = _smoothed_row_loss(x, cols, lp[i], m, s, label_smoothing)
+            total += row_loss if wp == NULL else wp[i] * row_loss
+        if gp != NULL and wp == NULL:
+            for j in range(first * cols, last * cols):
+                gp[j] = gp[j] / n_f
+        elif gp != NULL:
             for i in range(first, last):
-                x = xp + i * cols
-                m = maxima[i - first]
-                s = 0
-                if gp == NULL:
-                    for j in range(cols):
-                        s += fexp_nonpositive(x[j] - m)
-                else:
-                    gr = gp + i * cols
-                    for j in range(cols):
-                        s += gr[j]
-                    _softmax_minus_target(gr, cols, <floating>s, lp[i], label_smoothing != 0, off_target, on_target)
-                row_loss = _smoothed_row_loss(x, cols, lp[i], m, s, label_smoothing)
-                total += row_loss if wp == NULL else wp[i] * row_loss
-            if gp != NULL and wp == NULL:
-                for j in range(first * cols, last * cols):
-                    gp[j] = gp[j] / n_f
-            elif gp != NULL:
-                for i in range(first, last):
-                    scale = <floating>_row_factor(1.0, wp[i], weight_total, 1)
-                    for j in range(i * cols, (i + 1) * cols):
-                        gp[j] = gp[j] * scale
+                scale = <floating>_row_factor(1.0, wp[i], weight_total, 1)
+                for j in range(i * cols, (i + 1) * cols):
+                    gp[j] = gp[j] * scale
     return total / rows if wp == NULL else _weighted_value(total, weight_total, 1)
 
 
@@ -1026,22 +1060,29 @@ def mse(const floating[:, ::1] pred, const floating[:, ::1] target, floating[:, 
         const floating[::1] weights):
     """Mean of ``(pred - target)**2``, summed in double; ``grad_pred = 2 (pred - target) / pred.size``. With
     ``weights``: each row's mean weighted, ``sum w_i l_i / sum w_i``, and ``grad_pred[i] = 2 d[i] w_i / (O sum w)``."""
-    cdef Py_ssize_t n = pred.shape[0] * pred.shape[1], i
-    if weights is not None:
-        return _pointwise_loss(_MSE, pred, target, grad_pred, weights, 0.0)
-    cdef const floating* pp = &pred[0, 0]
-    cdef const floating* tp = &target[0, 0]
     cdef floating* gp = NULL if grad_pred is None else &grad_pred[0, 0]
+    cdef const floating* wp = NULL if weights is None else &weights[0]
+    cdef double result
+    with nogil:
+        result = _mse_on(&pred[0, 0], &target[0, 0], gp, wp, pred.shape[0], pred.shape[1])
+    return result
+
+
+cdef double _mse_on(const floating* pp, const floating* tp, floating* gp, const floating* wp, Py_ssize_t rows,
+                    Py_ssize_t cols) noexcept nogil:
+    # mse on pointers (gp, wp: NULL for none)
+    cdef Py_ssize_t n = rows * cols, i
     cdef floating d, n_f = <floating>n
     cdef double dd, total = 0
-    with nogil:
+    if wp != NULL:
+        return _pointwise_loss_on(_MSE, pp, tp, gp, wp, rows, cols, 0.0)
+    for i in range(n):
+        d = pp[i] - tp[i]
+        dd = d
+        total += dd * dd
+    if gp != NULL:
         for i in range(n):
-            d = pp[i] - tp[i]
-            dd = d
-            total += dd * dd
-        if gp != NULL:
-            for i in range(n):
-                gp[i] = <floating>2 * (pp[i] - tp[i]) / n_f
+            gp[i] = <floating>2 * (pp[i] - tp[i]) / n_f
     return total / n
 
 
@@ -1090,27 +1131,30 @@ cdef double _pointwise_loss(int kind, const floating[:, ::1] pred, const floatin
                             floating[:, ::1] grad_pred, const floating[::1] weights, double delta):
     """``sum_i w_i mean_j l(d[i, j]) / sum_i w_i`` for an elementwise loss of ``d = pred - target`` (``kind``: MSE,
     Huber, MAE); ``grad_pred[i, j] = l'(d[i, j]) w_i / (cols sum w)`` (MSE: times 2). The shapes are trusted."""
-    cdef Py_ssize_t rows = pred.shape[0], cols = pred.shape[1], i, j
-    cdef const floating* pp = &pred[0, 0]
-    cdef const floating* tp = &target[0, 0]
     cdef floating* gp = NULL if grad_pred is None else &grad_pred[0, 0]
-    cdef const floating* wp = NULL
-    cdef floating d, scale, delta_f = <floating>delta
-    cdef double numerator = 2.0 if kind == _MSE else 1.0, row_sum, total = 0, weight_total
-    if weights is not None:
-        wp = &weights[0]
+    cdef const floating* wp = NULL if weights is None else &weights[0]
+    cdef double result
     with nogil:
-        weight_total = _weight_sum(wp, rows)
-        for i in range(rows):
-            row_sum = 0
+        result = _pointwise_loss_on(kind, &pred[0, 0], &target[0, 0], gp, wp, pred.shape[0], pred.shape[1], delta)
+    return result
+
+
+cdef double _pointwise_loss_on(int kind, const floating* pp, const floating* tp, floating* gp, const floating* wp,
+                               Py_ssize_t rows, Py_ssize_t cols, double delta) noexcept nogil:
+    # _pointwise_loss on pointers (gp, wp: NULL for none)
+    cdef Py_ssize_t i, j
+    cdef floating d, scale, delta_f = <floating>delta
+    cdef double numerator = 2.0 if kind == _MSE else 1.0, row_sum, total = 0, weight_total = _weight_sum(wp, rows)
+    for i in range(rows):
+        row_sum = 0
+        for j in range(i * cols, (i + 1) * cols):
+            row_sum += _pointwise_element(kind, pp[j] - tp[j], delta)
+        total += _row_weight(wp, i) * row_sum
+        if gp != NULL:
+            scale = <floating>_row_factor(numerator, _row_weight(wp, i), weight_total, cols)
             for j in range(i * cols, (i + 1) * cols):
-                row_sum += _pointwise_element(kind, pp[j] - tp[j], delta)
-            total += _row_weight(wp, i) * row_sum
-            if gp != NULL:
-                scale = <floating>_row_factor(numerator, _row_weight(wp, i), weight_total, cols)
-                for j in range(i * cols, (i + 1) * cols):
-                    d = pp[j] - tp[j]
-                    gp[j] = _pointwise_slope(kind, d, delta_f) * scale
+                d = pp[j] - tp[j]
+                gp[j] = _pointwise_slope(kind, d, delta_f) * scale
     return _weighted_value(total, weight_total, cols)
 
 
@@ -1155,13 +1199,20 @@ def binary_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] t
     of a few columns still fill the vectors; each row's terms are then summed in order. Without ``grad_logits`` the
     gradients of a pass go to a scratch block. (float32 200 x 5 with the gradient, on the 2-core AMD EPYC Zen 4 VM,
     AVX2 build: 3.5 us, from 19.3 us with libm's log1pf and branches per element.)"""
-    cdef Py_ssize_t rows = logits.shape[0], cols = logits.shape[1], i, k, c, block, first, last, width, offset
-    cdef Py_ssize_t group = max(1, min(rows, _BCE_BLOCK // cols)), piece = min(cols, _BCE_BLOCK)
-    cdef const floating* xp = &logits[0, 0]
-    cdef const floating* tp = &targets[0, 0]
     cdef floating* gp = NULL if grad_logits is None else &grad_logits[0, 0]
-    cdef const floating* wp = NULL
-    cdef const floating* pw = NULL
+    cdef const floating* wp = NULL if weights is None else &weights[0]
+    cdef const floating* pw = NULL if pos_weight is None else &pos_weight[0]
+    cdef double result
+    with nogil:
+        result = _bce_on(&logits[0, 0], &targets[0, 0], gp, wp, pw, logits.shape[0], logits.shape[1])
+    return result
+
+
+cdef double _bce_on(const floating* xp, const floating* tp, floating* gp, const floating* wp, const floating* pw,
+                    Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    # binary_cross_entropy on pointers (gp, wp, pw: NULL for none)
+    cdef Py_ssize_t i, k, c, block, first, last, width, offset
+    cdef Py_ssize_t group = max(1, min(rows, _BCE_BLOCK // cols)), piece = min(cols, _BCE_BLOCK)
     cdef const floating* piece_pw
     cdef floating* piece_grad
     cdef floating terms[_BCE_BLOCK]
@@ -1170,34 +1221,29 @@ def binary_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] t
     cdef double row_sums[_BCE_BLOCK]
     cdef floating scale, pass_scale, one = 1
     cdef double total = 0, weight_total
-    if weights is not None:
-        wp = &weights[0]
-    if pos_weight is not None:
-        pw = &pos_weight[0]
-    with nogil:
-        weight_total = _weight_sum(wp, rows)
-        for i in range(min(group * cols, _BCE_BLOCK)):
-            tiled[i] = one if pw == NULL else pw[i % cols]
-        # without weights every row has the same factor, applied in the pass; with them, each row's after it
-        pass_scale = <floating>_row_factor(1.0, 1.0, weight_total, cols) if wp == NULL else one
-        for block in range((rows + group - 1) // group):
-            first, last = block * group, min(rows, (block + 1) * group)
-            memset(row_sums, 0, (last - first) * sizeof(double))
-            for c in range((cols + piece - 1) // piece):  # one piece unless a row is longer than a pass
-                width = min(piece, cols - c * piece)
-                offset = first * cols + c * piece
-                piece_pw = &tiled[0]
-                if pw != NULL and c > 0:
-                    piece_pw = pw + c * piece
-                piece_grad = &scratch[0] if gp == NULL else gp + offset
-                _bce_elements(xp + offset, tp + offset, piece_pw, terms, piece_grad, pass_scale, (last - first) * width)
-                _add_row_sums(terms, last - first, width, row_sums)
-            for i in range(first, last):
-                total += _row_weight(wp, i) * row_sums[i - first]
-                if gp != NULL and wp != NULL:
-                    scale = <floating>_row_factor(1.0, wp[i], weight_total, cols)
-                    for k in range(i * cols, (i + 1) * cols):
-                        gp[k] = gp[k] * scale
+    weight_total = _weight_sum(wp, rows)
+    for i in range(min(group * cols, _BCE_BLOCK)):
+        tiled[i] = one if pw == NULL else pw[i % cols]
+    # without weights every row has the same factor, applied in the pass; with them, each row's after it
+    pass_scale = <floating>_row_factor(1.0, 1.0, weight_total, cols) if wp == NULL else one
+    for block in range((rows + group - 1) // group):
+        first, last = block * group, min(rows, (block + 1) * group)
+        memset(row_sums, 0, (last - first) * sizeof(double))
+        for c in range((cols + piece - 1) // piece):  # one piece unless a row is longer than a pass
+            width = min(piece, cols - c * piece)
+            offset = first * cols + c * piece
+            piece_pw = &tiled[0]
+            if pw != NULL and c > 0:
+                piece_pw = pw + c * piece
+            piece_grad = &scratch[0] if gp == NULL else gp + offset
+            _bce_elements(xp + offset, tp + offset, piece_pw, terms, piece_grad, pass_scale, (last - first) * width)
+            _add_row_sums(terms, last - first, width, row_sums)
+        for i in range(first, last):
+            total += _row_weight(wp, i) * row_sums[i - first]
+            if gp != NULL and wp != NULL:
+                scale = <floating>_row_factor(1.0, wp[i], weight_total, cols)
+                for k in range(i * cols, (i + 1) * cols):
+                    gp[k] = gp[k] * scale
     return _weighted_value(total, weight_total, cols)
 
 
@@ -1212,47 +1258,55 @@ def log1p_unit_interval_for_tests(const float[::1] e, float[::1] out):
 
 def count_binary_correct(const floating[:, ::1] logits, const floating[:, ::1] targets):
     """Elements whose prediction ``logits > 0`` is their target ``targets > 0.5`` (a NaN logit predicts 0)."""
-    cdef Py_ssize_t n = logits.shape[0] * logits.shape[1], k, correct = 0
-    if n == 0:
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
         return 0
-    cdef const floating* xp = &logits[0, 0]
-    cdef const floating* tp = &targets[0, 0]
+    cdef Py_ssize_t result
     with nogil:
-        for k in range(n):
-            correct += (xp[k] > 0) == (tp[k] > 0.5)
+        result = _count_binary_on(&logits[0, 0], &targets[0, 0], logits.shape[0] * logits.shape[1])
+    return result
+
+
+cdef inline Py_ssize_t _count_binary_on(const floating* xp, const floating* tp, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k, correct = 0
+    for k in range(n):
+        correct += (xp[k] > 0) == (tp[k] > 0.5)
     return correct
 
 
-cdef inline void _copy_rows(const floating* src, const int64_t* rows, floating* out, Py_ssize_t n_rows,
-                            Py_ssize_t width) noexcept nogil:
+cdef inline void _copy_rows(const char* src, const int64_t* rows, char* out, Py_ssize_t n_rows,
+                            Py_ssize_t row_bytes) noexcept nogil:
+    # out's row i = src's row rows[i], rows of row_bytes bytes (any dtype)
     cdef Py_ssize_t i
     for i in range(n_rows):
-        memcpy(out + i * width, src + rows[i] * width, width * sizeof(floating))
+        memcpy(out + i * row_bytes, src + rows[i] * row_bytes, row_bytes)
 
 
 def gather_rows(const floating[:, ::1] source, const int64_t[::1] rows, floating[:, ::1] out):
     """``out[i] = source[rows[i]]``: a mini-batch's rows, read from random places of the data set (memory
     latency bound: split over the threads from 2**14 elements)."""
-    cdef Py_ssize_t n_rows = rows.shape[0], width = source.shape[1], size, block, blocks = 1
+    if rows.shape[0] == 0 or source.shape[1] == 0:
+        return
+    with nogil:
+        _gather_on(&source[0, 0], &rows[0], &out[0, 0], rows.shape[0], source.shape[1])
+
+
+cdef void _gather_on(const floating* sp, const int64_t* rp, floating* op, Py_ssize_t n_rows,
+                     Py_ssize_t width) noexcept nogil:
+    cdef Py_ssize_t size, block, blocks, row_bytes = width * sizeof(floating)
     cdef double started
     cdef double[1] own_done
-    if n_rows == 0 or width == 0:
-        return
-    cdef const floating* sp = &source[0, 0]
-    cdef const int64_t* rp = &rows[0]
-    cdef floating* op = &out[0, 0]
     blocks = threads_for(GATHER, <double>(n_rows * width), n_rows // 8)
     size = (n_rows + blocks - 1) // blocks
-    with nogil:
-        if blocks == 1:
-            _copy_rows(sp, rp, op, n_rows, width)
-        else:
-            started = clock()
-            for block in prange(blocks, num_threads=blocks, schedule="static", chunksize=1):
-                _copy_rows(sp, rp + block * size, op + block * size * width, min(size, n_rows - block * size), width)
-                if threadid() == 0:
-                    own_done[0] = clock()
-            report_region(started, own_done[0])
+    if blocks == 1:
+        _copy_rows(<const char*>sp, rp, <char*>op, n_rows, row_bytes)
+    else:
+        started = clock()
+        for block in prange(blocks, num_threads=blocks, schedule="static", chunksize=1):
+            _copy_rows(<const char*>sp, rp + block * size, <char*>(op + block * size * width),
+                       min(size, n_rows - block * size), row_bytes)
+            if threadid() == 0:
+                own_done[0] = clock()
+        report_region(started, own_done[0])
 
 
 cdef inline bint _any_nonfinite(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -1351,14 +1405,19 @@ def sum_of_squares(const floating[::1] x):
 
 def count_correct(const floating[:, ::1] scores, const int64_t[::1] labels):
     """Rows whose first maximal score (NumPy's argmax: first max wins, NaN counts as maximal) is the label."""
-    cdef Py_ssize_t rows = scores.shape[0], cols = scores.shape[1], i, correct = 0
-    if rows == 0 or cols == 0:
+    if scores.shape[0] == 0 or scores.shape[1] == 0:
         return 0
-    cdef const floating* sp = &scores[0, 0]
-    cdef const int64_t* lp = &labels[0]
+    cdef Py_ssize_t result
     with nogil:
-        for i in range(rows):
-            correct += _row_argmax(sp + i * cols, cols) == lp[i]
+        result = _count_correct_on(&scores[0, 0], &labels[0], scores.shape[0], scores.shape[1])
+    return result
+
+
+cdef inline Py_ssize_t _count_correct_on(const floating* sp, const int64_t* lp, Py_ssize_t rows,
+                                         Py_ssize_t cols) noexcept nogil:
+    cdef Py_ssize_t i, correct = 0
+    for i in range(rows):
+        correct += _row_argmax(sp + i * cols, cols) == lp[i]
     return correct
 
 
