@@ -100,6 +100,13 @@ class Backend:
     def set_num_threads(self, n: int) -> None:
         """Threads this backend's kernels may use (the NumPy backend has no threads of its own)."""
 
+    def _training_step(self, stages: list, workspace: Any, inputs: Any, targets: Any, loss: Any) -> Any:
+        """A compiled training step of a model's ``stages`` over ``workspace``'s buffers, for the data set ``inputs``,
+        ``targets`` and ``loss``, whose ``run(rows)`` does what ``Sequential._batch_gradients`` does with this
+        backend's kernels (the same bits) and returns (loss, correct, finite); None (the NumPy backend's answer)
+        where the backend has none: the model's Python step then calls the kernels one by one."""
+        return None
+
     def build_info(self) -> dict[str, Any]:
         """How this backend was built and how it runs (``fastopt.show_config`` prints it)."""
         return {}

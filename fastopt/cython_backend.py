@@ -42,6 +42,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_info
@@ -101,6 +102,12 @@ _ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "leaky_r
 # (float32, 16k elements: 42 vs 301 us; float64 218 vs 289 us), and it is the reference's own function.
 _EPILOGUE_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 0, "leaky_relu": 4}
 _tanh = np.tanh
+# The compiled training step's codes (_nn.pyx's TrainingStep): stage kinds; each loss kernel's loss and, for the
+# elementwise losses, kind; the counts of correct predictions.
+_STEP_STAGES = {"dense": 0, "activation": 1, "softmax": 2}
+_STEP_LOSSES = {"softmax_cross_entropy": (0, 0), "binary_cross_entropy": (1, 0), "mse": (2, 0), "huber": (2, 1),
+                "mae": (2, 2)}  # fmt: skip
+_COUNT_NOTHING, _COUNT_TARGET_LABELS, _COUNT_OWN_LABELS, _COUNT_BINARY = range(4)
 
 
 def _by_itemsize(fused: object) -> dict[int, object]:
@@ -299,6 +306,34 @@ def build_info() -> dict:
     }
 
 
+def _count_kind(targets: Any) -> int:
+    """How a training step counts correct predictions, as ``Sequential._batch_gradients`` does."""
+    if targets.binary:
+        return _COUNT_BINARY
+    if targets.labels is targets.values:
+        return _COUNT_TARGET_LABELS
+    return _COUNT_NOTHING if targets.labels is None else _COUNT_OWN_LABELS
+
+
+def _step_data(inputs: np.ndarray, workspace: Any, targets: Any, count: int) -> tuple:
+    """The data set's arrays and the batch's buffers as ``_nn.TrainingStep`` takes them: (source, inputs,
+    target_source, targets, weight_source, weights, label_source, labels), the last four None where unused."""
+    weights = (None, None) if targets.weights is None else (targets.weights, workspace.weights)
+    labels = (targets.labels, workspace.labels) if count == _COUNT_OWN_LABELS else (None, None)
+    return (inputs, workspace.inputs, targets.values, workspace.targets, *weights, *labels)
+
+
+def _step_stage(stage: Any, workspace: Any, index: int, in_features: int) -> tuple:
+    """A model stage as ``_nn.TrainingStep`` takes it: (kind, activation, negative_slope, n_in, n_out, out,
+    grad_out, weight, bias, grad_weight, grad_bias)."""
+    out = workspace.outputs[index]
+    n_in = workspace.outputs[index - 1].shape[1] if index else in_features
+    layer = stage.dense
+    arrays = (None,) * 4 if layer is None else (layer._weight, layer._bias, layer._weight_grad, layer._bias_grad)
+    return (_STEP_STAGES[stage.kind], _ACTIVATION_CODES[stage.activation], stage.negative_slope, n_in,
+            out.shape[1], out, workspace.output_grads[index], *arrays)  # fmt: skip
+
+
 def _optimizer_method(kernel_name: str) -> object:
     """The trusted method of an optimizer kernel: its buffers as flat views (any shape), then the compiled loop of
     their dtype with the hyperparameters by name."""
@@ -429,6 +464,28 @@ class CythonBackend(Backend):
 
     def build_info(self) -> dict:
         return build_info()
+
+    def _training_step(self, stages, workspace, inputs, targets, loss):  # type: ignore[no-untyped-def]
+        """``_nn.TrainingStep`` of the model's stages, or None: without the direct GEMMs, with a tanh (NumPy's, see
+        above) or dropout stage, for a loss without a kernel, or for data not C-contiguous."""
+        spec = loss._step_kernel(workspace.outputs[-1])
+        if not _direct_gemm or spec is None or spec[0] not in _STEP_LOSSES:
+            return None
+        if any(stage.kind == "dropout" or stage.activation == "tanh" for stage in stages):
+            return None
+        count = _count_kind(targets)
+        data = _step_data(inputs, workspace, targets, count)
+        if not all(array is None or array.flags.c_contiguous for array in data):
+            return None
+        kernel, options, value_scale, grad_scale = spec
+        code, pointwise_kind = _STEP_LOSSES[kernel]
+        # the kernel's one option: binary cross-entropy's pos_weight array, or label smoothing or Huber's delta
+        pos_weight = options[0] if kernel == "binary_cross_entropy" else None
+        option = options[0] if options and kernel != "binary_cross_entropy" else 0.0
+        return _nn.TrainingStep(
+            tuple(_step_stage(stage, workspace, index, inputs.shape[1]) for index, stage in enumerate(stages)),
+            data, (code, pointwise_kind, option, pos_weight, value_scale, grad_scale, count),
+        )  # fmt: skip
 
     def _dense_forward(self, x, weight, bias, out, activation, negative_slope):  # type: ignore[no-untyped-def]
         if _direct_gemm:

@@ -172,6 +172,13 @@ class Loss:
         """The kernel's arguments after the weights, for outputs ``output``."""
         return self._extras
 
+    def _step_kernel(self, output: np.ndarray) -> tuple[str, tuple[object, ...], float, float] | None:
+        """What ``compute`` does, for a compiled training step: (kernel, its options, the factor of the value, the
+        factor of the gradient); None when ``compute`` is a subclass's own."""
+        if type(self).compute is not Loss.compute:
+            return None
+        return self.kernel, self._options(output), 1.0, 1.0
+
     def __call__(
         self, y_pred: object, y_true: object, backend: str | None = None, sample_weight: object = None
     ) -> float:

@@ -86,6 +86,8 @@ class _Workspace:
     labels: np.ndarray | None = None
     weights: np.ndarray | None = None
     masks: dict[int, np.ndarray] = field(default_factory=dict)
+    # the backend's compiled training step over these buffers, with what it was made for (_compiled_step)
+    compiled: tuple | None = None
 
 
 def _source_outside_training(stages: list[_Stage]) -> int:
@@ -647,6 +649,11 @@ class Sequential:
             workspace.targets = np.empty(target_shape, dtype=targets.values.dtype)
             workspace.labels = np.empty(len(rows), dtype=np.int64)
             workspace.weights = np.empty(len(rows), dtype=self.dtype)
+            workspace.compiled = None
+        if step_key is None:  # no dropout masks to draw: the backend's compiled step, where it has one
+            compiled = self._run_compiled_step(backend, workspace, loss, inputs, targets, rows)
+            if compiled is not None:
+                return compiled
         backend._gather_rows(inputs, rows, workspace.inputs)
         targets.values.take(rows, axis=0, out=workspace.targets, mode="clip")  # the method: no dispatch wrapper
         weights, weight = None, float(len(rows))
@@ -667,6 +674,45 @@ class Sequential:
             correct = backend._count_correct(output, workspace.labels)
         finite = self._backward(backend, workspace, step_key)
         return batch_loss, correct, weight, finite
+
+    def _run_compiled_step(
+        self,
+        backend: Backend,
+        workspace: _Workspace,
+        loss: Loss,
+        inputs: np.ndarray,
+        targets: Targets,
+        rows: np.ndarray,
+    ) -> tuple[float, int, float, bool] | None:
+        """``_batch_gradients`` by the backend's compiled step (the same bits), or None where it has none."""
+        step = self._compiled_step(backend, workspace, loss, inputs, targets)
+        result = None if step is None else step.run(rows)
+        if result is None:
+            if step is not None:  # out of date (the GEMM setup changed): made again next time
+                workspace.compiled = None
+            return None
+        batch_loss, correct, finite = result
+        weight = float(len(rows)) if targets.weights is None else float(workspace.weights.sum(dtype=np.float64))
+        return batch_loss, correct, weight, finite
+
+    def _compiled_step(
+        self, backend: Backend, workspace: _Workspace, loss: Loss, inputs: np.ndarray, targets: Targets
+    ) -> Any:
+        """The backend's compiled training step (``Backend._training_step``) over ``workspace``, for this loss and
+        data: made on first use, kept while they and the parameter buffer are the same objects; None where the
+        backend has none for them."""
+        cached = workspace.compiled
+        if (
+            cached is not None
+            and cached[0] is loss
+            and cached[1] is inputs
+            and cached[2] is targets
+            and cached[3] is self._parameters
+        ):
+            return cached[4]
+        step = backend._training_step(self._stages, workspace, inputs, targets, loss)
+        workspace.compiled = (loss, inputs, targets, self._parameters, step)
+        return step
 
     def _prepare_validation(
         self, validation_data: object, loss: Loss, backend: Backend

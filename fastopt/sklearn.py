@@ -107,8 +107,8 @@ class _OutputLoss(Loss):
     ``2 w_i (z - y) / (k sum w)``) with the value halved and the gradient times k / 2. Poisson (exp) has no kernel:
     NumPy."""
 
-    KERNELS = {"softmax": ("_softmax_cross_entropy", (0.0,)), "logistic": ("_binary_cross_entropy", (None,)),
-               "identity": ("_mse", ())}  # fmt: skip
+    KERNELS = {"softmax": ("softmax_cross_entropy", (0.0,)), "logistic": ("binary_cross_entropy", (None,)),
+               "identity": ("mse", ())}  # fmt: skip
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -123,14 +123,20 @@ class _OutputLoss(Loss):
     ) -> float:
         if self.kind not in self.KERNELS:
             return self._numpy_loss(output, target, grad, weights)
-        method, options = self.KERNELS[self.kind]
-        value = getattr(backend, method)(output, target, grad, weights, *options)
-        outputs = output.shape[1]
-        value_scale, grad_scale = {"softmax": (1.0, 1.0), "logistic": (outputs, outputs),
-                                   "identity": (0.5, 0.5 * outputs)}[self.kind]  # fmt: skip
+        kernel, options, value_scale, grad_scale = self._step_kernel(output)  # type: ignore[misc]
+        value = getattr(backend, "_" + kernel)(output, target, grad, weights, *options)
         if grad is not None and grad_scale != 1.0:
             grad *= grad_scale
         return value * value_scale
+
+    def _step_kernel(self, output: np.ndarray) -> tuple[str, tuple[object, ...], float, float] | None:
+        if self.kind not in self.KERNELS:
+            return None
+        kernel, options = self.KERNELS[self.kind]
+        outputs = output.shape[1]
+        value_scale, grad_scale = {"softmax": (1.0, 1.0), "logistic": (outputs, outputs),
+                                   "identity": (0.5, 0.5 * outputs)}[self.kind]  # fmt: skip
+        return kernel, options, value_scale, grad_scale
 
     @staticmethod
     def _numpy_loss(

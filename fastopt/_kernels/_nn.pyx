@@ -73,6 +73,8 @@ cdef Py_ssize_t _max_blocks = max(1, fo_omp_num_procs())
 # 128 x 64 layer: 45 instead of 61 us on two threads).
 cdef Py_ssize_t _shared_blocks = max(1, _max_blocks // 2)
 cdef double _MIN_BLOCK_FLOPS = 262144.0
+# Counts the changes of the BLAS and of the tiles: a compiled training step made before one is out of date.
+cdef Py_ssize_t _gemm_setup = 0
 cdef Py_ssize_t _MIN_BLOCK_WIDTH = 16
 
 
@@ -90,11 +92,12 @@ def build_info():
 def set_blas(size_t sgemm, size_t dgemm, bint ilp64, size_t get_threads, size_t set_threads):
     """Install the addresses of ``cblas_sgemm`` and ``cblas_dgemm`` (64-bit integers if ``ilp64``) and of
     OpenBLAS's ``openblas_get_num_threads``/``openblas_set_num_threads``; all zero uninstalls them."""
-    global _sgemm, _dgemm, _blas_ilp64, _blas_get_threads, _blas_set_threads
+    global _sgemm, _dgemm, _blas_ilp64, _blas_get_threads, _blas_set_threads, _gemm_setup
     if (sgemm == 0) != (dgemm == 0) or (sgemm == 0) != (get_threads == 0) or (sgemm == 0) != (set_threads == 0):
         raise ValueError("set_blas needs all four addresses, or none")
     _sgemm, _dgemm, _blas_ilp64 = <void*>sgemm, <void*>dgemm, ilp64
     _blas_get_threads, _blas_set_threads = <get_threads_t>get_threads, <set_threads_t>set_threads
+    _gemm_setup += 1
 
 
 # ------------------------------------------------------------------------------- pointer loops
@@ -325,10 +328,11 @@ cdef double _TILES_AT_MOST = 4
 def set_gemm_tiles(double max_multiply_adds):
     """Make each GEMM call of up to 4 times ``max_multiply_adds`` multiply-adds (whose right operand is not
     transposed) as calls of at most ``max_multiply_adds`` each; 0 turns the tiles off."""
-    global _tile_mnk
+    global _tile_mnk, _gemm_setup
     if not max_multiply_adds >= 0:
         raise ValueError(f"max_multiply_adds must be >= 0, got {max_multiply_adds}")
     _tile_mnk = max_multiply_adds
+    _gemm_setup += 1
 
 
 cdef inline bint _unpacked_path(bint trans_a, bint trans_b, Py_ssize_t k) noexcept nogil:
@@ -1419,6 +1423,296 @@ cdef inline Py_ssize_t _count_correct_on(const floating* sp, const int64_t* lp, 
     for i in range(rows):
         correct += _row_argmax(sp + i * cols, cols) == lp[i]
     return correct
+
+
+# ------------------------------------------------------------------------------- the compiled training step
+cdef enum:
+    # a step's stages, losses and counts of correct predictions (fastopt/cython_backend.py's codes)
+    _STAGE_DENSE = 0
+    _STAGE_ACTIVATION = 1
+    _STAGE_SOFTMAX = 2
+    _STEP_CROSS_ENTROPY = 0  # the targets are int64 labels
+    _STEP_BINARY_CROSS_ENTROPY = 1
+    _STEP_POINTWISE = 2  # MSE, Huber or MAE (_MSE, _HUBER, _MAE)
+    _COUNT_NOTHING = 0
+    _COUNT_TARGET_LABELS = 1  # count_correct against the gathered int64 targets
+    _COUNT_OWN_LABELS = 2  # count_correct against int64 labels gathered for it
+    _COUNT_BINARY = 3  # count_binary_correct against the gathered 0/1 targets
+
+
+cdef struct _StepStage:
+    int kind, act
+    double slope
+    Py_ssize_t n_in, n_out
+    char* out
+    char* grad_out
+    char* weight
+    char* bias
+    char* grad_weight
+    char* grad_bias
+    char* forward_scratch  # the partial products of a forward pass cut along the inner dimension (or NULL)
+    char* backward_scratch  # the copy of dz.T a backward pass makes grad_x from (or NULL)
+
+
+cdef struct _Step:
+    Py_ssize_t batch, n_stages, source_rows, width
+    _StepStage* stages
+    char* source  # the data set's inputs (source_rows, width)
+    char* inputs  # the batch's rows of it
+    char* target_source
+    char* targets
+    Py_ssize_t target_row_bytes
+    char* weight_source  # sample weights (or NULL)
+    char* weights
+    char* label_source  # class labels for the count (or NULL)
+    char* labels
+    int loss, pointwise_kind, count
+    double loss_option, value_scale, grad_scale
+    char* pos_weight  # binary cross-entropy's (or NULL)
+
+
+cdef char* _step_buffer(object array, str name, str kind, Py_ssize_t itemsize, tuple shape, bint written) except NULL:
+    # The address of a buffer of the step, checked: a C-contiguous array of that kind, item size and shape.
+    if (not hasattr(array, "__array_interface__") or array.dtype.kind != kind or array.dtype.itemsize != itemsize
+            or array.shape != shape or not array.flags.c_contiguous):
+        raise ValueError(f"{name} must be a C-contiguous array of kind {kind!r}, {itemsize}-byte items and shape "
+                         f"{shape}, got {array!r:.80}")
+    if written and not array.flags.writeable:
+        raise ValueError(f"{name} is read-only; a training step writes it")
+    return <char*><size_t>array.__array_interface__["data"][0]
+
+
+cdef class TrainingStep:
+    """A model's training step for one batch size, in one call: gather the batch's rows (inputs, targets, weights,
+    labels), the forward stages, the loss and its gradient, the count of correct predictions and, when the loss is
+    finite, the backward stages into the gradient buffers. Each part is the kernel the Python step calls with the
+    same buffers (the same bits); the call saves that step's Python, about 15 us a step for a three-layer network on a
+    2-core AMD EPYC Zen 4 VM.
+
+    ``stages``: a tuple (kind, activation, negative_slope, n_in, n_out, out, grad_out, weight, bias, grad_weight,
+    grad_bias) per stage (the last four None but for dense stages); ``data``: (source, inputs, target_source,
+    targets, weight_source, weights, label_source, labels), the data set's arrays and the batch's buffers (the last
+    four None without sample weights or separate labels); ``loss``: (loss code, pointwise kind, option, pos_weight
+    or None, value scale, gradient scale, count code). Every array is checked here; the data set's row count bounds
+    the rows ``run`` takes."""
+
+    cdef _Step step
+    cdef bint double_precision
+    cdef Py_ssize_t gemm_setup  # _gemm_setup when the step was made
+    cdef list arrays  # every array addressed, kept alive as long as the step
+
+    def __cinit__(self):
+        self.step.stages = NULL
+        self.step.n_stages = 0
+
+    def __init__(self, tuple stages, tuple data, tuple loss):
+        cdef Py_ssize_t index, n_stages = len(stages)
+        source, inputs, target_source, targets, weight_source, weights, label_source, labels = data
+        self.double_precision = inputs.dtype.itemsize == 8
+        self.arrays = [array for array in data if array is not None]
+        cdef Py_ssize_t itemsize = inputs.dtype.itemsize, batch = inputs.shape[0], width = inputs.shape[1]
+        if n_stages == 0 or batch == 0 or width == 0 or source.ndim != 2:
+            raise ValueError("a training step needs stages, rows and features")
+        self.step.batch, self.step.width, self.step.source_rows = batch, width, source.shape[0]
+        self.step.source = _step_buffer(source, "source", "f", itemsize, (source.shape[0], width), False)
+        self.step.inputs = _step_buffer(inputs, "inputs", "f", itemsize, (batch, width), True)
+        self.step.target_source = _step_buffer(target_source, "target_source", target_source.dtype.kind,
+                                               target_source.dtype.itemsize, target_source.shape, False)
+        self.step.targets = _step_buffer(targets, "targets", target_source.dtype.kind, target_source.dtype.itemsize,
+                                         (batch, *target_source.shape[1:]), True)
+        self.step.target_row_bytes = targets.nbytes // batch
+        self.step.weight_source = self.step.weights = self.step.label_source = self.step.labels = NULL
+        if weights is not None:
+            self.step.weight_source = _step_buffer(weight_source, "weight_source", "f", itemsize, (source.shape[0],),
+                                                   False)
+            self.step.weights = _step_buffer(weights, "weights", "f", itemsize, (batch,), True)
+        if labels is not None:
+            self.step.label_source = _step_buffer(label_source, "label_source", "i", 8, (source.shape[0],), False)
+            self.step.labels = _step_buffer(labels, "labels", "i", 8, (batch,), True)
+        self._set_stages(stages, itemsize, width)
+        self._set_loss(loss, itemsize, targets)
+        self.gemm_setup = _gemm_setup
+
+    cdef _set_stages(self, tuple stages, Py_ssize_t itemsize, Py_ssize_t width):
+        cdef Py_ssize_t index, batch = self.step.batch, n_in = width, scratch
+        cdef _StepStage* stage
+        self.step.stages = <_StepStage*>malloc(len(stages) * sizeof(_StepStage))
+        if self.step.stages == NULL:
+            raise MemoryError("no memory for a training step's stages")
+        memset(self.step.stages, 0, len(stages) * sizeof(_StepStage))
+        self.step.n_stages = len(stages)
+        for index, (kind, act, slope, stage_in, n_out, out, grad_out, weight, bias, grad_weight, grad_bias) in \
+                enumerate(stages):
+            stage = &self.step.stages[index]
+            if stage_in != n_in or n_out <= 0 or (kind != _STAGE_DENSE and n_out != n_in):
+                raise ValueError(f"stage {index} takes {stage_in} features to {n_out}; the stage before gives {n_in}")
+            stage.kind, stage.act, stage.slope, stage.n_in, stage.n_out = kind, act, slope, n_in, n_out
+            stage.out = _step_buffer(out, f"stage {index}'s out", "f", itemsize, (batch, n_out), True)
+            stage.grad_out = _step_buffer(grad_out, f"stage {index}'s grad_out", "f", itemsize, (batch, n_out), True)
+            self.arrays += [out, grad_out]
+            if kind == _STAGE_DENSE:
+                _check_blas(batch, n_in, n_out)
+                stage.weight = _step_buffer(weight, f"stage {index}'s weight", "f", itemsize, (n_in, n_out), False)
+                stage.bias = _step_buffer(bias, f"stage {index}'s bias", "f", itemsize, (n_out,), False)
+                stage.grad_weight = _step_buffer(grad_weight, f"stage {index}'s grad_weight", "f", itemsize,
+                                                 (n_in, n_out), True)
+                stage.grad_bias = _step_buffer(grad_bias, f"stage {index}'s grad_bias", "f", itemsize, (n_out,), True)
+                self.arrays += [weight, bias, grad_weight, grad_bias]
+                stage.forward_scratch = self._scratch(_forward_scratch(batch, n_in, n_out) * itemsize)
+                stage.backward_scratch = self._scratch(_backward_scratch(batch, n_in, n_out, index > 0) * itemsize)
+            elif kind not in (_STAGE_ACTIVATION, _STAGE_SOFTMAX) or index == 0:
+                raise ValueError(f"stage {index}: kind {kind} is not a stage a training step can begin with or run")
+            n_in = n_out
+
+    cdef char* _scratch(self, Py_ssize_t size) except? NULL:
+        cdef char* memory
+        if size == 0:
+            return NULL
+        memory = <char*>malloc(size)
+        if memory == NULL:
+            raise MemoryError(f"no memory for {size} bytes of a training step's scratch")
+        return memory
+
+    cdef _set_loss(self, tuple loss, Py_ssize_t itemsize, object targets):
+        cdef Py_ssize_t batch = self.step.batch, cols = self.step.stages[self.step.n_stages - 1].n_out
+        code, pointwise_kind, option, pos_weight, value_scale, grad_scale, count = loss
+        if code == _STEP_CROSS_ENTROPY:
+            _step_buffer(targets, "the cross-entropy's targets", "i", 8, (batch,), True)
+        else:
+            _step_buffer(targets, "the loss's targets", "f", itemsize, (batch, cols), True)
+        if code not in (_STEP_CROSS_ENTROPY, _STEP_BINARY_CROSS_ENTROPY, _STEP_POINTWISE) or pointwise_kind not in (
+                _MSE, _HUBER, _MAE):
+            raise ValueError(f"no training step for the loss {loss}")
+        if count not in (_COUNT_NOTHING, _COUNT_TARGET_LABELS, _COUNT_OWN_LABELS, _COUNT_BINARY) or (
+                count == _COUNT_OWN_LABELS and self.step.labels == NULL) or (
+                count == _COUNT_TARGET_LABELS and code != _STEP_CROSS_ENTROPY) or (
+                count == _COUNT_BINARY and code == _STEP_CROSS_ENTROPY):
+            raise ValueError(f"no count {count} of correct predictions for these targets")
+        self.step.loss, self.step.pointwise_kind, self.step.count = code, pointwise_kind, count
+        self.step.loss_option, self.step.value_scale, self.step.grad_scale = option, value_scale, grad_scale
+        self.step.pos_weight = NULL
+        if pos_weight is not None:
+            self.step.pos_weight = _step_buffer(pos_weight, "pos_weight", "f", itemsize, (cols,), False)
+            self.arrays.append(pos_weight)
+
+    def __dealloc__(self):
+        cdef Py_ssize_t index
+        if self.step.stages != NULL:
+            for index in range(self.step.n_stages):
+                free(self.step.stages[index].forward_scratch)
+                free(self.step.stages[index].backward_scratch)
+            free(self.step.stages)
+
+    def run(self, const int64_t[::1] rows):
+        """Train on the data set's ``rows`` (int64, the step's batch size of them): returns (loss, correct
+        predictions, whether every gradient is finite); a loss that is not finite leaves the gradients unwritten.
+        Returns None, doing nothing, when the BLAS or the tiles changed since the step was made (make it again)."""
+        cdef Py_ssize_t i, correct = 0
+        cdef double value = 0
+        cdef bint finite
+        if self.gemm_setup != _gemm_setup:
+            return None
+        if rows.shape[0] != self.step.batch:
+            raise ValueError(f"this training step takes {self.step.batch} rows, got {rows.shape[0]}")
+        for i in range(self.step.batch):
+            if rows[i] < 0 or rows[i] >= self.step.source_rows:
+                raise IndexError(f"row {rows[i]} is outside the data set's {self.step.source_rows} rows")
+        _blas_serial_begin()
+        with nogil:
+            if self.double_precision:
+                finite = _train_step(&self.step, &rows[0], &value, &correct, <double>0)
+            else:
+                finite = _train_step(&self.step, &rows[0], &value, &correct, <float>0)
+        _blas_serial_end()
+        return value, correct, finite
+
+
+cdef bint _train_step(_Step* step, const int64_t* rows, double* value, Py_ssize_t* correct,
+                      floating zero) noexcept nogil:
+    # TrainingStep.run for one dtype (zero selects it); returns whether the loss and every gradient are finite.
+    cdef Py_ssize_t index, batch = step.batch
+    cdef const floating* x = <const floating*>step.inputs
+    cdef bint bad = False
+    _gather_on(<const floating*>step.source, rows, <floating*>step.inputs, batch, step.width)
+    _copy_rows(step.target_source, rows, step.targets, batch, step.target_row_bytes)
+    if step.weights != NULL:
+        _copy_rows(step.weight_source, rows, step.weights, batch, sizeof(floating))
+    for index in range(step.n_stages):
+        _stage_forward(&step.stages[index], x, batch)
+        x = <const floating*>step.stages[index].out
+    value[0] = _step_loss(step, x)
+    if value[0] - value[0] != 0:
+        return False
+    correct[0] = _step_count(step, x, rows)
+    for index in range(step.n_stages - 1, -1, -1):
+        bad |= _stage_backward(&step.stages[index], <const floating*>(
+            step.stages[index - 1].out if index else step.inputs), <floating*>(
+            step.stages[index - 1].grad_out if index else NULL), batch)
+    return not bad
+
+
+cdef inline void _stage_forward(_StepStage* stage, const floating* x, Py_ssize_t batch) noexcept nogil:
+    cdef floating* out = <floating*>stage.out
+    if stage.kind == _STAGE_DENSE:
+        _dense_forward_on(x, <const floating*>stage.weight, <const floating*>stage.bias, out,
+                          <floating*>stage.forward_scratch, batch, stage.n_in, stage.n_out, stage.act,
+                          <floating>stage.slope)
+    elif stage.kind == _STAGE_ACTIVATION:
+        _activation_forward_on(stage.act, x, out, batch * stage.n_out, <floating>stage.slope)
+    else:
+        _softmax_forward_on(x, out, batch, stage.n_out)
+
+
+cdef inline bint _stage_backward(_StepStage* stage, const floating* x, floating* grad_x,
+                                 Py_ssize_t batch) noexcept nogil:
+    # A stage's backward pass from its grad_out into grad_x (NULL: the first stage's input needs none); returns
+    # whether a dense stage's gradients are not finite.
+    cdef const floating* out = <const floating*>stage.out
+    cdef floating* grad_out = <floating*>stage.grad_out
+    if stage.kind == _STAGE_DENSE:
+        return _dense_backward_on(x, <const floating*>stage.weight, out, grad_out, <floating*>stage.grad_weight,
+                                  <floating*>stage.grad_bias, grad_x, <floating*>stage.backward_scratch, batch,
+                                  stage.n_in, stage.n_out, stage.act, <floating>stage.slope)
+    if stage.kind == _STAGE_ACTIVATION:
+        _activation_backward_on(stage.act, x, out, grad_out, grad_x, batch * stage.n_out, <floating>stage.slope)
+    else:
+        _softmax_backward_on(out, grad_out, grad_x, batch, stage.n_out)
+    return False
+
+
+cdef inline double _step_loss(_Step* step, const floating* out) noexcept nogil:
+    # The loss of the last stage's outputs (times the value scale); its gradient (times the gradient scale) into
+    # that stage's grad_out.
+    cdef _StepStage* last = &step.stages[step.n_stages - 1]
+    cdef floating* grad = <floating*>last.grad_out
+    cdef const floating* weights = <const floating*>step.weights
+    cdef Py_ssize_t rows = step.batch, cols = last.n_out, j
+    cdef double value
+    if step.loss == _STEP_CROSS_ENTROPY:
+        value = _softmax_xent_on(out, <const int64_t*>step.targets, grad, weights, rows, cols, step.loss_option)
+    elif step.loss == _STEP_BINARY_CROSS_ENTROPY:
+        value = _bce_on(out, <const floating*>step.targets, grad, weights, <const floating*>step.pos_weight, rows, cols)
+    elif step.pointwise_kind == _MSE:
+        value = _mse_on(out, <const floating*>step.targets, grad, weights, rows, cols)
+    else:
+        value = _pointwise_loss_on(step.pointwise_kind, out, <const floating*>step.targets, grad, weights, rows, cols,
+                                   step.loss_option)
+    if step.grad_scale != 1:
+        for j in range(rows * cols):
+            grad[j] = grad[j] * <floating>step.grad_scale
+    return value * step.value_scale
+
+
+cdef inline Py_ssize_t _step_count(_Step* step, const floating* out, const int64_t* rows) noexcept nogil:
+    cdef Py_ssize_t batch = step.batch, cols = step.stages[step.n_stages - 1].n_out
+    if step.count == _COUNT_TARGET_LABELS:
+        return _count_correct_on(out, <const int64_t*>step.targets, batch, cols)
+    if step.count == _COUNT_OWN_LABELS:
+        _copy_rows(step.label_source, rows, step.labels, batch, sizeof(int64_t))
+        return _count_correct_on(out, <const int64_t*>step.labels, batch, cols)
+    if step.count == _COUNT_BINARY:
+        return _count_binary_on(out, <const floating*>step.targets, batch * cols)
+    return 0
 
 
 # ------------------------------------------------------------------------------- the GEMM probe
