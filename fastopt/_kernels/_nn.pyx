@@ -1544,6 +1544,8 @@ cdef class TrainingStep:
         for index, (kind, act, slope, stage_in, n_out, out, grad_out, weight, bias, grad_weight, grad_bias) in \
                 enumerate(stages):
             stage = &self.step.stages[index]
+            if kind not in (_STAGE_DENSE, _STAGE_ACTIVATION, _STAGE_SOFTMAX) or (index == 0 and kind != _STAGE_DENSE):
+                raise ValueError(f"stage {index}: kind {kind} is not a stage a training step can begin with or run")
             if stage_in != n_in or n_out <= 0 or (kind != _STAGE_DENSE and n_out != n_in):
                 raise ValueError(f"stage {index} takes {stage_in} features to {n_out}; the stage before gives {n_in}")
             stage.kind, stage.act, stage.slope, stage.n_in, stage.n_out = kind, act, slope, n_in, n_out
@@ -1560,8 +1562,6 @@ cdef class TrainingStep:
                 self.arrays += [weight, bias, grad_weight, grad_bias]
                 stage.forward_scratch = self._scratch(_forward_scratch(batch, n_in, n_out) * itemsize)
                 stage.backward_scratch = self._scratch(_backward_scratch(batch, n_in, n_out, index > 0) * itemsize)
-            elif kind not in (_STAGE_ACTIVATION, _STAGE_SOFTMAX) or index == 0:
-                raise ValueError(f"stage {index}: kind {kind} is not a stage a training step can begin with or run")
             n_in = n_out
 
     cdef char* _scratch(self, Py_ssize_t size) except? NULL:
@@ -1576,13 +1576,13 @@ cdef class TrainingStep:
     cdef _set_loss(self, tuple loss, Py_ssize_t itemsize, object targets):
         cdef Py_ssize_t batch = self.step.batch, cols = self.step.stages[self.step.n_stages - 1].n_out
         code, pointwise_kind, option, pos_weight, value_scale, grad_scale, count = loss
+        if code not in (_STEP_CROSS_ENTROPY, _STEP_BINARY_CROSS_ENTROPY, _STEP_POINTWISE) or pointwise_kind not in (
+                _MSE, _HUBER, _MAE):
+            raise ValueError(f"no training step for the loss {loss}")
         if code == _STEP_CROSS_ENTROPY:
             _step_buffer(targets, "the cross-entropy's targets", "i", 8, (batch,), True)
         else:
             _step_buffer(targets, "the loss's targets", "f", itemsize, (batch, cols), True)
-        if code not in (_STEP_CROSS_ENTROPY, _STEP_BINARY_CROSS_ENTROPY, _STEP_POINTWISE) or pointwise_kind not in (
-                _MSE, _HUBER, _MAE):
-            raise ValueError(f"no training step for the loss {loss}")
         if count not in (_COUNT_NOTHING, _COUNT_TARGET_LABELS, _COUNT_OWN_LABELS, _COUNT_BINARY) or (
                 count == _COUNT_OWN_LABELS and self.step.labels == NULL) or (
                 count == _COUNT_TARGET_LABELS and code != _STEP_CROSS_ENTROPY) or (

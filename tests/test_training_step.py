@@ -1,0 +1,264 @@
+"""The compiled training step (``_nn.TrainingStep``, through ``Sequential._batch_gradients``): whole fits give the
+same bits with it and without it (the Python step calling the same kernels one by one), it is used where it should
+be and only there, and it refuses bad buffers and rows with a clear exception."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastopt
+from fastopt import layers, losses, optim
+
+cython_backend = pytest.importorskip("fastopt.cython_backend", reason="the compiled extension is not built")
+_nn = cython_backend._nn
+
+N_ROWS, N_FEATURES = 210, 12
+RNG = np.random.default_rng(7)
+X = RNG.normal(size=(N_ROWS, N_FEATURES)).astype(np.float32)
+LABELS = RNG.integers(0, 4, N_ROWS)
+SAMPLE_WEIGHTS = RNG.random(N_ROWS)
+
+
+def _stack(activation: type[layers.Layer], outputs: int) -> list[layers.Layer]:
+    return [layers.Dense(N_FEATURES, 16), activation(), layers.Dense(16, outputs)]
+
+
+# name: (hidden activation, outputs, loss, targets)
+CASES = {
+    "cross_entropy": (layers.ReLU, 4, losses.CrossEntropy, LABELS),
+    "label_smoothing_gelu": (layers.GELU, 4, lambda: losses.CrossEntropy(label_smoothing=0.1), LABELS),
+    "binary_pos_weight": (
+        layers.Sigmoid,
+        3,
+        lambda: losses.BinaryCrossEntropy(pos_weight=[1.0, 2.0, 0.5]),
+        (RNG.random((N_ROWS, 3)) > 0.5).astype(np.float32),
+    ),
+    "mse": (lambda: layers.LeakyReLU(0.1), 2, losses.MSE, RNG.normal(size=(N_ROWS, 2))),
+    "mse_one_hot_labels": (layers.ReLU, 4, losses.MSE, LABELS),  # accuracy from labels gathered for the count
+    "huber": (layers.ReLU, 1, lambda: losses.Huber(delta=0.5), RNG.normal(size=N_ROWS)),
+    "mae": (layers.ReLU, 1, losses.MAE, RNG.normal(size=N_ROWS)),
+}
+
+
+@pytest.fixture
+def without_compiled_step(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A function running its argument with the cython backend's compiled step switched off."""
+
+    def run(function):  # type: ignore[no-untyped-def]
+        with monkeypatch.context() as patch:
+            patch.setattr(cython_backend.CythonBackend, "_training_step", lambda *arguments: None)
+            return function()
+
+    return run
+
+
+def _direct_gemm_or_skip() -> None:
+    if cython_backend.gemm_path() != "direct":
+        pytest.skip("the compiled step runs on the direct GEMM path only, unavailable here")
+
+
+def _fit(case: str, dtype: str, weighted: bool, **options: object) -> tuple[fastopt.Sequential, dict]:
+    activation, outputs, loss, targets = CASES[case]
+    model = fastopt.Sequential(_stack(activation, outputs), backend="cython", dtype=dtype, seed=0)
+    weights = SAMPLE_WEIGHTS if weighted else None
+    history = model.fit(X, targets, epochs=2, batch_size=25, optimizer=optim.Adam(lr=1e-2), loss=loss(),
+                        sample_weight=weights, seed=0, progress=False, **options)  # fmt: skip
+    return model, {key: value for key, value in history.history.items() if key != "seconds"}
+
+
+def _compiled_steps(model: fastopt.Sequential) -> list[object]:
+    workspaces = model._threads.workspaces().values()
+    return [workspace.compiled[-1] for workspace in workspaces if workspace.compiled and workspace.compiled[-1]]
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_fit_gives_the_same_bits_with_the_compiled_step_and_without(case, dtype, weighted, without_compiled_step):  # type: ignore[no-untyped-def]
+    _direct_gemm_or_skip()
+    compiled, compiled_history = _fit(case, dtype, weighted)
+    steps = _compiled_steps(compiled)
+    assert len(steps) == 2 and all(isinstance(step, _nn.TrainingStep) for step in steps)  # batches of 25 and 10
+    python, python_history = without_compiled_step(lambda: _fit(case, dtype, weighted))
+    assert not _compiled_steps(python)
+    assert compiled.parameters.tobytes() == python.parameters.tobytes()
+    assert compiled.gradients.tobytes() == python.gradients.tobytes()
+    assert compiled_history == python_history  # loss and accuracy sums, to the bit
+
+
+def test_a_non_finite_loss_is_skipped_alike(without_compiled_step) -> None:  # type: ignore[no-untyped-def]
+    _direct_gemm_or_skip()
+    poisoned = X.copy()
+    poisoned[30] = 3e38  # in batch 2 of each epoch (seed 0): its products overflow, its loss is not finite
+
+    def fit() -> tuple[bytes, dict]:
+        model = fastopt.Sequential(_stack(layers.ReLU, 4), backend="cython", seed=0)
+        history = model.fit(poisoned, LABELS, epochs=2, batch_size=25, seed=0, progress=False, on_nonfinite="skip")
+        return model.parameters.tobytes(), {k: v for k, v in history.history.items() if k != "seconds"}
+
+    compiled = fit()
+    assert compiled[1]["skipped_batches"] == [1, 1]
+    assert compiled == without_compiled_step(fit)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # 5 iterations
+@pytest.mark.parametrize(
+    "estimator, targets",
+    [("MLPClassifier", LABELS), ("MLPClassifier", LABELS % 2), ("MLPRegressor", RNG.normal(size=(N_ROWS, 2)))],
+    ids=["multiclass", "binary", "regression"],
+)
+def test_scikit_learn_estimators_give_the_same_bits_with_the_compiled_step(estimator, targets, without_compiled_step):  # type: ignore[no-untyped-def]
+    _direct_gemm_or_skip()
+    estimators = pytest.importorskip("fastopt.sklearn")
+
+    def fit() -> list[bytes]:
+        model = getattr(estimators, estimator)(hidden_layer_sizes=(16,), max_iter=5, batch_size=25, random_state=0)
+        model.fit(X, targets, sample_weight=SAMPLE_WEIGHTS)
+        return [array.tobytes() for array in model.coefs_ + model.intercepts_]
+
+    assert fit() == without_compiled_step(fit)
+
+
+@pytest.mark.parametrize(
+    "stack, loss",
+    [
+        (_stack(layers.Tanh, 4), losses.CrossEntropy()),  # tanh: NumPy's, between the kernels
+        ([layers.Dense(N_FEATURES, 16), layers.Dropout(0.5), layers.Dense(16, 4)], losses.CrossEntropy()),
+    ],
+    ids=["tanh", "dropout"],
+)
+def test_models_the_step_cannot_run_train_by_the_python_step(stack, loss) -> None:  # type: ignore[no-untyped-def]
+    model = fastopt.Sequential(stack, backend="cython", seed=0)
+    model.fit(X, LABELS, epochs=1, batch_size=25, loss=loss, progress=False)
+    assert not any(_compiled_steps(model)) and np.isfinite(model.parameters).all()
+
+
+def test_a_loss_with_its_own_compute_is_computed_by_it() -> None:
+    calls = []
+
+    class CountedMSE(losses.MSE):
+        def compute(self, backend, output, target, grad, weights=None):  # type: ignore[no-untyped-def]
+            calls.append(len(output))
+            return super().compute(backend, output, target, grad, weights)
+
+    model = fastopt.Sequential(_stack(layers.ReLU, 1), backend="cython", seed=0)
+    model.fit(X, RNG.normal(size=N_ROWS), epochs=1, batch_size=25, loss=CountedMSE(), progress=False)
+    assert calls == [25] * 8 + [10]
+
+
+def test_a_change_of_the_gemm_setup_remakes_the_step(use_gemm_path) -> None:  # type: ignore[no-untyped-def]
+    use_gemm_path("direct")
+    model = fastopt.Sequential(_stack(layers.ReLU, 4), backend="cython", seed=0)
+    model.compute_gradients(X[:32], LABELS[:32])
+    direct = model.gradients.copy()
+    assert _compiled_steps(model)
+    use_gemm_path("matmul")  # the step made for the direct path must not run
+    model.compute_gradients(X[:32], LABELS[:32])
+    assert not any(_compiled_steps(model))
+    np.testing.assert_allclose(model.gradients, direct, rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    widths=st.lists(st.integers(2, 40), min_size=1, max_size=3),  # cross-entropy needs 2 outputs
+    batch=st.integers(1, 70),
+    activation=st.sampled_from(["relu", "sigmoid", "leaky_relu", "gelu", "gelu_tanh", "identity"]),
+    softmax_then_mse=st.booleans(),
+    dtype=st.sampled_from(["float32", "float64"]),
+    seed=st.integers(0, 2**16),
+)
+def test_one_step_of_random_networks_equals_the_python_step(widths, batch, activation, softmax_then_mse, dtype, seed):  # type: ignore[no-untyped-def]
+    _direct_gemm_or_skip()
+    made = {"relu": layers.ReLU, "sigmoid": layers.Sigmoid, "leaky_relu": lambda: layers.LeakyReLU(0.2),
+            "gelu": layers.GELU, "gelu_tanh": lambda: layers.GELU(approximate="tanh"),
+            "identity": None}[activation]  # fmt: skip
+    rng = np.random.default_rng(seed)
+    sizes = [int(rng.integers(1, 30)), *widths]
+    stack: list[layers.Layer] = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        stack += [layers.Dense(fan_in, fan_out)] + ([made()] if made is not None else [])
+    loss = losses.CrossEntropy()
+    if softmax_then_mse:
+        stack.append(layers.Softmax())
+        loss = losses.MSE()
+    model = fastopt.Sequential(stack, backend="cython", dtype=dtype, seed=seed)
+    inputs = rng.normal(size=(batch + 5, sizes[0])).astype(dtype)
+    targets = loss.targets(rng.integers(0, sizes[-1], batch + 5), sizes[-1], model.dtype)
+    rows = rng.permutation(batch + 5)[:batch].astype(np.int64)
+    backend = fastopt.backend.resolve_backend("cython")
+    compiled = model._batch_gradients(backend, loss, inputs, targets, rows)
+    assert _compiled_steps(model)
+    compiled_gradients = model.gradients.copy()
+    model._workspace(batch).compiled = (loss, inputs, targets, model.parameters, None)  # the Python step
+    assert model._batch_gradients(backend, loss, inputs, targets, rows) == compiled
+    assert model.gradients.tobytes() == compiled_gradients.tobytes()
+
+
+# ------------------------------------------------------------------------------- bad input
+def _step_arguments(dtype: type = np.float32) -> dict[str, object]:
+    """The arguments of a valid TrainingStep: one dense stage of 3 -> 2 features over batches of 4 rows."""
+    source, weight = np.zeros((10, 3), dtype), np.zeros((3, 2), dtype)
+    stage = (0, 0, 0.0, 3, 2, np.zeros((4, 2), dtype), np.zeros((4, 2), dtype), weight, np.zeros(2, dtype),
+             np.zeros_like(weight), np.zeros(2, dtype))  # fmt: skip
+    data = (source, np.zeros((4, 3), dtype), np.zeros(10, np.int64), np.zeros(4, np.int64), None, None, None, None)
+    return {"stages": (stage,), "data": data, "loss": (0, 0, 0.0, None, 1.0, 1.0, 1)}
+
+
+def test_a_valid_step_runs() -> None:
+    if not _nn.build_info()["blas_installed"]:
+        pytest.skip("no BLAS installed for the direct GEMMs")
+    arguments = _step_arguments()
+    step = _nn.TrainingStep(**arguments)
+    loss, correct, finite = step.run(np.array([0, 9, 3, 3], dtype=np.int64))
+    assert loss == pytest.approx(np.log(2)) and correct == 4 and finite  # zero weights: even odds, argmax 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a["stages"][0].__setitem__(7, np.zeros((2, 3), np.float32)), "weight must be"),
+        (lambda a: a["stages"][0].__setitem__(9, np.zeros((3, 2), np.float32)[::1].T.copy().T), "grad_weight must be"),
+        (lambda a: a["stages"][0].__setitem__(6, np.zeros((4, 2), np.float64)), "grad_out must be"),
+        (lambda a: a["stages"][0].__setitem__(3, 5), "takes 5 features"),
+        (lambda a: a["stages"][0].__setitem__(0, 1), "kind 1"),
+        (lambda a: a["data"].__setitem__(3, np.zeros(4, np.int32)), "targets must be"),
+        (lambda a: a["data"].__setitem__(1, np.zeros((4, 6), np.float32)[:, ::2]), "inputs must be"),
+        (lambda a: a["loss"].__setitem__(0, 9), "no training step for the loss"),
+        (lambda a: a["loss"].__setitem__(6, 2), "no count 2"),
+        (lambda a: a["stages"][0][10].setflags(write=False), "read-only"),
+    ],
+)
+def test_bad_buffers_are_refused_when_the_step_is_made(change, message) -> None:  # type: ignore[no-untyped-def]
+    if not _nn.build_info()["blas_installed"]:
+        pytest.skip("no BLAS installed for the direct GEMMs")
+    arguments = _step_arguments()
+    arguments = {"stages": [list(arguments["stages"][0])], "data": list(arguments["data"]),
+                 "loss": list(arguments["loss"])}  # fmt: skip
+    change(arguments)
+    with pytest.raises(ValueError, match=message):
+        _nn.TrainingStep((tuple(arguments["stages"][0]),), tuple(arguments["data"]), tuple(arguments["loss"]))
+
+
+@pytest.mark.parametrize(
+    "rows, error, message",
+    [
+        ([0, 1, 2], ValueError, "takes 4 rows, got 3"),
+        ([0, 1, 2, 10], IndexError, "row 10 is outside the data set's 10 rows"),
+        ([0, -1, 2, 3], IndexError, "row -1"),
+    ],
+)
+def test_bad_rows_are_refused_before_anything_is_written(rows, error, message) -> None:  # type: ignore[no-untyped-def]
+    if not _nn.build_info()["blas_installed"]:
+        pytest.skip("no BLAS installed for the direct GEMMs")
+    arguments = _step_arguments()
+    inputs = arguments["data"][1]
+    inputs[...] = 5
+    step = _nn.TrainingStep(**arguments)
+    with pytest.raises(error, match=message):
+        step.run(np.array(rows, dtype=np.int64))
+    assert (inputs == 5).all()
