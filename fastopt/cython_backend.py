@@ -253,6 +253,7 @@ def set_gemm_path(path: str) -> None:
     if path == "direct" and not _GEMM_DIRECT_INFO:
         raise RuntimeError(f"the direct GEMM path is unavailable: {_GEMM_FALLBACK_REASON}")
     _direct_gemm = path == "direct"
+    _nn.outdate_training_steps()  # a step made for the other path must not run
 
 
 def stream_probe(param: np.ndarray, grad: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int) -> None:

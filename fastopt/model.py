@@ -634,11 +634,15 @@ class Sequential:
         targets: Targets,
         rows: np.ndarray,
         step_key: int | None = None,
+        compiled: bool = False,
     ) -> tuple[float, int, float, bool]:
         """The trusted core of a training step: gather ``rows`` (inputs, targets, weights), forward, loss, and (when
         the loss is finite) backward into ``self.gradients``; ``step_key`` keys the dropout masks of a training pass
         (None: no dropout). Returns the batch's (weighted) mean loss, its correct predictions, its weight (the sum of
-        its samples' weights: the number of rows without weights) and whether every gradient is finite."""
+        its samples' weights: the number of rows without weights) and whether every gradient is finite.
+        ``compiled``: by the backend's compiled step where it has one (the same bits), for loops that call this
+        again with the same loss and data: the step is made for them (about 50 us for a three-layer network on a
+        2-core AMD EPYC Zen 4 VM) and saves about 8 us a call."""
         workspace = self._workspace(len(rows))
         target_shape = (len(rows), *targets.values.shape[1:])
         if (
@@ -650,10 +654,10 @@ class Sequential:
             workspace.labels = np.empty(len(rows), dtype=np.int64)
             workspace.weights = np.empty(len(rows), dtype=self.dtype)
             workspace.compiled = None
-        if step_key is None:  # no dropout masks to draw: the backend's compiled step, where it has one
-            compiled = self._run_compiled_step(backend, workspace, loss, inputs, targets, rows)
-            if compiled is not None:
-                return compiled
+        if compiled and step_key is None:  # (dropout masks are drawn by the Python step)
+            result = self._run_compiled_step(backend, workspace, loss, inputs, targets, rows)
+            if result is not None:
+                return result
         backend._gather_rows(inputs, rows, workspace.inputs)
         targets.values.take(rows, axis=0, out=workspace.targets, mode="clip")  # the method: no dispatch wrapper
         weights, weight = None, float(len(rows))

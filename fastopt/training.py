@@ -410,7 +410,7 @@ class Run:
         model, options = self.model, self.options
         step_key = None if self.dropout_key is None else _random.word(self.dropout_key, index)
         loss, correct, weight, finite = model._batch_gradients(
-            self.backend, options.loss, self.inputs, self.targets, rows, step_key
+            self.backend, options.loss, self.inputs, self.targets, rows, step_key, compiled=True
         )
         if not math.isfinite(loss):
             return _Batch(loss, finite=False, problem=f"the loss became {loss}")

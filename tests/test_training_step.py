@@ -154,13 +154,30 @@ def test_a_loss_with_its_own_compute_is_computed_by_it() -> None:
 def test_a_change_of_the_gemm_setup_remakes_the_step(use_gemm_path) -> None:  # type: ignore[no-untyped-def]
     use_gemm_path("direct")
     model = fastopt.Sequential(_stack(layers.ReLU, 4), backend="cython", seed=0)
-    model.compute_gradients(X[:32], LABELS[:32])
+    loss, backend = losses.CrossEntropy(), fastopt.backend.resolve_backend("cython")
+    targets = loss.targets(LABELS, 4, model.dtype)
+    rows = np.arange(32, dtype=np.int64)
+    model._batch_gradients(backend, loss, X, targets, rows, compiled=True)
     direct = model.gradients.copy()
     assert _compiled_steps(model)
     use_gemm_path("matmul")  # the step made for the direct path must not run
-    model.compute_gradients(X[:32], LABELS[:32])
-    assert not any(_compiled_steps(model))
+    model._batch_gradients(backend, loss, X, targets, rows, compiled=True)
+    assert not _compiled_steps(model)
     np.testing.assert_allclose(model.gradients, direct, rtol=1e-4, atol=1e-6)
+
+
+def test_one_off_gradients_and_short_partial_fits_make_no_step() -> None:
+    """A step is made for one data set (about 50 us): ``compute_gradients``, called on new arrays each time, and a
+    ``partial_fit`` of fewer than 8 batches run the Python step."""
+    _direct_gemm_or_skip()
+    model = fastopt.Sequential(_stack(layers.ReLU, 4), backend="cython", seed=0)
+    model.compute_gradients(X[:32], LABELS[:32])
+    assert not _compiled_steps(model)
+    estimators = pytest.importorskip("fastopt.sklearn")
+    short, long = (estimators.MLPClassifier(hidden_layer_sizes=(16,), batch_size=25) for _ in range(2))
+    short.partial_fit(X[: 7 * 25], LABELS[: 7 * 25], classes=np.arange(4))
+    long.partial_fit(X[: 8 * 25], LABELS[: 8 * 25], classes=np.arange(4))
+    assert not _compiled_steps(short._model) and _compiled_steps(long._model)
 
 
 @settings(max_examples=40, deadline=None)
@@ -191,11 +208,10 @@ def test_one_step_of_random_networks_equals_the_python_step(widths, batch, activ
     targets = loss.targets(rng.integers(0, sizes[-1], batch + 5), sizes[-1], model.dtype)
     rows = rng.permutation(batch + 5)[:batch].astype(np.int64)
     backend = fastopt.backend.resolve_backend("cython")
-    compiled = model._batch_gradients(backend, loss, inputs, targets, rows)
+    compiled = model._batch_gradients(backend, loss, inputs, targets, rows, compiled=True)
     assert _compiled_steps(model)
     compiled_gradients = model.gradients.copy()
-    model._workspace(batch).compiled = (loss, inputs, targets, model.parameters, None)  # the Python step
-    assert model._batch_gradients(backend, loss, inputs, targets, rows) == compiled
+    assert model._batch_gradients(backend, loss, inputs, targets, rows) == compiled  # the Python step
     assert model.gradients.tobytes() == compiled_gradients.tobytes()
 
 

@@ -325,6 +325,13 @@ cdef double _tile_mnk = 0  # multiply-adds per tile; 0: no tiles
 cdef double _TILES_AT_MOST = 4
 
 
+def outdate_training_steps():
+    """Make every TrainingStep made so far out of date (its ``run`` returns None): the caller changed how dense
+    layers are computed (``fastopt.cython_backend.set_gemm_path``)."""
+    global _gemm_setup
+    _gemm_setup += 1
+
+
 def set_gemm_tiles(double max_multiply_adds):
     """Make each GEMM call of up to 4 times ``max_multiply_adds`` multiply-adds (whose right operand is not
     transposed) as calls of at most ``max_multiply_adds`` each; 0 turns the tiles off."""
