@@ -147,7 +147,7 @@ def test_resuming_a_finished_run_returns_at_once_with_its_end(data, tmp_path, mo
         expected = full_run(data, patience=patience, checkpoint=path)
         written = path.read_bytes()
         with monkeypatch.context() as patch:
-            patch.setattr(fastopt.Sequential, "_batch_gradients", lambda *args: pytest.fail("trained again"))
+            patch.setattr(fastopt.Sequential, "_batch_gradients", lambda *args, **options: pytest.fail("trained again"))
             resumed = full_run(data, patience=patience, checkpoint=path, resume=True)
         assert_same_full_run(expected, resumed)
         assert resumed.history.history == expected.history.history and path.read_bytes() == written

@@ -95,11 +95,11 @@ def crash_at_step(monkeypatch, step: int) -> None:
     """The process 'dies' during its ``step``-th training step (before that step's update)."""
     original, done = fastopt.Sequential._batch_gradients, [0]
 
-    def batch_gradients(self, *args):
+    def batch_gradients(self, *args, **options):
         done[0] += 1
         if done[0] == step:
             raise Crash
-        return original(self, *args)
+        return original(self, *args, **options)
 
     monkeypatch.setattr(fastopt.Sequential, "_batch_gradients", batch_gradients)
 
@@ -205,7 +205,7 @@ def test_resuming_a_finished_run_returns_at_once(data, tmp_path, monkeypatch):
     path = tmp_path / "run.ckpt"
     expected = train(data, checkpoint=path)
     written = path.read_bytes()
-    monkeypatch.setattr(fastopt.Sequential, "_batch_gradients", lambda *args: pytest.fail("trained again"))
+    monkeypatch.setattr(fastopt.Sequential, "_batch_gradients", lambda *args, **options: pytest.fail("trained again"))
     calls = []
     resumed = train(data, checkpoint=path, resume=True, on_epoch_end=lambda *args: calls.append(args))
     assert_same_run(expected, resumed)
