@@ -144,12 +144,12 @@ def test_dense_random(shape, dtype, activation, seed, readonly, with_grad_x, gem
 
 # (batch, in, out). The direct path cuts each GEMM output (forward B x O, grad_weight I x O, grad_x B x I) into
 # at most one block per processor, of at least 16 rows or columns and 2**18 flops, along its longer side.
-# A forward pass whose input is at least 4 times wider than the batch is cut along the inner dimension instead
+# A forward pass whose input is at least as wide as the batch is cut along the inner dimension instead
 # (x's columns and the weight's rows, as grad_weight's rows), its partial products summed in block order.
 # With 2 or more processors: one block everywhere for the small shapes and batch 1; (17|33, 784, 128):
-# forward inner dimension cut (400 + 384), grad_weight rows (400 + 384), grad_x columns; (512, 784, 128): forward
-# rows; (64, 200, 256): forward columns (128 + 128); (512, 100, 17): every product's rows (grad_weight 64 + 36);
-# (512, 16, 300): grad_weight columns (160 + 140).
+# forward inner dimension cut (400 + 384), grad_weight rows (400 + 384), grad_x columns; (512, 784, 128) and
+# (64, 200, 256): forward inner dimension cut too; (64, 32, 512): forward columns (256 + 256); (512, 100, 17): every
+# product's rows (grad_weight 64 + 36); (512, 16, 300): grad_weight columns (160 + 140).
 # The last ones are empty: no outputs, no inputs, no rows (the checked entry points accept them).
 # FIRST_LAYER shapes run without grad_x (as a model's first layer): the direct backward then has only
 # grad_weight's blocks to share.
@@ -166,6 +166,7 @@ DENSE_SHAPES = [
     (33, 784, 128),
     (512, 784, 128),
     (64, 200, 256),
+    (64, 32, 512),
     (33, 100, 17),
     (512, 100, 17),
     (17, 16, 300),
@@ -197,7 +198,7 @@ def gemm_cut(m: int, n: int, k: int) -> tuple[int, str]:
 
 def forward_cut(batch: int, n_in: int, n_out: int) -> tuple[int, str]:
     """The blocks a forward pass is cut into on the direct path, and how (a copy of ``_depth_blocks``)."""
-    if n_in >= 4 * batch and (depth := gemm_cut(n_in, n_out, batch)[0]) > 1:
+    if n_in >= batch and (depth := gemm_cut(n_in, n_out, batch)[0]) > 1:
         return depth, "depth"
     return gemm_cut(batch, n_out, n_in)
 
