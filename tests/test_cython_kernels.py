@@ -31,6 +31,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
+from fastopt.backend import resolve_backend  # noqa: E402
 from fastopt.numpy_backend import NumpyBackend  # noqa: E402
 
 NB = NumpyBackend()
@@ -609,6 +610,25 @@ def test_all_finite_on_one_and_two_threads() -> None:
                 x[position] = 1.0
     finally:
         cython_backend.set_openmp_threads(before)
+
+
+@pytest.mark.parametrize("n", [1, 16383, 40000, 109184, 131072 * 2 + 3, 131072 * 70])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sum_of_squares_on_one_and_two_threads(n, dtype) -> None:  # type: ignore[no-untyped-def]
+    """The same bits for any thread count (blocks fixed by the size and the processor count; small buffers in one
+    block per processor, the optimizer chunks' halves), and the reference's value within the summation's rounding."""
+    x = np.random.default_rng(n).normal(size=n).astype(dtype)
+    before = cython_backend.build_info()["openmp_threads"]
+    sums = []
+    try:
+        for threads in (1, 2, 3):
+            cython_backend.set_openmp_threads(threads)
+            sums.append(resolve_backend("cython").sum_of_squares(x))
+    finally:
+        cython_backend.set_openmp_threads(before)
+    assert sums[0] == sums[1] == sums[2]
+    exact = float(np.dot(x.astype(np.float64), x.astype(np.float64)))
+    assert sums[0] == pytest.approx(exact, rel=n * np.finfo(np.float64).eps)
 
 
 # ------------------------------------------------------------------------------------------ gather_rows
