@@ -699,6 +699,12 @@ class Sequential:
         weight = float(len(rows)) if targets.weights is None else float(workspace.weights.sum(dtype=np.float64))
         return batch_loss, correct, weight, finite
 
+    def _forget_compiled_steps(self) -> None:
+        """Drop this thread's compiled steps, which hold the data set they were made for: called when a training
+        call ends, so that the model keeps no reference to the user's data."""
+        for workspace in self._threads.workspaces().values():
+            workspace.compiled = None
+
     def _compiled_step(
         self, backend: Backend, workspace: _Workspace, loss: Loss, inputs: np.ndarray, targets: Targets
     ) -> Any:

@@ -276,10 +276,13 @@ class _BaseMLP(BaseEstimator):
                 f"the network has layer sizes {self._units()}, but these data and hidden_layer_sizes need {units}: "
                 "warm_start and partial_fit continue the same network (fit with warm_start=False for a new one)"
             )
-        if self.solver == "lbfgs":
-            self._fit_lbfgs(self._training_set(X, Y, weights))
-        else:
-            self._fit_stochastic(X, Y, weights, incremental)
+        try:
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(self._training_set(X, Y, weights))
+            else:
+                self._fit_stochastic(X, Y, weights, incremental)
+        finally:
+            self._model._forget_compiled_steps()  # they hold the data
         if not np.isfinite(self._model.parameters).all():
             raise ValueError(
                 "Solver produced non-finite parameter weights. The input data may contain large values and need to "

@@ -452,4 +452,7 @@ def fit(model: Sequential, X: object, y: object, arguments: dict[str, Any]) -> H
     """``Sequential.fit``: check, prepare, run."""
     options = check_fit_options(model, arguments)
     data = prepare_data(model, X, y, options, arguments)
-    return Run(model, options, data).train()
+    try:
+        return Run(model, options, data).train()
+    finally:
+        model._forget_compiled_steps()  # they hold the data

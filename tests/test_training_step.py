@@ -4,7 +4,10 @@ be and only there, and it refuses bad buffers and rows with a clear exception.""
 
 from __future__ import annotations
 
+import gc
 import itertools
+import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -57,6 +60,21 @@ def without_compiled_step(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-u
     return run
 
 
+@pytest.fixture
+def made_steps(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The steps the cython backend makes during the test (None where it has none), in order (a fit drops its steps
+    when it ends)."""
+    made: list[object] = []
+    original = cython_backend.CythonBackend._training_step
+
+    def recording(self, *arguments):  # type: ignore[no-untyped-def]
+        made.append(original(self, *arguments))
+        return made[-1]
+
+    monkeypatch.setattr(cython_backend.CythonBackend, "_training_step", recording)
+    return made
+
+
 def _direct_gemm_or_skip() -> None:
     if cython_backend.gemm_path() != "direct":
         pytest.skip("the compiled step runs on the direct GEMM path only, unavailable here")
@@ -79,13 +97,14 @@ def _compiled_steps(model: fastopt.Sequential) -> list[object]:
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_fit_gives_the_same_bits_with_the_compiled_step_and_without(case, dtype, weighted, without_compiled_step):  # type: ignore[no-untyped-def]
+def test_a_fit_gives_the_same_bits_with_the_compiled_step_and_without(  # type: ignore[no-untyped-def]
+    case, dtype, weighted, without_compiled_step, made_steps
+):
     _direct_gemm_or_skip()
     compiled, compiled_history = _fit(case, dtype, weighted)
-    steps = _compiled_steps(compiled)
-    assert len(steps) == 2 and all(isinstance(step, _nn.TrainingStep) for step in steps)  # batches of 25 and 10
+    assert len(made_steps) == 2 and all(isinstance(step, _nn.TrainingStep) for step in made_steps)  # batches 25, 10
     python, python_history = without_compiled_step(lambda: _fit(case, dtype, weighted))
-    assert not _compiled_steps(python)
+    assert len(made_steps) == 2
     assert compiled.parameters.tobytes() == python.parameters.tobytes()
     assert compiled.gradients.tobytes() == python.gradients.tobytes()
     assert compiled_history == python_history  # loss and accuracy sums, to the bit
@@ -112,7 +131,9 @@ def test_a_non_finite_loss_is_skipped_alike(without_compiled_step) -> None:  # t
     [("MLPClassifier", LABELS), ("MLPClassifier", LABELS % 2), ("MLPRegressor", RNG.normal(size=(N_ROWS, 2)))],
     ids=["multiclass", "binary", "regression"],
 )
-def test_scikit_learn_estimators_give_the_same_bits_with_the_compiled_step(estimator, targets, without_compiled_step):  # type: ignore[no-untyped-def]
+def test_scikit_learn_estimators_give_the_same_bits_with_the_compiled_step(  # type: ignore[no-untyped-def]
+    estimator, targets, without_compiled_step, made_steps
+):
     _direct_gemm_or_skip()
     estimators = pytest.importorskip("fastopt.sklearn")
 
@@ -121,7 +142,9 @@ def test_scikit_learn_estimators_give_the_same_bits_with_the_compiled_step(estim
         model.fit(X, targets, sample_weight=SAMPLE_WEIGHTS)
         return [array.tobytes() for array in model.coefs_ + model.intercepts_]
 
-    assert fit() == without_compiled_step(fit)
+    compiled = fit()
+    assert made_steps and all(isinstance(step, _nn.TrainingStep) for step in made_steps)
+    assert compiled == without_compiled_step(fit)
 
 
 @pytest.mark.parametrize(
@@ -132,10 +155,10 @@ def test_scikit_learn_estimators_give_the_same_bits_with_the_compiled_step(estim
     ],
     ids=["tanh", "dropout"],
 )
-def test_models_the_step_cannot_run_train_by_the_python_step(stack, loss) -> None:  # type: ignore[no-untyped-def]
+def test_models_the_step_cannot_run_train_by_the_python_step(stack, loss, made_steps) -> None:  # type: ignore[no-untyped-def]
     model = fastopt.Sequential(stack, backend="cython", seed=0)
     model.fit(X, LABELS, epochs=1, batch_size=25, loss=loss, progress=False)
-    assert not any(_compiled_steps(model)) and np.isfinite(model.parameters).all()
+    assert not any(made_steps) and np.isfinite(model.parameters).all()
 
 
 def test_a_loss_with_its_own_compute_is_computed_by_it() -> None:
@@ -166,18 +189,50 @@ def test_a_change_of_the_gemm_setup_remakes_the_step(use_gemm_path) -> None:  # 
     np.testing.assert_allclose(model.gradients, direct, rtol=1e-4, atol=1e-6)
 
 
-def test_one_off_gradients_and_short_partial_fits_make_no_step() -> None:
+def test_the_model_keeps_no_reference_to_the_data_after_training() -> None:
+    """The compiled steps hold the data set they were made for: dropped when ``fit`` (or an estimator's fit) ends,
+    also by an exception."""
+    _direct_gemm_or_skip()
+    model = fastopt.Sequential(_stack(layers.ReLU, 4), backend="cython", seed=0)
+    data = X.copy()
+    alive = weakref.ref(data)
+    model.fit(data, LABELS, epochs=1, batch_size=25, progress=False)
+    del data
+    gc.collect()
+    assert alive() is None and not _compiled_steps(model)
+
+    class Stop(Exception):
+        pass
+
+    class StopAtBatch3(fastopt.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):  # type: ignore[no-untyped-def]
+            if batch == 3:
+                raise Stop
+
+    with pytest.raises(Stop):
+        model.fit(X, LABELS, epochs=1, batch_size=25, progress=False, callbacks=[StopAtBatch3()])
+    assert not _compiled_steps(model)
+    estimators = pytest.importorskip("fastopt.sklearn")
+    estimator = estimators.MLPClassifier(hidden_layer_sizes=(16,), batch_size=25, max_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning after 2 iterations
+        estimator.fit(X, LABELS)
+    assert not _compiled_steps(estimator._model)
+
+
+def test_one_off_gradients_and_short_partial_fits_make_no_step(made_steps) -> None:  # type: ignore[no-untyped-def]
     """A step is made for one data set (about 50 us): ``compute_gradients``, called on new arrays each time, and a
     ``partial_fit`` of fewer than 8 batches run the Python step."""
     _direct_gemm_or_skip()
     model = fastopt.Sequential(_stack(layers.ReLU, 4), backend="cython", seed=0)
     model.compute_gradients(X[:32], LABELS[:32])
-    assert not _compiled_steps(model)
+    assert not made_steps
     estimators = pytest.importorskip("fastopt.sklearn")
     short, long = (estimators.MLPClassifier(hidden_layer_sizes=(16,), batch_size=25) for _ in range(2))
     short.partial_fit(X[: 7 * 25], LABELS[: 7 * 25], classes=np.arange(4))
+    assert not made_steps
     long.partial_fit(X[: 8 * 25], LABELS[: 8 * 25], classes=np.arange(4))
-    assert not _compiled_steps(short._model) and _compiled_steps(long._model)
+    assert len(made_steps) == 1 and isinstance(made_steps[0], _nn.TrainingStep)
 
 
 @settings(max_examples=40, deadline=None)
