@@ -107,6 +107,12 @@ class Backend:
         where the backend has none: the model's Python step then calls the kernels one by one."""
         return None
 
+    def _forward_stages(self, stages: list, workspace: Any, in_features: int) -> Any:
+        """A model's ``stages`` over ``workspace``'s buffers compiled into one call, whose ``forward(inputs)`` does
+        what ``Sequential._forward`` does outside training with this backend's kernels (the same bits) and returns
+        whether it ran; None (the NumPy backend's answer) where the backend has none."""
+        return None
+
     def build_info(self) -> dict[str, Any]:
         """How this backend was built and how it runs (``fastopt.show_config`` prints it)."""
         return {}

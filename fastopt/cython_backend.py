@@ -307,6 +307,12 @@ def build_info() -> dict:
     }
 
 
+def _compilable(stages: list) -> bool:
+    """Whether the compiled stages can run a model's stages: on the direct GEMMs, without dropout (its masks are
+    drawn by the Python step) or tanh (NumPy's, between the kernels)."""
+    return _direct_gemm and not any(stage.kind == "dropout" or stage.activation == "tanh" for stage in stages)
+
+
 def _count_kind(targets: Any) -> int:
     """How a training step counts correct predictions, as ``Sequential._batch_gradients`` does."""
     if targets.binary:
@@ -467,12 +473,10 @@ class CythonBackend(Backend):
         return build_info()
 
     def _training_step(self, stages, workspace, inputs, targets, loss):  # type: ignore[no-untyped-def]
-        """``_nn.TrainingStep`` of the model's stages, or None: without the direct GEMMs, with a tanh (NumPy's, see
-        above) or dropout stage, for a loss without a kernel, or for data not C-contiguous."""
+        """``_nn.TrainingStep`` of the model's stages, or None: for stages ``_compilable`` refuses, a loss without a
+        kernel, or data not C-contiguous."""
         spec = loss._step_kernel(workspace.outputs[-1])
-        if not _direct_gemm or spec is None or spec[0] not in _STEP_LOSSES:
-            return None
-        if any(stage.kind == "dropout" or stage.activation == "tanh" for stage in stages):
+        if not _compilable(stages) or spec is None or spec[0] not in _STEP_LOSSES:
             return None
         count = _count_kind(targets)
         data = _step_data(inputs, workspace, targets, count)
@@ -486,6 +490,16 @@ class CythonBackend(Backend):
         return _nn.TrainingStep(
             tuple(_step_stage(stage, workspace, index, inputs.shape[1]) for index, stage in enumerate(stages)),
             data, (code, pointwise_kind, option, pos_weight, value_scale, grad_scale, count),
+        )  # fmt: skip
+
+    def _forward_stages(self, stages, workspace, in_features):  # type: ignore[no-untyped-def]
+        """``_nn.CompiledStages`` of the model's stages, or None (as ``_training_step``)."""
+        if not _compilable(stages):
+            return None
+        inputs = workspace.inputs
+        return _nn.CompiledStages(
+            tuple(_step_stage(stage, workspace, index, in_features) for index, stage in enumerate(stages)),
+            inputs.shape[0], inputs.shape[1], inputs.itemsize,
         )  # fmt: skip
 
     def _dense_forward(self, x, weight, bias, out, activation, negative_slope):  # type: ignore[no-untyped-def]

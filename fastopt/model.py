@@ -88,6 +88,8 @@ class _Workspace:
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     # the backend's compiled training step over these buffers, with what it was made for (_compiled_step)
     compiled: tuple | None = None
+    # the backend's compiled forward stages over these buffers, with what they were made for (_compiled_stages)
+    stages: tuple | None = None
 
 
 def _source_outside_training(stages: list[_Stage]) -> int:
@@ -380,6 +382,12 @@ class Sequential:
         and width will do). ``step_key``: a training pass, whose dropout stage at layer index j uses the mask of key
         ``_random.word(step_key, j)``; None (predict, evaluate) skips the dropout stages."""
         inputs = workspace.inputs if inputs is None else inputs
+        if step_key is None:  # outside training: the backend's compiled stages, where it has them
+            compiled = self._compiled_stages(backend, workspace)
+            if compiled is not None:
+                if compiled.forward(inputs):
+                    return workspace.outputs[-1]
+                workspace.stages = None  # out of date (the GEMM setup changed): made again next time
         for index, (stage, out) in enumerate(zip(self._stages, workspace.outputs)):
             if stage.kind == "dense":
                 layer = stage.dense  # its bound views read directly: the public properties cost a call each, per step
@@ -698,6 +706,16 @@ class Sequential:
         batch_loss, correct, finite = result
         weight = float(len(rows)) if targets.weights is None else float(workspace.weights.sum(dtype=np.float64))
         return batch_loss, correct, weight, finite
+
+    def _compiled_stages(self, backend: Backend, workspace: _Workspace) -> Any:
+        """The backend's compiled stages over ``workspace`` (``Backend._forward_stages``): made on first use, kept
+        while the backend and the parameter buffer are the same objects; None where the backend has none."""
+        cached = workspace.stages
+        if cached is not None and cached[0] is self._parameters and cached[1] is backend:
+            return cached[2]
+        compiled = backend._forward_stages(self._stages, workspace, self.in_features)
+        workspace.stages = (self._parameters, backend, compiled)
+        return compiled
 
     def _forget_compiled_steps(self) -> None:
         """Drop this thread's compiled steps, which hold the data set they were made for: called when a training

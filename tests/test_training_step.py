@@ -1,6 +1,7 @@
-"""The compiled training step (``_nn.TrainingStep``, through ``Sequential._batch_gradients``): whole fits give the
-same bits with it and without it (the Python step calling the same kernels one by one), it is used where it should
-be and only there, and it refuses bad buffers and rows with a clear exception."""
+"""The compiled training step (``_nn.TrainingStep``, through ``Sequential._batch_gradients``) and forward stages
+(``_nn.CompiledStages``, through ``Sequential._forward`` in ``predict`` and ``evaluate``): whole fits and predictions
+give the same bits with them and without them (the Python step calling the same kernels one by one), they are used
+where they should be and only there, and they refuse bad buffers, inputs and rows with a clear exception."""
 
 from __future__ import annotations
 
@@ -333,3 +334,84 @@ def test_bad_rows_are_refused_before_anything_is_written(rows, error, message) -
     with pytest.raises(error, match=message):
         step.run(np.array(rows, dtype=np.int64))
     assert (inputs == 5).all()
+
+
+# ------------------------------------------------------------------------------- compiled forward stages
+@pytest.fixture
+def without_compiled_stages(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A function running its argument with the cython backend's compiled forward stages switched off."""
+
+    def run(function):  # type: ignore[no-untyped-def]
+        with monkeypatch.context() as patch:
+            patch.setattr(cython_backend.CythonBackend, "_forward_stages", lambda *arguments: None)
+            return function()
+
+    return run
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "stack",
+    [
+        lambda: _stack(layers.ReLU, 4),
+        lambda: [*_stack(layers.GELU, 3), layers.Softmax()],
+        lambda: [layers.Dense(N_FEATURES, 1)],
+        lambda: [*_stack(lambda: layers.LeakyReLU(0.3), 5), layers.Sigmoid()],
+    ],
+    ids=["relu", "gelu_softmax", "one_layer", "leaky_sigmoid"],
+)
+def test_predictions_give_the_same_bits_with_the_compiled_stages_and_without(stack, dtype, without_compiled_stages):  # type: ignore[no-untyped-def]
+    _direct_gemm_or_skip()
+    model = fastopt.Sequential(stack(), backend="cython", dtype=dtype, seed=3)
+    inputs = X.astype(dtype)
+    targets = LABELS % model.out_features
+    probabilities = model.out_features == 1 or isinstance(model.layers[-1], layers.Softmax)
+    loss = losses.MSE() if probabilities else losses.CrossEntropy()
+
+    def outputs() -> list[object]:
+        return [model.predict(inputs[:1]).tobytes(), model.predict(inputs[:32]).tobytes(),
+                model.predict(inputs, batch_size=64).tobytes(), model.evaluate(inputs, targets, loss=loss)]  # fmt: skip
+
+    compiled = outputs()
+    workspaces = model._threads.workspaces().values()
+    assert all(isinstance(workspace.stages[2], _nn.CompiledStages) for workspace in workspaces)
+    assert compiled == without_compiled_stages(outputs)
+
+
+def test_stages_are_not_shared_across_backends_and_gemm_paths(use_gemm_path) -> None:  # type: ignore[no-untyped-def]
+    use_gemm_path("direct")
+    model = fastopt.Sequential(_stack(layers.ReLU, 4), seed=0)  # follows the current backend
+    with fastopt.use_backend("cython"):
+        direct = model.predict(X)
+    stages = model._workspace(len(X)).stages[2]
+    assert isinstance(stages, _nn.CompiledStages)
+    with fastopt.use_backend("numpy"):
+        np.testing.assert_allclose(model.predict(X), direct, rtol=1e-5, atol=1e-6)
+    assert model._workspace(len(X)).stages[2] is None  # the numpy backend has none
+    use_gemm_path("matmul")
+    with fastopt.use_backend("cython"):
+        np.testing.assert_allclose(model.predict(X), direct, rtol=1e-5, atol=1e-6)
+        assert stages.forward(X) is False  # made for the direct path: out of date, it runs nothing
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        (np.zeros((4, 3), np.float64), "Buffer dtype mismatch"),
+        (np.zeros((5, 3), np.float32), r"take \(4, 3\) inputs, got \(5, 3\)"),
+        (np.zeros((4, 6), np.float32)[:, ::2], "contiguous"),
+        (np.zeros(12, np.float32), "Buffer has wrong number of dimensions"),
+    ],
+    ids=["dtype", "rows", "strided", "1-D"],
+)
+def test_compiled_stages_refuse_bad_inputs(inputs, message) -> None:  # type: ignore[no-untyped-def]
+    if not _nn.build_info()["blas_installed"]:
+        pytest.skip("no BLAS installed for the direct GEMMs")
+    stage = _step_arguments()["stages"][0]
+    stages = _nn.CompiledStages((stage,), 4, 3, 4)
+    out = stage[5]
+    out[...] = 7
+    with pytest.raises(ValueError, match=message):
+        stages.forward(inputs)
+    assert (out == 7).all()  # nothing written
+    assert stages.forward(np.ones((4, 3), np.float32)) is True and not out.any()  # zero weights and bias: zeros
