@@ -1515,7 +1515,8 @@ cdef class CompiledStages:
 
     ``stages``: a tuple (kind, activation, negative_slope, n_in, n_out, out, grad_out, weight, bias, grad_weight,
     grad_bias) per stage (the last four None but for dense stages) over ``batch`` rows of ``width`` features of
-    ``itemsize``-byte floats; every array is checked here."""
+    ``itemsize``-byte floats; every array is checked here, the gradients only for ``training`` (a read-only model
+    predicts)."""
 
     cdef _Step step
     cdef bint double_precision
@@ -1526,16 +1527,16 @@ cdef class CompiledStages:
         self.step.stages = NULL
         self.step.n_stages = 0
 
-    def __init__(self, tuple stages, Py_ssize_t batch, Py_ssize_t width, Py_ssize_t itemsize):
+    def __init__(self, tuple stages, Py_ssize_t batch, Py_ssize_t width, Py_ssize_t itemsize, bint training=False):
         if not stages or batch <= 0 or width <= 0 or itemsize not in (4, 8):
             raise ValueError("compiled stages need stages, rows, features and float32 or float64 buffers")
         self.double_precision = itemsize == 8
         self.step.batch, self.step.width = batch, width
         self.arrays = []
-        self._set_stages(stages, itemsize, width)
+        self._set_stages(stages, itemsize, width, training)
         self.gemm_setup = _gemm_setup
 
-    cdef _set_stages(self, tuple stages, Py_ssize_t itemsize, Py_ssize_t width):
+    cdef _set_stages(self, tuple stages, Py_ssize_t itemsize, Py_ssize_t width, bint training):
         cdef Py_ssize_t index, batch = self.step.batch, n_in = width, scratch
         cdef _StepStage* stage
         self.step.stages = <_StepStage*>malloc(len(stages) * sizeof(_StepStage))
@@ -1552,19 +1553,30 @@ cdef class CompiledStages:
                 raise ValueError(f"stage {index} takes {stage_in} features to {n_out}; the stage before gives {n_in}")
             stage.kind, stage.act, stage.slope, stage.n_in, stage.n_out = kind, act, slope, n_in, n_out
             stage.out = _step_buffer(out, f"stage {index}'s out", "f", itemsize, (batch, n_out), True)
-            stage.grad_out = _step_buffer(grad_out, f"stage {index}'s grad_out", "f", itemsize, (batch, n_out), True)
-            self.arrays += [out, grad_out]
+            self.arrays.append(out)
+            if training:
+                stage.grad_out = _step_buffer(grad_out, f"stage {index}'s grad_out", "f", itemsize, (batch, n_out),
+                                              True)
+                self.arrays.append(grad_out)
             if kind == _STAGE_DENSE:
                 _check_blas(batch, n_in, n_out)
                 stage.weight = _step_buffer(weight, f"stage {index}'s weight", "f", itemsize, (n_in, n_out), False)
                 stage.bias = _step_buffer(bias, f"stage {index}'s bias", "f", itemsize, (n_out,), False)
-                stage.grad_weight = _step_buffer(grad_weight, f"stage {index}'s grad_weight", "f", itemsize,
-                                                 (n_in, n_out), True)
-                stage.grad_bias = _step_buffer(grad_bias, f"stage {index}'s grad_bias", "f", itemsize, (n_out,), True)
-                self.arrays += [weight, bias, grad_weight, grad_bias]
+                self.arrays += [weight, bias]
                 stage.forward_scratch = self._scratch(_forward_scratch(batch, n_in, n_out) * itemsize)
-                stage.backward_scratch = self._scratch(_backward_scratch(batch, n_in, n_out, index > 0) * itemsize)
+                if training:
+                    self._set_gradients(stage, index, grad_weight, grad_bias, itemsize)
             n_in = n_out
+
+    cdef _set_gradients(self, _StepStage* stage, Py_ssize_t index, object grad_weight, object grad_bias,
+                        Py_ssize_t itemsize):
+        # A dense stage's gradient buffers and backward scratch (training only).
+        cdef Py_ssize_t batch = self.step.batch, n_in = stage.n_in, n_out = stage.n_out
+        stage.grad_weight = _step_buffer(grad_weight, f"stage {index}'s grad_weight", "f", itemsize, (n_in, n_out),
+                                         True)
+        stage.grad_bias = _step_buffer(grad_bias, f"stage {index}'s grad_bias", "f", itemsize, (n_out,), True)
+        self.arrays += [grad_weight, grad_bias]
+        stage.backward_scratch = self._scratch(_backward_scratch(batch, n_in, n_out, index > 0) * itemsize)
 
     cdef char* _scratch(self, Py_ssize_t size) except? NULL:
         cdef char* memory
@@ -1628,7 +1640,7 @@ cdef class TrainingStep(CompiledStages):
         if source.ndim != 2 or inputs.ndim != 2:
             raise ValueError("a training step needs 2-D inputs")
         cdef Py_ssize_t itemsize = inputs.dtype.itemsize, batch = inputs.shape[0], width = inputs.shape[1]
-        super().__init__(stages, batch, width, itemsize)
+        super().__init__(stages, batch, width, itemsize, True)
         self.arrays += [array for array in data if array is not None]
         self.step.source_rows = source.shape[0]
         self.step.source = _step_buffer(source, "source", "f", itemsize, (source.shape[0], width), False)
