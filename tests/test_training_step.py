@@ -303,6 +303,16 @@ def test_a_valid_step_runs() -> None:
         (lambda a: a["loss"].__setitem__(0, 9), "no training step for the loss"),
         (lambda a: a["loss"].__setitem__(6, 2), "no count 2"),
         (lambda a: a["stages"][0][10].setflags(write=False), "read-only"),
+        # fewer target rows than input rows: the gather read past the targets' end
+        (lambda a: a["data"].__setitem__(2, np.zeros(3, np.int64)), "target_source must be"),
+        # activations a dense stage cannot apply (GELU's forward pass was the identity) or that are no activation
+        (lambda a: a["stages"][0].__setitem__(1, 5), "no activation 5"),
+        (lambda a: a["stages"][0].__setitem__(slice(1, 3), [4, -0.5]), "no activation 4 \\(negative slope -0.5\\)"),
+        (lambda a: a["stages"][0].__setitem__(1, 99), "no activation 99"),
+        # a written buffer sharing bytes with another: silently wrong gradients, or memcpy over its own source
+        (lambda a: a["stages"][0].__setitem__(6, a["stages"][0][5]), "stage 0's out overlaps stage 0's grad_out"),
+        (lambda a: a["data"].__setitem__(1, a["data"][0][3:7]), "inputs overlaps source"),
+        (lambda a: a["stages"][0].__setitem__(10, a["stages"][0][9].reshape(-1)[1:3]), "grad_bias overlaps"),
     ],
 )
 def test_bad_buffers_are_refused_when_the_step_is_made(change, message) -> None:  # type: ignore[no-untyped-def]
@@ -415,3 +425,51 @@ def test_compiled_stages_refuse_bad_inputs(inputs, message) -> None:  # type: ig
         stages.forward(inputs)
     assert (out == 7).all()  # nothing written
     assert stages.forward(np.ones((4, 3), np.float32)) is True and not out.any()  # zero weights and bias: zeros
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.longdouble])
+def test_a_step_of_another_float_width_is_refused(dtype) -> None:  # type: ignore[no-untyped-def]
+    """Every buffer of float16 (or long double) passed the shape and item-size checks, and the step then ran its
+    float32 loops over them: writing twice their bytes (heap corruption)."""
+    if not _nn.build_info()["blas_installed"]:
+        pytest.skip("no BLAS installed for the direct GEMMs")
+    with pytest.raises(ValueError, match="float32 or float64"):
+        _nn.TrainingStep(**_step_arguments(dtype))
+
+
+def test_a_label_outside_the_classes_is_refused_before_anything_is_written() -> None:
+    """The cross-entropy kernel subtracts the target at its label's column: a label beyond the outputs wrote
+    outside the gradient buffer (a segfault for a large one). Labels are read at each call, so a label changed in
+    place after the step was made is refused too."""
+    if not _nn.build_info()["blas_installed"]:
+        pytest.skip("no BLAS installed for the direct GEMMs")
+    arguments = _step_arguments()
+    inputs, labels = arguments["data"][1], arguments["data"][2]
+    inputs[...] = 5
+    step = _nn.TrainingStep(**arguments)
+    for bad in (2, -1, 10**12):
+        labels[7] = bad
+        with pytest.raises(ValueError, match=f"row 7's label {bad} is not one of the 2 classes"):
+            step.run(np.array([0, 1, 7, 3], dtype=np.int64))
+        assert (inputs == 5).all()
+    labels[7] = 1
+    assert step.run(np.array([0, 1, 7, 3], dtype=np.int64))[1] == 3  # argmax 0 of zero logits: label 1 is wrong
+
+
+def test_a_step_is_made_once_and_only_made_steps_run() -> None:
+    """A second ``__init__`` replaced the list that kept the first call's arrays alive, while the stages still
+    pointed into them: once it failed, ``run`` wrote into freed memory. A step made by ``__new__`` alone read its
+    NULL stages."""
+    if not _nn.build_info()["blas_installed"]:
+        pytest.skip("no BLAS installed for the direct GEMMs")
+    step = _nn.TrainingStep(**_step_arguments())
+    with pytest.raises(TypeError, match="made once"):
+        step.__init__(**_step_arguments())
+    assert step.run(np.arange(4, dtype=np.int64))[2]  # still the first call's step, whose arrays it keeps
+    with pytest.raises(ValueError, match="was not made"):
+        _nn.TrainingStep.__new__(_nn.TrainingStep).run(np.zeros(0, dtype=np.int64))
+    with pytest.raises(ValueError, match="were not made"):
+        _nn.CompiledStages.__new__(_nn.CompiledStages).forward(np.zeros((1, 1), np.float32))
+    stages = _nn.CompiledStages((_step_arguments()["stages"][0],), 4, 3, 4)
+    with pytest.raises(TypeError, match="made once"):
+        stages.__init__((_step_arguments()["stages"][0],), 4, 3, 4)

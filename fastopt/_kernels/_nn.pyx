@@ -1496,15 +1496,35 @@ cdef struct _Step:
     char* pos_weight  # binary cross-entropy's (or NULL)
 
 
-cdef char* _step_buffer(object array, str name, str kind, Py_ssize_t itemsize, tuple shape, bint written) except NULL:
-    # The address of a buffer of the step, checked: a C-contiguous array of that kind, item size and shape.
+cdef char* _step_buffer(list spans, object array, str name, str kind, Py_ssize_t itemsize, tuple shape,
+                        bint written) except NULL:
+    # The address of a buffer of the step, checked: a C-contiguous array of that kind, item size and shape; its bytes
+    # are added to spans for _check_disjoint.
     if (not hasattr(array, "__array_interface__") or array.dtype.kind != kind or array.dtype.itemsize != itemsize
             or array.shape != shape or not array.flags.c_contiguous):
         raise ValueError(f"{name} must be a C-contiguous array of kind {kind!r}, {itemsize}-byte items and shape "
                          f"{shape}, got {array!r:.80}")
     if written and not array.flags.writeable:
         raise ValueError(f"{name} is read-only; a training step writes it")
-    return <char*><size_t>array.__array_interface__["data"][0]
+    cdef size_t start = array.__array_interface__["data"][0]
+    spans.append((start, start + array.nbytes, written, name))
+    return <char*>start
+
+
+cdef _check_disjoint(list spans):
+    # Refuse a buffer the stages write that shares bytes with any other of their buffers (the kernels they call take
+    # distinct buffers; an overlap would be a silent wrong answer). Sorted by start, a span overlaps an earlier one
+    # exactly when it starts before the furthest end among them.
+    cdef size_t end_of_any = 0, end_of_written = 0
+    cdef str owner_of_any = "", owner_of_written = ""
+    for start, end, written, name in sorted(spans):
+        if start < end_of_written or (written and start < end_of_any):
+            raise ValueError(f"{name} overlaps {owner_of_written if start < end_of_written else owner_of_any}; a "
+                             "training step writes one of them: every buffer it writes must be its own")
+        if end > end_of_any:
+            end_of_any, owner_of_any = end, name
+        if written and end > end_of_written:
+            end_of_written, owner_of_written = end, name
 
 
 cdef class CompiledStages:
@@ -1519,22 +1539,33 @@ cdef class CompiledStages:
     predicts)."""
 
     cdef _Step step
-    cdef bint double_precision
+    cdef bint double_precision, made  # made: __init__ completed (forward and run refuse stages that were not)
     cdef Py_ssize_t gemm_setup  # _gemm_setup when the stages were made
     cdef list arrays  # every array addressed, kept alive as long as the stages
+    cdef list spans  # while they are made: each buffer's bytes (_check_disjoint)
 
     def __cinit__(self):
         self.step.stages = NULL
         self.step.n_stages = 0
 
     def __init__(self, tuple stages, Py_ssize_t batch, Py_ssize_t width, Py_ssize_t itemsize, bint training=False):
+        if self.arrays is not None:  # a second call would free the arrays the first one's stages point into
+            raise TypeError("compiled stages are made once: make new ones")
+        self.arrays, self.spans = [], []
         if not stages or batch <= 0 or width <= 0 or itemsize not in (4, 8):
             raise ValueError("compiled stages need stages, rows, features and float32 or float64 buffers")
         self.double_precision = itemsize == 8
         self.step.batch, self.step.width = batch, width
-        self.arrays = []
         self._set_stages(stages, itemsize, width, training)
+        if type(self) is CompiledStages:
+            self._made()
+
+    cdef _made(self):
+        # The end of __init__: every buffer checked, none written sharing bytes with another.
+        _check_disjoint(self.spans)
+        self.spans = None
         self.gemm_setup = _gemm_setup
+        self.made = True
 
     cdef _set_stages(self, tuple stages, Py_ssize_t itemsize, Py_ssize_t width, bint training):
         cdef Py_ssize_t index, batch = self.step.batch, n_in = width, scratch
@@ -1551,17 +1582,22 @@ cdef class CompiledStages:
                 raise ValueError(f"stage {index}: kind {kind} is not a stage a training step can begin with or run")
             if stage_in != n_in or n_out <= 0 or (kind != _STAGE_DENSE and n_out != n_in):
                 raise ValueError(f"stage {index} takes {stage_in} features to {n_out}; the stage before gives {n_in}")
+            if not _IDENTITY <= act <= _GELU_TANH or (kind == _STAGE_DENSE and (
+                    act >= _GELU or (act == _LEAKY_RELU and slope < 0))):
+                # (a dense stage's backward pass reads the sign of leaky_relu's input from its output)
+                raise ValueError(f"stage {index}: no activation {act} (negative slope {slope}) for a stage of kind "
+                                 f"{kind}")
             stage.kind, stage.act, stage.slope, stage.n_in, stage.n_out = kind, act, slope, n_in, n_out
-            stage.out = _step_buffer(out, f"stage {index}'s out", "f", itemsize, (batch, n_out), True)
+            stage.out = _step_buffer(self.spans, out, f"stage {index}'s out", "f", itemsize, (batch, n_out), True)
             self.arrays.append(out)
             if training:
-                stage.grad_out = _step_buffer(grad_out, f"stage {index}'s grad_out", "f", itemsize, (batch, n_out),
+                stage.grad_out = _step_buffer(self.spans, grad_out, f"stage {index}'s grad_out", "f", itemsize, (batch, n_out),
                                               True)
                 self.arrays.append(grad_out)
             if kind == _STAGE_DENSE:
                 _check_blas(batch, n_in, n_out)
-                stage.weight = _step_buffer(weight, f"stage {index}'s weight", "f", itemsize, (n_in, n_out), False)
-                stage.bias = _step_buffer(bias, f"stage {index}'s bias", "f", itemsize, (n_out,), False)
+                stage.weight = _step_buffer(self.spans, weight, f"stage {index}'s weight", "f", itemsize, (n_in, n_out), False)
+                stage.bias = _step_buffer(self.spans, bias, f"stage {index}'s bias", "f", itemsize, (n_out,), False)
                 self.arrays += [weight, bias]
                 stage.forward_scratch = self._scratch(_forward_scratch(batch, n_in, n_out) * itemsize)
                 if training:
@@ -1572,9 +1608,9 @@ cdef class CompiledStages:
                         Py_ssize_t itemsize):
         # A dense stage's gradient buffers and backward scratch (training only).
         cdef Py_ssize_t batch = self.step.batch, n_in = stage.n_in, n_out = stage.n_out
-        stage.grad_weight = _step_buffer(grad_weight, f"stage {index}'s grad_weight", "f", itemsize, (n_in, n_out),
+        stage.grad_weight = _step_buffer(self.spans, grad_weight, f"stage {index}'s grad_weight", "f", itemsize, (n_in, n_out),
                                          True)
-        stage.grad_bias = _step_buffer(grad_bias, f"stage {index}'s grad_bias", "f", itemsize, (n_out,), True)
+        stage.grad_bias = _step_buffer(self.spans, grad_bias, f"stage {index}'s grad_bias", "f", itemsize, (n_out,), True)
         self.arrays += [grad_weight, grad_bias]
         stage.backward_scratch = self._scratch(_backward_scratch(batch, n_in, n_out, index > 0) * itemsize)
 
@@ -1603,6 +1639,8 @@ cdef class CompiledStages:
         cdef const double[:, ::1] double_
         cdef const void* x
         cdef Py_ssize_t rows, cols
+        if not self.made:
+            raise ValueError("these stages were not made (their __init__ did not complete)")
         if self.gemm_setup != _gemm_setup:
             return False
         if self.double_precision:
@@ -1637,28 +1675,32 @@ cdef class TrainingStep(CompiledStages):
 
     def __init__(self, tuple stages, tuple data, tuple loss):
         source, inputs, target_source, targets, weight_source, weights, label_source, labels = data
-        if source.ndim != 2 or inputs.ndim != 2:
-            raise ValueError("a training step needs 2-D inputs")
+        if source.ndim != 2 or inputs.ndim != 2 or target_source.ndim == 0:
+            raise ValueError("a training step needs 2-D inputs and targets")
+        if inputs.dtype.kind != "f" or inputs.dtype.itemsize not in (4, 8):
+            raise ValueError(f"a training step runs in float32 or float64, got inputs of {inputs.dtype}")
         cdef Py_ssize_t itemsize = inputs.dtype.itemsize, batch = inputs.shape[0], width = inputs.shape[1]
+        cdef Py_ssize_t rows = source.shape[0]
         super().__init__(stages, batch, width, itemsize, True)
         self.arrays += [array for array in data if array is not None]
-        self.step.source_rows = source.shape[0]
-        self.step.source = _step_buffer(source, "source", "f", itemsize, (source.shape[0], width), False)
-        self.step.inputs = _step_buffer(inputs, "inputs", "f", itemsize, (batch, width), True)
-        self.step.target_source = _step_buffer(target_source, "target_source", target_source.dtype.kind,
-                                               target_source.dtype.itemsize, target_source.shape, False)
-        self.step.targets = _step_buffer(targets, "targets", target_source.dtype.kind, target_source.dtype.itemsize,
-                                         (batch, *target_source.shape[1:]), True)
+        self.step.source_rows = rows
+        self.step.source = _step_buffer(self.spans, source, "source", "f", itemsize, (rows, width), False)
+        self.step.inputs = _step_buffer(self.spans, inputs, "inputs", "f", itemsize, (batch, width), True)
+        self.step.target_source = _step_buffer(self.spans, target_source, "target_source", target_source.dtype.kind,
+                                               target_source.dtype.itemsize, (rows, *target_source.shape[1:]), False)
+        self.step.targets = _step_buffer(self.spans, targets, "targets", target_source.dtype.kind,
+                                         target_source.dtype.itemsize, (batch, *target_source.shape[1:]), True)
         self.step.target_row_bytes = targets.nbytes // batch
         self.step.weight_source = self.step.weights = self.step.label_source = self.step.labels = NULL
         if weights is not None:
-            self.step.weight_source = _step_buffer(weight_source, "weight_source", "f", itemsize, (source.shape[0],),
+            self.step.weight_source = _step_buffer(self.spans, weight_source, "weight_source", "f", itemsize, (rows,),
                                                    False)
-            self.step.weights = _step_buffer(weights, "weights", "f", itemsize, (batch,), True)
+            self.step.weights = _step_buffer(self.spans, weights, "weights", "f", itemsize, (batch,), True)
         if labels is not None:
-            self.step.label_source = _step_buffer(label_source, "label_source", "i", 8, (source.shape[0],), False)
-            self.step.labels = _step_buffer(labels, "labels", "i", 8, (batch,), True)
+            self.step.label_source = _step_buffer(self.spans, label_source, "label_source", "i", 8, (rows,), False)
+            self.step.labels = _step_buffer(self.spans, labels, "labels", "i", 8, (batch,), True)
         self._set_loss(loss, itemsize, targets)
+        self._made()
 
     cdef _set_loss(self, tuple loss, Py_ssize_t itemsize, object targets):
         cdef Py_ssize_t batch = self.step.batch, cols = self.step.stages[self.step.n_stages - 1].n_out
@@ -1666,10 +1708,11 @@ cdef class TrainingStep(CompiledStages):
         if code not in (_STEP_CROSS_ENTROPY, _STEP_BINARY_CROSS_ENTROPY, _STEP_POINTWISE) or pointwise_kind not in (
                 _MSE, _HUBER, _MAE):
             raise ValueError(f"no training step for the loss {loss}")
+        # (the targets' buffer is in spans already: these checks add nothing to them)
         if code == _STEP_CROSS_ENTROPY:
-            _step_buffer(targets, "the cross-entropy's targets", "i", 8, (batch,), True)
+            _step_buffer([], targets, "the cross-entropy's targets", "i", 8, (batch,), True)
         else:
-            _step_buffer(targets, "the loss's targets", "f", itemsize, (batch, cols), True)
+            _step_buffer([], targets, "the loss's targets", "f", itemsize, (batch, cols), True)
         if count not in (_COUNT_NOTHING, _COUNT_TARGET_LABELS, _COUNT_OWN_LABELS, _COUNT_BINARY) or (
                 count == _COUNT_OWN_LABELS and self.step.labels == NULL) or (
                 count == _COUNT_TARGET_LABELS and code != _STEP_CROSS_ENTROPY) or (
@@ -1679,23 +1722,34 @@ cdef class TrainingStep(CompiledStages):
         self.step.loss_option, self.step.value_scale, self.step.grad_scale = option, value_scale, grad_scale
         self.step.pos_weight = NULL
         if pos_weight is not None:
-            self.step.pos_weight = _step_buffer(pos_weight, "pos_weight", "f", itemsize, (cols,), False)
+            self.step.pos_weight = _step_buffer(self.spans, pos_weight, "pos_weight", "f", itemsize, (cols,), False)
             self.arrays.append(pos_weight)
 
     def run(self, const int64_t[::1] rows):
         """Train on the data set's ``rows`` (int64, the step's batch size of them): returns (loss, correct
         predictions, whether every gradient is finite); a loss that is not finite leaves the gradients unwritten.
-        Returns None, doing nothing, when the BLAS or the tiles changed since the step was made (make it again)."""
-        cdef Py_ssize_t i, correct = 0
+        Returns None, doing nothing, when the BLAS or the tiles changed since the step was made (make it again).
+        A row outside the data set, or a cross-entropy label outside the classes, is refused before anything is
+        written (the labels are read at each call: the data set's arrays may have changed since)."""
+        cdef Py_ssize_t i, row, correct = 0
+        cdef Py_ssize_t classes = self.step.stages[self.step.n_stages - 1].n_out if self.made else 0
+        cdef const int64_t* labels = NULL
         cdef double value = 0
         cdef bint finite
+        if not self.made:
+            raise ValueError("this training step was not made (its __init__ did not complete)")
         if self.gemm_setup != _gemm_setup:
             return None
         if rows.shape[0] != self.step.batch:
             raise ValueError(f"this training step takes {self.step.batch} rows, got {rows.shape[0]}")
+        if self.step.loss == _STEP_CROSS_ENTROPY:
+            labels = <const int64_t*>self.step.target_source
         for i in range(self.step.batch):
-            if rows[i] < 0 or rows[i] >= self.step.source_rows:
-                raise IndexError(f"row {rows[i]} is outside the data set's {self.step.source_rows} rows")
+            row = rows[i]
+            if row < 0 or row >= self.step.source_rows:
+                raise IndexError(f"row {row} is outside the data set's {self.step.source_rows} rows")
+            if labels != NULL and not 0 <= labels[row] < classes:
+                raise ValueError(f"row {row}'s label {labels[row]} is not one of the {classes} classes")
         _blas_serial_begin()
         with nogil:
             if self.double_precision:
