@@ -379,24 +379,29 @@ def test_predictions_give_the_same_bits_with_the_compiled_stages_and_without(sta
     loss = losses.MSE() if probabilities else losses.CrossEntropy()
 
     def outputs() -> list[object]:
+        # three batch sizes (1, 32, 70), within the workspaces a thread keeps (MAX_WORKSPACES)
         return [model.predict(inputs[:1]).tobytes(), model.predict(inputs[:32]).tobytes(),
-                model.predict(inputs, batch_size=64).tobytes(), model.evaluate(inputs, targets, loss=loss)]  # fmt: skip
+                model.predict(inputs, batch_size=70).tobytes(),
+                model.evaluate(inputs, targets, loss=loss, batch_size=70)]  # fmt: skip
 
+    first = outputs()  # each workspace's first use: its stages are made at the second
     compiled = outputs()
     workspaces = model._threads.workspaces().values()
     assert all(isinstance(workspace.stages[2], _nn.CompiledStages) for workspace in workspaces)
-    assert compiled == without_compiled_stages(outputs)
+    assert compiled == first == without_compiled_stages(outputs)
 
 
 def test_stages_are_not_shared_across_backends_and_gemm_paths(use_gemm_path) -> None:  # type: ignore[no-untyped-def]
     use_gemm_path("direct")
     model = fastopt.Sequential(_stack(layers.ReLU, 4), seed=0)  # follows the current backend
     with fastopt.use_backend("cython"):
-        direct = model.predict(X)
+        model.predict(X)
+        direct = model.predict(X)  # the second use makes the stages
     stages = model._workspace(len(X)).stages[2]
     assert isinstance(stages, _nn.CompiledStages)
     with fastopt.use_backend("numpy"):
-        np.testing.assert_allclose(model.predict(X), direct, rtol=1e-5, atol=1e-6)
+        for _ in range(2):
+            np.testing.assert_allclose(model.predict(X), direct, rtol=1e-5, atol=1e-6)
     assert model._workspace(len(X)).stages[2] is None  # the numpy backend has none
     use_gemm_path("matmul")
     with fastopt.use_backend("cython"):
