@@ -1671,7 +1671,9 @@ cdef class TrainingStep(CompiledStages):
     ``stages`` as ``CompiledStages``'s; ``data``: (source, inputs, target_source, targets, weight_source, weights,
     label_source, labels), the data set's arrays and the batch's buffers (the last four None without sample weights
     or separate labels); ``loss``: (loss code, pointwise kind, option, pos_weight or None, value scale, gradient
-    scale, count code). Every array is checked here; the data set's row count bounds the rows ``run`` takes."""
+    scale, count code). Every array is checked here (float32 or float64 throughout, its shape, and no buffer the
+    step writes sharing bytes with another); the data set's row count bounds the rows ``run`` takes, and its class
+    labels the labels. A step is made once (a second ``__init__`` is refused)."""
 
     def __init__(self, tuple stages, tuple data, tuple loss):
         source, inputs, target_source, targets, weight_source, weights, label_source, labels = data
