@@ -49,16 +49,21 @@ CASES = {
 }
 
 
-@pytest.fixture
-def without_compiled_step(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """A function running its argument with the cython backend's compiled step switched off."""
+def _switched_off(monkeypatch: pytest.MonkeyPatch, method: str):  # type: ignore[no-untyped-def]
+    """A function running its argument with the cython backend's ``method`` answering None (no compiled step or
+    stages: the Python ones)."""
 
     def run(function):  # type: ignore[no-untyped-def]
         with monkeypatch.context() as patch:
-            patch.setattr(cython_backend.CythonBackend, "_training_step", lambda *arguments: None)
+            patch.setattr(cython_backend.CythonBackend, method, lambda *arguments: None)
             return function()
 
     return run
+
+
+@pytest.fixture
+def without_compiled_step(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    return _switched_off(monkeypatch, "_training_step")
 
 
 @pytest.fixture
@@ -349,14 +354,7 @@ def test_bad_rows_are_refused_before_anything_is_written(rows, error, message) -
 # ------------------------------------------------------------------------------- compiled forward stages
 @pytest.fixture
 def without_compiled_stages(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """A function running its argument with the cython backend's compiled forward stages switched off."""
-
-    def run(function):  # type: ignore[no-untyped-def]
-        with monkeypatch.context() as patch:
-            patch.setattr(cython_backend.CythonBackend, "_forward_stages", lambda *arguments: None)
-            return function()
-
-    return run
+    return _switched_off(monkeypatch, "_forward_stages")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
