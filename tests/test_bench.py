@@ -5,6 +5,9 @@ thresholds: the speeds themselves are measured by ``fastopt bench``, never asser
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +130,18 @@ def test_the_matrix_summary_has_a_row_per_cell_with_round_by_round_ratios():
 def test_an_unknown_workload_is_refused():
     with pytest.raises(ValueError, match="workload must be one of"):
         benchmark.run("nope", None, 1, None)
+
+
+def test_the_bench_directory_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every case of ``bench/`` (pytest-benchmark: kernels, optimizers, the matrix, predict, the epoch) runs once;
+    its own basetemp keeps the inner session away from this one's temporary directories."""
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    if not bench.is_dir():
+        pytest.skip("bench/ is not beside the tests (an installed wheel's tests)")
+    pytest.importorskip("pytest_benchmark")
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", str(bench), "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+         f"--basetemp={tmp_path / 'bench'}"],
+        capture_output=True, text=True, timeout=600, cwd=bench.parent,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-2000:]
