@@ -330,15 +330,17 @@ def _step_data(inputs: np.ndarray, workspace: Any, targets: Any, count: int) -> 
     return (inputs, workspace.inputs, targets.values, workspace.targets, *weights, *labels)
 
 
-def _step_stage(stage: Any, workspace: Any, index: int, in_features: int) -> tuple:
-    """A model stage as ``_nn.TrainingStep`` takes it: (kind, activation, negative_slope, n_in, n_out, out,
-    grad_out, weight, bias, grad_weight, grad_bias)."""
-    out = workspace.outputs[index]
-    n_in = workspace.outputs[index - 1].shape[1] if index else in_features
-    layer = stage.dense
-    arrays = (None,) * 4 if layer is None else (layer._weight, layer._bias, layer._weight_grad, layer._bias_grad)
-    return (_STEP_STAGES[stage.kind], _ACTIVATION_CODES[stage.activation], stage.negative_slope, n_in,
-            out.shape[1], out, workspace.output_grads[index], *arrays)  # fmt: skip
+def _step_stages(stages: list, workspace: Any, in_features: int) -> tuple:
+    """A model's stages as ``_nn.CompiledStages`` and ``_nn.TrainingStep`` take them: per stage (kind, activation,
+    negative_slope, n_in, n_out, out, grad_out, weight, bias, grad_weight, grad_bias)."""
+    made = []
+    for index, stage in enumerate(stages):
+        out, layer = workspace.outputs[index], stage.dense
+        n_in = workspace.outputs[index - 1].shape[1] if index else in_features
+        arrays = (None,) * 4 if layer is None else (layer._weight, layer._bias, layer._weight_grad, layer._bias_grad)
+        made.append((_STEP_STAGES[stage.kind], _ACTIVATION_CODES[stage.activation], stage.negative_slope, n_in,
+                     out.shape[1], out, workspace.output_grads[index], *arrays))  # fmt: skip
+    return tuple(made)
 
 
 def _optimizer_method(kernel_name: str) -> object:
@@ -488,8 +490,8 @@ class CythonBackend(Backend):
         pos_weight = options[0] if kernel == "binary_cross_entropy" else None
         option = options[0] if options and kernel != "binary_cross_entropy" else 0.0
         return _nn.TrainingStep(
-            tuple(_step_stage(stage, workspace, index, inputs.shape[1]) for index, stage in enumerate(stages)),
-            data, (code, pointwise_kind, option, pos_weight, value_scale, grad_scale, count),
+            _step_stages(stages, workspace, inputs.shape[1]), data,
+            (code, pointwise_kind, option, pos_weight, value_scale, grad_scale, count),
         )  # fmt: skip
 
     def _forward_stages(self, stages, workspace, in_features):  # type: ignore[no-untyped-def]
@@ -498,9 +500,8 @@ class CythonBackend(Backend):
             return None
         inputs = workspace.inputs
         return _nn.CompiledStages(
-            tuple(_step_stage(stage, workspace, index, in_features) for index, stage in enumerate(stages)),
-            inputs.shape[0], inputs.shape[1], inputs.itemsize,
-        )  # fmt: skip
+            _step_stages(stages, workspace, in_features), inputs.shape[0], inputs.shape[1], inputs.itemsize
+        )
 
     def _dense_forward(self, x, weight, bias, out, activation, negative_slope):  # type: ignore[no-untyped-def]
         if _direct_gemm:

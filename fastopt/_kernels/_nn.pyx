@@ -1568,7 +1568,7 @@ cdef class CompiledStages:
         self.made = True
 
     cdef _set_stages(self, tuple stages, Py_ssize_t itemsize, Py_ssize_t width, bint training):
-        cdef Py_ssize_t index, batch = self.step.batch, n_in = width, scratch
+        cdef Py_ssize_t index, batch = self.step.batch, n_in = width
         cdef _StepStage* stage
         self.step.stages = <_StepStage*>malloc(len(stages) * sizeof(_StepStage))
         if self.step.stages == NULL:
