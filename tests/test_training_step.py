@@ -118,8 +118,13 @@ def test_a_fit_gives_the_same_bits_with_the_compiled_step_and_without(  # type: 
 
 def test_a_non_finite_loss_is_skipped_alike(without_compiled_step) -> None:  # type: ignore[no-untyped-def]
     _direct_gemm_or_skip()
+    # Row 30 (in one batch of each epoch) at 3e38 times the signs of the first hidden unit's weights: that unit's
+    # input is a sum of positive terms whose exact total exceeds float32's largest value, so it overflows in any
+    # summation order (any BLAS kernel), and the loss that follows is not finite.
+    first_weights = fastopt.Sequential(_stack(layers.ReLU, 4), backend="cython", seed=0).layers[0].weight[:, 0]
+    assert 3e38 * np.abs(first_weights.astype(np.float64)).sum() > 2 * float(np.finfo(np.float32).max)
     poisoned = X.copy()
-    poisoned[30] = 3e38  # in batch 2 of each epoch (seed 0): its products overflow, its loss is not finite
+    poisoned[30] = 3e38 * np.sign(first_weights)
 
     def fit() -> tuple[bytes, dict]:
         model = fastopt.Sequential(_stack(layers.ReLU, 4), backend="cython", seed=0)
