@@ -449,6 +449,7 @@ class _BaseMLP(BaseEstimator):
         train, validation = self._split(X, Y, weights)
         data = self._training_set(*train)
         backend = resolve_backend(self.backend)
+        self._optimizer.backend = backend  # its steps then skip resolving the backend (about 0.2 us each)
         order = np.arange(len(data.inputs), dtype=np.int64)
         batch_size = self._batch_size(len(order))
         # a partial_fit of a few batches runs them by the Python step: the compiled one is made for the call's data
@@ -459,7 +460,7 @@ class _BaseMLP(BaseEstimator):
             with backend.training() as timing:
                 for _ in range(self.max_iter):
                     if self.shuffle:
-                        order = self._shuffled(order)
+                        self._shuffle(order)
                     loss = self._epoch(backend, timing, data, order, batch_size)
                     self._end_iteration(loss, len(order), validation)
                     if self._stopping() or incremental:
@@ -476,12 +477,12 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping:
             self._model.parameters[...] = self._best_parameters
 
-    def _shuffled(self, order: np.ndarray) -> np.ndarray:
-        """``order`` permuted by the draw ``sklearn.utils.shuffle`` makes from the same generator (the same batches
-        for a seed), without its argument checks (which took 0.7 ms an epoch)."""
-        permutation = np.arange(len(order))
-        self._random_state.shuffle(permutation)
-        return order[permutation]
+    def _shuffle(self, order: np.ndarray) -> None:
+        """Permute ``order`` in place by the draw ``sklearn.utils.shuffle`` makes from the same generator (the same
+        batches for a seed), without its argument checks (which took 0.7 ms an epoch). ``shuffle`` swaps positions by
+        the draws alone, whatever the values, so shuffling ``order`` equals taking it at a shuffled ``arange``, as
+        scikit-learn does, without the two copies."""
+        self._random_state.shuffle(order)
 
     def _epoch(
         self, backend: Backend, timing: StepTiming, data: _TrainingSet, order: np.ndarray, batch_size: int
