@@ -401,20 +401,24 @@ cdef inline Py_ssize_t _gemm_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py
 cdef inline void _block_bounds(Py_ssize_t block, Py_ssize_t blocks, Py_ssize_t m, Py_ssize_t n,
                                Py_ssize_t* bounds) noexcept nogil:
     # bounds = (r0, r1, c0, c1): the rows r0:r1 and columns c0:c1 of block number `block` of an m x n output.
-    # The longer side is cut into pieces of the multiple of 16 elements nearest to an equal share (cache-line
-    # aligned for float32 rows), the last piece taking the rest. (Rounded up, 100 columns were cut 64 + 36 and 200
-    # rows 112 + 88: scikit-learn's digits network, 64-100-10 at batch 200, on two threads of a 2-core AMD EPYC Zen 4
-    # VM took 16.0 us for its first forward product and 22.2 us for its grad_weight; cut 48 + 52 and 96 + 104, 15.0
-    # and 18.7 us.)
+    # The longer side is cut at the multiples of 16 elements (cache-line aligned for float32 rows) nearest to its
+    # equal shares, so each block is within 16 elements of an equal share. (Cut at multiples of a share rounded up,
+    # 100 columns were cut 64 + 36 and 200 rows 112 + 88: scikit-learn's digits network, 64-100-10 at batch 200, on
+    # two threads of a 2-core AMD EPYC Zen 4 VM took 16.0 us for its first forward product and 22.2 us for its
+    # grad_weight; cut 48 + 52 and 96 + 104, 15.0 and 18.7 us.)
     cdef Py_ssize_t length = n if n >= m else m
-    cdef Py_ssize_t unit = blocks * _MIN_BLOCK_WIDTH
-    cdef Py_ssize_t size = max(_MIN_BLOCK_WIDTH, (length + unit // 2) // unit * _MIN_BLOCK_WIDTH)
-    cdef Py_ssize_t lo = min(length, block * size)
-    cdef Py_ssize_t hi = length if block == blocks - 1 else min(length, lo + size)
+    cdef Py_ssize_t lo = min(length, _nearest_cut(block, blocks, length))
+    cdef Py_ssize_t hi = length if block == blocks - 1 else min(length, _nearest_cut(block + 1, blocks, length))
     if n >= m:
         bounds[0], bounds[1], bounds[2], bounds[3] = 0, m, lo, hi
     else:
         bounds[0], bounds[1], bounds[2], bounds[3] = lo, hi, 0, n
+
+
+cdef inline Py_ssize_t _nearest_cut(Py_ssize_t cut, Py_ssize_t blocks, Py_ssize_t length) noexcept nogil:
+    # The multiple of _MIN_BLOCK_WIDTH nearest to cut * length / blocks.
+    cdef Py_ssize_t unit = blocks * _MIN_BLOCK_WIDTH
+    return (cut * length + unit // 2) // unit * _MIN_BLOCK_WIDTH
 
 
 cdef inline void _gemm_block(Py_ssize_t block, Py_ssize_t blocks, bint trans_a, bint trans_b, Py_ssize_t m,
