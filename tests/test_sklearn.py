@@ -13,6 +13,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("sklearn", minversion="1.7")  # 1.7: its MLPs take sample_weight (the agreement tests)
 
@@ -22,7 +24,7 @@ from sklearn.datasets import load_digits, make_classification, make_regression
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import LabelBinarizer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fastopt.sklearn import MLPClassifier, MLPRegressor
@@ -169,6 +171,31 @@ def test_labels_of_any_type(blobs, labels):
     assert model.predict_proba(X).shape == (200, 3)
     np.testing.assert_allclose(model.predict_proba(X).sum(axis=1), 1.0, rtol=1e-12)
     assert model.score(X, y_labels) > 0.5
+
+
+LABEL_POOLS = {
+    "int": np.array([7, -2, 30, 5, 11]),
+    "str": np.array(["b", "a", "dd", "c", "e"]),
+    "object": np.array(["b", "a", "dd", "c", "e"], dtype=object),
+    "float": np.array([0.0, -1.0, 2.0, 3.0, 9.0]),  # integral: scikit-learn takes others for regression targets
+    "bool": np.array([True, False, True, False, True]),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(codes=st.lists(st.integers(0, 4), min_size=1, max_size=30), kind=st.sampled_from(sorted(LABEL_POOLS)),
+       every_class=st.booleans())  # fmt: skip
+def test_labels_are_encoded_as_scikit_learns_binarizer_encodes_them(codes, kind, every_class):
+    """The targets a fit trains on are what scikit-learn's ``LabelBinarizer`` makes of the labels: for classes
+    learnt from the labels themselves (one, two or more) or given beforehand (``partial_fit(..., classes=)``,
+    possibly classes the labels do not hold)."""
+    labels = LABEL_POOLS[kind][codes]
+    binarizer = LabelBinarizer().fit(np.unique(LABEL_POOLS[kind]) if every_class else labels)
+    model = MLPClassifier()
+    model._label_binarizer, model.classes_ = binarizer, binarizer.classes_
+    encoded = model._binarized(labels)
+    np.testing.assert_array_equal(encoded, binarizer.transform(labels).astype(bool))
+    assert encoded.dtype == bool
 
 
 def test_pandas_frames_categoricals_and_feature_names(blobs):
