@@ -386,7 +386,9 @@ def test_optimizer_kernels_split_bit_identical(dtype: str, name: str) -> None:
 
 @needs_cython
 @pytest.mark.parametrize("activation", ["identity", "relu", "tanh"])
-@pytest.mark.parametrize("shape", [(32, 784, 128), (512, 784, 32), (512, 128, 10)])
+# (200, 64, 100): scikit-learn's digits network, whose products are cut into unequal blocks (100 columns 48 + 52,
+# 200 rows 96 + 104)
+@pytest.mark.parametrize("shape", [(32, 784, 128), (512, 784, 32), (512, 128, 10), (200, 64, 100)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_backward_threads(dtype: str, shape: tuple[int, int, int], activation: str, gemm_path: str) -> None:
     """The dense forward and backward with 1 vs 2 BLAS threads (and 1 vs 2 OpenMP threads): the bias gradient
