@@ -107,7 +107,7 @@ _tanh = np.tanh
 _STEP_STAGES = {"dense": 0, "activation": 1, "softmax": 2}
 _STEP_LOSSES = {"softmax_cross_entropy": (0, 0), "binary_cross_entropy": (1, 0), "mse": (2, 0), "huber": (2, 1),
                 "mae": (2, 2)}  # fmt: skip
-_COUNT_NOTHING, _COUNT_TARGET_LABELS, _COUNT_OWN_LABELS, _COUNT_BINARY = range(4)
+_STEP_COUNTS = {None: 0, "values": 1, "labels": 2, "binary": 3}  # by Targets.counted_against
 
 
 def _by_itemsize(fused: object) -> dict[int, object]:
@@ -313,20 +313,11 @@ def _compilable(stages: list) -> bool:
     return _direct_gemm and not any(stage.kind == "dropout" or stage.activation == "tanh" for stage in stages)
 
 
-def _count_kind(targets: Any) -> int:
-    """How a training step counts correct predictions, as ``Sequential._batch_gradients`` does."""
-    if targets.binary:
-        return _COUNT_BINARY
-    if targets.labels is targets.values:
-        return _COUNT_TARGET_LABELS
-    return _COUNT_NOTHING if targets.labels is None else _COUNT_OWN_LABELS
-
-
 def _step_data(inputs: np.ndarray, workspace: Any, targets: Any, count: int) -> tuple:
     """The data set's arrays and the batch's buffers as ``_nn.TrainingStep`` takes them: (source, inputs,
     target_source, targets, weight_source, weights, label_source, labels), the last four None where unused."""
     weights = (None, None) if targets.weights is None else (targets.weights, workspace.weights)
-    labels = (targets.labels, workspace.labels) if count == _COUNT_OWN_LABELS else (None, None)
+    labels = (targets.labels, workspace.labels) if count == _STEP_COUNTS["labels"] else (None, None)
     return (inputs, workspace.inputs, targets.values, workspace.targets, *weights, *labels)
 
 
@@ -480,7 +471,7 @@ class CythonBackend(Backend):
         spec = loss._step_kernel(workspace.outputs[-1])
         if not _compilable(stages) or spec is None or spec[0] not in _STEP_LOSSES:
             return None
-        count = _count_kind(targets)
+        count = _STEP_COUNTS[targets.counted_against]
         data = _step_data(inputs, workspace, targets, count)
         if not all(array is None or array.flags.c_contiguous for array in data):
             return None

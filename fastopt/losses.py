@@ -52,6 +52,18 @@ class Targets:
         return self.binary or self.labels is not None
 
     @property
+    def counted_against(self) -> str | None:
+        """What a training step counts its correct predictions against: ``"binary"`` (each output's logit sign
+        against its 0/1 target), ``"values"`` (the class labels are the values the loss gathers), ``"labels"``
+        (class labels of their own, gathered for the count), or None (nothing is counted). The Python step and the
+        backends' compiled steps both follow it."""
+        if self.binary:
+            return "binary"
+        if self.labels is self.values:
+            return "values"
+        return None if self.labels is None else "labels"
+
+    @property
     def predictions_per_row(self) -> int:
         """How many predictions of a row accuracy counts: each output for binary targets, else one."""
         return self.values.shape[1] if self.binary else 1

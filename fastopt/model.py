@@ -93,6 +93,11 @@ class _Workspace:
     stages: tuple | None = None
 
 
+def _batch_weight(rows: int, weights: np.ndarray | None) -> float:
+    """A batch's weight: the sum of its samples' weights (in double), or its number of rows without weights."""
+    return float(rows) if weights is None else float(weights.sum(dtype=np.float64))
+
+
 def _source_outside_training(stages: list[_Stage]) -> int:
     """The index of the last of ``stages`` that is not a dropout stage (-1: none, the model's input): where the next
     stage reads its input when dropout stages are skipped."""
@@ -529,7 +534,7 @@ class Sequential:
             np.copyto(workspace.inputs, inputs[start:stop])
             output = self._forward(backend, workspace)
             weights = None if targets.weights is None else targets.weights[start:stop]
-            weight = stop - start if weights is None else float(np.sum(weights, dtype=np.float64))
+            weight = _batch_weight(stop - start, weights)
             total_loss += loss.compute(backend, output, targets.values[start:stop], None, weights) * weight
             total_weight += weight
             if targets.binary:
@@ -669,21 +674,19 @@ class Sequential:
                 return result
         backend._gather_rows(inputs, rows, workspace.inputs)
         targets.values.take(rows, axis=0, out=workspace.targets, mode="clip")  # the method: no dispatch wrapper
-        weights, weight = None, float(len(rows))
-        if targets.weights is not None:
-            weights = targets.weights.take(rows, out=workspace.weights, mode="clip")
-            weight = float(weights.sum(dtype=np.float64))
+        weights = None if targets.weights is None else targets.weights.take(rows, out=workspace.weights, mode="clip")
+        weight = _batch_weight(len(rows), weights)
         output = self._forward(backend, workspace, step_key)
         batch_loss = loss.compute(backend, output, workspace.targets, workspace.output_grads[-1], weights)
         if not math.isfinite(batch_loss):
             return batch_loss, 0, weight, False
-        correct = 0
-        if targets.binary:  # BinaryCrossEntropy: each output's logit sign against its 0/1 target
+        correct, counted_against = 0, targets.counted_against
+        if counted_against == "binary":
             correct = backend._count_binary_correct(output, workspace.targets)
-        elif targets.labels is targets.values:  # CrossEntropy: the batch's labels were gathered above
+        elif counted_against == "values":  # CrossEntropy: the batch's labels were gathered above
             correct = backend._count_correct(output, workspace.targets)
-        elif targets.labels is not None:
-            targets.labels.take(rows, out=workspace.labels, mode="clip")
+        elif counted_against == "labels":
+            targets.labels.take(rows, out=workspace.labels, mode="clip")  # type: ignore[union-attr]
             correct = backend._count_correct(output, workspace.labels)
         finite = self._backward(backend, workspace, step_key)
         return batch_loss, correct, weight, finite
@@ -705,7 +708,7 @@ class Sequential:
                 workspace.compiled = None
             return None
         batch_loss, correct, finite = result
-        weight = float(len(rows)) if targets.weights is None else float(workspace.weights.sum(dtype=np.float64))
+        weight = _batch_weight(len(rows), None if targets.weights is None else workspace.weights)
         return batch_loss, correct, weight, finite
 
     def _compiled_stages(self, backend: Backend, workspace: _Workspace) -> Any:

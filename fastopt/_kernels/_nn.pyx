@@ -1597,17 +1597,13 @@ cdef class CompiledStages:
                 raise ValueError(f"stage {index}: no activation {act} (negative slope {slope}) for a stage of kind "
                                  f"{kind}")
             stage.kind, stage.act, stage.slope, stage.n_in, stage.n_out = kind, act, slope, n_in, n_out
-            stage.out = _step_buffer(self.spans, out, f"stage {index}'s out", "f", itemsize, (batch, n_out), True)
-            self.arrays.append(out)
+            stage.out = self._stage_array(out, index, "out", itemsize, (batch, n_out), True)
             if training:
-                stage.grad_out = _step_buffer(self.spans, grad_out, f"stage {index}'s grad_out", "f", itemsize, (batch, n_out),
-                                              True)
-                self.arrays.append(grad_out)
+                stage.grad_out = self._stage_array(grad_out, index, "grad_out", itemsize, (batch, n_out), True)
             if kind == _STAGE_DENSE:
                 _check_blas(batch, n_in, n_out)
-                stage.weight = _step_buffer(self.spans, weight, f"stage {index}'s weight", "f", itemsize, (n_in, n_out), False)
-                stage.bias = _step_buffer(self.spans, bias, f"stage {index}'s bias", "f", itemsize, (n_out,), False)
-                self.arrays += [weight, bias]
+                stage.weight = self._stage_array(weight, index, "weight", itemsize, (n_in, n_out), False)
+                stage.bias = self._stage_array(bias, index, "bias", itemsize, (n_out,), False)
                 stage.forward_scratch = self._scratch(_forward_scratch(batch, n_in, n_out) * itemsize)
                 if training:
                     self._set_gradients(stage, index, grad_weight, grad_bias, itemsize)
@@ -1617,11 +1613,15 @@ cdef class CompiledStages:
                         Py_ssize_t itemsize):
         # A dense stage's gradient buffers and backward scratch (training only).
         cdef Py_ssize_t batch = self.step.batch, n_in = stage.n_in, n_out = stage.n_out
-        stage.grad_weight = _step_buffer(self.spans, grad_weight, f"stage {index}'s grad_weight", "f", itemsize, (n_in, n_out),
-                                         True)
-        stage.grad_bias = _step_buffer(self.spans, grad_bias, f"stage {index}'s grad_bias", "f", itemsize, (n_out,), True)
-        self.arrays += [grad_weight, grad_bias]
+        stage.grad_weight = self._stage_array(grad_weight, index, "grad_weight", itemsize, (n_in, n_out), True)
+        stage.grad_bias = self._stage_array(grad_bias, index, "grad_bias", itemsize, (n_out,), True)
         stage.backward_scratch = self._scratch(_backward_scratch(batch, n_in, n_out, index > 0) * itemsize)
+
+    cdef char* _stage_array(self, object array, Py_ssize_t index, str name, Py_ssize_t itemsize, tuple shape,
+                            bint written) except NULL:
+        # A stage's float buffer, checked (_step_buffer) and kept alive as long as the stages.
+        self.arrays.append(array)
+        return _step_buffer(self.spans, array, f"stage {index}'s {name}", "f", itemsize, shape, written)
 
     cdef char* _scratch(self, Py_ssize_t size) except? NULL:
         cdef char* memory
@@ -1899,4 +1899,3 @@ def gemm_probe(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :
                     _probe_block(block, threads, trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
                                  b.shape[1], &c[0, 0], n)
     _blas_serial_end()
-
