@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fastopt import _io, _random, training
+from fastopt._aligned import aligned_empty, aligned_zeros
 from fastopt._checks import as_features, as_trusted_features, check_positive_int, check_same_length, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
 from fastopt.callbacks import Callback
@@ -142,8 +143,8 @@ class Sequential:
         self.in_features = layers[0].in_features
         self._stages = self._plan(self.layers)
         self.out_features = self._stages[-1].out_features
-        self._parameters = np.zeros(self._n_parameters(), dtype=self.dtype)
-        self._gradients = np.zeros(self._n_parameters(), dtype=self.dtype)  # zeros, not zeros_like: pages on first use
+        self._parameters = aligned_zeros(self._n_parameters(), self.dtype)
+        self._gradients = aligned_zeros(self._n_parameters(), self.dtype)  # zeros, not zeros_like: pages on first use
         self._bind_views()
         rng = np.random.default_rng(seed)
         for layer in self.layers:
@@ -320,11 +321,11 @@ class Sequential:
         Made as ``__setstate__`` makes an unpickled model, so no initial weights are drawn only to be overwritten
         (a float64 copy of a 784-128-64-10 network, which ``fastopt.sklearn`` makes at each prediction: 1.2 ms when
         built by the constructor, which drew them)."""
-        dtype = resolve_dtype(dtype)
+        dtype, size = resolve_dtype(dtype), self._parameters.size
         state = self.__getstate__()
         state.update(
             layers=[layer_from_config(layer.config()) for layer in self.layers], dtype=dtype,
-            _parameters=np.zeros(self._parameters.shape, dtype), _gradients=np.zeros(self._parameters.shape, dtype),
+            _parameters=aligned_zeros(size, dtype), _gradients=aligned_zeros(size, dtype),
             loss=None, optimizer=None, _optimizer_bound=False, history=None, stop_training=False, stop_reason="",
         )  # fmt: skip
         model = Sequential.__new__(Sequential)
@@ -368,9 +369,9 @@ class Sequential:
         if workspace is None:
             widths = [stage.out_features for stage in self._stages]
             workspace = _Workspace(
-                inputs=np.empty((batch, self.in_features), dtype=self.dtype),
-                outputs=[np.empty((batch, width), dtype=self.dtype) for width in widths],
-                output_grads=[np.empty((batch, width), dtype=self.dtype) for width in widths],
+                inputs=aligned_empty((batch, self.in_features), self.dtype),
+                outputs=[aligned_empty((batch, width), self.dtype) for width in widths],
+                output_grads=[aligned_empty((batch, width), self.dtype) for width in widths],
             )
             while len(workspaces) >= MAX_WORKSPACES:
                 del workspaces[next(iter(workspaces))]

@@ -540,6 +540,20 @@ def test_layers_of_a_refused_model_stay_usable():
     assert np.shares_memory(first.weight, model.parameters)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_buffers_start_on_cache_lines(mini_subset, dtype):
+    """The flat parameters and gradients, a batch's buffers and the optimizer's state start on 64-byte boundaries
+    (fastopt._aligned), for fresh models and for the float64 copies fastopt.sklearn predicts with."""
+    X, y = mini_subset[0][:64], mini_subset[1][:64]
+    model = small_mlp(dtype=dtype, seed=0)
+    model.fit(X, y, loss=losses.CrossEntropy(), optimizer=optim.Adam(model.parameters), batch_size=32, verbose=0)
+    workspace = model._workspace(32)
+    buffers = [model.parameters, model.gradients, workspace.inputs, *workspace.outputs, *workspace.output_grads]
+    buffers += [buffer for state in model.optimizer.state for buffer in state.values() if buffer.ndim]
+    buffers.append(model.astype("float64" if dtype == "float32" else "float32").parameters)
+    assert [buffer.ctypes.data % 64 for buffer in buffers] == [0] * len(buffers)
+
+
 # ------------------------------------------------------------------------------------------ backends
 def test_set_and_get_backend(restore_backend):
     for name in BACKENDS:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fastopt._aligned import aligned_full_like
 from fastopt._checks import FLOAT_DTYPES, DTypeError, check_flag, check_scalar
 from fastopt.backend import Backend, resolve_backend
 from fastopt.kernel_table import KERNELS
@@ -248,7 +249,7 @@ class Optimizer:
         self.backend = backend
 
     def _new_state(self, param: np.ndarray, group: dict[str, Any]) -> dict[str, np.ndarray]:
-        state = {name: np.full_like(param, self._initial_state(name, group)) for name in self._state_names(group)}
+        state = {name: aligned_full_like(param, self._initial_state(name, group)) for name in self._state_names(group)}
         state.update({name: np.array(start, dtype=np.float64) for name, start in self.scalar_state.items()})
         return state
 
