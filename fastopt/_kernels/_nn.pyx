@@ -650,6 +650,12 @@ cdef inline void _prologue_columns(int act, floating slope, floating* d, const f
                 dt[j * rows + i] = d[i * cols + j]
 
 
+cdef inline void _act_backward_chunk(int act, floating slope, floating* d, const floating* y, Py_ssize_t start,
+                                     Py_ssize_t end) noexcept nogil:
+    # Elements start:end of d *= f'(y), in place (a dense stage's activation: its sign read from y).
+    _act_backward(act, NULL, y + start, d + start, d + start, end - start, slope)
+
+
 # grad_x = dz @ weight.T has its right operand transposed, which OpenBLAS's small-product path never takes; written
 # as dz.T.T @ weight.T, both operands transposed, it does (see _tiles): with the SkylakeX kernels on a 2-core AMD
 # EPYC Zen 4 VM, 32 x 64 x 128 took 6.1 instead of 10.6 us, 32 x 256 x 256 42 instead of 73 us (in 3 tiles), for a
@@ -709,7 +715,8 @@ cdef bint _dense_backward_on(const floating* xp, const floating* wp, const float
                              Py_ssize_t n_out, int act, floating slope) noexcept nogil:
     # dense_backward on pointers (batch and n_out > 0; gx NULL: no grad_x), dt holding _backward_scratch elements
     # (NULL when that is 0); BLAS held at one thread by the caller. Returns whether a gradient is not finite.
-    cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, column_pieces, size
+    cdef Py_ssize_t block, blocks_w, blocks_x = 0, column_blocks, column_pieces, size, chunk
+    cdef Py_ssize_t total = batch * n_out
     cdef int team, bad = 0
     cdef double started, flops
     cdef double[1] own_done
@@ -722,6 +729,7 @@ cdef bint _dense_backward_on(const floating* xp, const floating* wp, const float
     team = threads_for(GEMM, flops, max(column_pieces, blocks_w + blocks_x))
     column_blocks = min(team, column_pieces)
     size = (n_out + column_blocks - 1) // column_blocks
+    chunk = ((total + team - 1) // team + 15) // 16 * 16  # whole cache lines of float32 (half lines of float64)
     if team == 1:
         _prologue_columns(act, slope, dp, yp, gb, dt, batch, n_out, 0, n_out)
         for block in range(blocks_w + blocks_x):
@@ -730,8 +738,14 @@ cdef bint _dense_backward_on(const floating* xp, const floating* wp, const float
         started = clock()
         own_done[0] = started
         with parallel(num_threads=team):
+            # f' in place over contiguous chunks first, then the column sums: cut by columns, each thread would
+            # write part of every row of dz, and rows whose length is not a whole number of cache lines share a
+            # line with the other thread (the 200 x 100 dz of scikit-learn's digits network: a 2-thread backward
+            # pass took 29.0 us against 26.9 on one thread of a 2-core AMD EPYC Zen 4 VM)
+            for block in prange(team, schedule="static", chunksize=1):
+                _act_backward_chunk(act, slope, dp, yp, min(total, block * chunk), min(total, (block + 1) * chunk))
             for block in prange(column_blocks, schedule="static", chunksize=1):
-                _prologue_columns(act, slope, dp, yp, gb, dt, batch, n_out, min(n_out, block * size),
+                _prologue_columns(_IDENTITY, slope, dp, yp, gb, dt, batch, n_out, min(n_out, block * size),
                                   min(n_out, (block + 1) * size))
             for block in prange(blocks_w + blocks_x, schedule="static", chunksize=1):
                 bad |= _backward_block(block, blocks_w, blocks_x, xp, wp, dp, dt, gw, gx, batch, n_in, n_out)
