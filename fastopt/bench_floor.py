@@ -110,6 +110,30 @@ def _compiled_probes() -> tuple[Callable[..., None], Callable[..., None] | None]
     return cython_backend.stream_probe, cython_backend.gemm_probe()
 
 
+# The product whose rate says what state the machine is in (``machine_state``): large enough that two threads gain
+# from it (a float32 1024 x 1024 product ran at 102 GFLOP/s on one core of a 2-core AMD EPYC Zen 4 VM, 169 on both),
+# small enough to time in milliseconds.
+STATE_PRODUCT = Product(256, 256, 256)
+
+
+def machine_state() -> tuple[float, float] | None:
+    """The machine's speed now: the float32 GFLOP/s of ``STATE_PRODUCT`` on one thread, and how many times faster it
+    runs on every processor, by the compiled GEMM probe; None without it. A virtual machine whose host slows its
+    second core for a while (seconds to minutes) shows a speed-up near 1 meanwhile: the figures measured then are the
+    machine's as much as the code's."""
+    probes = _compiled_probes()
+    gemm_probe = probes[1] if probes else None
+    if gemm_probe is None:
+        return None
+    rng = np.random.default_rng(0)
+    m, k, n = STATE_PRODUCT[:3]
+    a, b, c = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32), np.empty((m, n), np.float32)
+    repeats = _repeats_for(STATE_PRODUCT.flops / 100e9)
+    one = _fastest(lambda: gemm_probe(a, b, c, False, False, 1, repeats), repeats)
+    every = _fastest(lambda: gemm_probe(a, b, c, False, False, os.cpu_count() or 1, repeats), repeats)
+    return STATE_PRODUCT.flops / one / 1e9, one / every
+
+
 class Machine:
     """The machine's rates, each measured on first use and kept: memory bandwidth per working-set size and the
     time of each GEMM shape (see the module's docstring)."""

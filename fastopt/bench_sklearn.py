@@ -9,7 +9,8 @@ keep busy, two threads wait on each other (scikit-learn's OpenBLAS threads took 
 fastopt's threads doubled its times too). The report gives, for each:
 the mean test score (accuracy, subset accuracy for multilabel targets, R^2 for regression) and its standard
 deviation over the seeds, whether the two means are within two standard deviations (of either), the median fit
-time, and the median of the seed-by-seed time ratios (scikit-learn's time over fastopt's).
+time, and the median of the seed-by-seed time ratios (scikit-learn's time over fastopt's); then the machine's state
+measured before the case (``fastopt.bench_floor.machine_state``), which tells a VM whose host slows a core.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from fastopt.bench_floor import machine_state
 
 ADAM_FASHION = {"hidden_layer_sizes": (128, 64), "batch_size": 32, "solver": "adam", "max_iter": 10}
 
@@ -178,6 +181,15 @@ def format_case(case: Case, results: dict[str, Measurement]) -> str:
                               results[best["fastopt"]])  # fmt: skip
 
 
+def _state_text(state: tuple[float, float] | None) -> str:
+    """The machine's state before a case (``fastopt.bench_floor.machine_state``), as a report line."""
+    if state is None:
+        return ""
+    rate, speedup = state
+    return (f"\n  machine before the case: a float32 256^3 GEMM at {rate:.0f} GFLOP/s on one thread, {speedup:.2f}x "
+            f"that on {os.cpu_count()} threads")  # fmt: skip
+
+
 def run(seeds: int = 5, names: list[str] | None = None) -> list[tuple[Case, dict[str, Measurement]]]:
     """Measure and print every case (or those named); returns the measurements."""
     try:
@@ -194,8 +206,9 @@ def run(seeds: int = 5, names: list[str] | None = None) -> list[tuple[Case, dict
     for case in CASES:
         if names and case.name not in names:
             continue
+        state = machine_state()
         results = measure_case(case, seeds)
-        print(format_case(case, results), flush=True)
+        print(format_case(case, results) + _state_text(state), flush=True)
         measured.append((case, results))
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return measured

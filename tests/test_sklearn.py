@@ -9,6 +9,7 @@ per operation, grown by the iterations, measured below 1e-11 here)."""
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -447,6 +448,27 @@ def test_bench_workload_measures_both_libraries_on_the_same_seeds():
     report = bench_sklearn.format_case(case, results)
     assert report.startswith("breast_cancer, adam, 3 iterations: accuracy") and "within 2 sd" in report
     assert "one thread: wall" in report
+
+
+def test_bench_reports_the_machine_state_before_each_case(monkeypatch, capsys):
+    """Each case's report ends with the machine's state measured before it: a GEMM's one-thread rate and its
+    speed-up on every processor (fastopt.bench_floor.machine_state), the numbers that tell a slowed VM."""
+    from fastopt import bench_floor, bench_sklearn
+
+    state = bench_floor.machine_state()
+    if state is None:
+        pytest.skip("no compiled GEMM probe here (the dense kernels use numpy.matmul): no machine state to report")
+    assert state[0] > 0 and state[1] > 0
+    case = bench_sklearn.Case("breast_cancer, adam, 2 iterations", "breast_cancer", False, {"max_iter": 2})
+    monkeypatch.setattr(bench_sklearn, "CASES", [case])
+    bench_sklearn.run(seeds=2)
+    report = capsys.readouterr().out
+    line = re.search(
+        r"machine before the case: a float32 256\^3 GEMM at (\d+) GFLOP/s on one thread, ([\d.]+)x", report
+    )
+    assert line and int(line[1]) > 0 and float(line[2]) > 0
+    assert report.index("breast_cancer, adam, 2 iterations:") < line.start()
+    assert bench_sklearn._state_text(None) == ""
 
 
 def test_lbfgs_holds_every_blas_at_one_thread_while_it_runs(monkeypatch):
