@@ -125,13 +125,27 @@ def machine_state() -> tuple[float, float] | None:
     gemm_probe = probes[1] if probes else None
     if gemm_probe is None:
         return None
-    rng = np.random.default_rng(0)
-    m, k, n = STATE_PRODUCT[:3]
-    a, b, c = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32), np.empty((m, n), np.float32)
-    repeats = _repeats_for(STATE_PRODUCT.flops / 100e9)
-    one = _fastest(lambda: gemm_probe(a, b, c, False, False, 1, repeats), repeats)
-    every = _fastest(lambda: gemm_probe(a, b, c, False, False, os.cpu_count() or 1, repeats), repeats)
+    operands = _operands(STATE_PRODUCT)
+    one = _probe_seconds(gemm_probe, STATE_PRODUCT, operands, 1)
+    every = _probe_seconds(gemm_probe, STATE_PRODUCT, operands, os.cpu_count() or 1)
     return STATE_PRODUCT.flops / one / 1e9, one / every
+
+
+def _operands(product: Product) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float32 operands of ``product`` as stored (a transposed operand stored transposed), and its output."""
+    rng = np.random.default_rng(0)
+    m, k, n, trans_a, trans_b = product
+    a = rng.random((k, m) if trans_a else (m, k), dtype=np.float32)
+    b = rng.random((n, k) if trans_b else (k, n), dtype=np.float32)
+    return a, b, np.empty((m, n), dtype=np.float32)
+
+
+def _probe_seconds(
+    gemm_probe: Callable[..., None], product: Product, operands: tuple[np.ndarray, ...], threads: int
+) -> float:
+    """The fastest time of one ``product`` by the compiled GEMM probe on ``threads`` threads."""
+    repeats = _repeats_for(product.flops / 100e9)
+    return _fastest(lambda: gemm_probe(*operands, product.trans_a, product.trans_b, threads, repeats), repeats)
 
 
 class Machine:
@@ -175,18 +189,14 @@ class Machine:
         return self._gemm[product]
 
     def _measure_gemm(self, product: Product) -> float:
-        rng = np.random.default_rng(0)
-        m, k, n, trans_a, trans_b = product
-        a = rng.random((k, m) if trans_a else (m, k), dtype=np.float32)
-        b = rng.random((n, k) if trans_b else (k, n), dtype=np.float32)
-        c = np.empty((m, n), dtype=np.float32)
-        a_op, b_op = (a.T if trans_a else a), (b.T if trans_b else b)
+        operands = a, b, c = _operands(product)
+        a_op, b_op = (a.T if product.trans_a else a), (b.T if product.trans_b else b)
         repeats = _repeats_for(product.flops / 100e9)
         best = _fastest(lambda: [np.matmul(a_op, b_op, out=c) for _ in range(repeats)], repeats)
         gemm_probe = self._probes[1] if self._probes else None
         if gemm_probe is not None:
             for threads in self._thread_counts(product.flops >= SMALLEST_SPLIT_GEMM_FLOPS):
-                best = min(best, _fastest(lambda t=threads: gemm_probe(a, b, c, trans_a, trans_b, t, repeats), repeats))
+                best = min(best, _probe_seconds(gemm_probe, product, operands, threads))
         return best
 
     def training_step_seconds(self, network: Network, batch: int) -> float:
