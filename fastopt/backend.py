@@ -113,6 +113,11 @@ class Backend:
         whether it ran; None (the NumPy backend's answer) where the backend has none."""
         return None
 
+    def _step_pair(self, first: Any, second: Any) -> Any:
+        """Two compiled training steps (``_training_step``) run at once, whose ``run(first_rows, second_rows)``
+        returns both steps' results (the same bits as each ``run``), or None where the backend has none."""
+        return None
+
     def build_info(self) -> dict[str, Any]:
         """How this backend was built and how it runs (``fastopt.show_config`` prints it)."""
         return {}

@@ -128,6 +128,7 @@ _huber_kernel, _mae_kernel, _bce_kernel, _count_binary = (
     _by_itemsize(getattr(_nn, name)) for name in ("huber", "mae", "binary_cross_entropy", "count_binary_correct")
 )
 _sum_of_squares = _by_itemsize(_nn.sum_of_squares)
+_weighted_sum = _by_itemsize(_nn.weighted_sum_into)
 _matmul = np.matmul
 # dropout's backward pass is one product with the stored mask: NumPy's SIMD multiply, the reference's own
 _multiply = np.multiply
@@ -485,6 +486,10 @@ class CythonBackend(Backend):
             (code, pointwise_kind, option, pos_weight, value_scale, grad_scale, count),
         )  # fmt: skip
 
+    def _step_pair(self, first, second):  # type: ignore[no-untyped-def]
+        """``_nn.StepPair`` of two of this backend's training steps."""
+        return _nn.StepPair(first, second)
+
     def _forward_stages(self, stages, workspace, in_features):  # type: ignore[no-untyped-def]
         """``_nn.CompiledStages`` of the model's stages, or None (as ``_training_step``)."""
         if not _compilable(stages):
@@ -572,6 +577,9 @@ class CythonBackend(Backend):
 
     def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
         _gather[source.itemsize](source, rows, out)
+
+    def _weighted_sum_into(self, a, b, a_weight, b_weight):  # type: ignore[no-untyped-def]
+        _weighted_sum[a.itemsize](a, b, a_weight, b_weight)
 
 
 for _name in OPTIMIZER_KERNELS:

@@ -393,6 +393,16 @@ _TABLE = (
         "guard against non-finite gradients when clipping. The sum's order differs between backends.",
     ),
     Kernel(
+        "weighted_sum_into",
+        "helper",
+        "a = a_weight a + b_weight b, elementwise",
+        (Array("a", "N", "inout"), Array("b", "N"), Scalar("a_weight", high=1.0), Scalar("b_weight", high=1.0)),
+        returns="a",
+        notes="Combines the gradients of a batch's two halves (``Sequential._pair_gradients``) into their mean "
+        "weighted by the halves' weights. The compiled kernel may fuse a multiply and the add (one rounding "
+        "fewer than NumPy's); with weights of 0.5 both products are exact and the backends agree to the bit.",
+    ),
+    Kernel(
         "sgd_step",
         "optimizer",
         "g = grad + wd p; with momentum b = g (first step) else b = mu b + (1 - dampening) g, "

@@ -92,6 +92,8 @@ class _Workspace:
     compiled: tuple | None = None
     # the backend's compiled forward stages over these buffers, with what they were made for (_compiled_stages)
     stages: tuple | None = None
+    # the step pair of this workspace's compiled step and its twin's: (step, twin's step, pair) (_run_compiled_pair)
+    pair: tuple | None = None
 
 
 def _batch_weight(rows: int, weights: np.ndarray | None) -> float:
@@ -151,6 +153,7 @@ class Sequential:
             if isinstance(layer, Dense):
                 layer.initialize(rng)
         self._threads = _ThreadState()
+        self._twin: Sequential | None = None  # made by _twin_model when first needed
         self.loss: Loss | None = None
         self.optimizer: Optimizer | None = None
         self.stop_training = False  # Keras's flag: a callback sets it to end the fit in progress
@@ -340,7 +343,8 @@ class Sequential:
         """What pickle and copy keep: the configuration, dtype, seed, backend name, flat buffers, loss and
         optimizer. The derived state is left out and rebuilt by ``__setstate__``: the layers' views (``Dense``
         drops them itself), the plan of fused stages and the per-batch-size workspaces (remade on first use)."""
-        state = {key: value for key, value in self.__dict__.items() if key not in ("_stages", "_threads", "_groups")}
+        state = {key: value for key, value in self.__dict__.items()
+                 if key not in ("_stages", "_threads", "_groups", "_twin")}  # fmt: skip
         state["_optimizer_bound"] = self.optimizer is not None and self.optimizer.is_bound_to([self._parameters])
         return state
 
@@ -357,6 +361,7 @@ class Sequential:
         self._stages = self._plan(self.layers)
         self._bind_views()
         self._threads = _ThreadState()
+        self._twin = None
 
     # ------------------------------------------------------------------ the passes
     def _workspace(self, batch: int) -> _Workspace:
@@ -658,17 +663,7 @@ class Sequential:
         ``compiled``: by the backend's compiled step where it has one (the same bits), for loops that call this
         again with the same loss and data: the step is made for them (about 50 us for a three-layer network on a
         2-core AMD EPYC Zen 4 VM) and saves about 8 us a call."""
-        workspace = self._workspace(len(rows))
-        target_shape = (len(rows), *targets.values.shape[1:])
-        if (
-            workspace.targets is None
-            or workspace.targets.shape != target_shape
-            or workspace.targets.dtype != targets.values.dtype
-        ):
-            workspace.targets = np.empty(target_shape, dtype=targets.values.dtype)
-            workspace.labels = np.empty(len(rows), dtype=np.int64)
-            workspace.weights = np.empty(len(rows), dtype=self.dtype)
-            workspace.compiled = None
+        workspace = self._training_workspace(len(rows), targets)
         if compiled and step_key is None:  # (dropout masks are drawn by the Python step)
             result = self._run_compiled_step(backend, workspace, loss, inputs, targets, rows)
             if result is not None:
@@ -691,6 +686,112 @@ class Sequential:
             correct = backend._count_correct(output, workspace.labels)
         finite = self._backward(backend, workspace, step_key)
         return batch_loss, correct, weight, finite
+
+    def _training_workspace(self, batch: int, targets: Targets) -> _Workspace:
+        """The calling thread's workspace for ``batch`` rows, with buffers for the batch's targets, labels and
+        weights of the data set's kinds (made anew, and its compiled step forgotten, when they change)."""
+        workspace = self._workspace(batch)
+        target_shape = (batch, *targets.values.shape[1:])
+        if (
+            workspace.targets is None
+            or workspace.targets.shape != target_shape
+            or workspace.targets.dtype != targets.values.dtype
+        ):
+            workspace.targets = np.empty(target_shape, dtype=targets.values.dtype)
+            workspace.labels = np.empty(batch, dtype=np.int64)
+            workspace.weights = np.empty(batch, dtype=self.dtype)
+            workspace.compiled = workspace.pair = None
+        return workspace
+
+    def _pair_gradients(
+        self, backend: Backend, loss: Loss, inputs: np.ndarray, targets: Targets, rows: np.ndarray, compiled: bool
+    ) -> tuple[float, int, float, bool]:
+        """``_batch_gradients`` (no dropout) of ``rows`` as two halves: the first ``len(rows) // 2`` rows by this model,
+        the rest by its twin (``_twin_model``: the same parameters, gradients of its own), then this model's
+        gradients ``(w0 g0 + w1 g1) / (w0 + w1)`` and the loss the same mean of the halves' losses, ``w`` each
+        half's weight (its rows, or the sum of its sample weights): the batch's mean loss and its gradient, as
+        for a loss that is a weighted mean over the rows (every loss with a kernel of the training step), with
+        the sums over the rows in another order. ``compiled``: both halves at once by the backend's step pair
+        (``Backend._step_pair``: on two threads, each core's rows and activations in its own cache), the same
+        bits as one half after the other. A half of zero weight counts for nothing (its loss may be NaN)."""
+        twin = self._twin_model()
+        half = len(rows) // 2
+        first, second = rows[:half], rows[half:]
+        results = self._run_compiled_pair(backend, twin, loss, inputs, targets, first, second) if compiled else None
+        if results is None:
+            results = (
+                self._batch_gradients(backend, loss, inputs, targets, first),
+                twin._batch_gradients(backend, loss, inputs, targets, second),
+            )
+        (value, correct, weight, finite), (twin_value, twin_correct, twin_weight, twin_finite) = results
+        correct += twin_correct
+        if twin_weight == 0:
+            return value, correct, weight, finite
+        if weight == 0:
+            self._gradients[...] = twin._gradients
+            return twin_value, correct, twin_weight, twin_finite
+        total = weight + twin_weight
+        if not (finite and twin_finite and math.isfinite(value) and math.isfinite(twin_value)):
+            return value if not math.isfinite(value) else twin_value, correct, total, False
+        backend._weighted_sum_into(self._gradients, twin._gradients, weight / total, twin_weight / total)
+        return (weight * value + twin_weight * twin_value) / total, correct, total, True
+
+    def _twin_model(self) -> Sequential:
+        """A model of the same layers viewing this one's parameters, with gradients of its own (``_pair_gradients``'s
+        second half); made on first use, not copied or pickled with the model."""
+        if self._twin is None:
+            state = self.__getstate__()
+            state.update(
+                layers=[layer_from_config(layer.config()) for layer in self.layers],
+                _gradients=aligned_zeros(self._parameters.size, self.dtype),
+                loss=None, optimizer=None, _optimizer_bound=False, history=None, stop_training=False, stop_reason="",
+            )  # fmt: skip
+            twin = Sequential.__new__(Sequential)
+            twin.__setstate__(state)
+            self._twin = twin
+        return self._twin
+
+    def _run_compiled_pair(
+        self,
+        backend: Backend,
+        twin: Sequential,
+        loss: Loss,
+        inputs: np.ndarray,
+        targets: Targets,
+        first: np.ndarray,
+        second: np.ndarray,
+    ) -> tuple[tuple[float, int, float, bool], tuple[float, int, float, bool]] | None:
+        """Both halves of ``_pair_gradients`` by the backend's step pair, or None where it has none or it is out of
+        date (made again next time). The pair is kept in the first half's workspace with what it was made for."""
+        workspace = self._training_workspace(len(first), targets)
+        cached = workspace.pair
+        if (
+            cached is None
+            or cached[0] is not loss
+            or cached[1] is not inputs
+            or cached[2] is not targets
+            or cached[3] is not self._parameters
+            or len(cached[4].inputs) != len(second)
+        ):
+            twin_workspace = twin._training_workspace(len(second), targets)
+            step = self._compiled_step(backend, workspace, loss, inputs, targets)
+            twin_step = twin._compiled_step(backend, twin_workspace, loss, inputs, targets)
+            pair = None if step is None or twin_step is None else backend._step_pair(step, twin_step)
+            workspace.pair = cached = (loss, inputs, targets, self._parameters, twin_workspace, pair)
+        pair = cached[5]
+        results = None if pair is None else pair.run(first, second)
+        if results is None:
+            if pair is not None:  # out of date (the GEMM setup changed): made again next time
+                workspace.compiled = cached[4].compiled = workspace.pair = None
+            return None
+        (value, correct, finite), (twin_value, twin_correct, twin_finite) = results
+        if targets.weights is None:
+            return (value, correct, float(len(first)), finite), (twin_value, twin_correct, float(len(second)),
+                                                                 twin_finite)  # fmt: skip
+        return (
+            (value, correct, _batch_weight(len(first), workspace.weights), finite),
+            (twin_value, twin_correct, _batch_weight(len(second), cached[4].weights), twin_finite),
+        )
 
     def _run_compiled_step(
         self,
@@ -728,9 +829,11 @@ class Sequential:
 
     def _forget_compiled_steps(self) -> None:
         """Drop this thread's compiled steps, which hold the data set they were made for: called when a training
-        call ends, so that the model keeps no reference to the user's data."""
+        call ends, so that the model keeps no reference to the user's data (nor its twin, ``_pair_gradients``)."""
         for workspace in self._threads.workspaces().values():
-            workspace.compiled = None
+            workspace.compiled = workspace.pair = None
+        if self._twin is not None:
+            self._twin._forget_compiled_steps()
 
     def _compiled_step(
         self, backend: Backend, workspace: _Workspace, loss: Loss, inputs: np.ndarray, targets: Targets

@@ -266,6 +266,11 @@ class NumpyBackend(Backend):
     def _gather_rows(self, source, rows, out):  # type: ignore[no-untyped-def]
         np.take(source, rows, axis=0, out=out)
 
+    def _weighted_sum_into(self, a, b, a_weight, b_weight):  # type: ignore[no-untyped-def]
+        scalar = a.dtype.type
+        np.multiply(a, scalar(a_weight), out=a)
+        a += b * scalar(b_weight)
+
     # ------------------------------------------------------------------------- optimizers
     # Each takes the arrays of its kernel-table entry and one mapping ``hyper`` of its named scalars.
     def _sgd_step(self, param, grad, momentum_buffer, hyper):  # type: ignore[no-untyped-def]

@@ -40,6 +40,7 @@ iterations. Sparse input is refused (convert it with ``X.toarray()``).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -75,6 +76,14 @@ DECOUPLED_DECAY = ("adamw", "lion")  # alpha is their decoupled weight decay on 
 # A partial_fit call of fewer batches than this runs them by the Python step: the compiled step, made for each call's
 # data (about 50 us for a three-layer network on a 2-core AMD EPYC Zen 4 VM), saves about 8 us a step.
 MIN_COMPILED_STEPS = 8
+# A batch is computed as two halves (``Sequential._pair_gradients``), at once on two threads, from this many rows
+# and when each half's forward pass makes at least this many multiply-adds. On a 2-core AMD EPYC Zen 4 VM, a
+# step of the fit's epoch loop (with the optimizer's update) on two threads, in halves against whole batches
+# whose kernels split each product between the threads: digits (64-100-10, batch 200) 66-75 against 88-93 us,
+# breast_cancer (30-100-1) 33 against 46, 20-100-5 39-42 against 59-63, friedman1 (10-100-1, 110k multiply-adds
+# a half) 28-31 against 47-48. On one thread halves cost 4-10% more (36 against 33 us for friedman1's).
+PAIRED_FROM_ROWS = 128
+PAIRED_HALF_MULTIPLY_ADDS = 2**16
 SPARSE_REFUSED = "sparse input is not supported by fastopt's estimators: convert it with X.toarray()"
 
 
@@ -167,6 +176,7 @@ class _TrainingSet:
     inputs: np.ndarray
     targets: Targets
     weights: np.ndarray | None
+    paired_from: int  # the fewest rows of a batch computed as two halves (PAIRED_FROM_ROWS)
     compiled: bool = True
 
 
@@ -350,15 +360,24 @@ class _BaseMLP(BaseEstimator):
         else:
             values = np.ascontiguousarray(Y, dtype=self._model.dtype)
         stored = None if weights is None else np.ascontiguousarray(weights, dtype=self._model.dtype)
-        return _TrainingSet(inputs, Targets(values=values, labels=None, weights=stored), weights)
+        units = self._units()
+        per_row = sum(fan_in * fan_out for fan_in, fan_out in itertools.pairwise(units))
+        paired_from = max(PAIRED_FROM_ROWS, 2 * -(-PAIRED_HALF_MULTIPLY_ADDS // per_row))
+        return _TrainingSet(inputs, Targets(values=values, labels=None, weights=stored), weights, paired_from)
 
     # -------------------------------------------------------------- one step, shared by the solvers
     def _loss_and_gradients(self, backend: Backend, data: _TrainingSet, rows: np.ndarray) -> tuple[float, float]:
         """Forward and backward over ``rows`` into the model's gradients (without the L2 term); returns the batch's
         loss and the sum of its weights."""
-        value, _, weight_sum, finite = self._model._batch_gradients(
-            backend, self._loss, data.inputs, data.targets, rows, compiled=data.compiled
-        )
+        model = self._model
+        if len(rows) >= data.paired_from:
+            value, _, weight_sum, finite = model._pair_gradients(
+                backend, self._loss, data.inputs, data.targets, rows, compiled=data.compiled
+            )
+        else:
+            value, _, weight_sum, finite = model._batch_gradients(
+                backend, self._loss, data.inputs, data.targets, rows, compiled=data.compiled
+            )
         if not (math.isfinite(value) and finite):
             raise ValueError(
                 f"the loss or its gradient became {value if not math.isfinite(value) else 'NaN or Inf'} at iteration "

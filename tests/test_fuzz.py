@@ -1013,6 +1013,12 @@ MATH_REFERENCES: dict[str, Callable[[dict[str, Any], dict[str, Any], np.dtype], 
     "all_finite": lambda f, s, dtype: {"result": (bool(np.all(np.isfinite(f["x"]))), 0)},
     "sum_of_squares": lambda f, s, dtype: {"result": (float(np.sum(f["x"] ** 2)), float(np.sum(f["x"] ** 2)))},
     "gather_rows": lambda f, s, dtype: {"out": (f["source"][f["rows"]], 0.0)},
+    "weighted_sum_into": lambda f, s, dtype: {
+        "a": (
+            s["a_weight"] * f["a"] + s["b_weight"] * f["b"],
+            np.abs(s["a_weight"] * f["a"]) + np.abs(s["b_weight"] * f["b"]),
+        )
+    },
     "sgd_step": sgd_ref,
     "adagrad_step": adagrad_ref,
     "rmsprop_step": rmsprop_ref,

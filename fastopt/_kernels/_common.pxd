@@ -17,6 +17,7 @@ cdef extern from "fastopt_kernels.h":
     const char* FO_COMPILE_ARGS
     int fo_omp_max_threads() noexcept nogil
     int fo_omp_num_procs() noexcept nogil
+    int fo_omp_in_parallel() noexcept nogil
     double fo_wall_seconds() noexcept nogil
     double fo_thread_cpu_seconds() noexcept nogil
     unsigned int fo_flush_subnormals_begin() noexcept nogil

@@ -42,7 +42,8 @@ A child therefore runs every kernel serially (``build_info()["forked"]``; ``fast
 import os
 
 from fastopt._kernels._common cimport (
-    FO_HAVE_OPENMP, FO_PROBES_CPU_SHARE, fo_omp_max_threads, fo_thread_cpu_seconds, fo_wall_seconds,
+    FO_HAVE_OPENMP, FO_PROBES_CPU_SHARE, fo_omp_in_parallel, fo_omp_max_threads, fo_thread_cpu_seconds,
+    fo_wall_seconds,
 )
 
 cdef double STALL_SECONDS = 1e-3
@@ -105,8 +106,11 @@ cdef int threads_for(Work kind, double work, Py_ssize_t pieces) noexcept nogil:
     """Threads for a call doing ``work`` (elements or flops, by kind) cut into ``pieces`` independent pieces:
     1 (run serially, no parallel region) below the kind's threshold, for updates while training beside a
     multi-threaded BLAS, while the fits in progress chose one thread (``set_training_serial``), in a forked child,
-    and during a spell of the stall guard; else min(threads, pieces)."""
+    during a spell of the stall guard, and inside a parallel region (a thread of ``_nn.StepPair`` running one of its
+    steps); else min(threads, pieces)."""
     if not FO_HAVE_OPENMP or _forked or _num_threads <= 1 or pieces <= 1 or work < _threshold(kind):
+        return 1
+    if fo_omp_in_parallel():
         return 1
     if _trainings > 0 and _training_serial:
         return 1

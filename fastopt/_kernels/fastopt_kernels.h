@@ -18,11 +18,13 @@
 static inline int fo_omp_max_threads(void) { return omp_get_max_threads(); }
 static inline int fo_omp_num_procs(void) { return omp_get_num_procs(); }
 static inline double fo_wall_seconds(void) { return omp_get_wtime(); }
+static inline int fo_omp_in_parallel(void) { return omp_in_parallel(); }
 #else
 #define FO_HAVE_OPENMP 0
 static inline int fo_omp_max_threads(void) { return 1; }
 static inline int fo_omp_num_procs(void) { return 1; }
 static inline double fo_wall_seconds(void) { return 0.0; }
+static inline int fo_omp_in_parallel(void) { return 0; }
 #endif
 
 /* CPU time of the calling thread: the stall guard compares it with the wall time to see a starved thread. */
