@@ -92,7 +92,7 @@ class _Workspace:
     compiled: tuple | None = None
     # the backend's compiled forward stages over these buffers, with what they were made for (_compiled_stages)
     stages: tuple | None = None
-    # the step pair of this workspace's compiled step and its twin's: (step, twin's step, pair) (_run_compiled_pair)
+    # the step pair of this workspace's compiled step and its twin's, with what it was made for (_run_compiled_pair)
     pair: tuple | None = None
 
 
@@ -713,7 +713,11 @@ class Sequential:
         for a loss that is a weighted mean over the rows (every loss with a kernel of the training step), with
         the sums over the rows in another order. ``compiled``: both halves at once by the backend's step pair
         (``Backend._step_pair``: on two threads, each core's rows and activations in its own cache), the same
-        bits as one half after the other. A half of zero weight counts for nothing (its loss may be NaN)."""
+        bits as one half after the other. A half of zero weight counts for nothing, even where its rows' outputs
+        overflow (in a whole batch, their zero weights times an infinite loss would make the loss NaN). Fewer than
+        two rows are one batch."""
+        if len(rows) < 2:
+            return self._batch_gradients(backend, loss, inputs, targets, rows, compiled=compiled)
         twin = self._twin_model()
         half = len(rows) // 2
         first, second = rows[:half], rows[half:]
@@ -772,13 +776,15 @@ class Sequential:
             or cached[2] is not targets
             or cached[3] is not self._parameters
             or len(cached[4].inputs) != len(second)
+            or cached[4].compiled is not cached[5]  # the twin's workspace made new buffers for other targets since
         ):
             twin_workspace = twin._training_workspace(len(second), targets)
             step = self._compiled_step(backend, workspace, loss, inputs, targets)
             twin_step = twin._compiled_step(backend, twin_workspace, loss, inputs, targets)
             pair = None if step is None or twin_step is None else backend._step_pair(step, twin_step)
-            workspace.pair = cached = (loss, inputs, targets, self._parameters, twin_workspace, pair)
-        pair = cached[5]
+            workspace.pair = cached = (loss, inputs, targets, self._parameters, twin_workspace,
+                                       twin_workspace.compiled, pair)  # fmt: skip
+        pair = cached[6]
         results = None if pair is None else pair.run(first, second)
         if results is None:
             if pair is not None:  # out of date (the GEMM setup changed): made again next time

@@ -153,8 +153,21 @@ def test_a_step_pair_refuses_steps_that_share_what_they_write() -> None:
     backend = resolve_backend("cython")
     # another step of the same model (another batch size): it writes the same gradients
     same_gradients = model._compiled_step(backend, model._training_workspace(50, targets), loss, inputs, targets)
-    with pytest.raises(ValueError, match="overlaps the second's"):
+    with pytest.raises(ValueError, match="the first step's stage 0's grad_weight overlaps the second step's"):
         _nn.StepPair(step, same_gradients)
+    # a model whose gradients are the first model's parameters: only the second step writes what the other reads
+    state = model.__getstate__()
+    state.update(layers=[layers.layer_from_config(layer.config()) for layer in model.layers],
+                 _parameters=np.zeros_like(model._parameters), _gradients=model._parameters, optimizer=None,
+                 _optimizer_bound=False)  # fmt: skip
+    writes_the_weights = fastopt.Sequential.__new__(fastopt.Sequential)
+    writes_the_weights.__setstate__(state)
+    its_step = writes_the_weights._compiled_step(
+        backend, writes_the_weights._training_workspace(100, targets), loss, inputs, targets
+    )
+    with pytest.raises(ValueError, match="the second step's stage 0's grad_weight overlaps the first step's stage 0's "
+                                         "weight"):  # fmt: skip
+        _nn.StepPair(step, its_step)
     wide = _problem("cross_entropy", "float64", None)
     with pytest.raises(ValueError, match="one float width"):
         _nn.StepPair(step, _two_steps(*wide)[1])
@@ -182,6 +195,46 @@ def test_bad_rows_in_either_half_are_refused_before_anything_is_written(bad_half
         pair.run(*(half[:99] if index == bad_half else half for index, half in enumerate(rows)))
     assert (model.gradients == 7).all() and (model._twin.gradients == 7).all()
     assert pair.run(*rows) is not None and not (model.gradients == 7).all()
+
+
+def test_rows_that_view_a_buffer_a_step_writes_are_read_as_checked() -> None:
+    """The second half's rows view the first step's gradients (zeros when checked, then overwritten): each step
+    runs on a copy of its rows made as they are checked."""
+    _direct_gemm_or_skip()
+    model, loss, inputs, targets = _problem("cross_entropy", "float64", None)
+    pair = _nn.StepPair(*_two_steps(model, loss, inputs, targets))
+    first = np.arange(100, dtype=np.int64)
+    model.gradients[...] = 0.0
+    expected = pair.run(first, np.zeros(100, np.int64)), model.gradients.copy(), model._twin.gradients.copy()
+    model.gradients[...] = 0.0
+    assert pair.run(first, model.gradients[:100].view(np.int64)) == expected[0]
+    assert model.gradients.tobytes() == expected[1].tobytes()
+    assert model._twin.gradients.tobytes() == expected[2].tobytes()
+
+
+def test_a_step_pair_is_not_pickled() -> None:
+    """A pickle's state would make a pair without ``__init__``'s checks."""
+    _direct_gemm_or_skip()
+    model, loss, inputs, targets = _problem("cross_entropy", "float32", None)
+    pair = _nn.StepPair(*_two_steps(model, loss, inputs, targets))
+    with pytest.raises(TypeError):
+        pickle.dumps(pair)
+    assert not hasattr(pair, "__setstate_cython__")
+
+
+def test_a_pair_is_made_again_when_the_twins_buffers_change() -> None:
+    """Another loss's call remakes the twin's workspace of the second half's size (targets of another shape): the
+    pair made before, kept in the first half's workspace, must not run with the twin's old buffers."""
+    _direct_gemm_or_skip()
+    model, cross_entropy, inputs, labels = _problem("cross_entropy", "float32", SAMPLE_WEIGHTS)
+    mse = losses.MSE()
+    values = replace(mse.targets(RNG.normal(size=(N_ROWS, 4)), 4, model.dtype), weights=100 * labels.weights)
+    odd, even = (RNG.permutation(N_ROWS)[:size].astype(np.int64) for size in (201, 202))  # halves 100 + 101, 101 + 101
+    expected = _pair(model, cross_entropy, inputs, labels, odd, compiled=False)
+    assert _pair(model, cross_entropy, inputs, labels, odd) == (expected[0], pytest.approx(expected[1]))
+    _pair(model, mse, inputs, values, even)
+    again = _pair(model, cross_entropy, inputs, labels, odd)
+    assert again[0] == expected[0] and again[1].tobytes() == expected[1].tobytes()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

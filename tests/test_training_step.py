@@ -358,6 +358,22 @@ def test_bad_rows_are_refused_before_anything_is_written(rows, error, message) -
     assert (inputs == 5).all()
 
 
+def test_rows_that_view_a_buffer_the_step_writes_are_read_as_checked() -> None:
+    """The rows view the step's own outputs (zeros when checked, then overwritten by the forward pass) and are read
+    again after it (the correct predictions counted against labels of their own): the step runs on a copy of its
+    rows made as they are checked."""
+    _direct_gemm_or_skip()
+    model = fastopt.Sequential(_stack(layers.ReLU, 4), backend="cython", dtype="float64", seed=3)
+    targets = losses.Targets(values=np.eye(4)[LABELS], labels=LABELS, classes=4)  # MSE on one-hot rows
+    backend = fastopt.backend.resolve_backend("cython")
+    workspace = model._training_workspace(100, targets)
+    step = model._compiled_step(backend, workspace, losses.MSE(), X.astype(np.float64), targets)
+    expected = step.run(np.zeros(100, np.int64)), model.gradients.copy()
+    workspace.outputs[-1][...] = 0.0
+    assert step.run(workspace.outputs[-1].reshape(-1)[:100].view(np.int64)) == expected[0]
+    assert model.gradients.tobytes() == expected[1].tobytes()
+
+
 # ------------------------------------------------------------------------------- compiled forward stages
 @pytest.fixture
 def without_compiled_stages(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ arrays are accepted); the loops run over raw pointers so gcc can vectorize them.
 ``fastopt.backend`` checks them.
 """
 
+cimport cython
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport NAN, ceil, erfc, exp, ldexp, log
@@ -1734,6 +1735,10 @@ cdef class TrainingStep(CompiledStages):
     step writes sharing bytes with another); the data set's row count bounds the rows ``run`` takes, and its class
     labels the labels. A step is made once (a second ``__init__`` is refused)."""
 
+    # run's rows, copied before they are checked: rows that view a buffer the step (or its pair's other step) writes
+    # are read as they were when checked
+    cdef int64_t* checked_rows
+
     def __init__(self, tuple stages, tuple data, tuple loss):
         source, inputs, target_source, targets, weight_source, weights, label_source, labels = data
         if source.ndim != 2 or inputs.ndim != 2 or target_source.ndim == 0:
@@ -1761,7 +1766,13 @@ cdef class TrainingStep(CompiledStages):
             self.step.label_source = _step_buffer(self.spans, label_source, "label_source", "i", 8, (rows,), False)
             self.step.labels = _step_buffer(self.spans, labels, "labels", "i", 8, (batch,), True)
         self._set_loss(loss, itemsize, targets)
+        self.checked_rows = <int64_t*>malloc(batch * sizeof(int64_t))
+        if self.checked_rows == NULL:
+            raise MemoryError(f"no memory for a training step's {batch} rows")
         self._made()
+
+    def __dealloc__(self):
+        free(self.checked_rows)
 
     cdef _set_loss(self, tuple loss, Py_ssize_t itemsize, object targets):
         cdef Py_ssize_t batch = self.step.batch, cols = self.step.stages[self.step.n_stages - 1].n_out
@@ -1799,12 +1810,13 @@ cdef class TrainingStep(CompiledStages):
             return None
         _blas_serial_begin()
         with nogil:
-            finite = self._run(&rows[0], &value, &correct)
+            finite = self._run(&value, &correct)
         _blas_serial_end()
         return value, correct, finite
 
     cdef bint _ready(self, const int64_t[::1] rows) except -1:
-        # Whether the step can run on rows (False: out of date); raises for rows it must refuse.
+        # Whether the step can run on rows (False: out of date), which it copies into checked_rows; raises for rows
+        # it must refuse.
         cdef Py_ssize_t i, row
         cdef Py_ssize_t classes = self.step.stages[self.step.n_stages - 1].n_out if self.made else 0
         cdef const int64_t* labels = NULL
@@ -1814,31 +1826,33 @@ cdef class TrainingStep(CompiledStages):
             return False
         if rows.shape[0] != self.step.batch:
             raise ValueError(f"this training step takes {self.step.batch} rows, got {rows.shape[0]}")
+        memcpy(self.checked_rows, &rows[0], self.step.batch * sizeof(int64_t))
         if self.step.loss == _STEP_CROSS_ENTROPY:
             labels = <const int64_t*>self.step.target_source
         for i in range(self.step.batch):
-            row = rows[i]
+            row = self.checked_rows[i]
             if row < 0 or row >= self.step.source_rows:
                 raise IndexError(f"row {row} is outside the data set's {self.step.source_rows} rows")
             if labels != NULL and not 0 <= labels[row] < classes:
                 raise ValueError(f"row {row}'s label {labels[row]} is not one of the {classes} classes")
         return True
 
-    cdef bint _run(self, const int64_t* rows, double* value, Py_ssize_t* correct) noexcept nogil:
-        # The step on checked rows (_ready), in its dtype.
+    cdef bint _run(self, double* value, Py_ssize_t* correct) noexcept nogil:
+        # The step on the rows _ready checked, in its dtype.
         if self.double_precision:
-            return _train_step(&self.step, rows, value, correct, <double>0)
-        return _train_step(&self.step, rows, value, correct, <float>0)
+            return _train_step(&self.step, self.checked_rows, value, correct, <double>0)
+        return _train_step(&self.step, self.checked_rows, value, correct, <float>0)
 
 
+@cython.auto_pickle(False)  # (a pickle's state would skip __init__'s checks)
 cdef class StepPair:
     """Two training steps run at once, each on its own thread when the thread policy gives two (else one after the
     other): ``run(first_rows, second_rows)`` returns each step's ``TrainingStep.run`` result, or None, doing
     nothing, when either is out of date. A batch split in two halves, each half's step over its own buffers and
     gradients (a second model sharing the weights, ``Sequential._pair_gradients``), keeps each core's rows and
-    activations in its own cache: scikit-learn's digits network (64-100-10, batch 200) on a 2-core AMD EPYC Zen 4
-    VM took 45-51 us for two 100-row steps on two threads against 72-78 us for its 200-row step, whose kernels
-    split each product between the threads. Each step runs as alone (its kernels serial inside the pair's
+    activations in its own cache: for scikit-learn's digits network (64-100-10, batch 200) on a 2-core AMD EPYC
+    Zen 4 VM, a pair of 100-row steps on two threads ran in 48-62 us (one of them alone 39-44 us), its 200-row step
+    in 72-78 us, whose kernels split each product between the threads. Each step runs as alone (its kernels serial inside the pair's
     threads), so its bits are those of its own ``run``. Made once, checked: neither step writes a buffer that the
     other reads or writes."""
 
@@ -1852,8 +1866,8 @@ cdef class StepPair:
             raise ValueError("a step pair needs two made training steps")
         if first is second or first.double_precision != second.double_precision:
             raise ValueError("a step pair needs two distinct training steps of one float width")
-        _check_apart(first.spans, second.spans)
-        _check_apart(second.spans, first.spans)
+        _check_apart(first.spans, second.spans, "first", "second")
+        _check_apart(second.spans, first.spans, "second", "first")
         self.first, self.second = first, second
         self.flops = _step_flops(&first.step) + _step_flops(&second.step)
 
@@ -1861,45 +1875,44 @@ cdef class StepPair:
         cdef Py_ssize_t correct[2]
         cdef double value[2]
         cdef bint finite[2]
-        cdef const int64_t* rows[2]
         cdef int team, half
         cdef double started
         cdef double[1] own_done
-        if self.first is None:
+        if self.first is None or self.second is None:
             raise ValueError("this step pair was not made (its __init__ did not complete)")
+        # (each step copies its rows as it checks them: neither step's writes can change the other's rows)
         if not (self.first._ready(first_rows) and self.second._ready(second_rows)):
             return None
-        rows[0], rows[1] = &first_rows[0], &second_rows[0]
         correct[0] = correct[1] = 0
         value[0] = value[1] = 0
         team = threads_for(GEMM, self.flops, 2)
         _blas_serial_begin()
         with nogil:
             if team == 1:
-                finite[0] = self.first._run(rows[0], &value[0], &correct[0])
-                finite[1] = self.second._run(rows[1], &value[1], &correct[1])
+                finite[0] = self.first._run(&value[0], &correct[0])
+                finite[1] = self.second._run(&value[1], &correct[1])
             else:
                 started = clock()
                 for half in prange(2, num_threads=2, schedule="static", chunksize=1):
                     if half == 0:
-                        finite[0] = self.first._run(rows[0], &value[0], &correct[0])
+                        finite[0] = self.first._run(&value[0], &correct[0])
                         own_done[0] = clock()
                     else:
-                        finite[1] = self.second._run(rows[1], &value[1], &correct[1])
+                        finite[1] = self.second._run(&value[1], &correct[1])
                 report_region(started, own_done[0])
         _blas_serial_end()
         return (value[0], correct[0], finite[0]), (value[1], correct[1], finite[1])
 
 
-cdef _check_apart(list written_by, list others):
+cdef _check_apart(list written_by, list others, str writer, str other):
     # Refuse a buffer in written_by's written spans that shares bytes with any of others' spans.
     for start, end, written, name in written_by:
         if not written:
             continue
         for other_start, other_end, _, other_name in others:
             if start < other_end and other_start < end:
-                raise ValueError(f"the first step's {name} overlaps the second's {other_name}: the steps of a pair "
-                                 "must write only buffers of their own")
+                raise ValueError(f"the {writer} step's {name} overlaps the {other} step's {other_name}: the steps of "
+                                 "a pair must write only buffers of their own")
 
 
 cdef double _step_flops(_Step* step) noexcept nogil:
