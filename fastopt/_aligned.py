@@ -18,9 +18,14 @@ ALIGNMENT = 64
 
 
 def _aligned(shape: int | tuple[int, ...], dtype: DTypeLike, zeroed: bool) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    nbytes = math.prod((shape,) if isinstance(shape, int) else shape) * dtype.itemsize  # Python ints: no overflow
-    raw = (np.zeros if zeroed else np.empty)(nbytes + ALIGNMENT, dtype=np.uint8)
+    dtype, shape = np.dtype(dtype), (shape,) if isinstance(shape, int) else tuple(shape)
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    try:
+        raw = (np.zeros if zeroed else np.empty)(nbytes + ALIGNMENT, dtype=np.uint8)
+    except MemoryError:  # NumPy's message would name the raw uint8 buffer, not the array asked for
+        raise MemoryError(
+            f"Unable to allocate {nbytes / 2**30:.3g} GiB for an array with shape {shape} and data type {dtype}"
+        ) from None
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 

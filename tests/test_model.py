@@ -554,6 +554,17 @@ def test_buffers_start_on_cache_lines(mini_subset, dtype):
     assert [buffer.ctypes.data % 64 for buffer in buffers] == [0] * len(buffers)
 
 
+def test_a_model_too_large_for_memory_names_its_buffer(monkeypatch):
+    """The aligned buffers are allocated as raw bytes: the MemoryError names the array asked for, not those bytes."""
+
+    def refuse(*arguments, **options):
+        raise MemoryError("Unable to allocate 1.1 GiB for an array with shape (1200000064,) and data type uint8")
+
+    monkeypatch.setattr(np, "zeros", refuse)
+    with pytest.raises(MemoryError, match=r"1.49 GiB for an array with shape \(400000000,\) and data type float32$"):
+        fastopt.Sequential([layers.Dense(3, 100_000_000)], seed=0)
+
+
 # ------------------------------------------------------------------------------------------ backends
 def test_set_and_get_backend(restore_backend):
     for name in BACKENDS:
