@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fastopt.bench_floor import machine_state
+from fastopt.bench_floor import STATE_PRODUCT, machine_state
 
 ADAM_FASHION = {"hidden_layer_sizes": (128, 64), "batch_size": 32, "solver": "adam", "max_iter": 10}
 
@@ -185,9 +185,9 @@ def _state_text(state: tuple[float, float] | None) -> str:
     """The machine's state before a case (``fastopt.bench_floor.machine_state``), as a report line."""
     if state is None:
         return ""
-    rate, speedup = state
-    return (f"\n  machine before the case: a float32 256^3 GEMM at {rate:.0f} GFLOP/s on one thread, {speedup:.2f}x "
-            f"that on {os.cpu_count()} threads")  # fmt: skip
+    (rate, speedup), (m, k, n) = state, STATE_PRODUCT[:3]
+    return (f"\n  machine before the case: a float32 {m} x {k} x {n} GEMM at {rate:.0f} GFLOP/s on one thread, "
+            f"{speedup:.2f}x that on {os.cpu_count()} threads")  # fmt: skip
 
 
 def run(seeds: int = 5, names: list[str] | None = None) -> list[tuple[Case, dict[str, Measurement]]]:

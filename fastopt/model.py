@@ -325,18 +325,25 @@ class Sequential:
         (a float64 copy of a 784-128-64-10 network, which ``fastopt.sklearn`` makes at each prediction: 1.2 ms when
         built by the constructor, which drew them)."""
         dtype, size = resolve_dtype(dtype), self._parameters.size
-        state = self.__getstate__()
-        state.update(
-            layers=[layer_from_config(layer.config()) for layer in self.layers], dtype=dtype,
-            _parameters=aligned_zeros(size, dtype), _gradients=aligned_zeros(size, dtype),
-            loss=None, optimizer=None, _optimizer_bound=False, history=None, stop_training=False, stop_reason="",
-        )  # fmt: skip
-        model = Sequential.__new__(Sequential)
-        model.__setstate__(state)
+        model = self._same_layers(dtype, aligned_zeros(size, dtype), aligned_zeros(size, dtype))
         if model.dtype == np.float32 and self.dtype != np.float32:
             model.set_weights(self.get_weights())  # refuses a weight beyond float32's range
         else:
             model.parameters[...] = self._parameters
+        return model
+
+    def _same_layers(self, dtype: np.dtype, parameters: np.ndarray, gradients: np.ndarray) -> Sequential:
+        """A model of new layers configured as these (same seed and backend) in ``dtype``, over the flat buffers
+        ``parameters`` and ``gradients``; no loss, optimizer or history. Made as ``__setstate__`` makes an unpickled
+        model: no initial weights are drawn."""
+        state = self.__getstate__()
+        state.update(
+            layers=[layer_from_config(layer.config()) for layer in self.layers], dtype=dtype,
+            _parameters=parameters, _gradients=gradients,
+            loss=None, optimizer=None, _optimizer_bound=False, history=None, stop_training=False, stop_reason="",
+        )  # fmt: skip
+        model = Sequential.__new__(Sequential)
+        model.__setstate__(state)
         return model
 
     def __getstate__(self) -> dict[str, Any]:
@@ -744,15 +751,9 @@ class Sequential:
         """A model of the same layers viewing this one's parameters, with gradients of its own (``_pair_gradients``'s
         second half); made on first use, not copied or pickled with the model."""
         if self._twin is None:
-            state = self.__getstate__()
-            state.update(
-                layers=[layer_from_config(layer.config()) for layer in self.layers],
-                _gradients=aligned_zeros(self._parameters.size, self.dtype),
-                loss=None, optimizer=None, _optimizer_bound=False, history=None, stop_training=False, stop_reason="",
-            )  # fmt: skip
-            twin = Sequential.__new__(Sequential)
-            twin.__setstate__(state)
-            self._twin = twin
+            self._twin = self._same_layers(
+                self.dtype, self._parameters, aligned_zeros(self._parameters.size, self.dtype)
+            )
         return self._twin
 
     def _run_compiled_pair(
@@ -790,13 +791,10 @@ class Sequential:
             if pair is not None:  # out of date (the GEMM setup changed): made again next time
                 workspace.compiled = cached[4].compiled = workspace.pair = None
             return None
-        (value, correct, finite), (twin_value, twin_correct, twin_finite) = results
-        if targets.weights is None:
-            return (value, correct, float(len(first)), finite), (twin_value, twin_correct, float(len(second)),
-                                                                 twin_finite)  # fmt: skip
-        return (
-            (value, correct, _batch_weight(len(first), workspace.weights), finite),
-            (twin_value, twin_correct, _batch_weight(len(second), cached[4].weights), twin_finite),
+        weighted = targets.weights is not None
+        return tuple(  # type: ignore[return-value]
+            (value, correct, _batch_weight(len(rows), half.weights if weighted else None), finite)
+            for (value, correct, finite), rows, half in zip(results, (first, second), (workspace, cached[4]))
         )
 
     def _run_compiled_step(

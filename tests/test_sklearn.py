@@ -464,9 +464,11 @@ def test_bench_reports_the_machine_state_before_each_case(monkeypatch, capsys):
     bench_sklearn.run(seeds=2)
     report = capsys.readouterr().out
     line = re.search(
-        r"machine before the case: a float32 256\^3 GEMM at (\d+) GFLOP/s on one thread, ([\d.]+)x", report
+        r"machine before the case: a float32 (\d+) x (\d+) x (\d+) GEMM at (\d+) GFLOP/s on one thread, ([\d.]+)x",
+        report,
     )
-    assert line and int(line[1]) > 0 and float(line[2]) > 0
+    assert line and tuple(int(size) for size in line.groups()[:3]) == bench_floor.STATE_PRODUCT[:3]
+    assert int(line[4]) > 0 and float(line[5]) > 0
     assert report.index("breast_cancer, adam, 2 iterations:") < line.start()
     assert bench_sklearn._state_text(None) == ""
 

@@ -1852,9 +1852,9 @@ cdef class StepPair:
     gradients (a second model sharing the weights, ``Sequential._pair_gradients``), keeps each core's rows and
     activations in its own cache: for scikit-learn's digits network (64-100-10, batch 200) on a 2-core AMD EPYC
     Zen 4 VM, a pair of 100-row steps on two threads ran in 48-62 us (one of them alone 39-44 us), its 200-row step
-    in 72-78 us, whose kernels split each product between the threads. Each step runs as alone (its kernels serial inside the pair's
-    threads), so its bits are those of its own ``run``. Made once, checked: neither step writes a buffer that the
-    other reads or writes."""
+    in 72-78 us, whose kernels split each product between the threads. Each step runs as alone (its kernels serial
+    inside the pair's threads), so its bits are those of its own ``run``. Made once, checked: neither step writes a
+    buffer that the other reads or writes."""
 
     cdef TrainingStep first, second
     cdef double flops  # both steps' multiply-adds times two: the thread policy's measure of the pair's work
