@@ -502,6 +502,22 @@ _TABLE = (
     ),
 )
 
+# Every optimizer update can report the sum of squares of the parameters it reads, taken before it updates them: the
+# L2 penalty scikit-learn adds to each batch's loss (fastopt.sklearn), without a pass over the weights of its own.
+WITH_SQUARES = Scalar("with_squares", flag=True, default=False, doc="also return sum(p**2) of p before the update")
+
+
+def _reporting_squares(kernel: Kernel) -> Kernel:
+    """An optimizer kernel with its last positional argument, ``with_squares``, and its return value."""
+    notes = (
+        "Returns None, or with ``with_squares`` sum(p**2) of the parameters before the update, accumulated in float64 "
+        "(the bits of ``sum_of_squares`` of the same buffer in each backend)."
+    )
+    return replace(kernel, params=(*kernel.params, WITH_SQUARES), returns="value",
+                   notes=f"{kernel.notes} {notes}".strip())  # fmt: skip
+
+
+_TABLE = tuple(_reporting_squares(kernel) if kernel.group == "optimizer" else kernel for kernel in _TABLE)
 KERNELS: dict[str, Kernel] = {kernel.name: kernel for kernel in _TABLE}
 OPTIMIZER_KERNELS = tuple(name for name, kernel in KERNELS.items() if kernel.group == "optimizer")
 

@@ -272,8 +272,10 @@ class NumpyBackend(Backend):
         a += b * scalar(b_weight)
 
     # ------------------------------------------------------------------------- optimizers
-    # Each takes the arrays of its kernel-table entry and one mapping ``hyper`` of its named scalars.
-    def _sgd_step(self, param, grad, momentum_buffer, hyper):  # type: ignore[no-untyped-def]
+    # Each takes the arrays of its kernel-table entry, ``with_squares`` and one mapping ``hyper`` of its named scalars;
+    # with ``with_squares`` it returns the sum of squares of ``param`` before its update (``_sum_of_squares``).
+    def _sgd_step(self, param, grad, momentum_buffer, with_squares, hyper):  # type: ignore[no-untyped-def]
+        squares = self._sum_of_squares(param) if with_squares else None
         mu = hyper["momentum"]
         g = with_weight_decay(grad, hyper["weight_decay"], param)
         if momentum_buffer is not None:
@@ -283,13 +285,19 @@ class NumpyBackend(Backend):
                 np.copyto(momentum_buffer, mu * momentum_buffer + (1 - hyper["dampening"]) * g)
             g = g + mu * momentum_buffer if hyper["nesterov"] else momentum_buffer
         param -= hyper["lr"] * g
+        return squares
 
-    def _adagrad_step(self, param, grad, sum_squares, hyper):  # type: ignore[no-untyped-def]
+    def _adagrad_step(self, param, grad, sum_squares, with_squares, hyper):  # type: ignore[no-untyped-def]
+        squares = self._sum_of_squares(param) if with_squares else None
         g = with_weight_decay(grad, hyper["weight_decay"], param)
         sum_squares += g * g
         param -= hyper["lr"] * g / (np.sqrt(sum_squares) + hyper["eps"])
+        return squares
 
-    def _rmsprop_step(self, param, grad, square_avg, grad_avg, momentum_buffer, hyper):  # type: ignore[no-untyped-def]
+    def _rmsprop_step(  # type: ignore[no-untyped-def]
+        self, param, grad, square_avg, grad_avg, momentum_buffer, with_squares, hyper
+    ):
+        squares = self._sum_of_squares(param) if with_squares else None
         alpha, eps = hyper["alpha"], hyper["eps"]
         g = with_weight_decay(grad, hyper["weight_decay"], param)
         np.copyto(square_avg, alpha * square_avg + (1 - alpha) * g * g)
@@ -303,8 +311,12 @@ class NumpyBackend(Backend):
             param -= hyper["lr"] * momentum_buffer
         else:
             param -= hyper["lr"] * g / denom
+        return squares
 
-    def _adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper):  # type: ignore[no-untyped-def]
+    def _adam_step(  # type: ignore[no-untyped-def]
+        self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, with_squares, hyper
+    ):
+        squares = self._sum_of_squares(param) if with_squares else None
         g = decayed_gradient(param, grad, hyper)
         update_moments(g, exp_avg, exp_avg_sq, hyper)
         second_moment = exp_avg_sq
@@ -313,22 +325,28 @@ class NumpyBackend(Backend):
             second_moment = max_exp_avg_sq
         denom = np.sqrt(second_moment) * (1 / math.sqrt(hyper["bias_correction2"])) + hyper["eps"]
         param -= (hyper["lr"] / hyper["bias_correction1"]) * exp_avg / denom
+        return squares
 
-    def _nadam_step(self, param, grad, exp_avg, exp_avg_sq, hyper):  # type: ignore[no-untyped-def]
+    def _nadam_step(self, param, grad, exp_avg, exp_avg_sq, with_squares, hyper):  # type: ignore[no-untyped-def]
+        squares = self._sum_of_squares(param) if with_squares else None
         g = decayed_gradient(param, grad, hyper)
         update_moments(g, exp_avg, exp_avg_sq, hyper)
         denom = np.sqrt(exp_avg_sq / hyper["bias_correction2"]) + hyper["eps"]
         param -= hyper["grad_step"] * (g / denom)
         param -= hyper["momentum_step"] * (exp_avg / denom)
+        return squares
 
-    def _adamax_step(self, param, grad, exp_avg, exp_inf, hyper):  # type: ignore[no-untyped-def]
+    def _adamax_step(self, param, grad, exp_avg, exp_inf, with_squares, hyper):  # type: ignore[no-untyped-def]
+        squares = self._sum_of_squares(param) if with_squares else None
         g = with_weight_decay(grad, hyper["weight_decay"], param)
         beta1 = hyper["beta1"]
         np.copyto(exp_avg, beta1 * exp_avg + (1 - beta1) * g)
         np.maximum(hyper["beta2"] * exp_inf, np.abs(g) + hyper["eps"], out=exp_inf)
         param -= (hyper["lr"] / hyper["bias_correction1"]) * (exp_avg / exp_inf)
+        return squares
 
-    def _radam_step(self, param, grad, exp_avg, exp_avg_sq, hyper):  # type: ignore[no-untyped-def]
+    def _radam_step(self, param, grad, exp_avg, exp_avg_sq, with_squares, hyper):  # type: ignore[no-untyped-def]
+        squares = self._sum_of_squares(param) if with_squares else None
         g = decayed_gradient(param, grad, hyper)
         update_moments(g, exp_avg, exp_avg_sq, hyper)
         step = exp_avg / hyper["bias_correction1"] * hyper["lr"]
@@ -336,9 +354,12 @@ class NumpyBackend(Backend):
             adaptive = math.sqrt(hyper["bias_correction2"]) / (np.sqrt(exp_avg_sq) + hyper["eps"])
             step = step * adaptive * hyper["rectification"]
         param -= step
+        return squares
 
-    def _lion_step(self, param, grad, exp_avg, hyper):  # type: ignore[no-untyped-def]
+    def _lion_step(self, param, grad, exp_avg, with_squares, hyper):  # type: ignore[no-untyped-def]
+        squares = self._sum_of_squares(param) if with_squares else None
         beta1, beta2 = hyper["beta1"], hyper["beta2"]
         direction = np.sign(beta1 * exp_avg + (1 - beta1) * grad)
         param -= hyper["lr"] * with_weight_decay(direction, hyper["weight_decay"], param)
         np.copyto(exp_avg, beta2 * exp_avg + (1 - beta2) * grad)
+        return squares

@@ -386,25 +386,24 @@ class _BaseMLP(BaseEstimator):
             )
         return value, weight_sum
 
-    def _l2_penalty(self, backend: Backend, weight_sum: float) -> float:
-        """scikit-learn's ``alpha / (2 sum w) ||W||^2`` on the weights (0 for the decoupled-decay solvers)."""
-        if self.alpha == 0 or self.solver in DECOUPLED_DECAY:
-            return 0.0
-        return 0.5 * self.alpha * backend._sum_of_squares(self._model.weight_parameters) / weight_sum
-
     def _step(self, backend: Backend, data: _TrainingSet, rows: np.ndarray) -> float:
-        """One mini-batch update; returns the batch's loss with its L2 term (before the update, as scikit-learn)."""
+        """One mini-batch update; returns the batch's loss with scikit-learn's L2 term ``alpha / (2 sum w) ||W||^2`` of
+        the weights before the update (none for the decoupled-decay solvers), whose sum of squares the optimizer's
+        kernel takes as it reads the weights (``Optimizer.apply``'s ``squares_of``)."""
         value, weight_sum = self._loss_and_gradients(backend, data, rows)
         if weight_sum == 0:  # a batch of zero weights has no loss and no gradient
             return 0.0
-        value += self._l2_penalty(backend, weight_sum)
+        penalized = self.alpha != 0 and self.solver not in DECOUPLED_DECAY
         if self.solver not in DECOUPLED_DECAY and weight_sum != self._nominal_weight:
             # the L2 gradient is alpha / sum(w) W; the optimizer adds alpha / nominal W (its weight_decay, kept
             # constant: changing a group's option makes every step check the groups again), this the rest
             correction = self.alpha / weight_sum - self.alpha / self._nominal_weight
             gradients = self._model.weight_gradients
             gradients += correction * self._model.weight_parameters
-        self._optimizer.apply([self._model.weight_gradients, self._model.bias_gradients])
+        squares = self._optimizer.apply([self._model.weight_gradients, self._model.bias_gradients],
+                                        squares_of=0 if penalized else None)  # fmt: skip
+        if penalized:
+            value += 0.5 * self.alpha * squares / weight_sum
         return value
 
     def _set_nominal_batch(self, batch_size: int) -> None:

@@ -469,7 +469,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             hyper = plan.calculator._kernel_hyper(plan.hyper, base.decayed_lr(plan.hyper, t - 1), state.views)
             if plan.shares_hyper:
                 hypers[plan, t] = hyper
-        getattr(backend, plan.kernel_method)(update.param_array, update.grad_array, *state.buffers, hyper)
+        with_squares = False  # (no sum of squares wanted: only fastopt.sklearn asks for one)
+        getattr(backend, plan.kernel_method)(update.param_array, update.grad_array, *state.buffers, with_squares, hyper)
         if self.counts_steps:
             state.views["step"][...] = t
 

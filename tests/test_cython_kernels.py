@@ -29,9 +29,11 @@ cython_backend = pytest.importorskip("fastopt.cython_backend", reason="the compi
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
+from kernel_arguments import call_public, kernel_arguments  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from fastopt.backend import resolve_backend  # noqa: E402
+from fastopt.kernel_table import KERNELS, OPTIMIZER_KERNELS  # noqa: E402
 from fastopt.numpy_backend import NumpyBackend  # noqa: E402
 
 NB = NumpyBackend()
@@ -631,6 +633,43 @@ def test_sum_of_squares_on_one_and_two_threads(n, dtype) -> None:  # type: ignor
     assert sums[0] == pytest.approx(exact, rel=n * np.finfo(np.float64).eps)
 
 
+@pytest.mark.parametrize("n", [5, 2048 + 3, 40000, 109184, 131072 * 2 + 7])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel_name", OPTIMIZER_KERNELS)
+def test_an_update_reports_the_sum_of_squares_it_read(kernel_name, dtype, n, openmp_threads) -> None:  # type: ignore[no-untyped-def]
+    """With ``with_squares``, each optimizer kernel of both backends returns the sum of squares of its parameters
+    before the update, the bits of its backend's ``sum_of_squares`` of them (the compiled one takes it in the same
+    blocks and order, piece by piece, on any thread count), and updates every buffer to the same bits as without
+    it, which returns None."""
+    kernel = KERNELS[kernel_name]
+    for backend in (NB, CB):
+        outcomes = []
+        for with_squares in (False, True):
+            values = kernel_arguments(kernel, np.dtype(dtype), star=(n,), seed=n, with_squares=with_squares)
+            expected = backend.sum_of_squares(values["param"])
+            with np.errstate(all="ignore"):
+                returned = call_public(backend, kernel, values)
+            written = [values[spec.name].tobytes() for spec in kernel.arrays if values[spec.name] is not None]
+            outcomes.append((returned, expected, written))
+        (plain, _, plain_written), (reported, expected, reported_written) = outcomes
+        assert plain is None, f"{backend.name}: {plain!r} without with_squares"
+        assert reported == expected, f"{backend.name}: {reported!r} reported, sum_of_squares {expected!r}"
+        assert reported_written == plain_written, f"{backend.name}: with_squares changed the update"
+
+
+@pytest.mark.parametrize("kernel_name", OPTIMIZER_KERNELS)
+def test_an_update_counts_subnormal_parameters_in_its_sum(kernel_name) -> None:  # type: ignore[no-untyped-def]
+    """The compiled updates flush subnormal numbers to zero, but not in the sum of squares they report: float32
+    parameters that are all subnormal give sum_of_squares's positive sum (their squares are normal doubles)."""
+    kernel = KERNELS[kernel_name]
+    values = kernel_arguments(kernel, np.dtype(np.float32), star=(3000,), with_squares=True)
+    values["param"] *= np.finfo(np.float32).smallest_normal
+    expected = CB.sum_of_squares(values["param"])
+    assert expected > 0
+    with np.errstate(all="ignore"):
+        assert call_public(CB, kernel, values) == expected
+
+
 # ------------------------------------------------------------------------------------------ gather_rows
 # out[i] = source[rows[i]]: a byte copy on both backends, so the results must agree bit for bit (NaN payloads,
 # -0.0 and subnormals included). From 2**14 elements (batch x width) the compiled copy is split over the OpenMP
@@ -918,7 +957,7 @@ def test_isa_builds_agree() -> None:
                 hyper = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1,
                          "decoupled_weight_decay": True, "bias_correction1": 1 - 0.9**t,
                          "bias_correction2": 1 - 0.999**t}  # fmt: skip
-                module.adam_step[name](param, grad, m, v, vmax, hyper)
+                module.adam_step[name](param, grad, m, v, vmax, False, hyper)
             results.append(param)
             rng = np.random.default_rng(7)
         np.testing.assert_array_equal(results[0], results[1])

@@ -180,8 +180,8 @@ def test_optimizer_passes_the_table_hyperparameters_by_name(optimizer_name: str)
     optimizer.bind([param], backend=recorder)
     optimizer.step([np.full(4, 0.5)])
     [(method, arguments)] = recorder.calls
-    assert method == kernel.method and len(arguments) == len(kernel.arrays) + 1
-    assert arguments[0] is param
+    assert method == kernel.method and len(arguments) == len(kernel.arrays) + 2
+    assert arguments[0] is param and arguments[-2] is False  # with_squares: no sum of squares asked for
     hyper = arguments[-1]
     assert set(hyper) == {spec.name for spec in kernel.hyper}
     for spec in kernel.hyper:
@@ -213,11 +213,11 @@ def test_compiled_hyperparameter_struct_has_the_table_fields(isa: str, kernel_na
         values = kernel_arguments(kernel, dtype)
         hyper = {spec.name: values[spec.name] for spec in kernel.hyper}
         arrays = [values[spec.name] for spec in kernel.arrays]
-        compiled(*arrays, dict(hyper))
+        compiled(*arrays, False, dict(hyper))
         for name in hyper:
             before = snapshot(values)
             with pytest.raises(ValueError, match=f"'{name}'"):
-                compiled(*arrays, {key: value for key, value in hyper.items() if key != name})
+                compiled(*arrays, False, {key: value for key, value in hyper.items() if key != name})
             assert snapshot(values) == before, f"{kernel_name} without {name} wrote to its arrays"
 
 

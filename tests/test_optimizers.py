@@ -307,6 +307,25 @@ def test_lr_property_follows_decay_and_step_count(backend):
 
 
 @pytest.mark.parametrize("info", ENTRIES)
+def test_apply_reports_the_sum_of_squares_asked_for(backend, info):
+    """``apply(grads, squares_of=k)`` returns the sum of squares of ``params[k]`` before the update (the bits of the
+    backend's ``sum_of_squares``) and updates every parameter as ``apply(grads)`` does, which returns None."""
+    rng = np.random.default_rng(3)
+    params = [rng.standard_normal(5000), rng.standard_normal(40)]
+    twins = [param.copy() for param in params]
+    with fastopt.use_backend(backend) as current:
+        reporting, plain = info.cls(params, lr=0.01), info.cls(twins, lr=0.01)
+        for step in range(3):
+            grads = [rng.standard_normal(param.shape) for param in params]
+            asked = step % 2
+            expected = current.sum_of_squares(params[asked])
+            assert reporting.apply(grads, squares_of=asked) == expected
+            assert plain.apply([grad.copy() for grad in grads]) is None
+            for param, twin in zip(params, twins):
+                assert param.tobytes() == twin.tobytes()
+
+
+@pytest.mark.parametrize("info", ENTRIES)
 def test_lr_without_decay_is_constant(info):
     opt = info.cls([np.zeros(2)], lr=0.02)
     for _ in range(3):

@@ -1382,48 +1382,6 @@ def all_finite(const floating[::1] x):
     return not bad
 
 
-cdef inline double _squares(const floating* x, Py_ssize_t n) noexcept nogil:
-    # Sixteen running sums in double (element i into sum i % 16; the last n % 16 elements into a seventeenth),
-    # added pairwise at the end: every access to the sums has a constant index once gcc unrolls the loops over k,
-    # so the sums live in vector registers and the additions overlap instead of each waiting for the previous one
-    # (a 109k-element float32 buffer, AVX2 build, 2-core AMD EPYC Zen 4: 10.5 us a call, 21 us with four scalar
-    # sums; the conversions to double then bound it). The order is fixed by n alone.
-    cdef double sums[16]
-    cdef double rest = 0
-    cdef Py_ssize_t i, k, end = n - n % 16
-    for k in range(16):
-        sums[k] = 0
-    for i in range(0, end, 16):
-        for k in range(16):
-            sums[k] += <double>x[i + k] * x[i + k]
-    for i in range(end, n):
-        rest += <double>x[i] * x[i]
-    for k in range(8):
-        sums[k] += sums[k + 8]
-    for k in range(4):
-        sums[k] += sums[k + 4]
-    return ((sums[0] + sums[2]) + (sums[1] + sums[3])) + rest
-
-
-cdef enum:
-    _SQUARE_BLOCKS = 64  # at most this many partial sums (on the stack)
-    _SQUARE_BLOCK_SIZE = 131072  # and blocks of at least this many elements
-    _SQUARE_SHARE = 16384  # or, for a buffer of less than a block per processor, one block per processor of this many
-
-
-# A buffer of less than a block per processor is cut into one contiguous block per processor, at the 64-element
-# boundaries of the optimizer updates' chunks, and summed from the updates' threshold: in a training step each core
-# then reads the part of the weights (or gradients) it just updated (or differentiated). Read whole by one core, a
-# 109k-weight buffer (fastopt.sklearn's L2 penalty, before each Adam step) made the Adam step that followed take 50-80
-# instead of 24 us on a 2-core AMD EPYC Zen 4 VM: each line the other core updated was first taken back from this
-# core's cache.
-cdef inline Py_ssize_t _square_blocks(Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t blocks = min(<Py_ssize_t>_SQUARE_BLOCKS, (n + _SQUARE_BLOCK_SIZE - 1) // _SQUARE_BLOCK_SIZE)
-    if blocks < _max_blocks:
-        return max(1, min(_max_blocks, n // _SQUARE_SHARE))
-    return blocks
-
-
 def weighted_sum_into(floating[::1] a, const floating[::1] b, double a_weight, double b_weight):
     """``a = a_weight a + b_weight b``, elementwise over two flat buffers of one length (the two halves' gradients of
     a batch, ``Sequential._pair_gradients``); split over the threads from 2**15 elements (the same bits: each
@@ -1459,38 +1417,6 @@ cdef inline void _weighted_sum(floating* a, const floating* b, floating wa, floa
     cdef Py_ssize_t i
     for i in range(n):
         a[i] = wa * a[i] + wb * b[i]
-
-
-def sum_of_squares(const floating[::1] x):
-    """Sum of x**2 in double over a flat buffer (NaN or Inf propagate). The buffer is cut into blocks by its size
-    (and the processor count) alone, each block summed on its own and the blocks' sums added in order: the same bits
-    for any thread count."""
-    cdef Py_ssize_t n = x.shape[0], size, block, blocks
-    cdef int team
-    cdef double total = 0
-    cdef double partial[_SQUARE_BLOCKS]
-    cdef double started
-    cdef double[1] own_done
-    if n == 0:
-        return 0.0
-    cdef const floating* xp = &x[0]
-    blocks = _square_blocks(n)
-    size = ((n + blocks - 1) // blocks + 63) // 64 * 64
-    team = threads_for(UPDATE if blocks <= _max_blocks else SCAN, <double>n, blocks)
-    with nogil:
-        if team == 1:
-            for block in range(blocks):
-                partial[block] = _squares(xp + block * size, min(size, n - block * size))
-        else:
-            started = clock()
-            for block in prange(blocks, num_threads=team, schedule="static", chunksize=1):
-                partial[block] = _squares(xp + block * size, min(size, n - block * size))
-                if threadid() == 0:
-                    own_done[0] = clock()
-            report_region(started, own_done[0])
-        for block in range(blocks):
-            total += partial[block]
-    return total
 
 
 def count_correct(const floating[:, ::1] scores, const int64_t[::1] labels):

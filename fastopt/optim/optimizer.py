@@ -340,8 +340,10 @@ class Optimizer:
                         raise ValueError(f"the optimizer state {name!r} of params[{index}] is read-only")
                 index += 1
 
-    def apply(self, grads: list[np.ndarray]) -> None:
-        """``step`` without the gradient checks, for callers that own the buffers (``Sequential``)."""
+    def apply(self, grads: list[np.ndarray], squares_of: int | None = None) -> float | None:
+        """``step`` without the gradient checks, for callers that own the buffers (``Sequential``). With
+        ``squares_of`` (an index into ``params``), returns the sum of squares of that parameter before the update,
+        in float64, taken by its update's kernel (``with_squares``) instead of a pass of its own."""
         self._check_buffers()
         self._recheck_groups()
         if self.step_count + 1 >= MAX_STEP_COUNT:
@@ -350,14 +352,18 @@ class Optimizer:
         self.step_count += 1
         method, buffer_names = _kernel_call(self.kernel)
         kernel = getattr(resolve_backend(self.backend), method)
-        index = 0
+        index, squares = 0, None
         for group in self.param_groups:
             lr = decayed_lr(group, step_count)
             for param in group["params"]:
                 state = self.state[index]
                 # map, not a list comprehension: no function frame per call (Python 3.11)
-                kernel(param, grads[index], *map(state.get, buffer_names), self._kernel_hyper(group, lr, state))
+                reported = kernel(param, grads[index], *map(state.get, buffer_names), index == squares_of,
+                                  self._kernel_hyper(group, lr, state))  # fmt: skip
+                if reported is not None:
+                    squares = reported
                 index += 1
+        return squares
 
     # -------------------------------------------------------------- saving and loading
     def state_dict(self, copy: bool = True) -> dict[str, Any]:
