@@ -309,7 +309,8 @@ def test_lr_property_follows_decay_and_step_count(backend):
 @pytest.mark.parametrize("info", ENTRIES)
 def test_apply_reports_the_sum_of_squares_asked_for(backend, info):
     """``apply(grads, squares_of=k)`` returns the sum of squares of ``params[k]`` before the update (the bits of the
-    backend's ``sum_of_squares``) and updates every parameter as ``apply(grads)`` does, which returns None."""
+    backend's ``sum_of_squares``) and updates every parameter as ``apply(grads)`` does, which returns None; an index
+    that names no parameter is refused before anything changes."""
     rng = np.random.default_rng(3)
     params = [rng.standard_normal(5000), rng.standard_normal(40)]
     twins = [param.copy() for param in params]
@@ -323,6 +324,11 @@ def test_apply_reports_the_sum_of_squares_asked_for(backend, info):
             assert plain.apply([grad.copy() for grad in grads]) is None
             for param, twin in zip(params, twins):
                 assert param.tobytes() == twin.tobytes()
+        before = [param.copy() for param in params]
+        for wrong in (2, -1):
+            with pytest.raises(IndexError, match="names no parameter"):
+                reporting.apply(grads, squares_of=wrong)
+        assert reporting.step_count == 3 and all(np.array_equal(a, b) for a, b in zip(params, before))
 
 
 @pytest.mark.parametrize("info", ENTRIES)

@@ -342,10 +342,13 @@ class Optimizer:
 
     def apply(self, grads: list[np.ndarray], squares_of: int | None = None) -> float | None:
         """``step`` without the gradient checks, for callers that own the buffers (``Sequential``). With
-        ``squares_of`` (an index into ``params``), returns the sum of squares of that parameter before the update,
-        in float64, taken by its update's kernel (``with_squares``) instead of a pass of its own."""
+        ``squares_of`` (an index into ``params``; one that names no parameter is an IndexError), returns the sum of
+        squares of that parameter before the update, in float64, taken by its update's kernel (``with_squares``)
+        instead of a pass of its own."""
         self._check_buffers()
         self._recheck_groups()
+        if squares_of is not None and not 0 <= squares_of < len(self._layouts):
+            raise IndexError(f"squares_of={squares_of} names no parameter (the optimizer has {len(self._layouts)})")
         if self.step_count + 1 >= MAX_STEP_COUNT:
             raise OverflowError(f"{type(self).__name__} has made {self.step_count} steps, the most it can count")
         step_count = self.step_count
