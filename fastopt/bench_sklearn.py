@@ -9,8 +9,9 @@ keep busy, two threads wait on each other (scikit-learn's OpenBLAS threads took 
 fastopt's threads doubled its times too). The report gives, for each:
 the mean test score (accuracy, subset accuracy for multilabel targets, R^2 for regression) and its standard
 deviation over the seeds, whether the two means are within two standard deviations (of either), the median fit
-time, and the median of the seed-by-seed time ratios (scikit-learn's time over fastopt's); then the machine's state
-measured before the case (``fastopt.bench_floor.machine_state``), which tells a VM whose host slows a core.
+time with the range of the fits' times, and the median of the seed-by-seed time ratios (scikit-learn's time over
+fastopt's); then the machine's state measured before the case and after it (``fastopt.bench_floor.machine_state``),
+which tells a VM whose host slows a core.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def format_case(case: Case, results: dict[str, Measurement]) -> str:
     )
     for name, measurement in results.items():
         line += f"\n  {name}: {statistics.median(measurement.seconds):.3f} s "
-        line += f"(CPU {statistics.median(measurement.cpu_seconds):.3f} s)"
+        line += f"(CPU {statistics.median(measurement.cpu_seconds):.3f} s; "
+        line += f"fits {min(measurement.seconds):.3f}-{max(measurement.seconds):.3f} s)"
     line += _ratio_text("default threads", results["scikit-learn"], results["fastopt"])
     line += _ratio_text("one thread", results["scikit-learn 1 thread"], results["fastopt 1 thread"])
     best = {
@@ -181,13 +183,17 @@ def format_case(case: Case, results: dict[str, Measurement]) -> str:
                               results[best["fastopt"]])  # fmt: skip
 
 
-def _state_text(state: tuple[float, float] | None) -> str:
-    """The machine's state before a case (``fastopt.bench_floor.machine_state``), as a report line."""
-    if state is None:
+def _state_text(before: tuple[float, float] | None, after: tuple[float, float] | None = None) -> str:
+    """The machine's state before a case and after it (``fastopt.bench_floor.machine_state``), as a report line: a
+    case disturbed while it ran (another process, the host) shows in the second pair or in the fits' ranges."""
+    if before is None:
         return ""
-    (rate, speedup), (m, k, n) = state, STATE_PRODUCT[:3]
-    return (f"\n  machine before the case: a float32 {m} x {k} x {n} GEMM at {rate:.0f} GFLOP/s on one thread, "
+    (rate, speedup), (m, k, n) = before, STATE_PRODUCT[:3]
+    text = (f"\n  machine before the case: a float32 {m} x {k} x {n} GEMM at {rate:.0f} GFLOP/s on one thread, "
             f"{speedup:.2f}x that on {os.cpu_count()} threads")  # fmt: skip
+    if after is not None:
+        text += f"; after it {after[0]:.0f} GFLOP/s, {after[1]:.2f}x"
+    return text
 
 
 def run(seeds: int = 5, names: list[str] | None = None) -> list[tuple[Case, dict[str, Measurement]]]:
@@ -206,9 +212,9 @@ def run(seeds: int = 5, names: list[str] | None = None) -> list[tuple[Case, dict
     for case in CASES:
         if names and case.name not in names:
             continue
-        state = machine_state()
+        before = machine_state()
         results = measure_case(case, seeds)
-        print(format_case(case, results) + _state_text(state), flush=True)
+        print(format_case(case, results) + _state_text(before, machine_state()), flush=True)
         measured.append((case, results))
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return measured

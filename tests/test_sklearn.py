@@ -8,6 +8,7 @@ per operation, grown by the iterations, measured below 1e-11 here)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import warnings
@@ -450,9 +451,10 @@ def test_bench_workload_measures_both_libraries_on_the_same_seeds():
     assert "one thread: wall" in report
 
 
-def test_bench_reports_the_machine_state_before_each_case(monkeypatch, capsys):
-    """Each case's report ends with the machine's state measured before it: a GEMM's one-thread rate and its
-    speed-up on every processor (fastopt.bench_floor.machine_state), the numbers that tell a slowed VM."""
+def test_bench_reports_the_machine_state_around_each_case(monkeypatch, capsys):
+    """Each case's report ends with the machine's state measured before it and after it: a GEMM's one-thread rate
+    and its speed-up on every processor (fastopt.bench_floor.machine_state), the numbers that tell a slowed VM; and
+    each setting's line gives the range of its fits' times (a disturbed fit stands out)."""
     from fastopt import bench_floor, bench_sklearn
 
     state = bench_floor.machine_state()
@@ -464,13 +466,18 @@ def test_bench_reports_the_machine_state_before_each_case(monkeypatch, capsys):
     bench_sklearn.run(seeds=2)
     report = capsys.readouterr().out
     line = re.search(
-        r"machine before the case: a float32 (\d+) x (\d+) x (\d+) GEMM at (\d+) GFLOP/s on one thread, ([\d.]+)x",
+        r"machine before the case: a float32 (\d+) x (\d+) x (\d+) GEMM at (\d+) GFLOP/s on one thread, ([\d.]+)x"
+        r".*; after it (\d+) GFLOP/s, ([\d.]+)x",
         report,
     )
     assert line and tuple(int(size) for size in line.groups()[:3]) == bench_floor.STATE_PRODUCT[:3]
-    assert int(line[4]) > 0 and float(line[5]) > 0
+    assert int(line[4]) > 0 and float(line[5]) > 0 and int(line[6]) > 0 and float(line[7]) > 0
     assert report.index("breast_cancer, adam, 2 iterations:") < line.start()
+    for setting in ("scikit-learn", "scikit-learn 1 thread", "fastopt", "fastopt 1 thread"):
+        fits = re.search(rf"\n  {setting}: ([\d.]+) s \(CPU [\d.]+ s; fits ([\d.]+)-([\d.]+) s\)", report)
+        assert fits and float(fits[2]) <= float(fits[1]) <= float(fits[3]), setting
     assert bench_sklearn._state_text(None) == ""
+    assert bench_sklearn._state_text((100.0, 1.5)).endswith("1.50x that on " + str(os.cpu_count()) + " threads")
 
 
 def test_lbfgs_holds_every_blas_at_one_thread_while_it_runs(monkeypatch):
