@@ -369,15 +369,10 @@ class _BaseMLP(BaseEstimator):
     def _loss_and_gradients(self, backend: Backend, data: _TrainingSet, rows: np.ndarray) -> tuple[float, float]:
         """Forward and backward over ``rows`` into the model's gradients (without the L2 term); returns the batch's
         loss and the sum of its weights."""
-        model = self._model
-        if len(rows) >= data.paired_from:
-            value, _, weight_sum, finite = model._pair_gradients(
-                backend, self._loss, data.inputs, data.targets, rows, compiled=data.compiled
-            )
-        else:
-            value, _, weight_sum, finite = model._batch_gradients(
-                backend, self._loss, data.inputs, data.targets, rows, compiled=data.compiled
-            )
+        gradients = self._model._pair_gradients if len(rows) >= data.paired_from else self._model._batch_gradients
+        value, _, weight_sum, finite = gradients(
+            backend, self._loss, data.inputs, data.targets, rows, compiled=data.compiled
+        )
         if not (math.isfinite(value) and finite):
             raise ValueError(
                 f"the loss or its gradient became {value if not math.isfinite(value) else 'NaN or Inf'} at iteration "
@@ -393,16 +388,16 @@ class _BaseMLP(BaseEstimator):
         value, weight_sum = self._loss_and_gradients(backend, data, rows)
         if weight_sum == 0:  # a batch of zero weights has no loss and no gradient
             return 0.0
-        penalized = self.alpha != 0 and self.solver not in DECOUPLED_DECAY
-        if self.solver not in DECOUPLED_DECAY and weight_sum != self._nominal_weight:
+        decoupled = self.solver in DECOUPLED_DECAY
+        if not decoupled and weight_sum != self._nominal_weight:
             # the L2 gradient is alpha / sum(w) W; the optimizer adds alpha / nominal W (its weight_decay, kept
             # constant: changing a group's option makes every step check the groups again), this the rest
             correction = self.alpha / weight_sum - self.alpha / self._nominal_weight
             gradients = self._model.weight_gradients
             gradients += correction * self._model.weight_parameters
         squares = self._optimizer.apply([self._model.weight_gradients, self._model.bias_gradients],
-                                        squares_of=0 if penalized else None)  # fmt: skip
-        if penalized:
+                                        squares_of=None if decoupled or self.alpha == 0 else 0)  # fmt: skip
+        if squares is not None:
             value += 0.5 * self.alpha * squares / weight_sum
         return value
 

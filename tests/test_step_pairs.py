@@ -157,7 +157,8 @@ def test_a_step_pair_refuses_steps_that_share_what_they_write() -> None:
     backend = resolve_backend("cython")
     # another step of the same model (another batch size): it writes the same gradients
     same_gradients = model._compiled_step(backend, model._training_workspace(50, targets), loss, inputs, targets)
-    with pytest.raises(ValueError, match="the first step's stage 0's grad_weight overlaps the second step's"):
+    with pytest.raises(ValueError, match="the second step's stage 0's grad_weight overlaps the first step's stage 0's "
+                                         "grad_weight; a step of a pair"):  # fmt: skip
         _nn.StepPair(step, same_gradients)
     # a model whose gradients are the first model's parameters: only the second step writes what the other reads
     state = model.__getstate__()
@@ -170,7 +171,7 @@ def test_a_step_pair_refuses_steps_that_share_what_they_write() -> None:
         backend, writes_the_weights._training_workspace(100, targets), loss, inputs, targets
     )
     with pytest.raises(ValueError, match="the second step's stage 0's grad_weight overlaps the first step's stage 0's "
-                                         "weight"):  # fmt: skip
+                                         "weight; a step of a pair must write only buffers of its own"):  # fmt: skip
         _nn.StepPair(step, its_step)
     wide = _problem("cross_entropy", "float64", None)
     with pytest.raises(ValueError, match="one float width"):

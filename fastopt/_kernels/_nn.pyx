@@ -1498,16 +1498,16 @@ cdef char* _step_buffer(list spans, object array, str name, str kind, Py_ssize_t
     return <char*>start
 
 
-cdef _check_disjoint(list spans):
+cdef _check_disjoint(list spans, str rule="a training step writes one of them: every buffer it writes must be its own"):
     # Refuse a buffer the stages write that shares bytes with any other of their buffers (the kernels they call take
-    # distinct buffers; an overlap would be a silent wrong answer). Sorted by start, a span overlaps an earlier one
-    # exactly when it starts before the furthest end among them.
+    # distinct buffers; an overlap would be a silent wrong answer), saying ``rule``. Sorted by start, a span overlaps
+    # an earlier one exactly when it starts before the furthest end among them.
     cdef size_t end_of_any = 0, end_of_written = 0
     cdef str owner_of_any = "", owner_of_written = ""
     for start, end, written, name in sorted(spans):
         if start < end_of_written or (written and start < end_of_any):
-            raise ValueError(f"{name} overlaps {owner_of_written if start < end_of_written else owner_of_any}; a "
-                             "training step writes one of them: every buffer it writes must be its own")
+            raise ValueError(f"{name} overlaps {owner_of_written if start < end_of_written else owner_of_any}; "
+                             f"{rule}")
         if end > end_of_any:
             end_of_any, owner_of_any = end, name
         if written and end > end_of_written:
@@ -1792,8 +1792,11 @@ cdef class StepPair:
             raise ValueError("a step pair needs two made training steps")
         if first is second or first.double_precision != second.double_precision:
             raise ValueError("a step pair needs two distinct training steps of one float width")
-        _check_apart(first.spans, second.spans, "first", "second")
-        _check_apart(second.spans, first.spans, "second", "first")
+        # (each step's own spans are disjoint already: what this refuses is a write of one step on the other's bytes)
+        _check_disjoint([(start, end, written, f"the {which} step's {name}")
+                         for which, step in (("first", first), ("second", second))
+                         for start, end, written, name in step.spans],
+                        "a step of a pair must write only buffers of its own")  # fmt: skip
         self.first, self.second = first, second
         self.flops = _step_flops(&first.step) + _step_flops(&second.step)
 
@@ -1828,17 +1831,6 @@ cdef class StepPair:
                 report_region(started, own_done[0])
         _blas_serial_end()
         return (value[0], correct[0], finite[0]), (value[1], correct[1], finite[1])
-
-
-cdef _check_apart(list written_by, list others, str writer, str other):
-    # Refuse a buffer in written_by's written spans that shares bytes with any of others' spans.
-    for start, end, written, name in written_by:
-        if not written:
-            continue
-        for other_start, other_end, _, other_name in others:
-            if start < other_end and other_start < end:
-                raise ValueError(f"the {writer} step's {name} overlaps the {other} step's {other_name}: the steps of "
-                                 "a pair must write only buffers of their own")
 
 
 cdef double _step_flops(_Step* step) noexcept nogil:
