@@ -657,6 +657,30 @@ def test_an_update_reports_the_sum_of_squares_it_read(kernel_name, dtype, n, ope
         assert reported_written == plain_written, f"{backend.name}: with_squares changed the update"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel_name", OPTIMIZER_KERNELS)
+def test_a_compiled_update_refuses_buffers_it_cannot_take(kernel_name, dtype) -> None:  # type: ignore[no-untyped-def]
+    """The compiled optimizer entry points, which the trusted methods call unchecked, check what they are handed:
+    a gradient or state buffer of another length than the parameter is a ValueError (a shorter one was written
+    past), None for the parameter, the gradient or a buffer the update needs a TypeError; nothing is written."""
+    kernel = KERNELS[kernel_name]
+    compiled = getattr(cython_backend._optim, kernel_name)["float" if dtype == np.float32 else "double"]
+    for spec in kernel.arrays:
+        wrongs = [] if spec.optional else [(None, TypeError, f"'{spec.name}' must not be None")]
+        if spec.name != "param":
+            wrongs += [(n, ValueError, f"holds {n} elements where its parameter holds 40") for n in (39, 41)]
+        for length, error, match in wrongs:
+            values = kernel_arguments(kernel, np.dtype(dtype), star=(40,), seed=3, with_squares=True)
+            values[spec.name] = None if length is None else np.random.default_rng(length).random(length).astype(dtype)
+            before = {name: value.copy() for name, value in values.items() if isinstance(value, np.ndarray)}
+            arrays = [values[array.name] for array in kernel.arrays]
+            hyper = {scalar.name: values[scalar.name] for scalar in kernel.hyper}
+            with pytest.raises(error, match=match):
+                compiled(*arrays, True, hyper)
+            for name, value in before.items():
+                assert values[name].tobytes() == value.tobytes(), f"{spec.name}: {name} was written"
+
+
 @pytest.mark.parametrize("kernel_name", OPTIMIZER_KERNELS)
 def test_an_update_counts_subnormal_parameters_in_its_sum(kernel_name) -> None:  # type: ignore[no-untyped-def]
     """The compiled updates flush subnormal numbers to zero, but not in the sum of squares they report: float32

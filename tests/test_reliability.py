@@ -204,6 +204,74 @@ def test_a_read_only_state_buffer_is_refused_before_any_update(backend: str, nam
     assert all(np.array_equal(x, y) for s, t in zip(state["state"], opt.state) for x, y in zip(s.values(), t.values()))
 
 
+def _swapped_buffers(param: np.ndarray, buffer: np.ndarray) -> list[tuple[str, object, type, str]]:
+    """(description, what is put in the state dict instead of ``buffer``, error, message pattern): each would let a
+    compiled kernel write past a buffer, or take an array it cannot, if it reached one."""
+    read_only = buffer.copy()
+    read_only.flags.writeable = False
+    return [
+        ("one element short", buffer[:-1].copy(), ValueError, r"shape \(3,\) like its parameter, got float64 \(2,\)"),
+        ("longer", np.zeros(300), ValueError, r"got float64 \(300,\)"),
+        ("another dtype", buffer.astype(np.float32), ValueError, "a C-contiguous float64 array"),
+        ("strided", np.zeros(6)[::2], ValueError, "not C-contiguous"),
+        ("a list", buffer.tolist(), TypeError, "must be a numpy array, got list"),
+        ("None", None, ValueError, "is missing"),
+        ("read-only", read_only, ValueError, "is read-only"),
+        ("the parameter itself", param, ValueError, "shares memory with its parameter"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_a_state_buffer_swapped_by_hand_is_checked_before_any_update(backend: str, name: str) -> None:
+    """A state buffer of the second parameter replaced in its state dict (as a user resetting moments does): a
+    replacement the kernel could not take is refused naming the buffer, before the first parameter changes (a
+    buffer one element short made the compiled kernels write past it); a valid one is the buffer the next steps
+    update, bit for bit as the one it replaced would have been."""
+    options = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
+    a, b = np.zeros(3), np.linspace(-1, 1, 3)
+    opt = optim.OPTIMIZERS[name]([a, b], lr=0.1, **options)
+    twin_a, twin_b = a.copy(), b.copy()
+    twin = optim.OPTIMIZERS[name]([twin_a, twin_b], lr=0.1, **options)
+    first = [np.full(3, 0.5), np.cos(b)]
+    for optimizer in (opt, twin):
+        optimizer.backend = backend
+        optimizer.step([grad.copy() for grad in first])
+    buffer_name, buffer = next((key, value) for key, value in opt.state[1].items() if value.shape == b.shape)
+    for description, replacement, error, match in _swapped_buffers(b, buffer):
+        before = [a.copy(), b.copy()]
+        if replacement is None:
+            del opt.state[1][buffer_name]
+        else:
+            opt.state[1][buffer_name] = replacement
+        with pytest.raises(error, match=rf"the optimizer state '{buffer_name}' of params\[1\] .*{match}"):
+            opt.step([np.ones(3), np.ones(3)])
+        assert a.tobytes() == before[0].tobytes() and b.tobytes() == before[1].tobytes(), description
+        assert opt.step_count == 1, description
+    fresh = opt.state[1][buffer_name] = twin.state[1][buffer_name].copy()
+    for step in range(3):
+        grads = [np.full(3, 0.25 * step), np.sin(b + step)]
+        opt.step(grads)
+        twin.step([grad.copy() for grad in grads])
+    assert (a.tobytes(), b.tobytes()) == (twin_a.tobytes(), twin_b.tobytes())
+    assert fresh.tobytes() == twin.state[1][buffer_name].tobytes()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_buffer_the_options_do_not_use_is_ignored(backend: str) -> None:
+    """Adam without amsgrad given a ``max_exp_avg_sq`` by hand steps as before, as PyTorch's ignores one (the
+    compiled kernel used to take it as amsgrad turned on)."""
+    param, twin_param = np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)
+    opt, twin = optim.Adam([param], lr=0.1), optim.Adam([twin_param], lr=0.1)
+    opt.backend = twin.backend = backend
+    opt.state[0]["max_exp_avg_sq"] = stray = np.full(5, 1e6)
+    for step in range(3):
+        opt.step([np.cos(param + step)])
+        twin.step([np.cos(twin_param + step)])
+    assert param.tobytes() == twin_param.tobytes()
+    assert (stray == 1e6).all()
+
+
 # ------------------------------------------------------------------------------------------ 6. impossible states
 def _trained(name: str, **options: object) -> optim.Optimizer:
     param = np.linspace(-1, 1, 6)

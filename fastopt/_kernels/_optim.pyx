@@ -6,7 +6,8 @@ scalars rounded to the array's precision first, as NumPy does with Python floats
 results agree with the reference to rounding (the AVX2+FMA build may fuse a multiply-add).
 
 Each public function takes its buffers as C-contiguous 1-D typed memoryviews (inputs ``const``, so read-only
-arrays are accepted; the Python wrapper passes flat views of arrays of any shape) and its hyperparameters as one
+arrays are accepted; the Python wrapper passes flat views of arrays of any shape), every one as long as the
+parameter (else a ValueError, before anything is written), and its hyperparameters as one
 struct, converted by name from the mapping the caller passes (the fields of ``fastopt.kernel_table``'s entry:
 a missing one is a ValueError naming it). The loops run over raw pointers: gcc vectorizes them (with
 ``-fno-math-errno`` for the square root), which it did not do for memoryview-indexed loops. The thread policy
@@ -173,8 +174,14 @@ cdef void _run_chunks(const Step* u, floating* p, const floating* g, Py_ssize_t 
     report_region(started, own_done[0])
 
 
-cdef inline void* _optional(floating[::1] buffer) noexcept:
-    return NULL if buffer is None else <void*>&buffer[0]
+cdef inline void* _state(floating[::1] param, floating[::1] buffer) except? NULL:
+    # A state buffer's first element (NULL for None: an option's buffer left out), refused unless it holds as many
+    # elements as its parameter: the loops read and write that many (a buffer swapped into a state dict by hand).
+    if buffer is None:
+        return NULL
+    if buffer.shape[0] != param.shape[0]:
+        raise ValueError(f"a state buffer holds {buffer.shape[0]} elements where its parameter holds {param.shape[0]}")
+    return &buffer[0]
 
 
 # An update asked for the sum of squares of its parameters (``with_squares``: fastopt.sklearn's L2 penalty, which
@@ -230,6 +237,8 @@ cdef inline object _launch(Kind kind, const void* hyper, floating[::1] param, co
     # update (a float) if ``with_squares``, else None.
     cdef Step u
     cdef double squares = 0
+    if grad.shape[0] != param.shape[0]:
+        raise ValueError(f"grad holds {grad.shape[0]} elements where its parameter holds {param.shape[0]}")
     u.kind, u.hyper, u.state[0], u.state[1], u.state[2] = kind, hyper, state0, state1, state2
     with nogil:
         if with_squares:
@@ -239,7 +248,7 @@ cdef inline object _launch(Kind kind, const void* hyper, floating[::1] param, co
     return squares if with_squares else None
 
 
-def sum_of_squares(const floating[::1] x):
+def sum_of_squares(const floating[::1] x not None):
     """Sum of x**2 in double over a flat buffer (NaN or Inf propagate): the sum the updates take ``with_squares``, in
     the same blocks (cut by the buffer's size and the processor count alone, each summed on its own, their sums added
     in order: the same bits for any thread count)."""
@@ -287,9 +296,9 @@ cdef void _sgd(floating* p, const floating* g, floating* b, Py_ssize_t n, const 
             p[i] = p[i] - lr * b[i]
 
 
-def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] momentum_buffer, bint with_squares,
-             SGDHyper hyper):
-    return _launch(SGD, &hyper, param, grad, _optional(momentum_buffer), NULL, NULL, LIGHT_UPDATE, with_squares)
+def sgd_step(floating[::1] param not None, const floating[::1] grad not None, floating[::1] momentum_buffer,
+             bint with_squares, SGDHyper hyper):
+    return _launch(SGD, &hyper, param, grad, _state(param, momentum_buffer), NULL, NULL, LIGHT_UPDATE, with_squares)
 
 
 # ----------------------------------------------------------------------------------------- AdaGrad
@@ -304,9 +313,9 @@ cdef void _adagrad(floating* p, const floating* g, floating* s, Py_ssize_t n, co
         p[i] = p[i] - lr * gi / (fsqrt(si) + eps)
 
 
-def adagrad_step(floating[::1] param, const floating[::1] grad, floating[::1] sum_squares, bint with_squares,
-                 AdaGradHyper hyper):
-    return _launch(ADAGRAD, &hyper, param, grad, &sum_squares[0], NULL, NULL, UPDATE, with_squares)
+def adagrad_step(floating[::1] param not None, const floating[::1] grad not None, floating[::1] sum_squares not None,
+                 bint with_squares, AdaGradHyper hyper):
+    return _launch(ADAGRAD, &hyper, param, grad, _state(param, sum_squares), NULL, NULL, UPDATE, with_squares)
 
 
 # ----------------------------------------------------------------------------------------- RMSProp
@@ -351,10 +360,10 @@ cdef void _rmsprop(floating* p, const floating* g, floating* v, floating* a, flo
             p[i] = p[i] - lr * bi
 
 
-def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] square_avg, floating[::1] grad_avg,
-                 floating[::1] momentum_buffer, bint with_squares, RMSPropHyper hyper):
-    return _launch(RMSPROP, &hyper, param, grad, &square_avg[0], _optional(grad_avg), _optional(momentum_buffer),
-                   UPDATE, with_squares)
+def rmsprop_step(floating[::1] param not None, const floating[::1] grad not None, floating[::1] square_avg not None,
+                 floating[::1] grad_avg, floating[::1] momentum_buffer, bint with_squares, RMSPropHyper hyper):
+    return _launch(RMSPROP, &hyper, param, grad, _state(param, square_avg), _state(param, grad_avg),
+                   _state(param, momentum_buffer), UPDATE, with_squares)
 
 
 # ----------------------------------------------------------------------------------------- the Adam family
@@ -407,10 +416,10 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, floati
         p[i] = pi - step_size * m[i] / (fsqrt(vi) * inv_sqrt_bc2 + eps)
 
 
-def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
-              floating[::1] max_exp_avg_sq, bint with_squares, AdamHyper hyper):
-    return _launch(ADAM, &hyper, param, grad, &exp_avg[0], &exp_avg_sq[0], _optional(max_exp_avg_sq), UPDATE,
-                   with_squares)
+def adam_step(floating[::1] param not None, const floating[::1] grad not None, floating[::1] exp_avg not None,
+              floating[::1] exp_avg_sq not None, floating[::1] max_exp_avg_sq, bint with_squares, AdamHyper hyper):
+    return _launch(ADAM, &hyper, param, grad, _state(param, exp_avg), _state(param, exp_avg_sq),
+                   _state(param, max_exp_avg_sq), UPDATE, with_squares)
 
 
 # ----------------------------------------------------------------------------------------- NAdam
@@ -430,9 +439,10 @@ cdef void _nadam(floating* p, const floating* g, floating* m, floating* v, Py_ss
         p[i] = pi - momentum_step * (m[i] / d)
 
 
-def nadam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
-               bint with_squares, NAdamHyper hyper):
-    return _launch(NADAM, &hyper, param, grad, &exp_avg[0], &exp_avg_sq[0], NULL, UPDATE, with_squares)
+def nadam_step(floating[::1] param not None, const floating[::1] grad not None, floating[::1] exp_avg not None,
+               floating[::1] exp_avg_sq not None, bint with_squares, NAdamHyper hyper):
+    return _launch(NADAM, &hyper, param, grad, _state(param, exp_avg), _state(param, exp_avg_sq), NULL, UPDATE,
+                   with_squares)
 
 
 # ----------------------------------------------------------------------------------------- Adamax
@@ -454,9 +464,10 @@ cdef void _adamax(floating* p, const floating* g, floating* m, floating* u, Py_s
         p[i] = p[i] - step_size * (mi / ui)
 
 
-def adamax_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_inf,
-                bint with_squares, AdamaxHyper hyper):
-    return _launch(ADAMAX, &hyper, param, grad, &exp_avg[0], &exp_inf[0], NULL, UPDATE, with_squares)
+def adamax_step(floating[::1] param not None, const floating[::1] grad not None, floating[::1] exp_avg not None,
+                floating[::1] exp_inf not None, bint with_squares, AdamaxHyper hyper):
+    return _launch(ADAMAX, &hyper, param, grad, _state(param, exp_avg), _state(param, exp_inf), NULL, UPDATE,
+                   with_squares)
 
 
 # ----------------------------------------------------------------------------------------- RAdam
@@ -479,9 +490,10 @@ cdef void _radam(floating* p, const floating* g, floating* m, floating* v, Py_ss
             p[i] = pi - m[i] / bc1 * lr
 
 
-def radam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, floating[::1] exp_avg_sq,
-               bint with_squares, RAdamHyper hyper):
-    return _launch(RADAM, &hyper, param, grad, &exp_avg[0], &exp_avg_sq[0], NULL, UPDATE, with_squares)
+def radam_step(floating[::1] param not None, const floating[::1] grad not None, floating[::1] exp_avg not None,
+               floating[::1] exp_avg_sq not None, bint with_squares, RAdamHyper hyper):
+    return _launch(RADAM, &hyper, param, grad, _state(param, exp_avg), _state(param, exp_avg_sq), NULL, UPDATE,
+                   with_squares)
 
 
 # ----------------------------------------------------------------------------------------- Lion
@@ -506,9 +518,9 @@ cdef void _lion(floating* p, const floating* g, floating* m, Py_ssize_t n, const
         m[i] = beta2 * mi + one_minus_beta2 * gi
 
 
-def lion_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg, bint with_squares,
-              LionHyper hyper):
-    return _launch(LION, &hyper, param, grad, &exp_avg[0], NULL, NULL, LIGHT_UPDATE, with_squares)
+def lion_step(floating[::1] param not None, const floating[::1] grad not None, floating[::1] exp_avg not None,
+              bint with_squares, LionHyper hyper):
+    return _launch(LION, &hyper, param, grad, _state(param, exp_avg), NULL, NULL, LIGHT_UPDATE, with_squares)
 
 
 # ----------------------------------------------------------------------------------------- the bandwidth probe

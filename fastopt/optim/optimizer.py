@@ -136,6 +136,8 @@ class Optimizer:
         self.backend: Backend | str | None = None
         self._checked_groups: list[dict[str, Any]] = []
         self._layouts: list[tuple[tuple[int, ...], np.dtype]] = []
+        # each parameter's state buffers in its kernel's order (None: an option's buffer left out), as last checked
+        self._kernel_buffers: list[tuple[np.ndarray | None, ...]] = []
         if params is not None:
             self.bind(params)
 
@@ -246,6 +248,7 @@ class Optimizer:
         self._checked_groups = [dict(group) for group in checked]
         self.state = [self._new_state(param, group) for group in checked for param in group["params"]]
         self._layouts = [(param.shape, param.dtype) for param in flat]
+        self._kernel_buffers = [self._buffers_in(state) for state in self.state]
         self.backend = backend
 
     def _new_state(self, param: np.ndarray, group: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -310,12 +313,18 @@ class Optimizer:
                 group.update(checked)
                 self._checked_groups[index] = dict(group)
 
+    def _buffers_in(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray | None, ...]:
+        """A parameter's state buffers in its kernel's order (None where absent: an option's buffer left out)."""
+        return tuple(map(state.get, _kernel_call(self.kernel)[1]))
+
     def _check_buffers(self) -> None:
         """Every parameter still has the shape, dtype and layout its state was made for (a parameter resized in
-        place would make a kernel run past its state), and every buffer a step writes is writeable: checked
+        place would make a kernel run past its state), its state holds the buffers its kernel takes (checked whole
+        again where one was swapped: ``_check_state``), and every buffer a step writes is writeable: checked
         before the first update, so that a refused step changes nothing. (The groups are walked directly, not
         through ``params``, whose list cost half of this check's 1 us per step on a 2-core AMD EPYC Zen 4 VM.)"""
-        layouts, states = self._layouts, self.state
+        layouts, states, kernel_buffers = self._layouts, self.state, self._kernel_buffers
+        names = _kernel_call(self.kernel)[1]
         count = 0
         for group in self.param_groups:
             count += len(group["params"])
@@ -325,7 +334,7 @@ class Optimizer:
                 "make a new optimizer for other parameters"
             )
         index = 0
-        for group in self.param_groups:
+        for group_index, group in enumerate(self.param_groups):
             for param in group["params"]:
                 flags, layout = param.flags, layouts[index]
                 if (param.shape, param.dtype) != layout or not flags.c_contiguous:
@@ -335,10 +344,37 @@ class Optimizer:
                     )
                 if not flags.writeable:
                     raise ValueError(f"params[{index}] is read-only; an optimizer updates its parameters in place")
-                for name, buffer in states[index].items():
-                    if not buffer.flags.writeable:
-                        raise ValueError(f"the optimizer state {name!r} of params[{index}] is read-only")
+                state = states[index]
+                for name, buffer in zip(names, kernel_buffers[index]):
+                    if buffer is not None and (state.get(name) is not buffer or not buffer.flags.writeable):
+                        self._check_state(index, param, state, self._checked_groups[group_index])
+                        break
                 index += 1
+
+    def _check_state(self, index: int, param: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """The state buffers of ``params[index]``, checked whole where one was swapped, removed or made read-only
+        by hand: each buffer its group's options use must be a writeable array of the parameter's dtype, shape and
+        layout sharing no memory with it or the others (buffers the options do not use are ignored, as PyTorch's
+        optimizers ignore them). Recorded for the kernel calls; raises naming the buffer otherwise."""
+        needed, checked = self._state_names(group), []
+        for name in needed:
+            buffer = state.get(name)
+            where = f"the optimizer state {name!r} of params[{index}]"
+            if buffer is None:
+                raise ValueError(f"{where} is missing")
+            if not isinstance(buffer, np.ndarray):
+                raise TypeError(f"{where} must be a numpy array, got {type(buffer).__name__}")
+            if buffer.shape != param.shape or buffer.dtype != param.dtype or not buffer.flags.c_contiguous:
+                raise ValueError(
+                    f"{where} must be a C-contiguous {param.dtype} array of shape {param.shape} like its parameter, "
+                    f"got {buffer.dtype} {buffer.shape}{'' if buffer.flags.c_contiguous else ', not C-contiguous'}"
+                )
+            if not buffer.flags.writeable:
+                raise ValueError(f"{where} is read-only")
+            if any(np.shares_memory(buffer, other) for other in (param, *checked)):
+                raise ValueError(f"{where} shares memory with its parameter or another of its state buffers")
+            checked.append(buffer)
+        self._kernel_buffers[index] = self._buffers_in({name: state[name] for name in needed})
 
     def apply(self, grads: list[np.ndarray], squares_of: int | None = None) -> float | None:
         """``step`` without the gradient checks, for callers that own the buffers (``Sequential``). With
@@ -353,16 +389,13 @@ class Optimizer:
             raise OverflowError(f"{type(self).__name__} has made {self.step_count} steps, the most it can count")
         step_count = self.step_count
         self.step_count += 1
-        method, buffer_names = _kernel_call(self.kernel)
-        kernel = getattr(resolve_backend(self.backend), method)
-        index, squares = 0, None
+        kernel = getattr(resolve_backend(self.backend), _kernel_call(self.kernel)[0])
+        index, squares, buffers = 0, None, self._kernel_buffers
         for group in self.param_groups:
             lr = decayed_lr(group, step_count)
             for param in group["params"]:
-                state = self.state[index]
-                # map, not a list comprehension: no function frame per call (Python 3.11)
-                reported = kernel(param, grads[index], *map(state.get, buffer_names), index == squares_of,
-                                  self._kernel_hyper(group, lr, state))  # fmt: skip
+                reported = kernel(param, grads[index], *buffers[index], index == squares_of,
+                                  self._kernel_hyper(group, lr, self.state[index]))  # fmt: skip
                 if reported is not None:
                     squares = reported
                 index += 1
@@ -399,6 +432,7 @@ class Optimizer:
         self._checked_groups = [dict(group) for group in self.param_groups]
         self.step_count = checked["step_count"]
         self.state = checked["state"]
+        self._kernel_buffers = [self._buffers_in(state) for state in self.state]
 
     def check_state_dict(self, state_dict: dict[str, Any], params: ParamsLike | None = None) -> dict[str, Any]:
         """Check that ``state_dict`` fits this optimizer and its parameters (or, for an optimizer not bound yet,
