@@ -272,6 +272,25 @@ def test_a_state_buffer_the_options_do_not_use_is_ignored(backend: str) -> None:
     assert (stray == 1e6).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("replacement", [None, 0.5, np.array([0.5]), np.array(0.5, dtype=np.float32)])
+def test_a_scalar_state_swapped_by_hand_is_checked_before_any_update(backend: str, replacement: object) -> None:
+    """NAdam's per-parameter ``mu_product`` of the second parameter removed or replaced by what a step cannot
+    write in place: refused naming it before the first parameter changes (the step used to fail after it)."""
+    a, b = np.zeros(3), np.linspace(-1, 1, 3)
+    opt = optim.NAdam([a, b], lr=0.1)
+    opt.backend = backend
+    opt.step([np.ones(3), np.ones(3)])
+    if replacement is None:
+        del opt.state[1]["mu_product"]
+    else:
+        opt.state[1]["mu_product"] = replacement
+    before = a.copy(), b.copy()
+    with pytest.raises(ValueError, match=r"the optimizer state 'mu_product' of params\[1\] must be a writeable 0-d"):
+        opt.step([np.ones(3), np.ones(3)])
+    assert (a.tobytes(), b.tobytes()) == (before[0].tobytes(), before[1].tobytes()) and opt.step_count == 1
+
+
 # ------------------------------------------------------------------------------------------ 6. impossible states
 def _trained(name: str, **options: object) -> optim.Optimizer:
     param = np.linspace(-1, 1, 6)

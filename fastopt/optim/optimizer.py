@@ -349,6 +349,8 @@ class Optimizer:
                     if buffer is not None and (state.get(name) is not buffer or not buffer.flags.writeable):
                         self._check_state(index, param, state, self._checked_groups[group_index])
                         break
+                if self.scalar_state:
+                    self._check_scalar_state(index, state)
                 index += 1
 
     def _check_state(self, index: int, param: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -375,6 +377,18 @@ class Optimizer:
                 raise ValueError(f"{where} shares memory with its parameter or another of its state buffers")
             checked.append(buffer)
         self._kernel_buffers[index] = self._buffers_in({name: state[name] for name in needed})
+
+    def _check_scalar_state(self, index: int, state: dict[str, Any]) -> None:
+        """Each per-parameter scalar of the state (``scalar_state``) is still a writeable 0-d float64 array: a step
+        writes it in place, after the parameters before this one were updated."""
+        for name in self.scalar_state:
+            value = state.get(name)
+            if not (isinstance(value, np.ndarray) and value.shape == () and value.dtype == np.float64
+                    and value.flags.writeable):  # fmt: skip
+                raise ValueError(
+                    f"the optimizer state {name!r} of params[{index}] must be a writeable 0-d float64 array, got "
+                    f"{value!r}"
+                )
 
     def apply(self, grads: list[np.ndarray], squares_of: int | None = None) -> float | None:
         """``step`` without the gradient checks, for callers that own the buffers (``Sequential``). With
