@@ -27,6 +27,23 @@ class DTypeError(TypeError, ValueError):
     """An array of the wrong dtype: a TypeError, and a ValueError for callers that catch bad values."""
 
 
+def fixed_attribute(name: str) -> property:
+    """A constructor argument of a layer or loss as a read-only attribute (stored as ``_name``): a model's plan,
+    buffers and compiled passes are made from it, so an object is configured once; assigning it is an
+    AttributeError saying so (a layer's width assigned by hand let a kernel write past a buffer)."""
+
+    def value(owner: object) -> object:
+        return getattr(owner, "_" + name)
+
+    def refuse(owner: object, _: object) -> None:
+        raise AttributeError(
+            f"{type(owner).__name__}.{name} is fixed when it is made (models compile their passes from it); make a "
+            f"new {type(owner).__name__} for another {name}"
+        )
+
+    return property(value, refuse, doc=f"The constructor's ``{name}`` (read-only).")
+
+
 def resolve_dtype(dtype: object) -> np.dtype:
     """Return float32 or float64 for a dtype-like ``dtype``; anything else is a TypeError/ValueError."""
     try:

@@ -4,7 +4,8 @@
 Layers describe the architecture; the ``Sequential`` that holds them owns the memory. A ``Dense``
 layer's ``weight`` (in_features, out_features) and ``bias`` (out_features,) are views into the
 model's one flat parameter buffer, and ``weight_grad``/``bias_grad`` views into its gradient buffer.
-Assigning one of them (``model.layers[0].weight = values``) copies the values into that view, checked.
+Assigning one of them (``model.layers[0].weight = values``) copies the values into that view, checked. A layer's
+constructor arguments (``in_features``, ``p``, ``negative_slope``, ...) are read-only: make a new layer for others.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fastopt._checks import DTypeError, check_positive_int, check_scalar
+from fastopt._checks import DTypeError, check_positive_int, check_scalar, fixed_attribute
 
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform")
 
@@ -86,17 +87,20 @@ class Dense(Layer):
     """
 
     def __init__(self, in_features: int, out_features: int, init: str = "glorot_uniform") -> None:
-        self.in_features = check_positive_int(in_features, "in_features")
-        self.out_features = check_positive_int(out_features, "out_features")
+        self._in_features = check_positive_int(in_features, "in_features")
+        self._out_features = check_positive_int(out_features, "out_features")
         if init not in INITIALIZERS:
             raise ValueError(f"init must be one of {INITIALIZERS}, got {init!r}")
-        self.init = init
+        self._init = init
         self._label = ""  # where the layer sits once in a model, for messages: "layers[2]"
         self._weight: np.ndarray | None = None
         self._bias: np.ndarray | None = None
         self._weight_grad: np.ndarray | None = None
         self._bias_grad: np.ndarray | None = None
 
+    in_features = fixed_attribute("in_features")
+    out_features = fixed_attribute("out_features")
+    init = fixed_attribute("init")
     weight = _BoundView()
     bias = _BoundView()
     weight_grad = _BoundView()
@@ -163,8 +167,10 @@ class Activation(Layer):
     parameter (LeakyReLU's). ``fuses_into_dense``: whether a ``Dense`` layer right before it applies it itself (its
     derivative is then computed from its output, the only one the fused stage keeps)."""
 
-    kernel = "identity"
-    negative_slope = 0.0
+    _kernel = "identity"
+    _negative_slope = 0.0
+    kernel = fixed_attribute("kernel")
+    negative_slope = fixed_attribute("negative_slope")
 
     @property
     def fuses_into_dense(self) -> bool:
@@ -174,7 +180,7 @@ class Activation(Layer):
 class ReLU(Activation):
     """``max(x, 0)``; derivative ``1 if x > 0 else 0``."""
 
-    kernel = "relu"
+    _kernel = "relu"
 
 
 class LeakyReLU(Activation):
@@ -182,10 +188,10 @@ class LeakyReLU(Activation):
     ``LeakyReLU``, whose derivative at 0 is the slope). Any finite slope; with a slope >= 0 a ``Dense`` layer before
     it applies it itself (its output then tells the sign of x), with a negative one it runs on its own."""
 
-    kernel = "leaky_relu"
+    _kernel = "leaky_relu"
 
     def __init__(self, negative_slope: float = 0.01) -> None:
-        self.negative_slope = check_scalar(negative_slope, "negative_slope", low=None)
+        self._negative_slope = check_scalar(negative_slope, "negative_slope", low=None)
 
     @property
     def fuses_into_dense(self) -> bool:
@@ -208,8 +214,10 @@ class GELU(Activation):
     def __init__(self, approximate: str = "none") -> None:
         if approximate not in GELU_FORMS:
             raise ValueError(f"approximate must be one of {tuple(GELU_FORMS)}, got {approximate!r}")
-        self.approximate = approximate
-        self.kernel = GELU_FORMS[approximate]
+        self._approximate = approximate
+        self._kernel = GELU_FORMS[approximate]
+
+    approximate = fixed_attribute("approximate")
 
     @property
     def fuses_into_dense(self) -> bool:
@@ -222,13 +230,13 @@ class GELU(Activation):
 class Sigmoid(Activation):
     """``1 / (1 + exp(-x))``; derivative ``s (1 - s)``."""
 
-    kernel = "sigmoid"
+    _kernel = "sigmoid"
 
 
 class Tanh(Activation):
     """``tanh(x)``; derivative ``1 - tanh(x)**2``."""
 
-    kernel = "tanh"
+    _kernel = "tanh"
 
 
 class Softmax(Layer):
@@ -255,7 +263,9 @@ class Dropout(Layer):
     state at the start of the epoch) makes them again."""
 
     def __init__(self, p: float = 0.5) -> None:
-        self.p = check_scalar(p, "p", high=1.0, high_open=True)
+        self._p = check_scalar(p, "p", high=1.0, high_open=True)
+
+    p = fixed_attribute("p")
 
     def config(self) -> dict[str, Any]:
         return {"type": "Dropout", "p": self.p}

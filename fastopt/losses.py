@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fastopt._checks import DTypeError, as_labels, as_real_array, check_scalar, resolve_dtype
+from fastopt._checks import DTypeError, as_labels, as_real_array, check_scalar, fixed_attribute, resolve_dtype
 from fastopt.backend import Backend, resolve_backend
 from fastopt.layers import Layer, Sigmoid, Softmax
 
@@ -165,6 +165,13 @@ class Loss:
         super().__init_subclass__(**options)
         cls._kernel_method = sys.intern("_" + cls.kernel)
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # A loss pickled before its options were read-only kept them under their own names.
+        for name in ("label_smoothing", "pos_weight", "delta"):
+            if name in state:
+                state["_" + name] = state.pop(name)
+        self.__dict__.update(state)
+
     def targets(self, y: object, n_outputs: int, dtype: np.dtype) -> Targets:
         raise NotImplementedError
 
@@ -260,12 +267,13 @@ class CrossEntropy(Loss):
 
     kernel = "softmax_cross_entropy"
     logits_from = Softmax
-    label_smoothing = 0.0  # (class defaults: a CrossEntropy pickled before label smoothing existed)
+    _label_smoothing = 0.0  # (class defaults: a CrossEntropy pickled before label smoothing existed)
     _extras = (0.0,)
+    label_smoothing = fixed_attribute("label_smoothing")
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
-        self.label_smoothing = check_scalar(label_smoothing, "label_smoothing", high=1.0, high_open=True)
-        self._extras = (self.label_smoothing,)
+        self._label_smoothing = check_scalar(label_smoothing, "label_smoothing", high=1.0, high_open=True)
+        self._extras = (self._label_smoothing,)
 
     def targets(self, y: object, n_outputs: int, dtype: np.dtype) -> Targets:
         if n_outputs < 2:
@@ -301,8 +309,10 @@ class BinaryCrossEntropy(Loss):
     kernel = "binary_cross_entropy"
     logits_from = Sigmoid
 
+    pos_weight = fixed_attribute("pos_weight")
+
     def __init__(self, pos_weight: float | list[float] | np.ndarray | None = None) -> None:
-        self.pos_weight = _checked_pos_weight(pos_weight)
+        self._pos_weight = _checked_pos_weight(pos_weight)
         self._pos_weights: dict[tuple[int, int], tuple[np.ndarray | None]] = {}
 
     def _options(self, output: np.ndarray) -> tuple[np.ndarray | None]:
@@ -404,9 +414,11 @@ class Huber(_RegressionLoss):
 
     kernel = "huber"
 
+    delta = fixed_attribute("delta")
+
     def __init__(self, delta: float = 1.0) -> None:
-        self.delta = check_scalar(delta, "delta", low_open=True)
-        self._extras = (self.delta,)
+        self._delta = check_scalar(delta, "delta", low_open=True)
+        self._extras = (self._delta,)
 
     def config(self) -> dict[str, object]:
         return {"delta": self.delta}

@@ -139,12 +139,10 @@ class Sequential:
         if backend is not None:
             resolve_backend(backend)
         self.layers = list(layers)
-        self.dtype = resolve_dtype(dtype)
+        self._dtype = resolve_dtype(dtype)
         self.seed = seed
         self._backend_name = backend
-        self.in_features = layers[0].in_features
         self._stages = self._plan(self.layers)
-        self.out_features = self._stages[-1].out_features
         self._parameters = aligned_zeros(self._n_parameters(), self.dtype)
         self._gradients = aligned_zeros(self._n_parameters(), self.dtype)  # zeros, not zeros_like: pages on first use
         self._bind_views()
@@ -190,6 +188,23 @@ class Sequential:
         return stages
 
     # ------------------------------------------------------------------ configuration
+    # The dtype and the widths are read-only: the buffers, workspaces and compiled passes are made for them, and the
+    # inputs and labels are checked against them (a width assigned by hand let a kernel write past a buffer).
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the parameters and of every pass (``astype`` makes a model of another)."""
+        return self._dtype
+
+    @property
+    def in_features(self) -> int:
+        """The features of an input row: the first layer's ``in_features``."""
+        return self._stages[0].dense.in_features  # type: ignore[union-attr]
+
+    @property
+    def out_features(self) -> int:
+        """The outputs of a row: the last stage's width."""
+        return self._stages[-1].out_features
+
     @property
     def backend(self) -> str:
         """Name of the backend this model uses now."""
@@ -338,7 +353,7 @@ class Sequential:
         model: no initial weights are drawn."""
         state = self.__getstate__()
         state.update(
-            layers=[layer_from_config(layer.config()) for layer in self.layers], dtype=dtype,
+            layers=[layer_from_config(layer.config()) for layer in self.layers], _dtype=dtype,
             _parameters=parameters, _gradients=gradients,
             loss=None, optimizer=None, _optimizer_bound=False, history=None, stop_training=False, stop_reason="",
         )  # fmt: skip

@@ -340,6 +340,56 @@ def test_the_flat_buffers_cannot_be_rebound(name):
     assert np.shares_memory(model.layers[0].weight, model.parameters)
 
 
+FIXED = [
+    pytest.param(make, name, id=f"{label}.{name}")
+    for label, make, names in [
+        ("Dense", lambda: layers.Dense(3, 2), ("in_features", "out_features", "init")),
+        ("ReLU", layers.ReLU, ("kernel", "negative_slope")),
+        ("LeakyReLU", lambda: layers.LeakyReLU(0.1), ("kernel", "negative_slope")),
+        ("GELU", lambda: layers.GELU("tanh"), ("approximate", "kernel")),
+        ("Dropout", lambda: layers.Dropout(0.2), ("p",)),
+        ("CrossEntropy", lambda: fastopt.losses.CrossEntropy(0.1), ("label_smoothing",)),
+        ("BinaryCrossEntropy", lambda: fastopt.losses.BinaryCrossEntropy(2.0), ("pos_weight",)),
+        ("Huber", lambda: fastopt.losses.Huber(0.5), ("delta",)),
+    ]
+    for name in names
+]
+
+
+@pytest.mark.parametrize(("make", "name"), FIXED)
+def test_a_layers_or_losses_configuration_is_read_only(make, name):
+    """A constructor argument assigned later is refused: a model compiles its passes from it, so the model kept
+    the old value while its copies and saved files took the new one (and a Dense layer's width made a kernel write
+    past a buffer)."""
+    made = make()
+    before = getattr(made, name)
+    with pytest.raises(AttributeError, match=rf"{type(made).__name__}\.{name} is fixed when it is made"):
+        setattr(made, name, 5)
+    assert getattr(made, name) == before
+
+
+@pytest.mark.parametrize("name", ["in_features", "out_features", "dtype"])
+def test_a_models_widths_and_dtype_are_read_only(name):
+    """The widths and dtype are the layers' and the buffers': ``model.in_features = 20000`` made a fit write
+    past the first layer's gradient (a segfault), ``out_features`` let labels index past the logits."""
+    model = small_model("cython" if "cython" in fastopt.available_backends() else "numpy", "float32")
+    before = getattr(model, name)
+    with pytest.raises(AttributeError, match=name):
+        setattr(model, name, 20000)
+    assert getattr(model, name) == before
+    assert (model.in_features, model.out_features) == (model.layers[0].in_features, model.layers[-1].out_features)
+
+
+def test_a_loss_pickled_before_its_options_were_read_only_keeps_them():
+    """Pickles of a loss made when its options were plain attributes load with those options."""
+    losses = fastopt.losses
+    for cls, name, value in ((losses.CrossEntropy, "label_smoothing", 0.1), (losses.Huber, "delta", 0.5)):
+        old = cls.__new__(cls)
+        old.__dict__.update({name: value, "_extras": (value,)})
+        restored = pickle.loads(pickle.dumps(old))
+        assert getattr(restored, name) == value and restored.config() == {name: value}
+
+
 def test_the_parameters_message_points_to_set_weights():
     with pytest.raises(AttributeError, match="set_weights"):
         small_model("numpy", "float32").parameters = np.zeros(10)
