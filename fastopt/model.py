@@ -138,7 +138,7 @@ class Sequential:
             raise ValueError(f"the first layer must be Dense (it fixes the input features), got {layers[0]!r}")
         if backend is not None:
             resolve_backend(backend)
-        self.layers = list(layers)
+        self._layers = tuple(layers)
         self._dtype = resolve_dtype(dtype)
         self.seed = seed
         self._backend_name = backend
@@ -188,8 +188,14 @@ class Sequential:
         return stages
 
     # ------------------------------------------------------------------ configuration
-    # The dtype and the widths are read-only: the buffers, workspaces and compiled passes are made for them, and the
-    # inputs and labels are checked against them (a width assigned by hand let a kernel write past a buffer).
+    # The layers, dtype and widths are read-only: the buffers, workspaces and compiled passes are made for them, and
+    # the inputs and labels are checked against them (a width assigned by hand let a kernel write past a buffer).
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """The layers, in order (a tuple: the stages are planned from them once; a model of other layers is a new
+        model)."""
+        return self._layers
+
     @property
     def dtype(self) -> np.dtype:
         """The dtype of the parameters and of every pass (``astype`` makes a model of another)."""
@@ -353,7 +359,7 @@ class Sequential:
         model: no initial weights are drawn."""
         state = self.__getstate__()
         state.update(
-            layers=[layer_from_config(layer.config()) for layer in self.layers], _dtype=dtype,
+            _layers=tuple(layer_from_config(layer.config()) for layer in self.layers), _dtype=dtype,
             _parameters=parameters, _gradients=gradients,
             loss=None, optimizer=None, _optimizer_bound=False, history=None, stop_training=False, stop_reason="",
         )  # fmt: skip
@@ -372,6 +378,11 @@ class Sequential:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         optimizer_bound = state.pop("_optimizer_bound")
+        for name in ("layers", "dtype"):  # a model pickled when these were plain attributes
+            if name in state:
+                state["_" + name] = tuple(state.pop(name)) if name == "layers" else state.pop(name)
+        for name in ("in_features", "out_features"):
+            state.pop(name, None)
         self.__dict__.update(state)
         if optimizer_bound and not self.optimizer.is_bound_to([self._parameters]):  # type: ignore[union-attr]
             # joblib writes each reference to an array as an array of its own: the optimizer then holds an

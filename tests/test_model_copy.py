@@ -380,6 +380,28 @@ def test_a_models_widths_and_dtype_are_read_only(name):
     assert (model.in_features, model.out_features) == (model.layers[0].in_features, model.layers[-1].out_features)
 
 
+def test_a_models_layers_cannot_be_replaced():
+    """``model.layers`` is a tuple: a layer put in its place was ignored by the model's planned stages but taken by
+    its copies and saved files."""
+    model = small_model("numpy", "float32")
+    with pytest.raises(TypeError):
+        model.layers[1] = layers.Tanh()  # type: ignore[index]
+    with pytest.raises(AttributeError, match="layers"):
+        model.layers = [layers.Dense(20, 3)]  # type: ignore[misc]
+    assert isinstance(model.layers[1], layers.ReLU)
+
+
+def test_a_model_pickled_when_its_configuration_was_plain_attributes_loads():
+    model = small_model("numpy", "float32")
+    state = model.__getstate__()
+    state.update(layers=list(state.pop("_layers")), dtype=state.pop("_dtype"), in_features=20, out_features=3)
+    old = fastopt.Sequential.__new__(fastopt.Sequential)
+    old.__setstate__(state)
+    x = np.linspace(0, 1, 40, dtype=np.float32).reshape(2, 20)
+    assert old.predict(x).tobytes() == model.predict(x).tobytes()
+    assert (old.in_features, old.out_features, old.dtype, type(old.layers)) == (20, 3, np.float32, tuple)
+
+
 def test_a_loss_pickled_before_its_options_were_read_only_keeps_them():
     """Pickles of a loss made when its options were plain attributes load with those options."""
     losses = fastopt.losses
