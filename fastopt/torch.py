@@ -177,7 +177,7 @@ def _memory_of(tensors: tuple[tuple[str, torch.Tensor], ...]) -> list[tuple[int,
 
 def _check_possible(state: dict[str, Any], param: torch.Tensor, plan: GroupPlan, where: str) -> None:
     """A loaded state is one a run of the group's optimizer can make (``fastopt.optim``'s check: sums and averages
-    of squares not negative, a centered variance not negative, NAdam's ``mu_product`` in (0, 1]), judged in the
+    of squares not negative, a centered variance not negative, NAdam's ``mu_product`` in [0, 1]), judged in the
     dtype it will be cast to."""
     arrays = {}
     for name, torch_name in plan.torch_names.items():
@@ -471,6 +471,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 hypers[plan, t] = hyper
         with_squares = False  # (no sum of squares wanted: only fastopt.sklearn asks for one)
         getattr(backend, plan.kernel_method)(update.param_array, update.grad_array, *state.buffers, with_squares, hyper)
+        plan.calculator._advance_state(plan.hyper, state.views, t)
         if self.counts_steps:
             state.views["step"][...] = t
 

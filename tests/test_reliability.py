@@ -7,6 +7,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def _swapped_buffers(param: np.ndarray, buffer: np.ndarray) -> list[tuple[str, o
         ("a list", buffer.tolist(), TypeError, "must be a numpy array, got list"),
         ("None", None, ValueError, "is missing"),
         ("read-only", read_only, ValueError, "is read-only"),
-        ("the parameter itself", param, ValueError, "shares memory with its parameter"),
+        ("the parameter itself", param, ValueError, "shares memory with a parameter"),
     ]
 
 
@@ -289,6 +290,122 @@ def test_a_scalar_state_swapped_by_hand_is_checked_before_any_update(backend: st
     with pytest.raises(ValueError, match=r"the optimizer state 'mu_product' of params\[1\] must be a writeable 0-d"):
         opt.step([np.ones(3), np.ones(3)])
     assert (a.tobytes(), b.tobytes()) == (before[0].tobytes(), before[1].tobytes()) and opt.step_count == 1
+
+
+def _two_adam_params(backend: str) -> tuple[optim.Optimizer, np.ndarray, np.ndarray]:
+    a, b = np.linspace(-1, 1, 4), np.linspace(1, 2, 4)
+    opt = optim.Adam([a, b], lr=0.1)
+    opt.backend = backend
+    opt.step([np.ones(4), np.ones(4)])
+    return opt, a, b
+
+
+def _assert_refused(opt: optim.Optimizer, params: list[np.ndarray], grads: list[np.ndarray], error, match) -> None:
+    """The step is refused with ``error`` matching ``match`` and changes no parameter, state buffer or step count."""
+    before = [param.copy() for param in params]
+    state = [{name: np.array(value, copy=True) for name, value in buffers.items()} for buffers in opt.state]
+    count = opt.step_count
+    with pytest.raises(error, match=match):
+        opt.apply(grads)
+    assert all(param.tobytes() == saved.tobytes() for param, saved in zip(params, before))
+    for saved, buffers in zip(state, opt.state):
+        assert all(np.array_equal(value, np.asarray(buffers[name])) for name, value in saved.items() if name in buffers)
+    assert opt.step_count is count
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("count", [-1, 2.5, float("nan"), True, np.int64(3)])
+def test_a_step_count_set_by_hand_to_no_count_is_refused(backend: str, count: object) -> None:
+    """``step_count`` is public (PyTorch's per-parameter steps are too): set to what no run counts, the step is
+    refused before any update (-1 gave NaN parameters without an error)."""
+    opt, a, b = _two_adam_params(backend)
+    opt.step_count = count
+    _assert_refused(opt, [a, b], [np.ones(4), np.ones(4)], ValueError, "step_count must be a non-negative integer")
+
+
+def test_a_step_whose_first_update_fails_does_not_count() -> None:
+    """A compiled kernel refusing the first parameter's gradient (of another dtype, past ``apply``'s trusted entry:
+    the NumPy reference would promote it) leaves the step count as it was."""
+    if "cython" not in BACKENDS:
+        pytest.skip("the cython backend is not built")
+    opt, a, b = _two_adam_params("cython")
+    _assert_refused(opt, [a, b], [np.ones(4, np.float32), np.ones(4)], ValueError, "dtype mismatch")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_parameters_scalars_are_made_before_the_first_update(backend: str) -> None:
+    """A step's scalars that cannot be made for the second parameter (a subclass's ``_step_scalars`` failing)
+    refuse the step before the first parameter changes."""
+
+    class Failing(optim.Adam):
+        def _step_scalars(self, group, lr, scalars, state):  # type: ignore[no-untyped-def]
+            if state is self.state[1]:
+                raise ArithmeticError("no scalars for the second parameter")
+            return super()._step_scalars(group, lr, scalars, state)
+
+    a, b = np.linspace(-1, 1, 4), np.linspace(1, 2, 4)
+    opt = Failing([a, b], lr=0.1)
+    opt.backend = backend
+    _assert_refused(opt, [a, b], [np.ones(4), np.ones(4)], ArithmeticError, "second parameter")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "alias",
+    ["another parameter", "own state", "another's state", "reversed", "shared state"],
+)
+def test_memory_shared_after_the_optimizer_took_its_arrays_is_refused(backend: str, alias: str) -> None:
+    """Parameters put into ``param_groups`` or state buffers into ``opt.state`` by hand that share memory with
+    another parameter or buffer are refused before any update (a parameter was updated twice, or with another's
+    moments)."""
+    opt, a, b = _two_adam_params(backend)
+    params = opt.param_groups[0]["params"]
+    if alias == "another parameter":
+        params[1] = a
+    elif alias == "own state":
+        params[0] = opt.state[0]["exp_avg"]
+    elif alias == "another's state":
+        params[0] = opt.state[1]["exp_avg_sq"]
+    elif alias == "reversed":
+        params.reverse()
+    else:
+        opt.state[1]["exp_avg"] = opt.state[0]["exp_avg"]
+    _assert_refused(opt, [a, b], [np.ones(4), np.ones(4)], ValueError, "shares memory")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change", ["dtype", "shape", "strides"])
+def test_a_state_buffer_changed_in_place_is_refused(backend: str, change: str) -> None:
+    """A state buffer reinterpreted in place (its dtype, shape or strides assigned) is checked again and refused
+    before any update (the kernel failed after the first parameter's update, or stepped a copy)."""
+    opt, a, b = _two_adam_params(backend)
+    buffer = opt.state[1]["exp_avg"]
+    if change == "dtype":
+        buffer.dtype = np.int64
+    elif change == "shape":
+        buffer.shape = (2, 2)
+    else:
+        with warnings.catch_warnings():  # (setting strides is deprecated from NumPy 2.4, not gone)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            buffer.strides = (0,)
+    _assert_refused(opt, [a, b], [np.ones(4), np.ones(4)], ValueError, r"the optimizer state 'exp_avg' of params\[1\]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nadam_keeps_stepping_once_its_momentum_product_underflows(backend: str) -> None:
+    """With beta1 below 0.5 the momentum product underflows to 0 in a few hundred steps, as PyTorch's does: a
+    state a run reaches, which steps and loads (it used to be refused as outside (0, 1]); a value no run reaches
+    set by hand is refused at the next step."""
+    param = np.ones(3)
+    opt = optim.NAdam([param], lr=1e-3, betas=(0.3, 0.999))
+    opt.backend = backend
+    for _ in range(1200):
+        opt.step([np.full(3, 1e-3)])
+    assert float(opt.state[0]["mu_product"]) == 0 and np.isfinite(param).all()
+    twin = optim.NAdam([param.copy()], lr=1e-3, betas=(0.3, 0.999))
+    twin.load_state_dict(opt.state_dict())
+    opt.state[0]["mu_product"][...] = 1.5
+    _assert_refused(opt, [param], [np.ones(3)], ValueError, r"'mu_product' lies outside \[0, 1\]")
 
 
 # ------------------------------------------------------------------------------------------ 6. impossible states

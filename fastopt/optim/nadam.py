@@ -37,21 +37,31 @@ class NAdam(Optimizer):
     # fmt: on
 
     def _state_problem(self, state: dict[str, np.ndarray], dtype: np.dtype) -> str:
-        """Also: the momentum product, a product of factors in (0, 1), must lie in (0, 1]."""
-        problem = super()._state_problem(state, dtype)
-        return problem or ("" if 0 < float(state["mu_product"]) <= 1 else "'mu_product' lies outside (0, 1]")
+        return super()._state_problem(state, dtype) or self._scalar_state_problem(state)
+
+    def _scalar_state_problem(self, state: dict[str, Any]) -> str:
+        """The momentum product, a product of factors in (0, 1), must lie in [0, 1] (it underflows to 0 in a long
+        run whose beta1 is below 0.5)."""
+        return "" if 0 <= float(state["mu_product"]) <= 1 else "'mu_product' lies outside [0, 1]"
+
+    @staticmethod
+    def _momentum(group: dict[str, Any], beta1: float, t: int) -> float:
+        """mu_t = beta1 (1 - 0.5 * 0.96 ** (t momentum_decay))."""
+        return beta1 * (1.0 - 0.5 * 0.96 ** (t * group["momentum_decay"]))
 
     def _step_scalars(
         self, group: dict[str, Any], lr: float, scalars: dict[str, Any], state: dict[str, np.ndarray]
     ) -> dict[str, Any]:
-        """Advances this parameter's ``mu_product`` to step t, then gives the step's scalars."""
+        """The step's scalars from this parameter's ``mu_product`` advanced to step t (written by
+        ``_advance_state`` once the step's updates are made)."""
         t, beta1 = self.step_count, scalars["beta1"]
-        mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * group["momentum_decay"]))
-        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * group["momentum_decay"]))
+        mu, mu_next = self._momentum(group, beta1, t), self._momentum(group, beta1, t + 1)
         mu_product = float(state["mu_product"]) * mu
-        state["mu_product"][...] = mu_product
         return {
             "bias_correction2": base.bias_correction(scalars["beta2"], t),
             "grad_step": lr * (1.0 - mu) / (1.0 - mu_product),
             "momentum_step": lr * mu_next / (1.0 - mu_product * mu_next),
         }
+
+    def _advance_state(self, group: dict[str, Any], state: dict[str, np.ndarray], t: int) -> None:
+        state["mu_product"][...] = float(state["mu_product"]) * self._momentum(group, group["betas"][0], t)

@@ -49,6 +49,21 @@ def _check_param(param: np.ndarray, where: str) -> None:
         raise ValueError(f"{where} is read-only; an optimizer updates its parameters in place")
 
 
+def _check_state_buffer(buffer: object, param: np.ndarray, where: str) -> None:
+    """A state buffer a kernel can take for ``param``: a writeable C-contiguous array of its dtype and shape."""
+    if buffer is None:
+        raise ValueError(f"{where} is missing")
+    if not isinstance(buffer, np.ndarray):
+        raise TypeError(f"{where} must be a numpy array, got {type(buffer).__name__}")
+    if buffer.shape != param.shape or buffer.dtype != param.dtype or not buffer.flags.c_contiguous:
+        raise ValueError(
+            f"{where} must be a C-contiguous {param.dtype} array of shape {param.shape} like its parameter, "
+            f"got {buffer.dtype} {buffer.shape}{'' if buffer.flags.c_contiguous else ', not C-contiguous'}"
+        )
+    if not buffer.flags.writeable:
+        raise ValueError(f"{where} is read-only")
+
+
 def _check_fits(hyper: dict[str, Any], params: list[np.ndarray]) -> None:
     """Every numeric hyperparameter must be finite in the parameters' precision: the kernels round them to it,
     and ``lr=1e300`` would become inf in float32 and turn every parameter into NaN without an error."""
@@ -136,7 +151,9 @@ class Optimizer:
         self.backend: Backend | str | None = None
         self._checked_groups: list[dict[str, Any]] = []
         self._layouts: list[tuple[tuple[int, ...], np.dtype]] = []
-        # each parameter's state buffers in its kernel's order (None: an option's buffer left out), as last checked
+        # each parameter and its state buffers in its kernel's order (None: an option's buffer left out), as last
+        # checked (_check_state)
+        self._taken: list[np.ndarray] = []
         self._kernel_buffers: list[tuple[np.ndarray | None, ...]] = []
         if params is not None:
             self.bind(params)
@@ -248,6 +265,7 @@ class Optimizer:
         self._checked_groups = [dict(group) for group in checked]
         self.state = [self._new_state(param, group) for group in checked for param in group["params"]]
         self._layouts = [(param.shape, param.dtype) for param in flat]
+        self._taken = list(flat)
         self._kernel_buffers = [self._buffers_in(state) for state in self.state]
         self.backend = backend
 
@@ -319,12 +337,12 @@ class Optimizer:
 
     def _check_buffers(self) -> None:
         """Every parameter still has the shape, dtype and layout its state was made for (a parameter resized in
-        place would make a kernel run past its state), its state holds the buffers its kernel takes (checked whole
-        again where one was swapped: ``_check_state``), and every buffer a step writes is writeable: checked
-        before the first update, so that a refused step changes nothing. (The groups are walked directly, not
-        through ``params``, whose list cost half of this check's 1 us per step on a 2-core AMD EPYC Zen 4 VM.)"""
-        layouts, states, kernel_buffers = self._layouts, self.state, self._kernel_buffers
-        names = _kernel_call(self.kernel)[1]
+        place would make a kernel run past its state) and is writeable, and every state buffer is still the one
+        last checked, with the parameter's layout and writeable (else its state is checked whole again:
+        ``_check_state``): checked before the first update, so that a refused step changes nothing. (The groups
+        are walked directly, not through ``params``, whose list cost half of this check's 1 us per step on a
+        2-core AMD EPYC Zen 4 VM.)"""
+        layouts, states, taken = self._layouts, self.state, self._taken
         count = 0
         for group in self.param_groups:
             count += len(group["params"])
@@ -345,42 +363,50 @@ class Optimizer:
                 if not flags.writeable:
                     raise ValueError(f"params[{index}] is read-only; an optimizer updates its parameters in place")
                 state = states[index]
-                for name, buffer in zip(names, kernel_buffers[index]):
-                    if buffer is not None and (state.get(name) is not buffer or not buffer.flags.writeable):
-                        self._check_state(index, param, state, self._checked_groups[group_index])
-                        break
+                if param is not taken[index] or not self._same_buffers(index, state, layout):
+                    self._check_state(index, param, state, self._checked_groups[group_index])
                 if self.scalar_state:
                     self._check_scalar_state(index, state)
                 index += 1
 
+    def _same_buffers(self, index: int, state: dict[str, Any], layout: tuple[tuple[int, ...], np.dtype]) -> bool:
+        """Whether the state of ``params[index]`` holds the buffers last checked, each still writeable, C-contiguous
+        and of the parameter's ``layout`` (shape and dtype may be assigned in place)."""
+        shape, dtype = layout
+        for name, buffer in zip(_kernel_call(self.kernel)[1], self._kernel_buffers[index]):
+            if buffer is not None:
+                flags = buffer.flags
+                # (``is not``: NumPy's float dtypes are single objects; any other dtype takes the full check)
+                if state.get(name) is not buffer or buffer.dtype is not dtype or buffer.shape != shape or not (
+                    flags.writeable and flags.c_contiguous):  # fmt: skip
+                    return False
+        return True
+
     def _check_state(self, index: int, param: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
-        """The state buffers of ``params[index]``, checked whole where one was swapped, removed or made read-only
-        by hand: each buffer its group's options use must be a writeable array of the parameter's dtype, shape and
-        layout sharing no memory with it or the others (buffers the options do not use are ignored, as PyTorch's
-        optimizers ignore them). Recorded for the kernel calls; raises naming the buffer otherwise."""
-        needed, checked = self._state_names(group), []
-        for name in needed:
+        """``params[index]`` and its state buffers, checked whole where one was replaced (in ``param_groups`` or
+        the state dict), removed or changed in place by hand: the parameter shares no memory with the others; each
+        buffer its group's options use is a writeable array of the parameter's dtype, shape and layout sharing no
+        memory with any parameter or other buffer (buffers the options do not use are ignored, as PyTorch's
+        optimizers ignore them). Recorded for the kernel calls; raises naming the array otherwise."""
+        others = [other for position, other in enumerate(self._taken) if position != index]
+        others += [buffer for position, buffers in enumerate(self._kernel_buffers) if position != index
+                   for buffer in buffers if buffer is not None]  # fmt: skip
+        if any(np.shares_memory(param, other) for other in others):
+            raise ValueError(f"params[{index}] shares memory with another parameter or an optimizer state buffer")
+        checked = [param]
+        for name in self._state_names(group):
             buffer = state.get(name)
             where = f"the optimizer state {name!r} of params[{index}]"
-            if buffer is None:
-                raise ValueError(f"{where} is missing")
-            if not isinstance(buffer, np.ndarray):
-                raise TypeError(f"{where} must be a numpy array, got {type(buffer).__name__}")
-            if buffer.shape != param.shape or buffer.dtype != param.dtype or not buffer.flags.c_contiguous:
-                raise ValueError(
-                    f"{where} must be a C-contiguous {param.dtype} array of shape {param.shape} like its parameter, "
-                    f"got {buffer.dtype} {buffer.shape}{'' if buffer.flags.c_contiguous else ', not C-contiguous'}"
-                )
-            if not buffer.flags.writeable:
-                raise ValueError(f"{where} is read-only")
-            if any(np.shares_memory(buffer, other) for other in (param, *checked)):
-                raise ValueError(f"{where} shares memory with its parameter or another of its state buffers")
+            _check_state_buffer(buffer, param, where)
+            if any(np.shares_memory(buffer, other) for other in (*checked, *others)):
+                raise ValueError(f"{where} shares memory with a parameter or another optimizer state buffer")
             checked.append(buffer)
-        self._kernel_buffers[index] = self._buffers_in({name: state[name] for name in needed})
+        self._taken[index] = param
+        self._kernel_buffers[index] = self._buffers_in({name: state[name] for name in self._state_names(group)})
 
     def _check_scalar_state(self, index: int, state: dict[str, Any]) -> None:
-        """Each per-parameter scalar of the state (``scalar_state``) is still a writeable 0-d float64 array: a step
-        writes it in place, after the parameters before this one were updated."""
+        """Each per-parameter scalar of the state (``scalar_state``) is still a writeable 0-d float64 array (a step
+        writes it in place) holding a value a run can reach (``_scalar_state_problem``)."""
         for name in self.scalar_state:
             value = state.get(name)
             if not (isinstance(value, np.ndarray) and value.shape == () and value.dtype == np.float64
@@ -389,31 +415,63 @@ class Optimizer:
                     f"the optimizer state {name!r} of params[{index}] must be a writeable 0-d float64 array, got "
                     f"{value!r}"
                 )
+        problem = self._scalar_state_problem(state)
+        if problem:
+            raise ValueError(f"the optimizer state of params[{index}]: {problem}")
+
+    def _scalar_state_problem(self, state: dict[str, Any]) -> str:
+        """What makes a parameter's scalars of the state (``scalar_state``) impossible in a run, or ""."""
+        return ""
 
     def apply(self, grads: list[np.ndarray], squares_of: int | None = None) -> float | None:
         """``step`` without the gradient checks, for callers that own the buffers (``Sequential``). With
         ``squares_of`` (an index into ``params``; one that names no parameter is an IndexError), returns the sum of
         squares of that parameter before the update, in float64, taken by its update's kernel (``with_squares``)
-        instead of a pass of its own."""
+        instead of a pass of its own. Every check and every parameter's scalars come before the first update, so
+        that a refused step changes nothing (the step count included)."""
         self._check_buffers()
         self._recheck_groups()
         if squares_of is not None and not 0 <= squares_of < len(self._layouts):
             raise IndexError(f"squares_of={squares_of} names no parameter (the optimizer has {len(self._layouts)})")
-        if self.step_count + 1 >= MAX_STEP_COUNT:
-            raise OverflowError(f"{type(self).__name__} has made {self.step_count} steps, the most it can count")
         step_count = self.step_count
-        self.step_count += 1
+        if type(step_count) is not int or step_count < 0:
+            raise ValueError(f"step_count must be a non-negative integer, got {step_count!r}")
+        if step_count + 1 >= MAX_STEP_COUNT:
+            raise OverflowError(f"{type(self).__name__} has made {step_count} steps, the most it can count")
         kernel = getattr(resolve_backend(self.backend), _kernel_call(self.kernel)[0])
-        index, squares, buffers = 0, None, self._kernel_buffers
-        for group in self.param_groups:
-            lr = decayed_lr(group, step_count)
-            for param in group["params"]:
-                reported = kernel(param, grads[index], *buffers[index], index == squares_of,
-                                  self._kernel_hyper(group, lr, self.state[index]))  # fmt: skip
+        self.step_count = step_count + 1
+        try:
+            hypers = self._step_hypers(step_count)
+            squares = None
+            for index, (param, buffers, hyper) in enumerate(zip(self._taken, self._kernel_buffers, hypers)):
+                reported = kernel(param, grads[index], *buffers, index == squares_of, hyper)
                 if reported is not None:
                     squares = reported
-                index += 1
+        except BaseException:
+            self.step_count = step_count
+            raise
+        if self.scalar_state:
+            index = 0
+            for group in self.param_groups:
+                for _ in group["params"]:
+                    self._advance_state(group, self.state[index], step_count + 1)
+                    index += 1
         return squares
+
+    def _step_hypers(self, step_count: int) -> list[dict[str, Any]]:
+        """Every parameter's kernel scalars for the step after ``step_count`` steps (``self.step_count`` already
+        advanced), in parameter order."""
+        hypers, index = [], 0
+        for group in self.param_groups:
+            lr = decayed_lr(group, step_count)
+            for _ in group["params"]:
+                hypers.append(self._kernel_hyper(group, lr, self.state[index]))
+                index += 1
+        return hypers
+
+    def _advance_state(self, group: dict[str, Any], state: dict[str, np.ndarray], t: int) -> None:
+        """Advance a parameter's scalars of the state (``scalar_state``) to step ``t``, once every update of the step
+        is made."""
 
     # -------------------------------------------------------------- saving and loading
     def state_dict(self, copy: bool = True) -> dict[str, Any]:
