@@ -100,6 +100,30 @@ class _ScikitLearnAdam(optim.Adam):
         return step
 
 
+class _LayerArrays(list):  # type: ignore[type-arg]
+    """``coefs_`` or ``intercepts_``: scikit-learn's list of one array per layer, here views of the network's
+    parameters. Assigning an element (``clf.coefs_[0] = W``, which sets the layer's weights in scikit-learn)
+    copies the values into its view, checked (shape, finite, castable to ``dtype``); a change of the list's length
+    or order, which the network cannot follow, is a TypeError (it was silently ignored)."""
+
+    def __init__(self, name: str, views: list[np.ndarray]) -> None:
+        super().__init__(views)
+        self._name = name
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if not isinstance(index, Integral):
+            raise TypeError(f"{self._name}[{index!r}] = ...: assign one layer's array at a time")
+        view = list.__getitem__(self, index)
+        np.copyto(view, layers.as_parameter_values(value, f"{self._name}[{index}]", view.shape, view.dtype))
+
+    def _refuse(self, *_: object) -> Any:
+        raise TypeError(
+            f"{self._name} holds one array per layer of the network; assign its elements ({self._name}[i] = values)"
+        )
+
+    append = extend = insert = pop = remove = clear = sort = reverse = __delitem__ = __iadd__ = __imul__ = _refuse
+
+
 # ------------------------------------------------------------------------------------------ the output loss
 def _per_sample_loss(kind: str, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's half Poisson deviance of each sample (N,) for outputs z (N, k) (``kind`` "exp": the prediction is
@@ -620,16 +644,37 @@ class _BaseMLP(BaseEstimator):
 
     # -------------------------------------------------------------- fitted attributes and prediction
     @property
-    def coefs_(self) -> list[np.ndarray]:
-        """The weight matrix of each layer, (fan_in, fan_out): views of the network's parameters (in ``dtype``)."""
+    def coefs_(self) -> _LayerArrays:
+        """The weight matrix of each layer, (fan_in, fan_out): views of the network's parameters (in ``dtype``).
+        Assigned (``clf.coefs_[i] = W`` or ``clf.coefs_ = [...]``), the values are copied into them, checked."""
         check_is_fitted(self, "_model")
-        return [layer.weight for layer in self._dense_layers()]
+        return _LayerArrays("coefs_", [layer.weight for layer in self._dense_layers()])
+
+    @coefs_.setter
+    def coefs_(self, values: list[object]) -> None:
+        self._set_layer_arrays(values, 0)
 
     @property
-    def intercepts_(self) -> list[np.ndarray]:
-        """The intercept vector of each layer, (fan_out,): views of the network's parameters (in ``dtype``)."""
+    def intercepts_(self) -> _LayerArrays:
+        """The intercept vector of each layer, (fan_out,): views of the network's parameters (in ``dtype``);
+        assigned as ``coefs_``."""
         check_is_fitted(self, "_model")
-        return [layer.bias for layer in self._dense_layers()]
+        return _LayerArrays("intercepts_", [layer.bias for layer in self._dense_layers()])
+
+    @intercepts_.setter
+    def intercepts_(self, values: list[object]) -> None:
+        self._set_layer_arrays(values, 1)
+
+    def _set_layer_arrays(self, values: list[object], kind: int) -> None:
+        """Write one array per layer, all or nothing (``Sequential.set_weights``): the weights (``kind`` 0) or the
+        intercepts (1)."""
+        check_is_fitted(self, "_model")
+        weights = self._model.get_weights()
+        name = ("coefs_", "intercepts_")[kind]
+        if not isinstance(values, (list, tuple)) or len(values) != len(weights) // 2:
+            raise ValueError(f"{name} takes a list of {len(weights) // 2} arrays, one per layer")
+        weights[kind::2] = values
+        self._model.set_weights(weights)
 
     def _outputs(self, X: object) -> np.ndarray:
         """The last layer's outputs ``z`` (N, n_outputs_) before the output function, for checked new data, computed

@@ -362,6 +362,33 @@ def test_same_seed_gives_scikit_learns_initial_parameters(blobs):
             np.testing.assert_array_equal(a, b)
 
 
+def test_assigned_coefs_and_intercepts_are_the_networks_as_in_scikit_learn(blobs):
+    """``clf.coefs_[i] = W`` and ``clf.intercepts_ = [...]`` set the network's weights as they do scikit-learn's
+    (they were silently ignored: each access made a new list); a change of the lists' length is refused, and a
+    refused assignment changes nothing."""
+    X, y = blobs
+    options = {"hidden_layer_sizes": (6,), "max_iter": 3, "random_state": 0}
+    mine, theirs = (_quiet(estimator, X, y) for estimator in _pair("classifier", **options))
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(size=coef.shape) for coef in theirs.coefs_]
+    biases = [rng.normal(size=intercept.shape) for intercept in theirs.intercepts_]
+    for estimator in (mine, theirs):
+        estimator.coefs_[0] = weights[0]
+        estimator.coefs_[1] = weights[1]
+        estimator.intercepts_ = biases
+    np.testing.assert_allclose(mine.predict_proba(X), theirs.predict_proba(X), rtol=1e-7, atol=1e-9)
+    before = [array.copy() for array in mine.coefs_]
+    with pytest.raises(TypeError, match=r"one array per layer"):
+        mine.coefs_.append(weights[0])
+    with pytest.raises(ValueError, match=r"coefs_\[1\] must have shape"):
+        mine.coefs_[1] = weights[0]
+    with pytest.raises(ValueError, match="list of 2 arrays"):
+        mine.coefs_ = weights[:1]
+    with pytest.raises(ValueError, match="NaN"):
+        mine.coefs_ = [weights[0], np.full_like(weights[1], np.nan)]
+    assert all(array.tobytes() == saved.tobytes() for array, saved in zip(mine.coefs_, before))
+
+
 AGREEMENT_CASES = {
     "adam": {"solver": "adam"},
     "adam-early-stopping": {"solver": "adam", "early_stopping": True},
