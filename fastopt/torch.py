@@ -237,6 +237,7 @@ class Update(NamedTuple):
     grad_array: np.ndarray
     plan: GroupPlan
     state: ViewCache | None
+    place: tuple[int, dict[str, Any], int]  # (group index, group, index in it), for messages
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -404,8 +405,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         updates = self._planned_updates()
         backend, hypers = resolve_backend(None), {}
-        for update in updates:
-            self._apply(backend, update, hypers)
+        prepared = [self._prepared(update, hypers) for update in updates]  # every scalar before the first update
+        for update, (state, t, hyper) in zip(updates, prepared):
+            self._apply(backend, update, state, t, hyper)
         if updates:
             torch.autograd.graph.increment_version([update.param for update in updates])
         return loss
@@ -419,8 +421,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._check_switches(group)
             plan = self._plan(group_index, group, [array for _, _, array, _ in checked])
             for index, param, array, grad in checked:
-                state = self._state_views(param, array, plan, (group_index, group, index))
-                updates.append(Update(param, array, grad, plan, state))
+                place = (group_index, group, index)
+                updates.append(Update(param, array, grad, plan, self._state_views(param, array, plan, place), place))
         return updates
 
     def _checked_arrays(self, group_index: int, group: dict[str, Any]) -> list[tuple]:
@@ -453,22 +455,37 @@ class FusedOptimizer(torch.optim.Optimizer):
             checked.append((index, param, array, _grad_array(grad, array, where)))
         return checked
 
-    def _apply(self, backend: Backend, update: Update, hypers: dict[tuple[GroupPlan, int], dict]) -> None:
-        """The kernel call of one parameter: its step t is its own count + 1 (PyTorch's per-parameter steps), the
-        learning rate and scalars those of ``fastopt_class`` at step t (``hypers``: the ones made this step)."""
+    def _prepared(self, update: Update, hypers: dict[tuple[GroupPlan, int], dict]) -> tuple[ViewCache, int, dict]:
+        """One parameter's state views (made at its first step), step t (its own count + 1: PyTorch's per-parameter
+        steps) and kernel scalars (those of ``fastopt_class`` at step t; ``hypers``: the ones made this step),
+        checked: a count or scalar state set by hand to what no run holds is refused before any update."""
         plan, state = update.plan, update.state
         first = state is None
         if state is None:
             tensors = self.state[update.param] if plan.torch_names else {}  # PyTorch's SGD without momentum: none
             self._complete_state(tensors, update.param, plan)
             state = self._new_views(update.param, (update.param_array.dtype, update.param_array.shape), tensors, plan)
-        t = int(state.views["step"]) + 1 if self.counts_steps else (1 if first else 2)
+        if self.counts_steps:
+            step = float(state.views["step"])
+            problem = "" if step.is_integer() and 0 <= step < base.MAX_STEP_COUNT - 1 else f"'step' holds {step!r}"
+            t = int(step) + 1 if not problem else 0
+        else:
+            problem, t = "", 1 if first else 2
+        if not problem and plan.scalar_names:
+            problem = plan.calculator._scalar_state_problem(state.views)
+        if problem:
+            raise ValueError(f"the optimizer state of {self._where(*update.place)}: {problem}")
         hyper = hypers.get((plan, t))
         if hyper is None:
             plan.calculator.step_count = t  # the scalars of this parameter's step
             hyper = plan.calculator._kernel_hyper(plan.hyper, base.decayed_lr(plan.hyper, t - 1), state.views)
             if plan.shares_hyper:
                 hypers[plan, t] = hyper
+        return state, t, hyper
+
+    def _apply(self, backend: Backend, update: Update, state: ViewCache, t: int, hyper: dict) -> None:
+        """The kernel call of one parameter at step ``t``, then its state's step count and scalars advanced."""
+        plan = update.plan
         with_squares = False  # (no sum of squares wanted: only fastopt.sklearn asks for one)
         getattr(backend, plan.kernel_method)(update.param_array, update.grad_array, *state.buffers, with_squares, hyper)
         plan.calculator._advance_state(plan.hyper, state.views, t)

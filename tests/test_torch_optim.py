@@ -665,6 +665,34 @@ def test_a_sparse_gradient_is_refused_and_nothing_changes():
     assert_same_state_dicts(optimizer.state_dict(), state)
 
 
+@pytest.mark.parametrize(
+    ("name", "entry", "value", "match"),
+    [
+        ("Adam", "step", float("nan"), r"'step' holds nan"),
+        ("RAdam", "step", -1.0, r"'step' holds -1.0"),
+        ("Adam", "step", 0.5, r"'step' holds 0.5"),
+        ("NAdam", "mu_product", float("nan"), r"'mu_product' lies outside \[0, 1\]"),
+    ],
+)
+def test_a_count_or_scalar_set_in_place_to_no_run_is_refused_before_any_update(backend, name, entry, value, match):
+    """The second parameter's step count or NAdam's momentum product filled in place with a value no run holds (the
+    cached views skip the state's checks): refused naming it before the first parameter changes (the step failed
+    or made NaN after the first parameter was updated)."""
+    model = make_model()
+    optimizer = getattr(fastopt_torch, name)(model.parameters(), lr=0.01)
+    train_step(model, optimizer, 0)
+    train_step(model, optimizer, 1)
+    params = list(model.parameters())
+    state = copy.deepcopy(optimizer.state_dict())
+    optimizer.state[params[1]][entry].fill_(value)
+    before = [param.detach().clone() for param in params]
+    with pytest.raises(ValueError, match=rf"the optimizer state of param_groups\[0\]\['params'\]\[1\]: {match}"):
+        optimizer.step()
+    assert all(torch.equal(param, old) for param, old in zip(params, before))
+    optimizer.state[params[1]][entry].copy_(state["state"][1][entry])
+    assert_same_state_dicts(optimizer.state_dict(), state)
+
+
 def assert_same_state_dicts(mine: dict, other: dict) -> None:
     assert mine["param_groups"] == other["param_groups"]
     assert mine["state"].keys() == other["state"].keys()
