@@ -305,6 +305,7 @@ class _BaseMLP(BaseEstimator):
             self._initialize(Y, units)
         else:
             self._training_model()
+            self._follow_activation_and_dtype()
         if self._units() != units:
             raise ValueError(
                 f"the network has layer sizes {self._units()}, but these data and hidden_layer_sizes need {units}: "
@@ -346,13 +347,7 @@ class _BaseMLP(BaseEstimator):
         self.n_outputs_ = Y.shape[1]
         self.n_layers_ = len(units)
         self.out_activation_ = self._output_activation()
-        activation = HIDDEN_ACTIVATIONS[self.activation]
-        stack: list[layers.Layer] = []
-        for index, (fan_in, fan_out) in enumerate(pairwise(units)):
-            stack.append(layers.Dense(fan_in, fan_out))
-            if activation is not None and index < len(units) - 2:
-                stack.append(activation())
-        self._model = Sequential(stack, dtype=self.dtype, seed=0, backend=self.backend)
+        self._model = self._new_network(units)
         factor = 2.0 if self.activation == "logistic" else 6.0
         values = []
         for fan_in, fan_out in pairwise(units):  # scikit-learn's order of draws: W1, b1, W2, b2, ...
@@ -370,6 +365,36 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = None if self.early_stopping else math.inf
             self.validation_scores_: list[float] | None = [] if self.early_stopping else None
             self.best_validation_score_ = -math.inf if self.early_stopping else None
+
+    def _new_network(self, units: list[int]) -> Sequential:
+        """A network of layer sizes ``units`` with the ``activation`` between its layers, in ``dtype``."""
+        activation = HIDDEN_ACTIVATIONS[self.activation]
+        stack: list[layers.Layer] = []
+        for index, (fan_in, fan_out) in enumerate(pairwise(units)):
+            stack.append(layers.Dense(fan_in, fan_out))
+            if activation is not None and index < len(units) - 2:
+                stack.append(activation())
+        return Sequential(stack, dtype=self.dtype, seed=0, backend=self.backend)
+
+    def _follow_activation_and_dtype(self) -> None:
+        """When ``activation`` or ``dtype`` changed since the network was made, warm_start and partial_fit continue
+        it as scikit-learn does (whose network is its weights: the next fit applies the new activation to them): a
+        network of the new activation and dtype takes the weights, and the optimizer its state (cast to the
+        dtype)."""
+        hidden = {type(layer) for layer in self._model.layers if not isinstance(layer, layers.Dense)}
+        wanted = HIDDEN_ACTIVATIONS[self.activation]
+        if hidden <= {wanted} and self._model.dtype == np.dtype(_dtype_name(self.dtype)):
+            return
+        network = self._new_network(self._units())
+        network.set_weights(self._model.get_weights())  # float32 rounds; a weight beyond its range is refused
+        self._model = network
+        self._best_parameters = self._best_parameters.astype(network.dtype)
+        if isinstance(self._optimizer, optim.Optimizer):
+            saved = self._optimizer.state_dict()
+            saved["state"] = [{name: value.astype(network.dtype) if value.ndim else value
+                               for name, value in state.items()} for state in saved["state"]]  # fmt: skip
+            self._optimizer = (type(self._optimizer), saved)
+        self._training_model()
 
     def _units(self) -> list[int]:
         return [self._model.in_features] + [layer.out_features for layer in self._dense_layers()]

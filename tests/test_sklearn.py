@@ -30,6 +30,7 @@ from sklearn.preprocessing import LabelBinarizer, StandardScaler
 from sklearn.utils import shuffle
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import fastopt
 from fastopt.sklearn import MLPClassifier, MLPRegressor
 
 AGREEMENT_RTOL = 1e-9
@@ -387,6 +388,38 @@ def test_assigned_coefs_and_intercepts_are_the_networks_as_in_scikit_learn(blobs
     with pytest.raises(ValueError, match="NaN"):
         mine.coefs_ = [weights[0], np.full_like(weights[1], np.nan)]
     assert all(array.tobytes() == saved.tobytes() for array, saved in zip(mine.coefs_, before))
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["warm_start", "partial_fit"])
+def test_a_fit_continuing_after_a_change_of_activation_follows_scikit_learn(blobs, incremental):
+    """warm_start and partial_fit after ``set_params(activation=...)`` train the same weights under the new
+    activation, as scikit-learn's do (the old one was kept, silently); a stateless solver (plain sgd), whose
+    continued fit scikit-learn does not reset, gives the same numbers."""
+    X, y = blobs
+    options = {"hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0, "solver": "sgd", "momentum": 0.0}
+    pair = [_quiet(estimator, X, y) for estimator in _pair("classifier", **options)]
+    for estimator in pair:
+        estimator.set_params(activation="tanh", warm_start=True)
+        if incremental:
+            estimator.partial_fit(X, y)
+        else:
+            _quiet(estimator, X, y)
+    mine, theirs = pair
+    assert any(isinstance(layer, fastopt.layers.Tanh) for layer in mine._model.layers)
+    np.testing.assert_allclose(mine.loss_curve_, theirs.loss_curve_, rtol=AGREEMENT_RTOL)
+    np.testing.assert_allclose(mine.predict_proba(X), theirs.predict_proba(X), rtol=1e-7, atol=1e-9)
+
+
+def test_a_fit_continuing_in_another_dtype_converts_the_network(blobs):
+    """``set_params(dtype=...)`` before warm_start or partial_fit continues the same network in the new dtype (it
+    stayed in the old one), its weights converted and the optimizer's state with them."""
+    X, y = blobs
+    mine = _quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0, dtype="float64"), X, y)
+    weights = [array.astype(np.float32) for array in mine.coefs_]
+    mine.set_params(dtype="float32").partial_fit(X, y)
+    assert mine.coefs_[0].dtype == np.float32 and mine._optimizer.state[0]["exp_avg"].dtype == np.float32
+    assert not np.array_equal(mine.coefs_[0], weights[0])
+    assert np.isfinite(mine.predict_proba(X)).all()
 
 
 AGREEMENT_CASES = {
