@@ -68,6 +68,10 @@ class Callback:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take back ``state_dict()`` output."""
 
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` or ``TypeError`` naming the field unless ``load_state_dict`` takes ``state``;
+        changes nothing (a resumed checkpoint's callback states are checked before anything is restored)."""
+
     def config(self) -> dict[str, Any]:
         """The settings that make a resumed run the same run (compared on resume)."""
         return {}
@@ -119,6 +123,14 @@ class CallbackList:
     def load_state_dicts(self, states: list[dict[str, Any]]) -> None:
         for callback, state in zip(self.stateful(), states):
             callback.load_state_dict(state)
+
+    def check_state_dicts(self, states: list[dict[str, Any]]) -> None:
+        """``check_state_dict`` of each stateful callback; the error names the callback's place among them."""
+        for index, (callback, state) in enumerate(zip(self.stateful(), states)):
+            try:
+                callback.check_state_dict(state)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"the state of callbacks[{index}] ({type(callback).__name__}): {exc}") from exc
 
     def configs(self) -> list[dict[str, Any]]:
         return [{"class": type(callback).__name__, **callback.config()} for callback in self.stateful()]
@@ -241,12 +253,21 @@ class EarlyStopping(Callback):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.wait, self.stopped_epoch = int(state["wait"]), int(state["stopped_epoch"])
-        self.best = None if state["best"] is None else float(state["best"])
-        self.best_epoch = int(state["best_epoch"])
+        self.wait, self.stopped_epoch, self.best, self.best_epoch, self.best_weights = self._parsed(state)
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        self._parsed(state)
+
+    def _parsed(self, state: dict[str, Any]) -> tuple[int, int, float | None, int, list[np.ndarray] | None]:
+        """``state``'s fields checked: the counts whole numbers >= 0, ``best`` a number or None, the best weights
+        none or one array of each of the model's weights' shape, finite."""
         prefix = "best_weights."
         weights = sorted((int(key[len(prefix) :]), value) for key, value in state.items() if key.startswith(prefix))
-        self.best_weights = [np.array(array) for _, array in weights] or None
+        best_weights = [np.array(array) for _, array in weights] or None
+        if best_weights is not None and self.model is not None:
+            self.model._checked_weights(best_weights, "best_weights")
+        return (_count(state, "wait"), _count(state, "stopped_epoch"), _optional_number(state, "best"),
+                _count(state, "best_epoch"), best_weights)  # fmt: skip
 
     def config(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "min_delta": self.min_delta, "patience": self.patience, "mode": self.mode,
@@ -309,8 +330,13 @@ class ReduceLROnPlateau(Callback):
         return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.wait, self.cooldown_counter = int(state["wait"]), int(state["cooldown_counter"])
-        self.best = None if state["best"] is None else float(state["best"])
+        self.wait, self.cooldown_counter, self.best = self._parsed(state)
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        self._parsed(state)
+
+    def _parsed(self, state: dict[str, Any]) -> tuple[int, int, float | None]:
+        return _count(state, "wait"), _count(state, "cooldown_counter"), _optional_number(state, "best")
 
     def config(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "factor": self.factor, "patience": self.patience, "mode": self.mode,
@@ -389,7 +415,12 @@ class CSVLogger(Callback):
         return {"kept": self._kept}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._kept = str(state["kept"])
+        self.check_state_dict(state)
+        self._kept = state["kept"]
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state["kept"], str):
+            raise TypeError(f"kept must be the text of the rows written, got {type(state['kept']).__name__}")
 
     def config(self) -> dict[str, Any]:
         return {"filename": str(self.filename), "separator": self.separator, "append": self.append}
@@ -437,7 +468,10 @@ class ModelCheckpoint(Callback):
         return {"best": self.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = state["best"]
+        self.best = _optional_number(state, "best")
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        _optional_number(state, "best")
 
     def config(self) -> dict[str, Any]:
         return {"filepath": self.filepath, "monitor": self.monitor, "save_best_only": self.save_best_only,
@@ -467,3 +501,21 @@ def _format_metric(value: float) -> str:
     if isinstance(value, (int, np.integer)):
         return str(value)
     return f"{value:.4f}" if abs(value) > 1e-3 or value == 0 or not math.isfinite(value) else f"{value:.4e}"
+
+
+def _count(state: dict[str, Any], name: str) -> int:
+    """A saved count: a whole number >= 0."""
+    value = state[name]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def _optional_number(state: dict[str, Any], name: str) -> float | None:
+    """A saved metric value: a real number (infinite for none yet) or None, not NaN."""
+    value = state[name]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number or None, got {value!r}")
+    return float(value)

@@ -284,6 +284,8 @@ class _StateReader:
             and parameters.shape == (self.fingerprint["n_parameters"],),
             f"parameters must be {self.fingerprint['dtype']} of shape ({self.fingerprint['n_parameters']},)",
         )
+        # no run saves a non-finite parameter (a step that would make one is refused)
+        self.require(bool(np.isfinite(parameters).all()), "its parameters hold NaN or Inf")
         return TrainingState(
             fingerprint=self.training["fingerprint"], epochs=epochs, progress=progress, rng_state=rng_state,
             history=self._history(progress), parameters=parameters, optimizer=self._optimizer(),

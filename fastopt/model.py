@@ -306,24 +306,28 @@ class Sequential:
         model's dtype (as Keras does: float64 rounds to float32). A wrong count or shape, NaN, Inf, a value
         beyond the dtype's range (``ValueError``), or a non-real dtype (``TypeError``) changes nothing. The
         arrays may be views of this model's own buffers (e.g. two layers' weights swapped)."""
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(f"weights must be a list of arrays [W1, b1, W2, b2, ...], got {type(weights).__name__}")
-        views = self._weight_views()
-        if len(weights) != len(views):
-            raise ValueError(
-                f"set_weights needs {len(views)} arrays (the weight and bias of each Dense layer, in layer order, "
-                f"as get_weights returns them), got {len(weights)}"
-            )
-        checked = [
-            as_parameter_values(value, f"weights[{position}] ({name})", view.shape, self.dtype)
-            for position, (value, (name, view)) in enumerate(zip(weights, views))
-        ]
+        checked, views = self._checked_weights(weights), self._weight_views()
         # Staged in a new array, copied at once: values that view this model's own buffer are all read before
         # anything is written.
         staged = np.empty_like(self._parameters)
         for array, (_, view) in zip(checked, views):
             staged[self._offset_of(view) : self._offset_of(view) + view.size] = array.reshape(-1)
         self._parameters[...] = staged
+
+    def _checked_weights(self, weights: Sequence[object], name: str = "weights") -> list[np.ndarray]:
+        """``weights`` as ``set_weights`` takes them, checked and cast to the model's dtype; changes nothing."""
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(f"{name} must be a list of arrays [W1, b1, W2, b2, ...], got {type(weights).__name__}")
+        views = self._weight_views()
+        if len(weights) != len(views):
+            raise ValueError(
+                f"{name} needs {len(views)} arrays (the weight and bias of each Dense layer, in layer order, "
+                f"as get_weights returns them), got {len(weights)}"
+            )
+        return [
+            as_parameter_values(value, f"{name}[{position}] ({label})", view.shape, self.dtype)
+            for position, (value, (label, view)) in enumerate(zip(weights, views))
+        ]
 
     def _offset_of(self, view: np.ndarray) -> int:
         """Where a view of ``parameters`` starts in it, in elements."""

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from fastopt import _random
 from fastopt import checkpoint as _checkpoint
 from fastopt._checks import as_features, check_positive_int, check_same_length, check_scalar
+from fastopt._io import FileFormatError
 from fastopt.backend import Backend, StepTiming, resolve_backend
 from fastopt.callbacks import Callback, CallbackList, LambdaCallback, ProgressLogger, TerminateOnNaN
 from fastopt.history import COMPLETED, History, Progress
@@ -279,8 +280,14 @@ class Run:
         self.environment = _checkpoint.environment(self.backend.name)
         if not options.resume:
             return None
-        return _checkpoint.load_for_resume(options.checkpoint, self.fingerprint, self.model.parameters,
-                                           options.optimizer, self.environment, options.epochs)  # fmt: skip
+        saved = _checkpoint.load_for_resume(options.checkpoint, self.fingerprint, self.model.parameters,
+                                            options.optimizer, self.environment, options.epochs)  # fmt: skip
+        if saved is not None:
+            try:  # the fingerprint matched: a state the callbacks refuse means a corrupt or forged file
+                self.callbacks.check_state_dicts(saved.callbacks)
+            except ValueError as exc:
+                raise FileFormatError(f"{options.checkpoint}: invalid checkpoint, {exc}") from exc
+        return saved
 
     def _finished(self) -> bool:
         """Every epoch asked for is done, or the run was stopped (a run that completed fewer epochs than this

@@ -7,6 +7,8 @@ resumed with a larger ``epochs`` continues it; a checkpoint resumes only with th
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import random
 from dataclasses import dataclass
 
@@ -16,7 +18,8 @@ from test_callbacks import WeightsByEpoch
 from test_checkpoint import BACKENDS, Crash, crash_after_saves, crash_at_step, make_model, without_seconds
 
 import fastopt
-from fastopt import callbacks, datasets, optim
+from fastopt import _io, callbacks, checkpoint, datasets, optim
+from fastopt._io import FileFormatError
 from fastopt.callbacks import CSVLogger, EarlyStopping, LambdaCallback
 from fastopt.optim import lr_scheduler
 
@@ -191,6 +194,70 @@ def test_a_checkpoint_resumes_only_with_the_same_callbacks(data, tmp_path, chang
     with pytest.raises(ValueError, match="different training run; callbacks and schedules: checkpoint has"):
         full_run(data, checkpoint=path, resume=True, **CHANGES[change])
     assert path.read_bytes() == written
+
+
+def _forged(path, change) -> None:
+    """Rewrite the checkpoint at ``path`` with ``change(training, arrays)`` applied and its checksums made again, as
+    a crafted file would be."""
+    header, arrays = _io.read_archive(path, checkpoint.CHECKPOINT_FILE_KIND, checkpoint.CHECKPOINT_FILE_VERSION)
+    training = header["training"]
+    change(training, arrays)
+    header["training_sha256"] = hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()
+    for key in ("kind", "version", "checksum"):
+        header.pop(key)
+    _io.write_archive(path, checkpoint.CHECKPOINT_FILE_KIND, checkpoint.CHECKPOINT_FILE_VERSION, header, arrays,
+                      overwrite=True)  # fmt: skip
+
+
+def _early_state(training) -> dict:
+    return training["callbacks"][0]["values"]
+
+
+def _set_nan_parameter(arrays) -> None:
+    arrays["parameters"] = arrays["parameters"].copy()
+    arrays["parameters"][3] = np.nan
+
+
+FORGERIES = {
+    "a count that is no number": (lambda t, a: _early_state(t).update(wait="x"), r"callbacks\[0\].*wait must be"),
+    "a negative count": (lambda t, a: _early_state(t).update(best_epoch=-2), "best_epoch must be a whole number"),
+    "a NaN best value": (lambda t, a: _early_state(t).update(best=float("nan")), "best must be a number or None"),
+    "best weights of another shape": (
+        lambda t, a: (
+            a.__setitem__("callbacks.0.best_weights.0", np.zeros((2, 2), np.float32))
+            or t["callbacks"][0]["arrays"].__setitem__("best_weights.0", ["float32", [2, 2]])
+        ),
+        r"best_weights\[0\] \(layers\[0\]\.weight\) must have shape",
+    ),
+    "a NaN parameter": (lambda t, a: _set_nan_parameter(a), "its parameters hold NaN or Inf"),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_a_forged_checkpoint_is_refused_before_anything_changes(data, tmp_path, forgery):
+    """A checkpoint whose checksums were made again over a state no run saves is refused naming the field, before
+    the model, the optimizer or the callbacks change (a bad callback state failed after the parameters and the
+    optimizer were restored; a NaN parameter was restored and failed at the next step)."""
+    X, y = data
+    path = tmp_path / "run.ckpt"
+    options = {"epochs": 2, "batch_size": BATCH_SIZE, "seed": SEED}
+    make_model().fit(X, y, checkpoint=path, callbacks=[EarlyStopping(monitor="loss", restore_best_weights=True)],
+                     **options)  # fmt: skip
+    change, match = FORGERIES[forgery]
+    _forged(path, change)
+    model, optimizer = make_model(), optim.Adam()  # the checkpoint's run's optimizer, mid-way through a run of its own
+    model.fit(X, y, optimizer=optimizer, **options)
+    parameters, state = model.parameters.copy(), optimizer.state_dict()
+    early = EarlyStopping(monitor="loss", restore_best_weights=True)
+    with pytest.raises(FileFormatError, match=match):
+        model.fit(
+            X, y, optimizer=optimizer, checkpoint=path, resume=True, callbacks=[early], **{**options, "epochs": 4}
+        )
+    assert model.parameters.tobytes() == parameters.tobytes() and optimizer.step_count == state["step_count"]
+    assert all(
+        np.array_equal(a, b) for s, t in zip(state["state"], optimizer.state) for a, b in zip(s.values(), t.values())
+    )
+    assert early.wait == 0 and early.best_weights is None
 
 
 def _csv_without_seconds(path) -> list[list[str]]:
