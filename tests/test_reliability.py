@@ -408,6 +408,21 @@ def test_nadam_keeps_stepping_once_its_momentum_product_underflows(backend: str)
     _assert_refused(opt, [param], [np.ones(3)], ValueError, r"'mu_product' lies outside \[0, 1\]")
 
 
+def test_an_optimizer_pickled_before_its_checked_arrays_were_kept_steps_as_before() -> None:
+    """An optimizer unpickled without the arrays its steps last checked (pickles of earlier versions) checks them at
+    its next step and steps bit for bit as one never pickled."""
+    param, twin_param = np.linspace(-1, 1, 4), np.linspace(-1, 1, 4)
+    opt, twin = optim.Adam([param], lr=0.1), optim.Adam([twin_param], lr=0.1)
+    for optimizer, values in ((opt, param), (twin, twin_param)):
+        optimizer.step([np.cos(values)])
+    state = {key: value for key, value in opt.__dict__.items() if key not in ("_taken", "_kernel_buffers")}
+    old = optim.Adam.__new__(optim.Adam)
+    old.__setstate__(state)
+    old.step([np.sin(param)])
+    twin.step([np.sin(twin_param)])
+    assert param.tobytes() == twin_param.tobytes()
+
+
 # ------------------------------------------------------------------------------------------ 6. impossible states
 def _trained(name: str, **options: object) -> optim.Optimizer:
     param = np.linspace(-1, 1, 6)

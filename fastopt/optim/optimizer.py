@@ -473,6 +473,12 @@ class Optimizer:
         """Advance a parameter's scalars of the state (``scalar_state``) to step ``t``, once every update of the step
         is made."""
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_taken" not in state:  # pickled before the checked arrays were kept: the next step checks them
+            self._taken = list(self.params or [])
+            self._kernel_buffers = [self._buffers_in(buffers) for buffers in self.state]
+
     # -------------------------------------------------------------- saving and loading
     def state_dict(self, copy: bool = True) -> dict[str, Any]:
         """A copy of everything the optimizer needs to continue bit-identically: its class, step count,
