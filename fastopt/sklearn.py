@@ -813,10 +813,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         binarizer = self._label_binarizer
         if y.ndim != 1 or binarizer.y_type_ not in ("binary", "multiclass"):
             return binarizer.transform(y).astype(bool)
-        codes = np.searchsorted(self.classes_, y)
+        # the binarizer's classes (sorted), as its transform encodes them, not ``classes_``, which a user may reorder
+        codes = np.searchsorted(binarizer.classes_, y)
         if binarizer.y_type_ == "binary":
             return (codes == 1).reshape(-1, 1)
-        indicator = np.zeros((len(y), len(self.classes_)), dtype=bool)
+        indicator = np.zeros((len(y), len(binarizer.classes_)), dtype=bool)
         indicator[np.arange(len(y)), codes] = True
         return indicator
 

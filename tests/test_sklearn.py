@@ -422,6 +422,22 @@ def test_a_fit_continuing_in_another_dtype_converts_the_network(blobs):
     assert np.isfinite(mine.predict_proba(X)).all()
 
 
+@pytest.mark.parametrize("order", ["permuted", "reversed"])
+def test_partial_fit_after_classes_are_reordered_by_hand_follows_scikit_learn(blobs, order):
+    """``classes_`` reordered by hand: partial_fit encodes labels as the fit's binarizer does, as scikit-learn's
+    does (it encoded them by their place in ``classes_``: trained on the wrong labels, or an IndexError)."""
+    X, y = blobs
+    options = {"hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0, "solver": "sgd", "momentum": 0.0}
+    pair = [_quiet(estimator, X, y) for estimator in _pair("classifier", **options)]
+    for estimator in pair:
+        classes = estimator.classes_
+        estimator.classes_ = classes[::-1] if order == "reversed" else np.roll(classes, 1)
+        estimator.partial_fit(X, y)
+    mine, theirs = pair
+    np.testing.assert_allclose(mine.loss_curve_, theirs.loss_curve_, rtol=AGREEMENT_RTOL)
+    np.testing.assert_array_equal(mine.predict(X), theirs.predict(X))
+
+
 AGREEMENT_CASES = {
     "adam": {"solver": "adam"},
     "adam-early-stopping": {"solver": "adam", "early_stopping": True},
