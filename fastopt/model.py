@@ -18,10 +18,11 @@ training passes (``fit``): elsewhere a stage reads its input from the stage befo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -67,6 +68,24 @@ class _ThreadState:
     def __init__(self) -> None:
         self.local = threading.local()
         self.training = threading.RLock()
+        self.fitting: int | None = None  # the thread whose fit is in progress
+
+    @contextlib.contextmanager
+    def fit_turn(self) -> Iterator[None]:
+        """A fit's turn at the model: fits and ``compute_gradients`` calls of other threads wait for it; a fit
+        started from inside this one (a callback calling ``fit``) is refused: it reset the model's stop flag and
+        history under the fit in progress, which then ran on with them."""
+        if self.fitting == threading.get_ident():
+            raise RuntimeError(
+                "fit was called on this model from inside its own fit (a callback?), which would corrupt the fit in "
+                "progress; train a copy (model.copy()) there instead"
+            )
+        with self.training:
+            self.fitting = threading.get_ident()
+            try:
+                yield
+            finally:
+                self.fitting = None
 
     def workspaces(self) -> dict[int, _Workspace]:
         try:

@@ -457,9 +457,10 @@ def clip_gradients(
 
 def fit(model: Sequential, X: object, y: object, arguments: dict[str, Any]) -> History:
     """``Sequential.fit``: check, prepare, run."""
-    options = check_fit_options(model, arguments)
-    data = prepare_data(model, X, y, options, arguments)
-    try:
-        return Run(model, options, data).train()
-    finally:
-        model._forget_compiled_steps()  # they hold the data
+    with model._threads.fit_turn():
+        options = check_fit_options(model, arguments)
+        data = prepare_data(model, X, y, options, arguments)
+        try:
+            return Run(model, options, data).train()
+        finally:
+            model._forget_compiled_steps()  # they hold the data

@@ -171,6 +171,29 @@ def test_two_models_in_two_threads_match_serial_runs(backend: str) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(serial, threaded))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fit_started_from_inside_a_fit_is_refused(backend: str) -> None:
+    """A callback calling ``fit`` on the model being fitted is refused (it reset the stop flag and history of the
+    fit in progress, which then ran all its epochs with the inner fit's history); a copy trains there."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((40, 4), dtype=np.float32), rng.integers(0, 2, 40)
+    model = fastopt.Sequential([layers.Dense(4, 3), layers.ReLU(), layers.Dense(3, 2)], seed=0, backend=backend)
+    errors, copies = [], []
+
+    def on_epoch_end(epoch: int, logs: dict) -> None:
+        try:
+            model.fit(X, y, epochs=1)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        copied = model.copy()
+        copies.append(copied.fit(X, y, epochs=1))
+
+    history = model.fit(X, y, epochs=2, callbacks=[fastopt.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)])
+    assert len(errors) == 2 and all("from inside its own fit" in error for error in errors)
+    assert model.history is history and len(history.epochs) == 2 and len(copies) == 2
+    model.fit(X, y, epochs=1)  # the turn is given back
+
+
 # ------------------------------------------------------------------------------------------ 5. all or nothing
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
