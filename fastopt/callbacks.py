@@ -21,6 +21,7 @@ import csv
 import io
 import math
 import os
+import string
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -139,6 +140,8 @@ class CallbackList:
 # ------------------------------------------------------------------------------------------------ helpers
 def _check_mode(mode: str, monitor: str) -> str:
     """Keras's ``mode``: "min", "max", or "auto" (max for accuracy-like metrics, min otherwise)."""
+    if not isinstance(monitor, str):
+        raise TypeError(f"monitor must be the name of a metric (a str), got {monitor!r}")
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode == "auto":
@@ -183,6 +186,8 @@ class LambdaCallback(Callback):
         if unknown:
             raise ValueError(f"LambdaCallback: unknown events {sorted(unknown)}; known: {sorted(known)}")
         for name, function in functions.items():
+            if not callable(function):
+                raise TypeError(f"LambdaCallback: {name} must be a function, got {function!r}")
             setattr(self, name, function)
 
 
@@ -389,12 +394,23 @@ class CSVLogger(Callback):
     def __init__(self, filename: str | os.PathLike[str], separator: str = ",", append: bool = False) -> None:
         super().__init__()
         self.filename, self.separator, self.append = Path(filename), separator, bool(append)
+        if not isinstance(separator, str) or len(separator) != 1 or separator in '\r\n"':
+            raise ValueError(f"CSVLogger: separator must be one character, not a quote or line end, got {separator!r}")
         if not self.filename.resolve().parent.is_dir():
             raise ValueError(f"CSVLogger: the folder of {self.filename} does not exist")
+        if self.filename.is_dir():
+            raise ValueError(f"CSVLogger: {self.filename} is a folder")
         self._kept = ""
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._kept = self.filename.read_text() if self.append and self.filename.is_file() else ""
+        """Read the rows to keep (``append``), and refuse, before the first step, a file that is not a CSV log
+        (this logger would replace it after the first epoch) or a folder it cannot write in."""
+        existing = self.filename.read_text(errors="replace") if self.filename.is_file() else ""
+        if existing and not existing.startswith("epoch"):
+            raise ValueError(f"CSVLogger: {self.filename} exists and is not a CSV log of epochs; it is not replaced")
+        if not os.access(self.filename.resolve().parent, os.W_OK):
+            raise PermissionError(f"CSVLogger: cannot write in the folder of {self.filename}")
+        self._kept = existing if self.append else ""
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.model is not None
@@ -444,15 +460,16 @@ class ModelCheckpoint(Callback):
         super().__init__()
         self.filepath, self.monitor, self.verbose = str(filepath), monitor, verbose
         self.save_best_only, self.mode = bool(save_best_only), _check_mode(mode, monitor)
-        self.best: float | None = initial_value_threshold
+        self.best = _optional_number({"initial_value_threshold": initial_value_threshold}, "initial_value_threshold")
+        _check_path_template(self.filepath)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.model is not None
+        current = None
         if self.save_best_only:
             current = _monitored(logs, self.monitor, "ModelCheckpoint")
             if current is None or not _is_better(current, self.best, self.mode, 0.0):
                 return
-            self.best = current
         try:
             path = self.filepath.format(epoch=epoch + 1, **(logs or {}))
         except (KeyError, IndexError, ValueError) as exc:
@@ -461,6 +478,8 @@ class ModelCheckpoint(Callback):
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         self.model.save(path)
+        if current is not None:  # the best is the value of a model saved
+            self.best = current
         if self.verbose:
             print(f"Epoch {epoch + 1}: saved the model to {path}")
 
@@ -519,3 +538,17 @@ def _optional_number(state: dict[str, Any], name: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or math.isnan(value):
         raise ValueError(f"{name} must be a number or None, got {value!r}")
     return float(value)
+
+
+def _check_path_template(template: str) -> None:
+    """A ModelCheckpoint path: its fields (``{epoch}``, ``{val_loss:.3f}``, ...) plain names, as the epoch's number
+    and logs fill them (an attribute or index of one failed at the end of the first epoch)."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        raise ValueError(f"ModelCheckpoint: {template!r} is not a path template: {exc}") from exc
+    for field in fields:
+        if not field.isidentifier():
+            raise ValueError(
+                f"ModelCheckpoint: the field {{{field}}} of {template!r} must name the epoch or a metric of the logs"
+            )

@@ -543,10 +543,49 @@ def test_bad_callback_arguments_are_refused():
         (lambda: ReduceLROnPlateau(cooldown=-1), ValueError, "cooldown must be >= 0"),
         (lambda: ReduceLROnPlateau(min_lr=-1e-3), ValueError, "min_lr must be >= 0"),
         (lambda: ModelCheckpoint("m.npz", mode="best"), ValueError, "mode must be"),
+        # each of these used to fail only once training had run, or never (a NaN threshold: nothing was saved)
+        (lambda: EarlyStopping(monitor=5), TypeError, "monitor must be the name of a metric"),
+        (lambda: ModelCheckpoint("m.npz", monitor=None), TypeError, "monitor must be the name of a metric"),
+        (lambda: ModelCheckpoint("m.npz", initial_value_threshold=math.nan), ValueError, "must be a number or None"),
+        (lambda: ModelCheckpoint("m.npz", initial_value_threshold="0.5"), ValueError, "must be a number or None"),
+        (lambda: ModelCheckpoint("m-{epoch.real}.npz"), ValueError, r"the field \{epoch\.real\} .* must name"),
+        (lambda: ModelCheckpoint("m-{epoch[0]}.npz"), ValueError, r"the field \{epoch\[0\]\}"),
+        (lambda: ModelCheckpoint("m-{epoch.npz"), ValueError, "is not a path template"),
+        (lambda: CSVLogger("log.csv", separator=""), ValueError, "separator must be one character"),
+        (lambda: CSVLogger("log.csv", separator='"'), ValueError, "separator must be one character"),
+        (lambda: CSVLogger(os.getcwd()), ValueError, "is a folder"),
+        (lambda: callbacks.LambdaCallback(on_epoch_end=5), TypeError, "on_epoch_end must be a function"),
     ]
     for build, error, match in cases:
         with pytest.raises(error, match=match):
             build()
+
+
+def test_csv_logger_refuses_to_replace_a_file_that_is_not_a_log_before_training(data, tmp_path):
+    """A file that is not a CSV log of epochs (a saved model named by mistake) is refused before the first step,
+    unchanged (it was replaced by the log after the first epoch); a log is replaced."""
+    path = tmp_path / "model.npz"
+    make_model().save(path)
+    saved = path.read_bytes()
+    model = make_model()
+    before = model.parameters.copy()
+    with pytest.raises(ValueError, match="exists and is not a CSV log of epochs"):
+        fit(data, model=model, epochs=1, callbacks=[CSVLogger(path)])
+    assert path.read_bytes() == saved and model.parameters.tobytes() == before.tobytes()
+    log = tmp_path / "log.csv"
+    fit(data, epochs=1, callbacks=[CSVLogger(log)])
+    fit(data, epochs=2, callbacks=[CSVLogger(log)])
+    assert len(_read_csv(log)[1]) == 2
+
+
+def test_model_checkpoint_keeps_its_best_when_a_save_is_refused(data, tmp_path):
+    """save_best_only: a save refused (the path a folder) leaves ``best`` at the last model saved, so the next
+    epoch that beats that is saved (it took the refused epoch's value as its best)."""
+    (tmp_path / "m-1.npz").mkdir()
+    checkpoint = ModelCheckpoint(str(tmp_path / "m-{epoch}.npz"), monitor="loss", save_best_only=True)
+    with pytest.raises(ValueError, match="exists and is not a file"):
+        fit(data, epochs=1, callbacks=[checkpoint])
+    assert checkpoint.best is None
 
 
 def test_fit_refuses_what_is_not_a_callback(data):
