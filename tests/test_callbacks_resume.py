@@ -241,23 +241,22 @@ def test_a_forged_checkpoint_is_refused_before_anything_changes(data, tmp_path, 
     X, y = data
     path = tmp_path / "run.ckpt"
     options = {"epochs": 2, "batch_size": BATCH_SIZE, "seed": SEED}
-    make_model().fit(X, y, checkpoint=path, callbacks=[EarlyStopping(monitor="loss", restore_best_weights=True)],
-                     **options)  # fmt: skip
+    first = optim.Adam()
+    run_callbacks = [EarlyStopping(monitor="loss", restore_best_weights=True), lr_scheduler.StepLR(first, 1)]
+    make_model().fit(X, y, optimizer=first, checkpoint=path, callbacks=run_callbacks, **options)
     change, match = FORGERIES[forgery]
     _forged(path, change)
     model, optimizer = make_model(), optim.Adam()  # the checkpoint's run's optimizer, mid-way through a run of its own
     model.fit(X, y, optimizer=optimizer, **options)
-    parameters, state = model.parameters.copy(), optimizer.state_dict()
-    early = EarlyStopping(monitor="loss", restore_best_weights=True)
+    early, schedule = EarlyStopping(monitor="loss", restore_best_weights=True), lr_scheduler.StepLR(optimizer, 1)
+    parameters, state, schedule_state = model.parameters.copy(), optimizer.state_dict(), schedule.state_dict()
     with pytest.raises(FileFormatError, match=match):
-        model.fit(
-            X, y, optimizer=optimizer, checkpoint=path, resume=True, callbacks=[early], **{**options, "epochs": 4}
-        )
+        model.fit(X, y, optimizer=optimizer, checkpoint=path, resume=True, callbacks=[early, schedule],
+                  **{**options, "epochs": 3})  # fmt: skip
     assert model.parameters.tobytes() == parameters.tobytes() and optimizer.step_count == state["step_count"]
-    assert all(
-        np.array_equal(a, b) for s, t in zip(state["state"], optimizer.state) for a, b in zip(s.values(), t.values())
-    )
-    assert early.wait == 0 and early.best_weights is None
+    for saved, live in zip(state["state"], optimizer.state):
+        assert all(np.array_equal(value, live[name]) for name, value in saved.items())
+    assert early.wait == 0 and early.best_weights is None and schedule.state_dict() == schedule_state
 
 
 def _csv_without_seconds(path) -> list[list[str]]:

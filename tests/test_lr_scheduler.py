@@ -418,3 +418,92 @@ def test_invscaling_follows_scikit_learns_mlp():
         mlp.partial_fit(X, y, classes=np.arange(10))
         schedule.step()
         assert schedule.get_last_lr()[0] == pytest.approx(mlp._optimizer.learning_rate, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ refusals change nothing
+def _two_group_sgd() -> optim.SGD:
+    params = [np.zeros(3), np.zeros(2)]
+    return optim.SGD([{"params": params[:1], "lr": 1e-3}, {"params": params[1:], "lr": 1e200}], lr=0.1)
+
+
+def _lr_state(schedule: lr_scheduler.LRScheduler) -> tuple:
+    return ([group["lr"] for group in schedule.optimizer.param_groups], schedule.get_last_lr(), schedule.last_epoch,
+            schedule._step_count)  # fmt: skip
+
+
+def test_a_refused_step_changes_no_rate_and_no_count():
+    """A step whose rate for the second group is no rate (1e200 * 1e200 = inf), or past OneCycleLR's end, is
+    refused with every group's rate and the counts as they were (the first group's rate was set, the counts
+    advanced)."""
+    schedule = lr_scheduler.ExponentialLR(_two_group_sgd(), gamma=1e200)
+    before = _lr_state(schedule)
+    with pytest.raises(ValueError, match="must be finite"):
+        schedule.step()
+    assert _lr_state(schedule) == before
+    cycle = lr_scheduler.OneCycleLR(optim.SGD([np.zeros(2)], lr=0.1, momentum=0.9), max_lr=0.1, total_steps=3)
+    for _ in range(3):
+        cycle.step()
+    before = _lr_state(cycle)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="Tried to step 4 times"):
+            cycle.step()
+    assert _lr_state(cycle) == before
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"interval": "bogus"}, "interval must be 'epoch' or 'batch'"),
+        ({"pct_start": 1.0}, r"pct_start must be < 1.0"),
+        ({"max_momentum": 1.5}, "they must be below 1"),
+    ],
+)
+def test_one_cycle_refuses_bad_settings_before_it_touches_the_optimizer(options, match):
+    """Refused settings leave the optimizer's betas and rates as they were (the momentum and the initial rates
+    were set before a bad interval was refused; beta1 1.5 or pct_start 1 failed only at a step)."""
+    optimizer = optim.Adam([np.zeros(2)], lr=0.1)
+    with pytest.raises(ValueError, match=match):
+        lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10, **options)
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.999) and optimizer.param_groups[0]["lr"] == 0.1
+    assert not hasattr(optimizer, "_scheduler_initial_lrs")
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"base_lrs": "xyz", "last_epoch": 2, "_step_count": 3, "_last_lr": [0.1]},
+        {"base_lrs": [0.1], "last_epoch": "abc", "_step_count": 3, "_last_lr": [0.1]},
+        {"base_lrs": [0.1], "last_epoch": 2, "_step_count": None, "_last_lr": [0.1]},
+        {"base_lrs": [0.1], "last_epoch": 2, "_step_count": 3, "_last_lr": [math.nan]},
+        {"base_lrs": [0.1, 0.2], "last_epoch": 2, "_step_count": 3, "_last_lr": [0.1]},
+    ],
+)
+def test_load_state_dict_refuses_a_state_no_run_saves(state):
+    """A crafted state is refused naming the field, with the schedule unchanged (it was taken, and a later step
+    failed); ``fit`` checks a checkpoint's scheduler states so before restoring anything."""
+    schedule = lr_scheduler.StepLR(optim.SGD([np.zeros(2)], lr=0.1), step_size=2)
+    schedule.step()
+    before = schedule.state_dict()
+    with pytest.raises((TypeError, ValueError)):
+        schedule.load_state_dict(state)
+    assert schedule.state_dict() == before
+    chain = lr_scheduler.SequentialLR(
+        schedule.optimizer,
+        [lr_scheduler.StepLR(schedule.optimizer, 2), lr_scheduler.ExponentialLR(schedule.optimizer, 0.9)],
+        [3],
+    )
+    with pytest.raises(ValueError, match=r"_schedulers\[1\]|_schedulers must hold"):
+        chain.load_state_dict({**chain.state_dict(), "_schedulers": [chain.state_dict()["_schedulers"][0], state]})
+
+
+def test_one_cycle_stepped_before_is_refused_when_the_fit_would_outrun_it(small):
+    """A cycle used for a second fit is refused before that fit trains if the steps left are too few (the check
+    ran only for a fresh cycle: the fit trained, then raised past the cycle's end)."""
+    X, y = small
+    model, optimizer = _model(), optim.SGD(lr=0.1, momentum=0.9)
+    schedule = lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, epochs=3, steps_per_epoch=3)
+    model.fit(X, y, optimizer=optimizer, epochs=2, batch_size=40, callbacks=[schedule])
+    before, steps = model.parameters.copy(), optimizer.step_count
+    with pytest.raises(ValueError, match="are 6 steps after the 6 it has stepped"):
+        model.fit(X, y, optimizer=optimizer, epochs=2, batch_size=40, callbacks=[schedule])
+    assert np.array_equal(model.parameters, before) and optimizer.step_count == steps

@@ -96,9 +96,14 @@ class LRScheduler(Callback):
         return list(self._last_lr)
 
     def step(self) -> None:
-        """Advance the schedule by one epoch (or batch) and set every group's learning rate."""
+        """Advance the schedule by one epoch (or batch) and set every group's learning rate; a step refused (past
+        the schedule's end, a rate that is no rate) changes nothing, its counts included."""
         self._step_count += 1
-        self._update_lr()
+        try:
+            self._update_lr()
+        except BaseException:
+            self._step_count -= 1
+            raise
 
     def _update_lr(self, epoch: int | None = None) -> None:
         groups = _groups(self.optimizer)
@@ -107,14 +112,20 @@ class LRScheduler(Callback):
                 f"{type(self).__name__} was made for {len(self.base_lrs)} parameter groups, the optimizer has "
                 f"{len(groups)} now: make the scheduler once the optimizer has its parameters"
             )
-        if epoch is None:
-            self.last_epoch += 1
-            values = self.get_lr()
-        else:
-            self.last_epoch = epoch
-            values = self._closed_form_lr() if hasattr(self, "_closed_form_lr") else self.get_lr()
-        for group, lr in zip(groups, values):
-            group["lr"] = check_scalar(lr, "the scheduled learning rate")
+        previous = self.last_epoch
+        try:
+            if epoch is None:
+                self.last_epoch += 1
+                values = self.get_lr()
+            else:
+                self.last_epoch = epoch
+                values = self._closed_form_lr() if hasattr(self, "_closed_form_lr") else self.get_lr()
+            checked = [check_scalar(lr, "the scheduled learning rate") for lr in values]  # all, before any is set
+        except BaseException:
+            self.last_epoch = previous
+            raise
+        for group, lr in zip(groups, checked):
+            group["lr"] = lr
         self._last_lr = [float(group["lr"]) for group in groups]
 
     def _current(self) -> list[float]:
@@ -146,11 +157,33 @@ class LRScheduler(Callback):
         return {name: getattr(self, name) for name in self._STATE}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back ``state_dict()`` output, checked whole first (``check_state_dict``)."""
+        self.check_state_dict(state)
+        for name in self._STATE:
+            value = state[name]
+            setattr(self, name, [float(item) for item in value] if isinstance(value, list) else value)
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` or ``TypeError`` naming the field unless ``state`` is one this scheduler's runs save:
+        the counts whole numbers >= 0, the rates one number >= 0 per parameter group."""
+        if not isinstance(state, dict):
+            raise ValueError(f"{type(self).__name__}: a state must be a dict, got {type(state).__name__}")
         missing = set(self._STATE) - set(state)
         if missing:
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state lacks {sorted(missing)}")
+        groups = len(_groups(self.optimizer))
         for name in self._STATE:
-            setattr(self, name, state[name])
+            value = state[name]
+            if name in ("base_lrs", "_last_lr"):
+                if not isinstance(value, list) or len(value) != groups:
+                    raise ValueError(f"{name} must be a list of {groups} rates (one per parameter group)")
+                for index, item in enumerate(value):
+                    check_scalar(item, f"{name}[{index}]")
+            elif name == "best":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                    raise ValueError(f"best must be a number, got {value!r}")
+            else:
+                check_nonnegative_int(value, name)
 
     def config(self) -> dict[str, Any]:
         settings = {key: getattr(self, key) for key in self._CONFIG}
@@ -348,11 +381,13 @@ class OneCycleLR(LRScheduler):
         **options: Any,
     ):
         _check_optimizer(optimizer, last_epoch)
+        _check_interval(options.get("interval") or self.default_interval)  # (before the optimizer is touched)
         self.total_steps = _total_steps(total_steps, epochs, steps_per_epoch)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
-        self.phases = self._phases(check_scalar(pct_start, "pct_start", high=1.0), bool(three_phase))
+        pct_start = check_scalar(pct_start, "pct_start", high=1.0, high_open=True)  # 1: a last phase of no steps
+        self.phases = self._phases(pct_start, bool(three_phase))
         groups = _groups(optimizer)
         self.max_lrs = _per_group(max_lr, "max_lr", len(groups))
         self.initial_lrs = [lr / check_scalar(div_factor, "div_factor", low_open=True) for lr in self.max_lrs]
@@ -362,7 +397,8 @@ class OneCycleLR(LRScheduler):
         self.max_momenta = _per_group(max_momentum, "max_momentum", len(groups))
         self.base_momenta = _per_group(base_momentum, "base_momentum", len(groups))
         if self.cycle_momentum:
-            self._momentum_key(optimizer)
+            if self._momentum_key(optimizer) == "betas" and max(self.max_momenta + self.base_momenta) >= 1:
+                raise ValueError("max_momentum and base_momentum set beta1 here: they must be below 1")
             for group, momentum in zip(groups, self.max_momenta):
                 self._set_momentum(group, momentum)
         _initial_lrs(optimizer, replace=self.initial_lrs)
@@ -427,10 +463,13 @@ class OneCycleLR(LRScheduler):
         """In ``fit``, a fresh cycle stepped per batch must last the whole fit (PyTorch raises past its end)."""
         super().on_train_begin(logs)
         steps, epochs = self.params.get("steps", 0), self.params.get("epochs", 0)
-        if self.interval == "batch" and self.last_epoch == 0 and epochs * steps > self.total_steps:
+        needed = epochs * steps if self.interval == "batch" else epochs
+        if self.last_epoch + needed > self.total_steps:
+            unit = f"{epochs} epochs of {steps} batches" if self.interval == "batch" else f"{epochs} epochs"
+            stepped = f" after the {self.last_epoch} it has stepped" if self.last_epoch else ""
             raise ValueError(
-                f"OneCycleLR(total_steps={self.total_steps}) is shorter than this fit: {epochs} epochs of {steps} "
-                f"batches are {epochs * steps} steps (steps_per_epoch is the number of batches, ceil(n / batch_size))"
+                f"OneCycleLR(total_steps={self.total_steps}) is shorter than this fit: {unit} are {needed} steps"
+                f"{stepped} (steps_per_epoch is the number of batches, ceil(n / batch_size))"
             )
 
 
@@ -483,9 +522,28 @@ class SequentialLR(LRScheduler):
                 "_schedulers": [scheduler.state_dict() for scheduler in self._schedulers]}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last_epoch, self._last_lr = state["last_epoch"], state["_last_lr"]
+        self.check_state_dict(state)
+        self.last_epoch, self._last_lr = state["last_epoch"], [float(lr) for lr in state["_last_lr"]]
         for scheduler, scheduler_state in zip(self._schedulers, state["_schedulers"]):
             scheduler.load_state_dict(scheduler_state)
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or {"last_epoch", "_last_lr", "_schedulers"} - set(state):
+            raise ValueError("SequentialLR: a state needs last_epoch, _last_lr and _schedulers")
+        check_nonnegative_int(state["last_epoch"], "last_epoch")
+        groups = len(_groups(self.optimizer))
+        if not isinstance(state["_last_lr"], list) or len(state["_last_lr"]) != groups:
+            raise ValueError(f"_last_lr must be a list of {groups} rates (one per parameter group)")
+        for index, lr in enumerate(state["_last_lr"]):
+            check_scalar(lr, f"_last_lr[{index}]")
+        saved = state["_schedulers"]
+        if not isinstance(saved, list) or len(saved) != len(self._schedulers):
+            raise ValueError(f"_schedulers must hold the states of {len(self._schedulers)} schedulers")
+        for index, (scheduler, scheduler_state) in enumerate(zip(self._schedulers, saved)):
+            try:
+                scheduler.check_state_dict(scheduler_state)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"_schedulers[{index}]: {exc}") from exc
 
     def config(self) -> dict[str, Any]:
         return {"interval": self.interval, "milestones": self._milestones,
