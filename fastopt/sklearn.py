@@ -326,19 +326,28 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _checked_weights(self, sample_weight: object, n_samples: int) -> np.ndarray | None:
-        """``sample_weight`` as float64 (N,), finite and >= 0 with a positive sum, or None."""
+        """``sample_weight`` as float64 (N,), finite and >= 0, not all 0, as the network's ``dtype`` holds them (a
+        weight of 1e-46 is 0 in float32), or None."""
         if sample_weight is None:
             return None
         if isinstance(sample_weight, Real) and not isinstance(sample_weight, bool):
-            return np.full(n_samples, float(sample_weight))
-        weights = column_or_1d(np.asarray(sample_weight), warn=False)
-        if weights.shape != (n_samples,):
-            raise ValueError(f"sample_weight.shape == {weights.shape}, expected ({n_samples},)!")
-        weights = weights.astype(np.float64)
-        if not np.isfinite(weights).all() or (weights < 0).any():
-            raise ValueError("sample_weight must be finite and non-negative")
-        if not weights.sum() > 0:
-            raise ValueError("the sample weights are all zero (they sum to 0): no sample would count")
+            weights = np.full(n_samples, float(sample_weight))
+        else:
+            weights = np.asarray(sample_weight)
+            if weights.ndim != 1:  # (scikit-learn's message; a column (N, 1) is refused as it refuses it)
+                raise ValueError("Sample weights must be 1D array or scalar")
+            if weights.shape != (n_samples,):
+                raise ValueError(f"sample_weight.shape == {weights.shape}, expected ({n_samples},)!")
+            weights = weights.astype(np.float64)
+        with np.errstate(over="ignore"):
+            trained = weights.astype(_dtype_name(self.dtype))
+        if not np.isfinite(trained).all() or (weights < 0).any():
+            raise ValueError(f"sample_weight must be finite and non-negative in {_dtype_name(self.dtype)}")
+        if not (trained > 0).any():
+            raise ValueError(
+                f"the sample weights are all zero in {_dtype_name(self.dtype)} (the network's dtype): no sample would "
+                "count"
+            )
         return weights
 
     def _initialize(self, Y: np.ndarray, units: list[int]) -> None:

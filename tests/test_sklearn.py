@@ -438,6 +438,21 @@ def test_partial_fit_after_classes_are_reordered_by_hand_follows_scikit_learn(bl
     np.testing.assert_array_equal(mine.predict(X), theirs.predict(X))
 
 
+def test_sample_weights_are_checked_as_the_network_holds_them(blobs):
+    """Weights positive in float64 but 0 in float32 (1e-46), or beyond float32's range, are refused for a float32
+    network (they trained with every weight 0, loss_ 0); a column of weights (N, 1) is refused, as scikit-learn
+    refuses it."""
+    X, y = blobs
+    with pytest.raises(ValueError, match="all zero in float32"):
+        MLPClassifier(max_iter=2).fit(X, y, sample_weight=np.full(len(y), 1e-46))
+    with pytest.raises(ValueError, match="finite and non-negative in float32"):
+        MLPClassifier(max_iter=2).fit(X, y, sample_weight=np.full(len(y), 1e39))
+    _quiet(MLPClassifier(max_iter=2, dtype="float64"), X, y, sample_weight=np.full(len(y), 1e-46))
+    for estimator in (MLPClassifier(max_iter=2), reference.MLPClassifier(max_iter=2)):
+        with pytest.raises(ValueError, match="Sample weights must be 1D array or scalar"):
+            estimator.fit(X, y, sample_weight=np.ones((len(y), 1)))
+
+
 AGREEMENT_CASES = {
     "adam": {"solver": "adam"},
     "adam-early-stopping": {"solver": "adam", "early_stopping": True},
