@@ -38,8 +38,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _hidden_sizes(text: str) -> list[int]:
+    """``--hidden``: comma-separated positive sizes ("" for no hidden layer; an empty size, as in ",,", is refused)."""
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()] if text.strip() else []
+        sizes = [int(part) for part in text.split(",")] if text.strip() else []
     except ValueError as exc:
         raise argparse.ArgumentTypeError(
             f"--hidden must be comma-separated integers like 128,64, got {text!r}"
