@@ -507,3 +507,8 @@ def test_one_cycle_stepped_before_is_refused_when_the_fit_would_outrun_it(small)
     with pytest.raises(ValueError, match="are 6 steps after the 6 it has stepped"):
         model.fit(X, y, optimizer=optimizer, epochs=2, batch_size=40, callbacks=[schedule])
     assert np.array_equal(model.parameters, before) and optimizer.step_count == steps
+
+
+def test_reduce_lr_on_plateau_refuses_a_monitor_that_is_no_name():
+    with pytest.raises(TypeError, match="monitor must be the name of a metric"):
+        lr_scheduler.ReduceLROnPlateau(optim.SGD([np.zeros(2)], lr=0.1), monitor=5)

@@ -587,6 +587,8 @@ class ReduceLROnPlateau(LRScheduler):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a metric (a str), got {monitor!r}")
         self.factor = check_scalar(factor, "factor", high=1.0, high_open=True)
         self.optimizer, self.mode, self.threshold_mode = optimizer, mode, threshold_mode
         self.threshold, self.eps = check_scalar(threshold, "threshold"), check_scalar(eps, "eps")
