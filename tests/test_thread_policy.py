@@ -453,3 +453,19 @@ def test_forked_child_runs_serially(policy: Any) -> None:
     assert status == 0, message
     assert message == "forked=True num_threads=1 threads=1 same=True"
     assert policy.build_info()["forked"] is False
+
+
+def test_a_thread_count_libgomp_could_not_start_is_refused() -> None:
+    """``set_num_threads`` refuses more than 8 threads per processor (or 64): 100,000 made libgomp fail to start
+    them and the next fit crash; the setting stays as it was."""
+    import fastopt
+
+    before = _threads.build_info()["num_threads"]
+    with pytest.raises(ValueError, match=r"n must be at most \d+ \(8 per processor"):
+        fastopt.set_num_threads(100_000)
+    fastopt.set_num_threads(64)  # always allowed
+    fastopt.set_num_threads(before)
+    assert _threads.build_info()["num_threads"] == before
+    result = subprocess.run([sys.executable, "-m", "fastopt", "bench", "--workload", "dense", "--rounds", "1",
+                             "--threads", "100000"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode in (1, 2) and "n must be at most" in result.stderr

@@ -42,8 +42,8 @@ A child therefore runs every kernel serially (``build_info()["forked"]``; ``fast
 import os
 
 from fastopt._kernels._common cimport (
-    FO_HAVE_OPENMP, FO_PROBES_CPU_SHARE, fo_omp_in_parallel, fo_omp_max_threads, fo_thread_cpu_seconds,
-    fo_wall_seconds,
+    FO_HAVE_OPENMP, FO_PROBES_CPU_SHARE, fo_omp_in_parallel, fo_omp_max_threads, fo_omp_num_procs,
+    fo_thread_cpu_seconds, fo_wall_seconds,
 )
 
 cdef double STALL_SECONDS = 1e-3
@@ -54,6 +54,7 @@ cdef double LONGEST_SPELL = 2.0
 cdef double SPELL_MEMORY = 0.1
 cdef double WAKE_GAP_SECONDS = 2e-3
 
+cdef int MAX_THREADS_PER_PROCESSOR = 8
 cdef double UPDATE_THRESHOLD = 32768
 cdef double TRAINING_UPDATE_THRESHOLD = 32768
 cdef double LIGHT_UPDATE_FACTOR = 4
@@ -181,10 +182,17 @@ cdef void report_region(double started, double own_done) noexcept nogil:
 
 # ----------------------------------------------------------------------------------- settings
 def set_num_threads(int n):
-    """Threads the parallel kernels may use (1 = serial)."""
+    """Threads the parallel kernels may use (1 = serial), at most MAX_THREADS_PER_PROCESSOR per processor, or 64
+    where that is fewer: libgomp starting 100,000 threads failed and the process crashed (5,000 did not finish in a
+    minute on a 2-core VM)."""
     global _num_threads
+    cdef int processors = max(1, fo_omp_num_procs())
+    cdef int most = max(64, MAX_THREADS_PER_PROCESSOR * processors)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if n > most:
+        raise ValueError(f"n must be at most {most} ({MAX_THREADS_PER_PROCESSOR} per processor of the {processors} "
+                         f"here, or 64), got {n}")
     _num_threads = n
 
 
