@@ -73,6 +73,10 @@ class Callback:
         """Raise ``ValueError`` or ``TypeError`` naming the field unless ``load_state_dict`` takes ``state``;
         changes nothing (a resumed checkpoint's callback states are checked before anything is restored)."""
 
+    def check_run(self, optimizer: Any) -> None:
+        """Raise ``ValueError`` unless the callback can serve a fit with ``optimizer`` and the ``params`` it was
+        given; called before the fit binds the optimizer or restores a checkpoint, so a refusal changes nothing."""
+
     def config(self) -> dict[str, Any]:
         """The settings that make a resumed run the same run (compared on resume)."""
         return {}
@@ -124,6 +128,10 @@ class CallbackList:
     def load_state_dicts(self, states: list[dict[str, Any]]) -> None:
         for callback, state in zip(self.stateful(), states):
             callback.load_state_dict(state)
+
+    def check_run(self, optimizer: Any) -> None:
+        for callback in self.callbacks:
+            callback.check_run(optimizer)
 
     def check_state_dicts(self, states: list[dict[str, Any]]) -> None:
         """``check_state_dict`` of each stateful callback; the error names the callback's place among them."""

@@ -240,6 +240,7 @@ class Run:
         params = {"epochs": options.epochs, "steps": self.n_batches, "batch_size": options.batch_size,
                   "verbose": options.verbose, "samples": data.n_rows}  # fmt: skip
         self.callbacks = CallbackList(callbacks, model, params)
+        self.callbacks.check_run(options.optimizer)  # (a schedule of another optimizer, a cycle too short)
         self.saver: _checkpoint.Checkpointer | None = None
         saved = self._checkpoint_to_resume()  # read and checked before anything changes
         optimizer = options.optimizer

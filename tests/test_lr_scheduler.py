@@ -512,3 +512,22 @@ def test_one_cycle_stepped_before_is_refused_when_the_fit_would_outrun_it(small)
 def test_reduce_lr_on_plateau_refuses_a_monitor_that_is_no_name():
     with pytest.raises(TypeError, match="monitor must be the name of a metric"):
         lr_scheduler.ReduceLROnPlateau(optim.SGD([np.zeros(2)], lr=0.1), monitor=5)
+
+
+def test_a_resume_with_a_schedule_it_cannot_run_is_refused_before_the_checkpoint_is_restored(small, tmp_path):
+    """A schedule of another optimizer, or a cycle too short for the fit, is refused before ``fit`` binds the
+    optimizer or restores the checkpoint (they were refused after: the model and optimizer held the checkpoint's
+    run, and the optimizer was attached to the model)."""
+    X, y = small
+    path, options = tmp_path / "run.ckpt", {"epochs": 2, "batch_size": 40, "checkpoint": tmp_path / "run.ckpt"}
+    first = optim.SGD(lr=0.1, momentum=0.9)
+    _model().fit(X, y, optimizer=first, callbacks=[lr_scheduler.StepLR(first, 1)], **options)
+    model, optimizer, other = _model(), optim.SGD(lr=0.1, momentum=0.9), optim.SGD(lr=0.1, momentum=0.9)
+    before = model.parameters.copy()
+    with pytest.raises(ValueError, match="schedules another optimizer"):
+        model.fit(X, y, optimizer=optimizer, callbacks=[lr_scheduler.StepLR(other, 1)], resume=True, **options)
+    cycle = lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=4)
+    with pytest.raises(ValueError, match="is shorter than this fit"):
+        model.fit(X, y, optimizer=optimizer, callbacks=[cycle], resume=True, **options)
+    assert np.array_equal(model.parameters, before) and optimizer.step_count == 0 and not optimizer.param_groups
+    assert model.optimizer is None and path.exists()

@@ -132,9 +132,8 @@ class LRScheduler(Callback):
         return [float(group["lr"]) for group in _groups(self.optimizer)]
 
     # ------------------------------------------------------------------ the callback side (fit)
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+    def check_run(self, optimizer: Any) -> None:
         """A schedule of another optimizer than the fit's would change rates nothing uses: refused."""
-        optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and optimizer is not self.optimizer:
             raise ValueError(
                 f"{type(self).__name__} schedules another optimizer than this fit's {type(optimizer).__name__}: "
@@ -459,9 +458,9 @@ class OneCycleLR(LRScheduler):
                 self._set_momentum(group, self._anneal(momenta[start], momenta[end], pct))
         return lrs
 
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        """In ``fit``, a fresh cycle stepped per batch must last the whole fit (PyTorch raises past its end)."""
-        super().on_train_begin(logs)
+    def check_run(self, optimizer: Any) -> None:
+        """In ``fit``, the cycle must last the whole fit (PyTorch raises past its end)."""
+        super().check_run(optimizer)
         steps, epochs = self.params.get("steps", 0), self.params.get("epochs", 0)
         needed = epochs * steps if self.interval == "batch" else epochs
         if self.last_epoch + needed > self.total_steps:
