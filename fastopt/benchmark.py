@@ -14,15 +14,17 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fastopt import callbacks, layers, losses, optim
+from fastopt import _io, callbacks, layers, losses, optim
 from fastopt.backend import available_backends, resolve_backend
 from fastopt.bench_floor import ADAM_BYTES_PER_ELEMENT, SEED_NETWORK, Machine, Network
 from fastopt.history import History
@@ -569,6 +571,8 @@ def run(
     epoch to the epoch workload (``bench_epoch``)."""
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
+    if json_path:
+        _check_json_path(Path(json_path))
     from fastopt import bench_workloads
 
     if threads is not None:
@@ -582,6 +586,23 @@ def run(
         print(bench_workloads.matrix_summary(reports), flush=True)
     if json_path:
         records = [{**asdict(report), "floor_seconds": report.floor_seconds} for report in reports]
-        with open(json_path, "w") as stream:
-            json.dump({"machine": machine.summary(), "reports": records}, stream, indent=2)
+        _io.write_text_atomic(json_path, json.dumps({"machine": machine.summary(), "reports": records}, indent=2))
     return reports
+
+
+def _check_json_path(path: Path) -> None:
+    """Before any measurement: ``--json``'s folder exists, and the path is new or an earlier report of this command
+    (a JSON object with "machine" and "reports"), which it replaces atomically; any other file is refused (it was
+    replaced, and a bad path was reported only after the whole benchmark ran)."""
+    if not path.resolve().parent.is_dir():
+        raise ValueError(f"the folder of {path} does not exist")
+    if not os.path.lexists(path):
+        return
+    if not path.is_file():
+        raise _io.OverwriteRefusedError(f"{path} exists and is not a file; fastopt never replaces it")
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        earlier = None
+    if not (isinstance(earlier, dict) and {"machine", "reports"} <= set(earlier)):
+        raise _io.OverwriteRefusedError(f"{path} exists and is not a report of fastopt bench; refusing to replace it")

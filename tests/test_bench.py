@@ -4,6 +4,7 @@ thresholds: the speeds themselves are measured by ``fastopt bench``, never asser
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -102,8 +103,6 @@ def test_the_gemm_probe_computes_the_product(trans_a, trans_b, threads):
 def test_the_predict_workload_reports_every_batch_with_floors_below_its_medians(tmp_path, capsys):
     """The whole command path of one small workload: printed tables, JSON with the machine's rates, and no
     implementation below the floor printed beside it."""
-    import json
-
     reports = benchmark.run("predict", 1, rounds=1, json_path=str(tmp_path / "bench.json"))
     assert [report.label for report in reports] == ["predict, batch 1"]
     assert any(row.name == "fastopt numpy" for row in reports[0].rows)
@@ -111,6 +110,23 @@ def test_the_predict_workload_reports_every_batch_with_floors_below_its_medians(
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["machine"]["gemm_gflop_per_s"] and saved["reports"][0]["floor_seconds"] > 0
     assert min(_x_floor_column(capsys.readouterr().out)) >= 1.0
+
+
+def test_a_json_path_it_must_not_replace_is_refused_before_measuring(tmp_path, capsys):
+    """``--json`` at a file that is not an earlier report, at a folder or in a missing folder is refused before any
+    measurement (a text file was replaced, and a bad path reported after the whole benchmark ran); an earlier
+    report is replaced."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    for path, match in ((notes, "is not a report of fastopt bench"), (tmp_path, "is not a file"),
+                        (tmp_path / "missing" / "b.json", "does not exist")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            benchmark.run("predict", 1, rounds=1, json_path=str(path))
+    assert notes.read_text() == "my notes" and capsys.readouterr().out == ""
+    report = tmp_path / "bench.json"
+    for _ in range(2):
+        benchmark.run("predict", 1, rounds=1, json_path=str(report))
+    assert json.loads(report.read_text())["reports"]
 
 
 def test_the_matrix_summary_has_a_row_per_cell_with_round_by_round_ratios():
