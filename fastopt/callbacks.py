@@ -279,8 +279,8 @@ class EarlyStopping(Callback):
         best_weights = [np.array(array) for _, array in weights] or None
         if best_weights is not None and self.model is not None:
             self.model._checked_weights(best_weights, "best_weights")
-        return (_count(state, "wait"), _count(state, "stopped_epoch"), _optional_number(state, "best"),
-                _count(state, "best_epoch"), best_weights)  # fmt: skip
+        counts = [check_nonnegative_int(state[name], name) for name in ("wait", "stopped_epoch", "best_epoch")]
+        return counts[0], counts[1], _optional_number(state, "best"), counts[2], best_weights
 
     def config(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "min_delta": self.min_delta, "patience": self.patience, "mode": self.mode,
@@ -349,7 +349,8 @@ class ReduceLROnPlateau(Callback):
         self._parsed(state)
 
     def _parsed(self, state: dict[str, Any]) -> tuple[int, int, float | None]:
-        return _count(state, "wait"), _count(state, "cooldown_counter"), _optional_number(state, "best")
+        wait, cooldown = (check_nonnegative_int(state[name], name) for name in ("wait", "cooldown_counter"))
+        return wait, cooldown, _optional_number(state, "best")
 
     def config(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "factor": self.factor, "patience": self.patience, "mode": self.mode,
@@ -528,14 +529,6 @@ def _format_metric(value: float) -> str:
     if isinstance(value, (int, np.integer)):
         return str(value)
     return f"{value:.4f}" if abs(value) > 1e-3 or value == 0 or not math.isfinite(value) else f"{value:.4e}"
-
-
-def _count(state: dict[str, Any], name: str) -> int:
-    """A saved count: a whole number >= 0."""
-    value = state[name]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-    return int(value)
 
 
 def _optional_number(state: dict[str, Any], name: str) -> float | None:

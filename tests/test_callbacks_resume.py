@@ -219,8 +219,8 @@ def _set_nan_parameter(arrays) -> None:
 
 
 FORGERIES = {
-    "a count that is no number": (lambda t, a: _early_state(t).update(wait="x"), r"callbacks\[0\].*wait must be"),
-    "a negative count": (lambda t, a: _early_state(t).update(best_epoch=-2), "best_epoch must be a whole number"),
+    "a count that is no number": (lambda t, a: _early_state(t).update(wait="x"), r"callbacks\[0\].*wait must be an"),
+    "a negative count": (lambda t, a: _early_state(t).update(best_epoch=-2), "best_epoch must be >= 0"),
     "a NaN best value": (lambda t, a: _early_state(t).update(best=float("nan")), "best must be a number or None"),
     "best weights of another shape": (
         lambda t, a: (
