@@ -453,11 +453,17 @@ class _BaseMLP(BaseEstimator):
             correction = self.alpha / weight_sum - self.alpha / self._nominal_weight
             gradients = self._model.weight_gradients
             gradients += correction * self._model.weight_parameters
-        squares = self._optimizer.apply([self._model.weight_gradients, self._model.bias_gradients],
-                                        squares_of=None if decoupled or self.alpha == 0 else 0)  # fmt: skip
+        # (the optimizer's checks ran at the start of the epoch: _epoch)
+        squares = self._optimizer._update([self._model.weight_gradients, self._model.bias_gradients],
+                                          self._squares_of())  # fmt: skip
         if squares is not None:
             value += 0.5 * self.alpha * squares / weight_sum
         return value
+
+    def _squares_of(self) -> int | None:
+        """The optimizer's parameter whose sum of squares a step asks for: the weights (0), for the L2 term of
+        scikit-learn's loss; none for the decoupled-decay solvers or ``alpha=0``."""
+        return None if self.solver in DECOUPLED_DECAY or self.alpha == 0 else 0
 
     def _set_nominal_batch(self, batch_size: int) -> None:
         """The batch weight the weights group's ``weight_decay`` (``alpha / batch_size``) is set for: the L2 term's
@@ -561,6 +567,9 @@ class _BaseMLP(BaseEstimator):
         """One pass over the rows in ``order``, each step timed for the backend; returns scikit-learn's epoch loss:
         the batches' losses weighted by their number of rows."""
         total = 0.0
+        # Nothing but this loop runs between its steps: the optimizer's parameters, state and groups are checked
+        # once (the schedule's learning rate and the L2 term's weight decay change between epochs only)
+        self._optimizer._check_step(self._squares_of())
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             timing.begin_step()

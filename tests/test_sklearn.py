@@ -328,6 +328,24 @@ def test_warm_start_keeps_the_optimizer_state(blobs):
     np.testing.assert_array_equal(warm.loss_curve_, once.loss_curve_)
 
 
+def test_each_epoch_checks_the_optimizer_before_its_first_update(blobs):
+    """The epoch loop checks the optimizer once, before its first step (its steps then skip the checks): a state
+    buffer made read-only between two ``partial_fit`` calls is refused by name, and neither the network nor the
+    optimizer's state or step count has changed."""
+    X, y = blobs
+    model = MLPClassifier(hidden_layer_sizes=(16,), random_state=0).partial_fit(X, y, classes=np.unique(y))
+    optimizer = model._optimizer
+    before = [array.copy() for array in model.coefs_ + model.intercepts_]
+    moments, steps = optimizer.state[0]["exp_avg"].copy(), optimizer.step_count
+    optimizer.state[1]["exp_avg_sq"].flags.writeable = False
+    with pytest.raises(ValueError, match="exp_avg_sq"):
+        model.partial_fit(X, y)
+    for array, kept in zip(model.coefs_ + model.intercepts_, before):
+        np.testing.assert_array_equal(array, kept)
+    np.testing.assert_array_equal(optimizer.state[0]["exp_avg"], moments)
+    assert optimizer.step_count == steps
+
+
 def test_convergence_warning_and_stopping_rule(blobs):
     X, y = blobs
     with pytest.warns(ConvergenceWarning, match="Maximum iterations \\(3\\)"):

