@@ -159,6 +159,23 @@ def check_nonnegative_int(value: object, name: str) -> int:
     return _check_int(value, name, 0)
 
 
+def check_metric_name(monitor: object) -> str:
+    """A monitored metric's name (``monitor`` of the callbacks and of ``ReduceLROnPlateau``): a str."""
+    if not isinstance(monitor, str):
+        raise TypeError(f"monitor must be the name of a metric (a str), got {monitor!r}")
+    return monitor
+
+
+def check_metric_value(value: object, name: str, optional: bool = False) -> float | None:
+    """A saved metric value (a callback's or a scheduler's ``best``): a real number (infinite for none yet), or
+    None where ``optional``; never NaN or a bool."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number{' or None' if optional else ''}, got {value!r}")
+    return float(value)
+
+
 def _check_int(value: object, name: str, low: int) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")

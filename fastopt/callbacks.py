@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastopt._checks import check_nonnegative_int, check_scalar
+from fastopt._checks import check_metric_name, check_metric_value, check_nonnegative_int, check_scalar
 
 if TYPE_CHECKING:
     from fastopt.model import Sequential
@@ -148,8 +148,7 @@ class CallbackList:
 # ------------------------------------------------------------------------------------------------ helpers
 def _check_mode(mode: str, monitor: str) -> str:
     """Keras's ``mode``: "min", "max", or "auto" (max for accuracy-like metrics, min otherwise)."""
-    if not isinstance(monitor, str):
-        raise TypeError(f"monitor must be the name of a metric (a str), got {monitor!r}")
+    check_metric_name(monitor)
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode == "auto":
@@ -533,12 +532,7 @@ def _format_metric(value: float) -> str:
 
 def _optional_number(state: dict[str, Any], name: str) -> float | None:
     """A saved metric value: a real number (infinite for none yet) or None, not NaN."""
-    value = state[name]
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number or None, got {value!r}")
-    return float(value)
+    return check_metric_value(state[name], name, optional=True)
 
 
 def _check_path_template(template: str) -> None:

@@ -439,10 +439,11 @@ class _BaseMLP(BaseEstimator):
             )
         return value, weight_sum
 
-    def _step(self, backend: Backend, data: _TrainingSet, rows: np.ndarray) -> float:
-        """One mini-batch update; returns the batch's loss with scikit-learn's L2 term ``alpha / (2 sum w) ||W||^2`` of
-        the weights before the update (none for the decoupled-decay solvers), whose sum of squares the optimizer's
-        kernel takes as it reads the weights (``Optimizer.apply``'s ``squares_of``)."""
+    def _step(self, backend: Backend, data: _TrainingSet, rows: np.ndarray, squares_of: int | None) -> float:
+        """One mini-batch update, the optimizer checked for it (``_epoch``); returns the batch's loss with
+        scikit-learn's L2 term ``alpha / (2 sum w) ||W||^2`` of the weights before the update (none for the
+        decoupled-decay solvers), whose sum of squares the optimizer's kernel takes as it reads the weights
+        (``squares_of``: ``_squares_of()``)."""
         value, weight_sum = self._loss_and_gradients(backend, data, rows)
         if weight_sum == 0:  # a batch of zero weights has no loss and no gradient
             return 0.0
@@ -453,9 +454,7 @@ class _BaseMLP(BaseEstimator):
             correction = self.alpha / weight_sum - self.alpha / self._nominal_weight
             gradients = self._model.weight_gradients
             gradients += correction * self._model.weight_parameters
-        # (the optimizer's checks ran at the start of the epoch: _epoch)
-        squares = self._optimizer._update([self._model.weight_gradients, self._model.bias_gradients],
-                                          self._squares_of())  # fmt: skip
+        squares = self._optimizer._update([self._model.weight_gradients, self._model.bias_gradients], squares_of)
         if squares is not None:
             value += 0.5 * self.alpha * squares / weight_sum
         return value
@@ -569,11 +568,12 @@ class _BaseMLP(BaseEstimator):
         total = 0.0
         # Nothing but this loop runs between its steps: the optimizer's parameters, state and groups are checked
         # once (the schedule's learning rate and the L2 term's weight decay change between epochs only)
-        self._optimizer._check_step(self._squares_of())
+        squares_of = self._squares_of()
+        self._optimizer._check_step(squares_of)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             timing.begin_step()
-            total += self._step(backend, data, rows) * len(rows)
+            total += self._step(backend, data, rows, squares_of) * len(rows)
             timing.end_step()
         return total / len(order)
 

@@ -25,7 +25,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fastopt._checks import check_nonnegative_int, check_positive_int, check_scalar
+from fastopt._checks import (
+    check_metric_name,
+    check_metric_value,
+    check_nonnegative_int,
+    check_positive_int,
+    check_scalar,
+)
 from fastopt.callbacks import Callback
 from fastopt.optim.optimizer import Optimizer
 
@@ -33,6 +39,14 @@ from fastopt.optim.optimizer import Optimizer
 def _groups(optimizer: Optimizer) -> list[dict[str, Any]]:
     """The dicts holding the learning rates: the parameter groups, or the defaults of an optimizer not bound yet."""
     return optimizer.param_groups or [optimizer.defaults]
+
+
+def _check_rates(value: object, name: str, groups: int) -> None:
+    """A saved list of learning rates (``base_lrs``, ``_last_lr``): one number >= 0 per parameter group."""
+    if not isinstance(value, list) or len(value) != groups:
+        raise ValueError(f"{name} must be a list of {groups} rates (one per parameter group)")
+    for index, item in enumerate(value):
+        check_scalar(item, f"{name}[{index}]")
 
 
 _INITIAL_LRS = "_scheduler_initial_lrs"  # kept on the optimizer: its groups accept only its own hyperparameters
@@ -174,13 +188,9 @@ class LRScheduler(Callback):
         for name in self._STATE:
             value = state[name]
             if name in ("base_lrs", "_last_lr"):
-                if not isinstance(value, list) or len(value) != groups:
-                    raise ValueError(f"{name} must be a list of {groups} rates (one per parameter group)")
-                for index, item in enumerate(value):
-                    check_scalar(item, f"{name}[{index}]")
+                _check_rates(value, name, groups)
             elif name == "best":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-                    raise ValueError(f"best must be a number, got {value!r}")
+                check_metric_value(value, "best")
             else:
                 check_nonnegative_int(value, name)
 
@@ -530,11 +540,7 @@ class SequentialLR(LRScheduler):
         if not isinstance(state, dict) or {"last_epoch", "_last_lr", "_schedulers"} - set(state):
             raise ValueError("SequentialLR: a state needs last_epoch, _last_lr and _schedulers")
         check_nonnegative_int(state["last_epoch"], "last_epoch")
-        groups = len(_groups(self.optimizer))
-        if not isinstance(state["_last_lr"], list) or len(state["_last_lr"]) != groups:
-            raise ValueError(f"_last_lr must be a list of {groups} rates (one per parameter group)")
-        for index, lr in enumerate(state["_last_lr"]):
-            check_scalar(lr, f"_last_lr[{index}]")
+        _check_rates(state["_last_lr"], "_last_lr", len(_groups(self.optimizer)))
         saved = state["_schedulers"]
         if not isinstance(saved, list) or len(saved) != len(self._schedulers):
             raise ValueError(f"_schedulers must hold the states of {len(self._schedulers)} schedulers")
@@ -586,8 +592,7 @@ class ReduceLROnPlateau(LRScheduler):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
-        if not isinstance(monitor, str):
-            raise TypeError(f"monitor must be the name of a metric (a str), got {monitor!r}")
+        check_metric_name(monitor)
         self.factor = check_scalar(factor, "factor", high=1.0, high_open=True)
         self.optimizer, self.mode, self.threshold_mode = optimizer, mode, threshold_mode
         self.threshold, self.eps = check_scalar(threshold, "threshold"), check_scalar(eps, "eps")
