@@ -6,7 +6,9 @@ state_dict round trips; parameter groups; validation of hyperparameters, paramet
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
+import pickle
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -329,6 +331,39 @@ def test_apply_reports_the_sum_of_squares_asked_for(backend, info):
             with pytest.raises(IndexError, match="names no parameter"):
                 reporting.apply(grads, squares_of=wrong)
         assert reporting.step_count == 3 and all(np.array_equal(a, b) for a, b in zip(params, before))
+
+
+@pytest.mark.parametrize("info", ENTRIES)
+def test_a_pickled_or_copied_optimizer_steps_on_as_the_original(backend, info):
+    """An optimizer pickled or deep-copied after steps (``_check_step`` has made its kernel method and the groups'
+    kernel options, which are left out) continues with the original's bits, on its own copy of the parameters."""
+    rng = np.random.default_rng(11)
+    params = [rng.standard_normal(300), rng.standard_normal((4, 5))]
+    with fastopt.use_backend(backend):
+        opt = info.cls(params, lr=0.01)
+        opt.step([rng.standard_normal(param.shape) for param in params])
+        twins = [pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)]
+        for _ in range(2):
+            grads = [rng.standard_normal(param.shape) for param in params]
+            for optimizer in (opt, *twins):
+                optimizer.step([grad.copy() for grad in grads])
+        for twin in twins:
+            assert twin.step_count == opt.step_count == 3
+            for param, copied in zip(opt.params, twin.params):
+                assert copied is not param and copied.tobytes() == param.tobytes()
+
+
+def test_a_group_option_set_between_steps_is_used_at_the_next_step(backend):
+    """A kernel option written into ``param_groups`` between steps (weight decay here) is the one the next step
+    uses: the options each check makes for its steps are made again at every step's check."""
+    param, grad = np.ones(3), np.array([1.0, -2.0, 0.5])
+    opt = optim.SGD([param], lr=0.1)
+    with fastopt.use_backend(backend):
+        opt.step([grad])
+        opt.param_groups[0]["weight_decay"] = 0.5
+        before = param.copy()
+        opt.step([grad])
+    np.testing.assert_allclose(before - param, 0.1 * (grad + 0.5 * before), rtol=1e-12)
 
 
 @pytest.mark.parametrize("info", ENTRIES)
