@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class Measurement:
     scores: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # wall time of each fit
     cpu_seconds: list[float] = field(default_factory=list)  # the process's CPU time (all its threads) of each fit
+    # for fastopt's fits: the threads each fit's probe chose (StepThreads), None for a fit that chose none
+    threads: list[int | None] = field(default_factory=list)
 
 
 def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -100,15 +103,28 @@ def _threads(one: bool) -> Iterator[None]:
                 resolve_backend(name).set_num_threads(os.cpu_count() or 1)
 
 
-def _fit_and_score(estimator: Any, data: tuple[np.ndarray, ...], one_thread: bool) -> tuple[float, float, float]:
-    """The fit's wall time and CPU time, and the test score."""
+def _training_threads() -> dict[str, Any] | None:
+    """The compiled backend's last thread choice of a fit (``build_info()["training_threads"]``), None without it."""
+    from fastopt.backend import available_backends, resolve_backend
+
+    return resolve_backend("cython").build_info()["training_threads"] if "cython" in available_backends() else None
+
+
+def _fit_and_score(
+    estimator: Any, data: tuple[np.ndarray, ...], one_thread: bool
+) -> tuple[float, float, float, int | None]:
+    """The fit's wall time and CPU time, the test score, and the threads the fit's probe chose (None: no choice was
+    made, as in a scikit-learn fit, a fit on one thread, or one too short for the probe)."""
     X_train, X_test, y_train, y_test = data
+    before = _training_threads()
     with warnings.catch_warnings(), _threads(one_thread):
         warnings.simplefilter("ignore")  # ConvergenceWarning: the cases cap max_iter on purpose
         started, cpu_started = time.perf_counter(), time.process_time()
         estimator.fit(X_train, y_train)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    return seconds, cpu_seconds, float(estimator.score(X_test, y_test))
+    after = _training_threads()
+    chosen = None if after is None or after == before else int(after["threads"])
+    return seconds, cpu_seconds, float(estimator.score(X_test, y_test)), chosen
 
 
 def _split(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
@@ -139,10 +155,11 @@ def measure_case(case: Case, seeds: int, settle_seconds: float = 0.25) -> dict[s
         for name in list(makers)[:: 1 if seed % 2 == 0 else -1]:
             time.sleep(settle_seconds)
             make, one_thread = makers[name]
-            seconds, cpu_seconds, score = _fit_and_score(make(seed), data, one_thread)
+            seconds, cpu_seconds, score, threads = _fit_and_score(make(seed), data, one_thread)
             results[name].seconds.append(seconds)
             results[name].cpu_seconds.append(cpu_seconds)
             results[name].scores.append(score)
+            results[name].threads.append(threads)
     return results
 
 
@@ -153,6 +170,16 @@ def _ratio_text(label: str, theirs: Measurement, ours: Measurement) -> str:
         ratios = [a / b for a, b in zip(other, mine)]
         parts.append(f"{kind} {statistics.median(ratios):.2f}x (seeds {min(ratios):.2f}-{max(ratios):.2f}x)")
     return f"\n  {label}: " + ", ".join(parts)
+
+
+def _choices_text(threads: list[int | None]) -> str:
+    """What fastopt's fits with their default threads ran on, as chosen by each fit's probe (``StepThreads``): a
+    fit that chose one thread runs about 1.4x slower on a 2-core machine, which a run's ratio then shows."""
+    counts = Counter(threads)
+    parts = [f"{counts[n]} on {n} thread{'s' if n > 1 else ''}" for n in sorted(n for n in counts if n is not None)]
+    if counts[None]:
+        parts.append(f"{counts[None]} without a choice (no probe)")
+    return f"\n  fastopt's fits, by their thread probe: {', '.join(parts)}"
 
 
 def format_case(case: Case, results: dict[str, Measurement]) -> str:
@@ -171,6 +198,7 @@ def format_case(case: Case, results: dict[str, Measurement]) -> str:
         line += f"\n  {name}: {statistics.median(measurement.seconds):.3f} s "
         line += f"(CPU {statistics.median(measurement.cpu_seconds):.3f} s; "
         line += f"fits {min(measurement.seconds):.3f}-{max(measurement.seconds):.3f} s)"
+    line += _choices_text(results["fastopt"].threads)
     line += _ratio_text("default threads", results["scikit-learn"], results["fastopt"])
     line += _ratio_text("one thread", results["scikit-learn 1 thread"], results["fastopt 1 thread"])
     best = {

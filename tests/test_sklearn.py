@@ -558,6 +558,29 @@ def test_bench_workload_measures_both_libraries_on_the_same_seeds():
     report = bench_sklearn.format_case(case, results)
     assert report.startswith("breast_cancer, adam, 3 iterations: accuracy") and "within 2 sd" in report
     assert "one thread: wall" in report
+    # the fits' thread choices: none for scikit-learn's (no probe), one entry per fastopt fit
+    assert all(len(m.threads) == 2 for m in results.values())
+    assert results["scikit-learn"].threads == results["scikit-learn 1 thread"].threads == [None, None]
+    assert "\n  fastopt's fits, by their thread probe: " in report
+    assert bench_sklearn._choices_text([2, None, 1, 2]) == (
+        "\n  fastopt's fits, by their thread probe: 1 on 1 thread, 2 on 2 threads, 1 without a choice (no probe)"
+    )
+
+
+def test_bench_records_the_threads_each_fastopt_fit_chose():
+    """A fastopt fit long enough for its thread probe reports the threads the probe chose (the backend's last
+    choice, changed by this fit); a scikit-learn fit reports none."""
+    from fastopt import bench_sklearn
+
+    policy = fastopt.backend.resolve_backend("cython").build_info() if "cython" in fastopt.available_backends() else {}
+    if not policy.get("openmp") or policy.get("openmp_threads", 1) < 2:
+        pytest.skip("no thread probe here: the compiled backend runs one thread (or is not built)")
+    X, y = bench_sklearn.load_dataset("digits")
+    data = bench_sklearn._split(X, y, 0)
+    *_, chosen = bench_sklearn._fit_and_score(MLPClassifier(max_iter=10, random_state=0), data, one_thread=False)
+    assert chosen in (1, policy["openmp_threads"])
+    theirs = reference.MLPClassifier(max_iter=2, random_state=0)
+    assert bench_sklearn._fit_and_score(theirs, data, one_thread=False)[3] is None
 
 
 def test_bench_reports_the_machine_state_around_each_case(monkeypatch, capsys):
