@@ -540,12 +540,12 @@ def limit_threads(threads: int) -> None:
 
 
 def _reports(
-    workload: str, batch_size: int | None, rounds: int, n_samples: int, machine: Machine, variant: str
+    workload: str, batch_size: int | None, rounds: int, n_samples: int | None, machine: Machine, variant: str
 ) -> Iterator[Report]:
     from fastopt import bench_workloads
 
     if workload == "epoch":
-        yield bench_epoch(batch_size or 32, rounds, n_samples, machine, variant)
+        yield bench_epoch(batch_size or 32, rounds, n_samples or 60000, machine, variant)
     elif workload == "optim":
         yield from (bench_optim(n, rounds, machine) for n in (10**5, 10**7))
     elif workload == "dense":
@@ -561,14 +561,14 @@ def run(
     batch_size: int | None,
     rounds: int,
     json_path: str | None,
-    n_samples: int = 60000,
+    n_samples: int | None = None,
     threads: int | None = None,
     variant: str = "plain",
 ) -> list[Report]:
     """Run a workload (one of ``WORKLOADS``), print each report as it completes, and return them (and write them
     with the machine's measured rates to ``json_path`` as JSON). ``threads`` limits every implementation (and the
-    probes) to that many threads (``limit_threads``); None leaves each its default. ``variant`` "full" adds the full
-    epoch to the epoch workload (``bench_epoch``)."""
+    probes) to that many threads (``limit_threads``); None leaves each its default. ``n_samples`` is the epoch
+    workload's (None: 60,000), ``variant`` too: "full" adds the full epoch to it (``bench_epoch``)."""
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
     if json_path:

@@ -276,7 +276,7 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--rounds", type=_positive_int, default=5, help="interleaved rounds; medians over them (default 5)"
     )
-    bench.add_argument("--samples", type=_positive_int, default=60000, help="samples in the epoch workload")
+    bench.add_argument("--samples", type=_positive_int, help="samples in the epoch workload (default 60000)")
     bench.add_argument(
         "--variant",
         choices=("plain", "full"),
@@ -589,10 +589,13 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def _check_bench_options(args: argparse.Namespace) -> None:
-    """Refuse an option the chosen workload would not read, rather than drop it silently: --variant is the epoch
-    workload's; the sklearn workload reads only --rounds (its seeds) and times one and all threads itself."""
+    """Refuse an option the chosen workload would not read, rather than drop it silently: --variant and --samples
+    are the epoch workload's; the sklearn workload reads only --rounds (its seeds) and times one and all threads
+    itself."""
     if args.variant != "plain" and args.workload != "epoch":
         raise ValueError(f"--variant {args.variant} applies to --workload epoch, not {args.workload}")
+    if args.samples is not None and args.workload != "epoch":
+        raise ValueError(f"--samples applies to --workload epoch, not {args.workload}")
     if args.workload == "sklearn":
         given = [name for name in ("batch_size", "threads", "json") if getattr(args, name) is not None]
         if given:
@@ -609,8 +612,8 @@ def bench(args: argparse.Namespace) -> int:
         return 0
     from fastopt.benchmark import run
 
-    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples, threads=args.threads,
-        variant=args.variant)  # fmt: skip
+    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples,
+        threads=args.threads, variant=args.variant)  # fmt: skip
     return 0
 
 

@@ -64,6 +64,13 @@ def test_variant_full_is_for_the_epoch_workload_only():
     assert "--variant full applies to --workload epoch" in result.stderr
 
 
+def test_samples_is_for_the_epoch_workload_only():
+    for workload in ("optim", "sklearn"):
+        result = run("bench", "--workload", workload, "--samples", "100")
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+        assert f"--samples applies to --workload epoch, not {workload}" in result.stderr
+
+
 def test_the_sklearn_workload_refuses_options_it_would_not_read():
     result = run("bench", "--workload", "sklearn", "--threads", "1", "--json", "out.json")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
