@@ -612,8 +612,8 @@ def bench(args: argparse.Namespace) -> int:
         return 0
     from fastopt.benchmark import run
 
-    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples,
-        threads=args.threads, variant=args.variant)  # fmt: skip
+    run(args.workload, args.batch_size, args.rounds, args.json, n_samples=args.samples, threads=args.threads,
+        variant=args.variant)  # fmt: skip
     return 0
 
 

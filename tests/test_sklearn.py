@@ -577,7 +577,9 @@ def test_bench_records_the_threads_each_fastopt_fit_chose():
         pytest.skip("no thread probe here: the compiled backend runs one thread (or is not built)")
     X, y = bench_sklearn.load_dataset("digits")
     data = bench_sklearn._split(X, y, 0)
-    *_, chosen = bench_sklearn._fit_and_score(MLPClassifier(max_iter=10, random_state=0), data, one_thread=False)
+    # 30 epochs of 7 steps: the probe's 2 ms warm-up and 20 timed steps fit in them on a machine of any speed
+    ours = MLPClassifier(max_iter=30, tol=0.0, n_iter_no_change=30, random_state=0)
+    *_, chosen = bench_sklearn._fit_and_score(ours, data, one_thread=False)
     assert chosen in (1, policy["openmp_threads"])
     theirs = reference.MLPClassifier(max_iter=2, random_state=0)
     assert bench_sklearn._fit_and_score(theirs, data, one_thread=False)[3] is None
